@@ -1,0 +1,2 @@
+//! `spindle-bench`: scenario benchmarks (see `docs/benchmarks.md`).
+fn main() {}

@@ -1,0 +1,645 @@
+//! [`Wal`]: opening, appending, syncing and reclaiming one shard's log.
+//!
+//! Threads and what they do:
+//! - **Appenders** (any thread, each with its own [`Appender`]): claim, write
+//!   and publish frames (`cursor.rs`). No syscall and no lock unless a new
+//!   segment must be looked up (once per segment per appender).
+//! - **Preparer** (one per log): keeps `prepare_ahead` segments created,
+//!   allocated and mapped beyond the one being written, so an appender never
+//!   waits on file creation unless the disk is slower than the appends.
+//! - **Flusher** (one per log): makes the published prefix durable. `Never`:
+//!   only when asked. `Interval(d)`: at least every `d`. `Always`: whenever a
+//!   waiter asks; every append published before the sync starts is covered by
+//!   that one sync, so concurrent committers share it (group commit).
+//!
+//! A failed sync marks the log failed for good: the kernel may already have
+//! dropped the dirty pages, so retrying could report durability that is not
+//! there (PostgreSQL's "fsyncgate" lesson). Reopening runs recovery.
+
+use crate::cursor::{Cursor, Geometry};
+use crate::record::{frame_len, Record, FRAME_HEADER, KIND_PADDING, MAX_PAYLOAD};
+use crate::recovery::{self, Kept, RecoveryMode, RecoveryReport};
+use crate::segment::{Header, Segment, SEGMENT_HEADER};
+use crate::storage::{FsStorage, Storage};
+use crate::WalError;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// When appended records are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Records stay in the page cache until [`Wal::sync`] or
+    /// [`Wal::wait_durable`]: they survive `kill -9`, not a power loss.
+    Never,
+    /// A background flusher syncs at least this often; a power loss loses at
+    /// most the last interval.
+    Interval(Duration),
+    /// Syncs happen as soon as someone waits with [`Wal::wait_durable`];
+    /// concurrent waiters share one sync.
+    Always,
+}
+
+impl Default for SyncPolicy {
+    /// 50 ms, beanstalkd's default `-f` interval.
+    fn default() -> Self {
+        SyncPolicy::Interval(Duration::from_millis(50))
+    }
+}
+
+/// Settings for [`Wal::open`].
+#[derive(Debug, Clone)]
+pub struct WalOptions {
+    /// The shard this log belongs to; written in every segment header and
+    /// checked on open.
+    pub shard: u32,
+    /// Segment file size in bytes: a multiple of 4096, at least 8192.
+    pub segment_size: u64,
+    /// When records become durable.
+    pub sync: SyncPolicy,
+    /// What to do with a damaged tail on open.
+    pub recovery: RecoveryMode,
+    /// Segments kept ready beyond the one being written (at least 1).
+    pub prepare_ahead: u64,
+}
+
+/// Default segment size: 64 MiB (large enough that segment switches are rare
+/// at millions of records per second, small enough to reclaim promptly).
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            shard: 0,
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            sync: SyncPolicy::default(),
+            recovery: RecoveryMode::default(),
+            prepare_ahead: 1,
+        }
+    }
+}
+
+/// Counters and positions, for metrics and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// Every record below this LSN is complete in memory.
+    pub published_lsn: u64,
+    /// Every record below this LSN is on stable storage.
+    pub durable_lsn: u64,
+    /// Syncs the flusher has performed.
+    pub syncs: u64,
+    /// Segments created in this run.
+    pub segments_created: u64,
+    /// Segments deleted by [`Wal::release_below`].
+    pub segments_released: u64,
+    /// Times an appender had to wait for the preparer (should stay 0).
+    pub segment_waits: u64,
+    /// Segments currently held (old and current run, prepared included).
+    pub live_segments: usize,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Segments from earlier runs, oldest first, with their data end.
+    old: Vec<Kept>,
+    /// This run's segments by index.
+    run: BTreeMap<u64, Arc<Segment>>,
+    /// Index the preparer creates next.
+    next_prepare: u64,
+    /// Highest index an appender is waiting for.
+    needed: u64,
+    /// The preparer's last failure and the index it was for.
+    prep_error: Option<(u64, WalError)>,
+    /// Why the log failed, once it has.
+    failure: Option<String>,
+    shutdown: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    shard: u32,
+    policy: SyncPolicy,
+    seg_len: u64,
+    max_payload: u64,
+    prepare_ahead: u64,
+    geo: Geometry,
+    storage: Arc<dyn Storage>,
+    cursor: Cursor,
+    durable: AtomicU64,
+    requested: AtomicU64,
+    failed: AtomicBool,
+    state: Mutex<State>,
+    flush_cv: Condvar,
+    durable_cv: Condvar,
+    prep_cv: Condvar,
+    syncs: AtomicU64,
+    created: AtomicU64,
+    released: AtomicU64,
+    segment_waits: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // State is only mutated in small, panic-free sections; a poisoned lock
+        // still holds consistent data.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn failure(&self, st: &State) -> WalError {
+        WalError::Failed(st.failure.clone().unwrap_or_else(|| "unknown".into()))
+    }
+
+    fn fail(&self, st: &mut State, why: String) {
+        tracing::error!(shard = self.shard, %why, "WAL failed");
+        st.failure.get_or_insert(why);
+        self.failed.store(true, Ordering::Release);
+        self.durable_cv.notify_all();
+        self.prep_cv.notify_all();
+    }
+
+    fn create_segment(&self, idx: u64) -> Result<Arc<Segment>, WalError> {
+        let base = self.geo.base(idx);
+        let header = Header { shard: self.shard, base, len: self.seg_len }.encode();
+        let map = self.storage.create(base, self.seg_len, &header)?;
+        let seg = Segment::new(map, base).ok_or_else(|| {
+            WalError::Config("storage returned a segment shorter than asked".into())
+        })?;
+        self.created.fetch_add(1, Ordering::Relaxed);
+        Ok(Arc::new(seg))
+    }
+
+    /// Blocks until segment `idx` of this run is mapped; caches it.
+    fn ensure(&self, cache: &mut Option<(u64, Arc<Segment>)>, idx: u64) -> Result<(), WalError> {
+        if matches!(cache, Some((i, _)) if *i == idx) {
+            return Ok(());
+        }
+        let mut st = self.lock();
+        let mut waited = false;
+        loop {
+            if let Some(seg) = st.run.get(&idx) {
+                *cache = Some((idx, seg.clone()));
+                // The tail moved into a new segment: time to prepare the next.
+                self.prep_cv.notify_all();
+                return Ok(());
+            }
+            if st.failure.is_some() {
+                return Err(self.failure(&st));
+            }
+            if st.shutdown {
+                return Err(WalError::Closed);
+            }
+            if matches!(st.prep_error, Some((i, _)) if i <= idx) {
+                if let Some((_, e)) = st.prep_error.take() {
+                    return Err(e);
+                }
+            }
+            if !waited {
+                waited = true;
+                self.segment_waits.fetch_add(1, Ordering::Relaxed);
+            }
+            st.needed = st.needed.max(idx);
+            self.prep_cv.notify_all();
+            st = self.prep_cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn segment(&self, idx: u64) -> Option<Arc<Segment>> {
+        self.lock().run.get(&idx).cloned()
+    }
+
+    fn preparer(self: &Arc<Self>) {
+        let mut st = self.lock();
+        while !st.shutdown && st.failure.is_none() {
+            let want = (self.geo.index(self.cursor.tail()) + self.prepare_ahead).max(st.needed);
+            if st.prep_error.is_none() && st.next_prepare <= want {
+                let idx = st.next_prepare;
+                drop(st);
+                let res = self.create_segment(idx);
+                st = self.lock();
+                match res {
+                    Ok(seg) => {
+                        st.run.insert(idx, seg);
+                        st.next_prepare += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard = self.shard, error = %e, "cannot prepare WAL segment");
+                        st.prep_error = Some((idx, e));
+                    }
+                }
+                self.prep_cv.notify_all();
+                continue;
+            }
+            st = self.prep_cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn flusher(self: &Arc<Self>) {
+        let mut st = self.lock();
+        let mut last = Instant::now();
+        loop {
+            let durable = self.durable.load(Ordering::Acquire);
+            let published = self.cursor.published();
+            let asked = self.requested.load(Ordering::Acquire) > durable;
+            let due = match self.policy {
+                SyncPolicy::Interval(d) => last.elapsed() >= d,
+                _ => false,
+            };
+            let closing = st.shutdown && self.policy != SyncPolicy::Never;
+            if st.failure.is_none() && published > durable && (asked || due || closing) {
+                let segs = segments_between(&st, durable, published);
+                drop(st);
+                let res = segs.iter().try_for_each(|s| {
+                    s.sync(durable.max(s.base), published.min(s.end())).map_err(|e| (s.base, e))
+                });
+                st = self.lock();
+                last = Instant::now();
+                match res {
+                    Ok(()) => {
+                        self.durable.store(published, Ordering::Release);
+                        self.syncs.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err((base, e)) => {
+                        let why = format!(
+                            "sync of {} failed: {e}",
+                            self.storage.describe(base).display()
+                        );
+                        self.fail(&mut st, why);
+                    }
+                }
+                self.durable_cv.notify_all();
+                continue;
+            }
+            if st.shutdown || st.failure.is_some() {
+                self.durable_cv.notify_all();
+                return;
+            }
+            st = match self.policy {
+                SyncPolicy::Interval(d) => {
+                    let left = d.saturating_sub(last.elapsed()).max(Duration::from_micros(100));
+                    self.flush_cv.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0
+                }
+                _ => self.flush_cv.wait(st).unwrap_or_else(|p| p.into_inner()),
+            };
+            if matches!(self.policy, SyncPolicy::Interval(_)) && self.cursor.published() == durable
+            {
+                last = Instant::now();
+            }
+        }
+    }
+}
+
+/// Segments (old and current) holding data in `from..to`.
+fn segments_between(st: &State, from: u64, to: u64) -> Vec<Arc<Segment>> {
+    st.old
+        .iter()
+        .map(|k| &k.seg)
+        .chain(st.run.values())
+        .filter(|s| s.base < to && s.end() > from)
+        .cloned()
+        .collect()
+}
+
+/// A write-ahead log. Share it by reference or `Arc`; append through
+/// [`Appender`]s (one per thread).
+#[derive(Debug)]
+pub struct Wal {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`, recovering what is there.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        opts: WalOptions,
+    ) -> Result<(Wal, RecoveryReport), WalError> {
+        Self::open_with(Arc::new(FsStorage::new(dir)?), opts)
+    }
+
+    /// Opens the log on any [`Storage`].
+    pub fn open_with(
+        storage: Arc<dyn Storage>,
+        opts: WalOptions,
+    ) -> Result<(Wal, RecoveryReport), WalError> {
+        if opts.segment_size < 8192 || opts.segment_size % 4096 != 0 {
+            return Err(WalError::Config(format!(
+                "segment_size {} must be a multiple of 4096 and at least 8192",
+                opts.segment_size
+            )));
+        }
+        if opts.prepare_ahead == 0 {
+            return Err(WalError::Config("prepare_ahead must be at least 1".into()));
+        }
+        let (old, report) = recovery::recover(storage.as_ref(), opts.shard, opts.recovery)?;
+        // Recovered bytes may so far live only in the page cache (a kill -9
+        // under SyncPolicy::Never): make them durable before promising more.
+        if opts.sync != SyncPolicy::Never {
+            for k in &old {
+                k.seg.sync(k.seg.base, k.data_end).map_err(|e| {
+                    WalError::io("sync recovered segment", storage.describe(k.seg.base), e)
+                })?;
+            }
+        }
+        let data_cap = opts.segment_size - SEGMENT_HEADER;
+        let run_base = report.end_lsn;
+        let shared = Arc::new(Shared {
+            shard: opts.shard,
+            policy: opts.sync,
+            seg_len: opts.segment_size,
+            max_payload: MAX_PAYLOAD.min(data_cap - FRAME_HEADER),
+            prepare_ahead: opts.prepare_ahead,
+            geo: Geometry { run_base, data_cap },
+            storage,
+            cursor: Cursor::new(run_base),
+            durable: AtomicU64::new(run_base),
+            requested: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            state: Mutex::new(State {
+                old,
+                run: BTreeMap::new(),
+                next_prepare: 1,
+                needed: 0,
+                prep_error: None,
+                failure: None,
+                shutdown: false,
+            }),
+            flush_cv: Condvar::new(),
+            durable_cv: Condvar::new(),
+            prep_cv: Condvar::new(),
+            syncs: AtomicU64::new(0),
+            created: AtomicU64::new(0),
+            released: AtomicU64::new(0),
+            segment_waits: AtomicU64::new(0),
+        });
+        // The first segment is created here so a full disk fails `open`.
+        let first = shared.create_segment(0)?;
+        shared.lock().run.insert(0, first);
+
+        let mut threads = Vec::new();
+        for (name, job) in
+            [("prep", Shared::preparer as fn(&Arc<Shared>)), ("flush", Shared::flusher)]
+        {
+            let sh = shared.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("spindle-wal-{name}-{}", opts.shard))
+                .spawn(move || job(&sh))
+                .map_err(|e| WalError::io("spawn WAL thread", "", e))?;
+            threads.push(handle);
+        }
+        Ok((Wal { shared, threads }, report))
+    }
+
+    /// A new appender. Appenders are cheap; keep one per thread.
+    pub fn appender(&self) -> Appender {
+        Appender { shared: self.shared.clone(), cache: None }
+    }
+
+    /// Calls `f` for every record in the log, oldest first: those recovered on
+    /// open and those published since.
+    pub fn replay(&self, f: impl FnMut(Record<'_>)) -> Result<(), WalError> {
+        self.replay_from(0, f)
+    }
+
+    /// Like [`Wal::replay`], skipping records below `from`.
+    pub fn replay_from(&self, from: u64, mut f: impl FnMut(Record<'_>)) -> Result<(), WalError> {
+        let published = self.shared.cursor.published();
+        let segs: Vec<(Arc<Segment>, u64)> = {
+            let st = self.shared.lock();
+            st.old
+                .iter()
+                .map(|k| (k.seg.clone(), k.data_end))
+                .chain(
+                    st.run
+                        .values()
+                        .filter(|s| s.base < published)
+                        .map(|s| (s.clone(), published.min(s.end()))),
+                )
+                .collect()
+        };
+        for (seg, end) in segs {
+            if end <= from {
+                continue;
+            }
+            #[allow(unsafe_code)]
+            // SAFETY: bytes below `published` (or in old segments) are
+            // complete and never written again.
+            let data = unsafe { seg.data(seg.base, end) };
+            let mut lsn = seg.base;
+            while let Some(rest) = data.get((lsn - seg.base) as usize..) {
+                match crate::record::decode(rest, lsn) {
+                    crate::record::Decoded::Record { record, len } => {
+                        if record.lsn >= from {
+                            f(record);
+                        }
+                        lsn += len;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Blocks until the record at `lsn` (and everything before it) is on
+    /// stable storage, asking the flusher for a sync if needed. Concurrent
+    /// callers share syncs.
+    pub fn wait_durable(&self, lsn: u64) -> Result<(), WalError> {
+        let sh = &*self.shared;
+        if sh.durable.load(Ordering::Acquire) > lsn {
+            return Ok(());
+        }
+        sh.requested.fetch_max(lsn + 1, Ordering::AcqRel);
+        let mut st = sh.lock();
+        sh.flush_cv.notify_one();
+        while sh.durable.load(Ordering::Acquire) <= lsn {
+            if st.failure.is_some() {
+                return Err(sh.failure(&st));
+            }
+            if st.shutdown && self.threads.is_empty() {
+                return Err(WalError::Closed);
+            }
+            st = sh.durable_cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        Ok(())
+    }
+
+    /// Makes everything published so far durable.
+    pub fn sync(&self) -> Result<(), WalError> {
+        let published = self.shared.cursor.published();
+        if published > self.shared.durable.load(Ordering::Acquire) {
+            self.wait_durable(published - 1)?;
+        }
+        Ok(())
+    }
+
+    /// Says that no record below `lsn` is needed any more: deletes every
+    /// whole segment that ends at or below it (and below what is durable, or
+    /// published under `SyncPolicy::Never`). Returns how many were deleted.
+    pub fn release_below(&self, lsn: u64) -> Result<usize, WalError> {
+        let sh = &*self.shared;
+        let safe = match sh.policy {
+            SyncPolicy::Never => sh.cursor.published(),
+            _ => sh.durable.load(Ordering::Acquire),
+        };
+        let limit = lsn.min(safe);
+        let mut doomed = Vec::new();
+        {
+            let mut st = sh.lock();
+            let n_old = st.old.iter().take_while(|k| k.data_end <= limit).count();
+            doomed.extend(st.old.drain(..n_old).map(|k| k.seg.base));
+            if st.old.is_empty() {
+                while let Some((&idx, seg)) = st.run.first_key_value() {
+                    if seg.end() > limit || seg.end() > sh.cursor.published() {
+                        break;
+                    }
+                    doomed.push(seg.base);
+                    st.run.remove(&idx);
+                }
+            }
+        }
+        for base in &doomed {
+            sh.storage.remove(*base)?;
+            sh.released.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(doomed.len())
+    }
+
+    /// Current positions and counters.
+    pub fn stats(&self) -> WalStats {
+        let sh = &*self.shared;
+        let live = {
+            let st = sh.lock();
+            st.old.len() + st.run.len()
+        };
+        WalStats {
+            published_lsn: sh.cursor.published(),
+            durable_lsn: sh.durable.load(Ordering::Acquire),
+            syncs: sh.syncs.load(Ordering::Relaxed),
+            segments_created: sh.created.load(Ordering::Relaxed),
+            segments_released: sh.released.load(Ordering::Relaxed),
+            segment_waits: sh.segment_waits.load(Ordering::Relaxed),
+            live_segments: live,
+        }
+    }
+
+    /// The largest payload one record can carry with these options.
+    pub fn max_payload(&self) -> u64 {
+        self.shared.max_payload
+    }
+
+    /// Base LSNs and end LSNs of the segments held, oldest first; the engine's
+    /// compaction uses this to find live records in the oldest segment.
+    pub fn segments(&self) -> Vec<(u64, u64)> {
+        let st = self.shared.lock();
+        st.old
+            .iter()
+            .map(|k| (k.seg.base, k.data_end))
+            .chain(st.run.values().map(|s| (s.base, s.end())))
+            .collect()
+    }
+
+    /// Syncs (unless the policy is `Never`), stops the background threads and
+    /// reports the first error.
+    pub fn close(mut self) -> Result<(), WalError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), WalError> {
+        if self.threads.is_empty() {
+            return Ok(());
+        }
+        let sh = &*self.shared;
+        let synced = if sh.policy == SyncPolicy::Never { Ok(()) } else { self.sync() };
+        {
+            let mut st = sh.lock();
+            st.shutdown = true;
+            sh.flush_cv.notify_all();
+            sh.prep_cv.notify_all();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        synced?;
+        let st = sh.lock();
+        match st.failure {
+            Some(_) => Err(sh.failure(&st)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!(shard = self.shared.shard, error = %e, "WAL closed with an error");
+        }
+    }
+}
+
+/// Appends records to a [`Wal`]. One per thread; it caches the segment it is
+/// writing so the hot path takes no lock.
+#[derive(Debug)]
+pub struct Appender {
+    shared: Arc<Shared>,
+    cache: Option<(u64, Arc<Segment>)>,
+}
+
+impl Clone for Appender {
+    fn clone(&self) -> Self {
+        Appender { shared: self.shared.clone(), cache: None }
+    }
+}
+
+impl Appender {
+    /// Appends one record of `kind` (1..=254) and returns its LSN once it is
+    /// published (visible to readers and the flusher, and in the page cache,
+    /// so it survives `kill -9`). Use [`Wal::wait_durable`] for more.
+    pub fn append(&mut self, kind: u8, payload: &[u8]) -> Result<u64, WalError> {
+        let sh = &*self.shared;
+        if kind == 0 || kind == KIND_PADDING {
+            return Err(WalError::ReservedKind(kind));
+        }
+        if payload.len() as u64 > sh.max_payload {
+            return Err(WalError::RecordTooLarge { len: payload.len(), max: sh.max_payload });
+        }
+        if sh.failed.load(Ordering::Acquire) {
+            let st = sh.lock();
+            return Err(sh.failure(&st));
+        }
+        let len = frame_len(payload.len() as u64);
+        let cache = &mut self.cache;
+        let claim = sh.cursor.claim(&sh.geo, len, |idx| sh.ensure(cache, idx))?;
+        if claim.start != claim.frame {
+            match sh.segment(sh.geo.index(claim.start)) {
+                #[allow(unsafe_code)]
+                // SAFETY: the claim gives us claim.start..claim.end; the
+                // padding covers claim.start..end of its segment, within it.
+                Some(seg) => unsafe { seg.write_padding(claim.start) },
+                None => {
+                    let mut st = sh.lock();
+                    sh.fail(&mut st, "segment to pad vanished (released while in use)".into());
+                }
+            }
+        }
+        if let Some((_, seg)) = &self.cache {
+            #[allow(unsafe_code)]
+            // SAFETY: `ensure` cached the segment of claim.frame and the claim
+            // frame..end is ours alone until published below.
+            unsafe {
+                seg.write_frame(claim.frame, kind, payload)
+            };
+        }
+        sh.cursor.publish(&claim);
+        Ok(claim.frame)
+    }
+
+    /// Appends and waits until the record is on stable storage.
+    pub fn append_durable(&mut self, wal: &Wal, kind: u8, payload: &[u8]) -> Result<u64, WalError> {
+        let lsn = self.append(kind, payload)?;
+        wal.wait_durable(lsn)?;
+        Ok(lsn)
+    }
+}

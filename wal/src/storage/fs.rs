@@ -1,0 +1,202 @@
+//! [`FsStorage`]: segment files in a directory, preallocated and mmapped.
+
+use super::{SegmentMap, Storage};
+use crate::WalError;
+use memmap2::MmapRaw;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// How a segment's dirty range is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMethod {
+    /// `msync(MS_SYNC)` on the page-rounded dirty range of the mapping.
+    #[default]
+    Msync,
+    /// `fdatasync` on the segment file (writes every dirty page of the file).
+    Fdatasync,
+}
+
+/// Segment files `<base LSN, 20 digits>.wal` in one directory.
+#[derive(Debug)]
+pub struct FsStorage {
+    dir: PathBuf,
+    sync: SyncMethod,
+    zero_fill: bool,
+}
+
+impl FsStorage {
+    /// Uses (and creates if needed) `dir`.
+    pub fn new(dir: impl AsRef<Path>) -> Result<Self, WalError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| WalError::io("create directory", &dir, e))?;
+        Ok(FsStorage { dir, sync: SyncMethod::default(), zero_fill: true })
+    }
+
+    /// Chooses how syncs are done (see `docs/wal-format.md` for measurements).
+    pub fn with_sync_method(mut self, sync: SyncMethod) -> Self {
+        self.sync = sync;
+        self
+    }
+
+    /// When true (the default) new segments are written with zeros after
+    /// `posix_fallocate`, so their extents are initialised and a later commit's
+    /// `fdatasync` has no extent conversion to journal. When false only
+    /// `posix_fallocate` runs (faster creation, slower first commits).
+    pub fn with_zero_fill(mut self, zero_fill: bool) -> Self {
+        self.zero_fill = zero_fill;
+        self
+    }
+
+    /// The directory holding the segments.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, base: u64) -> PathBuf {
+        self.dir.join(format!("{base:020}.wal"))
+    }
+
+    fn sync_dir(&self) -> Result<(), WalError> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| WalError::io("sync directory", &self.dir, e))
+    }
+
+    fn map(&self, file: File, path: &Path) -> Result<Arc<dyn SegmentMap>, WalError> {
+        let map = MmapRaw::map_raw(&file).map_err(|e| WalError::io("mmap", path, e))?;
+        // One small store must dirty one page, not a large folio: ask for no
+        // readahead/fault-around on this mapping (see docs/wal-format.md).
+        let _ = map.advise(memmap2::Advice::Random);
+        Ok(Arc::new(FsSegment { map, file, sync: self.sync }))
+    }
+}
+
+/// Bytes written per `pwrite` when zero-filling a new segment.
+const ZERO_CHUNK: usize = 1 << 20;
+
+impl Storage for FsStorage {
+    fn list(&self) -> Result<Vec<u64>, WalError> {
+        let mut out = Vec::new();
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(|e| WalError::io("list", &self.dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| WalError::io("list", &self.dir, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(stem) = name.strip_suffix(".wal") {
+                if let Ok(base) = stem.parse::<u64>() {
+                    out.push(base);
+                }
+            } else if name.ends_with(".wal.tmp") {
+                // A segment whose creation was interrupted; never listed.
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(out)
+    }
+
+    fn create(&self, base: u64, len: u64, header: &[u8]) -> Result<Arc<dyn SegmentMap>, WalError> {
+        let path = self.path(base);
+        let tmp = path.with_extension("wal.tmp");
+        let result = (|| {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .map_err(|e| WalError::io("create segment", &tmp, e))?;
+            let len_off = libc::off_t::try_from(len)
+                .map_err(|_| WalError::Config(format!("segment size {len} too large")))?;
+            // SAFETY: `file` is an open descriptor we own; posix_fallocate only
+            // reads its arguments and returns an error number.
+            let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len_off) };
+            if rc != 0 {
+                let err = std::io::Error::from_raw_os_error(rc);
+                return Err(match rc {
+                    libc::ENOSPC | libc::EDQUOT => {
+                        WalError::NoSpace { path: path.clone(), bytes: len }
+                    }
+                    _ => WalError::io("posix_fallocate", &tmp, err),
+                });
+            }
+            if self.zero_fill {
+                let zeros = vec![0u8; ZERO_CHUNK];
+                let mut off = 0u64;
+                while off < len {
+                    let n = (len - off).min(ZERO_CHUNK as u64) as usize;
+                    file.write_all_at(&zeros[..n], off)
+                        .map_err(|e| WalError::io("zero-fill segment", &tmp, e))?;
+                    off += n as u64;
+                }
+            }
+            file.write_all_at(header, 0)
+                .map_err(|e| WalError::io("write segment header", &tmp, e))?;
+            file.sync_all().map_err(|e| WalError::io("sync new segment", &tmp, e))?;
+            // The zero-fill went through the page cache in large writes, which
+            // ext4 may cache as large folios; a later 64-byte store into one
+            // would dirty (and each sync would write) the whole folio. The
+            // pages are clean after sync_all, so drop them: the mapping then
+            // faults the file back in one 4 KiB page at a time (MADV_RANDOM).
+            // SAFETY: plain syscall on a descriptor we own; it only reads its
+            // arguments. Failure only costs performance, so it is ignored.
+            let _ =
+                unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            std::fs::rename(&tmp, &path).map_err(|e| WalError::io("rename segment", &path, e))?;
+            self.sync_dir()?;
+            self.map(file, &path)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn open(&self, base: u64) -> Result<Arc<dyn SegmentMap>, WalError> {
+        let path = self.path(base);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| WalError::io("open segment", &path, e))?;
+        self.map(file, &path)
+    }
+
+    fn remove(&self, base: u64) -> Result<(), WalError> {
+        let path = self.path(base);
+        std::fs::remove_file(&path).map_err(|e| WalError::io("remove segment", &path, e))?;
+        self.sync_dir()
+    }
+
+    fn describe(&self, base: u64) -> PathBuf {
+        self.path(base)
+    }
+}
+
+#[derive(Debug)]
+struct FsSegment {
+    map: MmapRaw,
+    file: File,
+    sync: SyncMethod,
+}
+
+impl SegmentMap for FsSegment {
+    fn ptr(&self) -> *mut u8 {
+        self.map.as_mut_ptr()
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn sync(&self, offset: usize, len: usize) -> std::io::Result<()> {
+        match self.sync {
+            // memmap2 rounds the range out to page boundaries.
+            SyncMethod::Msync => self.map.flush_range(offset, len),
+            SyncMethod::Fdatasync => self.file.sync_data(),
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! The storage layer under the log: where segment bytes live and how they are
+//! made durable.
+//!
+//! The log never touches files directly. It asks a [`Storage`] for segments
+//! (each a fixed-size, already-allocated block of memory that stays mapped for
+//! the segment's life) and tells each [`SegmentMap`] which byte ranges must
+//! reach stable storage. Two implementations exist:
+//!
+//! - [`FsStorage`]: one file per segment in a directory, preallocated with
+//!   `posix_fallocate` and mapped with memmap2. This is what production uses.
+//! - [`SimStorage`]: segments in heap memory with a separate "durable" image
+//!   that only [`SegmentMap::sync`] updates. Tests use it to crash the log at
+//!   the N-th sync (optionally tearing the last page) and to inject ENOSPC or
+//!   EIO after a countdown, in the style of redb's crash-testing backend.
+
+mod fs;
+mod sim;
+
+pub use fs::{FsStorage, SyncMethod};
+pub use sim::{SimFault, SimStorage};
+
+use crate::WalError;
+use std::fmt;
+use std::sync::Arc;
+
+/// A directory of segments, named by their base LSN.
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// The base LSNs of all complete segments, in any order.
+    fn list(&self) -> Result<Vec<u64>, WalError>;
+    /// Creates a segment of `len` bytes, fully allocated (never sparse), whose
+    /// first bytes are `header`; the header is durable when this returns and
+    /// the segment appears in [`Storage::list`] only once complete.
+    fn create(&self, base: u64, len: u64, header: &[u8]) -> Result<Arc<dyn SegmentMap>, WalError>;
+    /// Maps an existing segment.
+    fn open(&self, base: u64) -> Result<Arc<dyn SegmentMap>, WalError>;
+    /// Deletes a segment. Mappings already handed out stay valid.
+    fn remove(&self, base: u64) -> Result<(), WalError>;
+    /// A human name for a segment, used in errors and warnings.
+    fn describe(&self, base: u64) -> std::path::PathBuf;
+}
+
+/// One mapped segment.
+///
+/// The memory at [`SegmentMap::ptr`] is valid for [`SegmentMap::len`] bytes for
+/// as long as the map is alive, is aligned to at least 4096 bytes, and may be
+/// written through the pointer by several threads at disjoint offsets.
+pub trait SegmentMap: Send + Sync + fmt::Debug {
+    /// Start of the mapping.
+    fn ptr(&self) -> *mut u8;
+    /// Length of the mapping in bytes.
+    fn len(&self) -> usize;
+    /// Makes bytes `offset..offset + len` durable. The caller guarantees no
+    /// thread is writing inside that range while the call runs.
+    fn sync(&self, offset: usize, len: usize) -> std::io::Result<()>;
+}

@@ -1,0 +1,34 @@
+//! Loom shim: the atomics and the spin hint the lock-free protocol uses come
+//! from loom under `--cfg loom` and from std otherwise, so the same code is
+//! model-checked and shipped.
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Spins this many times before yielding the CPU while waiting for an earlier
+/// appender to publish. An append's critical section is one memcpy (tens of
+/// nanoseconds), so 64 pause instructions (~1-3 µs) cover it unless the other
+/// thread was preempted, in which case yielding lets it run (2-core machine).
+#[cfg(not(loom))]
+const SPINS_BEFORE_YIELD: u32 = 64;
+
+/// One step of a bounded spin-then-yield wait.
+#[inline]
+pub(crate) fn backoff(step: &mut u32) {
+    #[cfg(loom)]
+    {
+        let _ = step;
+        loom::thread::yield_now();
+    }
+    #[cfg(not(loom))]
+    {
+        if *step < SPINS_BEFORE_YIELD {
+            *step += 1;
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
