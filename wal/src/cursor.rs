@@ -157,6 +157,7 @@ mod tests {
 }
 
 #[cfg(all(test, loom))]
+#[allow(unsafe_code)]
 mod loom_tests {
     //! Model checks of steps 1-4 with two appenders and a reader: the reader
     //! never observes `published` covering a byte that is not yet written.
@@ -171,12 +172,14 @@ mod loom_tests {
     // SAFETY (test only): cells are written only inside a claimed range and
     // read only below `published`; loom reports any violation as a data race.
     unsafe impl Sync for Log {}
+    // SAFETY: as above.
     unsafe impl Send for Log {}
 
     fn append(log: &Log, geo: &Geometry, len: u64, val: u8) {
         let claim = log.cursor.claim(geo, len, |_| Ok::<_, ()>(())).unwrap();
         for lsn in claim.start..claim.end {
             let v = if lsn >= claim.frame { val } else { 0xEE };
+            // SAFETY: the byte is inside our claim; loom checks exclusivity.
             log.bytes[lsn as usize].with_mut(|p| unsafe { *p = v });
         }
         log.cursor.publish(&claim);
@@ -199,6 +202,7 @@ mod loom_tests {
                 .collect();
             let upto = log.cursor.published();
             for i in 0..upto {
+                // SAFETY: below `published`; loom flags a race if not.
                 let b = log.bytes[i as usize].with(|p| unsafe { *p });
                 assert_ne!(b, 0, "published byte {i} was not written");
             }

@@ -75,6 +75,12 @@ pub enum WalError {
     /// log (recovery) to learn what is really on disk.
     #[error("the WAL is failed after an earlier sync error ({0}); reopen it to recover")]
     Failed(String),
+    /// Another `Wal` (in this or another process) has the directory open.
+    #[error("WAL directory {path} is in use by another process or handle; stop it first")]
+    Locked {
+        /// The log directory.
+        path: PathBuf,
+    },
     /// The log was closed.
     #[error("the WAL is closed")]
     Closed,

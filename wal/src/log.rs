@@ -130,7 +130,8 @@ struct Shared {
     cursor: Cursor,
     durable: AtomicU64,
     requested: AtomicU64,
-    failed: AtomicBool,
+    /// Set once the log has failed or is closing: appends stop.
+    stopped: AtomicBool,
     state: Mutex<State>,
     flush_cv: Condvar,
     durable_cv: Condvar,
@@ -155,7 +156,7 @@ impl Shared {
     fn fail(&self, st: &mut State, why: String) {
         tracing::error!(shard = self.shard, %why, "WAL failed");
         st.failure.get_or_insert(why);
-        self.failed.store(true, Ordering::Release);
+        self.stopped.store(true, Ordering::Release);
         self.durable_cv.notify_all();
         self.prep_cv.notify_all();
     }
@@ -252,7 +253,7 @@ impl Shared {
                 let segs = segments_between(&st, durable, published);
                 drop(st);
                 let res = segs.iter().try_for_each(|s| {
-                    s.sync(durable.max(s.base), published.min(s.end())).map_err(|e| (s.base, e))
+                    s.0.sync(durable.max(s.0.base), s.1).map_err(|e| (s.0.base, e))
                 });
                 st = self.lock();
                 last = Instant::now();
@@ -291,14 +292,15 @@ impl Shared {
     }
 }
 
-/// Segments (old and current) holding data in `from..to`.
-fn segments_between(st: &State, from: u64, to: u64) -> Vec<Arc<Segment>> {
+/// Segments (old and current) holding data in `from..to`, each with the
+/// end of the range to sync in it.
+fn segments_between(st: &State, from: u64, to: u64) -> Vec<(Arc<Segment>, u64)> {
     st.old
         .iter()
-        .map(|k| &k.seg)
-        .chain(st.run.values())
-        .filter(|s| s.base < to && s.end() > from)
-        .cloned()
+        .map(|k| (&k.seg, k.data_end))
+        .chain(st.run.values().map(|s| (s, s.end())))
+        .filter(|(s, end)| s.base < to && *end > from)
+        .map(|(s, end)| (s.clone(), end.min(to)))
         .collect()
 }
 
@@ -356,7 +358,7 @@ impl Wal {
             cursor: Cursor::new(run_base),
             durable: AtomicU64::new(run_base),
             requested: AtomicU64::new(0),
-            failed: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             state: Mutex::new(State {
                 old,
                 run: BTreeMap::new(),
@@ -556,12 +558,14 @@ impl Wal {
         {
             let mut st = sh.lock();
             st.shutdown = true;
+            sh.stopped.store(true, Ordering::Release);
             sh.flush_cv.notify_all();
             sh.prep_cv.notify_all();
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        sh.storage.close();
         synced?;
         let st = sh.lock();
         match st.failure {
@@ -605,9 +609,9 @@ impl Appender {
         if payload.len() as u64 > sh.max_payload {
             return Err(WalError::RecordTooLarge { len: payload.len(), max: sh.max_payload });
         }
-        if sh.failed.load(Ordering::Acquire) {
+        if sh.stopped.load(Ordering::Acquire) {
             let st = sh.lock();
-            return Err(sh.failure(&st));
+            return Err(if st.failure.is_some() { sh.failure(&st) } else { WalError::Closed });
         }
         let len = frame_len(payload.len() as u64);
         let cache = &mut self.cache;

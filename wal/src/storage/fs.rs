@@ -23,6 +23,9 @@ pub enum SyncMethod {
 #[derive(Debug)]
 pub struct FsStorage {
     dir: PathBuf,
+    /// Holds an exclusive `flock` on `dir/LOCK` for the storage's life, so
+    /// two processes never append to one log.
+    lock: std::sync::Mutex<Option<File>>,
     sync: SyncMethod,
     zero_fill: bool,
 }
@@ -32,7 +35,29 @@ impl FsStorage {
     pub fn new(dir: impl AsRef<Path>) -> Result<Self, WalError> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| WalError::io("create directory", &dir, e))?;
-        Ok(FsStorage { dir, sync: SyncMethod::default(), zero_fill: true })
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| WalError::io("open lock file", &lock_path, e))?;
+        // SAFETY: flock on a descriptor we own; it only reads its arguments.
+        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            return Err(match err.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => WalError::Locked { path: dir },
+                _ => WalError::io("lock directory", &lock_path, err),
+            });
+        }
+        Ok(FsStorage {
+            dir,
+            lock: std::sync::Mutex::new(Some(lock)),
+            sync: SyncMethod::default(),
+            zero_fill: true,
+        })
     }
 
     /// Chooses how syncs are done (see `docs/wal-format.md` for measurements).
@@ -41,10 +66,11 @@ impl FsStorage {
         self
     }
 
-    /// When true (the default) new segments are written with zeros after
-    /// `posix_fallocate`, so their extents are initialised and a later commit's
-    /// `fdatasync` has no extent conversion to journal. When false only
-    /// `posix_fallocate` runs (faster creation, slower first commits).
+    /// When true (the default) new segments are written with zeros, one page
+    /// per `pwrite`, after `posix_fallocate`: their extents are initialised
+    /// (a commit's sync has no extent conversion to journal) and their pages
+    /// are cached as small folios. When false only `posix_fallocate` runs
+    /// (faster creation, slower commits).
     pub fn with_zero_fill(mut self, zero_fill: bool) -> Self {
         self.zero_fill = zero_fill;
         self
@@ -65,17 +91,25 @@ impl FsStorage {
             .map_err(|e| WalError::io("sync directory", &self.dir, e))
     }
 
-    fn map(&self, file: File, path: &Path) -> Result<Arc<dyn SegmentMap>, WalError> {
+    fn map(
+        &self,
+        file: File,
+        path: &Path,
+        advice: memmap2::Advice,
+    ) -> Result<Arc<dyn SegmentMap>, WalError> {
         let map = MmapRaw::map_raw(&file).map_err(|e| WalError::io("mmap", path, e))?;
-        // One small store must dirty one page, not a large folio: ask for no
-        // readahead/fault-around on this mapping (see docs/wal-format.md).
-        let _ = map.advise(memmap2::Advice::Random);
+        // Advice only changes performance, so a refusal is ignored.
+        let _ = map.advise(advice);
         Ok(Arc::new(FsSegment { map, file, sync: self.sync }))
     }
 }
 
-/// Bytes written per `pwrite` when zero-filling a new segment.
-const ZERO_CHUNK: usize = 1 << 20;
+/// Bytes written per `pwrite` when zero-filling a new segment: one page.
+/// ext4 (kernel 6.x) sizes page-cache folios from the write length, so 4 KiB
+/// writes leave the segment cached as 4 KiB folios and a later small store
+/// through the mapping dirties (and a sync writes) one page, not a large
+/// folio. Measured in `docs/benchmarks.md` (`write_bytes_per_commit`).
+const ZERO_CHUNK: usize = 4096;
 
 impl Storage for FsStorage {
     fn list(&self) -> Result<Vec<u64>, WalError> {
@@ -136,18 +170,12 @@ impl Storage for FsStorage {
             file.write_all_at(header, 0)
                 .map_err(|e| WalError::io("write segment header", &tmp, e))?;
             file.sync_all().map_err(|e| WalError::io("sync new segment", &tmp, e))?;
-            // The zero-fill went through the page cache in large writes, which
-            // ext4 may cache as large folios; a later 64-byte store into one
-            // would dirty (and each sync would write) the whole folio. The
-            // pages are clean after sync_all, so drop them: the mapping then
-            // faults the file back in one 4 KiB page at a time (MADV_RANDOM).
-            // SAFETY: plain syscall on a descriptor we own; it only reads its
-            // arguments. Failure only costs performance, so it is ignored.
-            let _ =
-                unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
             std::fs::rename(&tmp, &path).map_err(|e| WalError::io("rename segment", &path, e))?;
             self.sync_dir()?;
-            self.map(file, &path)
+            // A segment being written must fault one page at a time if its
+            // pages were evicted: readahead would bring them back as large
+            // folios (see ZERO_CHUNK).
+            self.map(file, &path, memmap2::Advice::Random)
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
@@ -162,7 +190,8 @@ impl Storage for FsStorage {
             .write(true)
             .open(&path)
             .map_err(|e| WalError::io("open segment", &path, e))?;
-        self.map(file, &path)
+        // Existing segments are read front to back by recovery.
+        self.map(file, &path, memmap2::Advice::Sequential)
     }
 
     fn remove(&self, base: u64) -> Result<(), WalError> {
@@ -173,6 +202,11 @@ impl Storage for FsStorage {
 
     fn describe(&self, base: u64) -> PathBuf {
         self.path(base)
+    }
+
+    fn close(&self) {
+        // Closing the descriptor releases the flock.
+        self.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
 

@@ -37,6 +37,9 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn remove(&self, base: u64) -> Result<(), WalError>;
     /// A human name for a segment, used in errors and warnings.
     fn describe(&self, base: u64) -> std::path::PathBuf;
+    /// The log is closed: release any lock on the directory. Mappings
+    /// already handed out stay valid.
+    fn close(&self) {}
 }
 
 /// One mapped segment.
