@@ -111,8 +111,10 @@ struct State {
     next_prepare: u64,
     /// Highest index an appender is waiting for.
     needed: u64,
-    /// The preparer's last failure and the index it was for.
-    prep_error: Option<(u64, WalError)>,
+    /// Segment creations the preparer has started.
+    prep_attempts: u64,
+    /// The preparer's last failure: the index and attempt it was for.
+    prep_error: Option<(u64, u64, WalError)>,
     /// Why the log failed, once it has.
     failure: Option<String>,
     shutdown: bool,
@@ -178,6 +180,9 @@ impl Shared {
             return Ok(());
         }
         let mut st = self.lock();
+        // Attempts numbered up to here started before this call: their
+        // errors may predate space freed since, so they are retried.
+        let entered = st.prep_attempts;
         let mut waited = false;
         loop {
             if let Some(seg) = st.run.get(&idx) {
@@ -192,9 +197,11 @@ impl Shared {
             if st.shutdown {
                 return Err(WalError::Closed);
             }
-            if matches!(st.prep_error, Some((i, _)) if i <= idx) {
-                if let Some((_, e)) = st.prep_error.take() {
-                    return Err(e);
+            if matches!(st.prep_error, Some((i, _, _)) if i <= idx) {
+                if let Some((_, attempt, e)) = st.prep_error.take() {
+                    if attempt > entered {
+                        return Err(e);
+                    }
                 }
             }
             if !waited {
@@ -217,6 +224,8 @@ impl Shared {
             let want = (self.geo.index(self.cursor.tail()) + self.prepare_ahead).max(st.needed);
             if st.prep_error.is_none() && st.next_prepare <= want {
                 let idx = st.next_prepare;
+                st.prep_attempts += 1;
+                let attempt = st.prep_attempts;
                 drop(st);
                 let res = self.create_segment(idx);
                 st = self.lock();
@@ -227,7 +236,7 @@ impl Shared {
                     }
                     Err(e) => {
                         tracing::warn!(shard = self.shard, error = %e, "cannot prepare WAL segment");
-                        st.prep_error = Some((idx, e));
+                        st.prep_error = Some((idx, attempt, e));
                     }
                 }
                 self.prep_cv.notify_all();
@@ -362,8 +371,9 @@ impl Wal {
             state: Mutex::new(State {
                 old,
                 run: BTreeMap::new(),
-                next_prepare: 1,
+                next_prepare: 0,
                 needed: 0,
+                prep_attempts: 0,
                 prep_error: None,
                 failure: None,
                 shutdown: false,
@@ -376,9 +386,9 @@ impl Wal {
             released: AtomicU64::new(0),
             segment_waits: AtomicU64::new(0),
         });
-        // The first segment is created here so a full disk fails `open`.
-        let first = shared.create_segment(0)?;
-        shared.lock().run.insert(0, first);
+        // The preparer creates the first segment too: a log on a full disk
+        // still opens (its records can be read and released) and the first
+        // append reports `NoSpace`.
 
         let mut threads = Vec::new();
         for (name, job) in

@@ -179,10 +179,12 @@ pub(crate) fn recover(
     }
 
     report.end_lsn = expected.unwrap_or(0);
-    // Segments prepared ahead but never written hold nothing; the next run
-    // starts a fresh segment at `end_lsn`, which would have the same name.
+    // Segments prepared ahead but never written hold no records; the next
+    // run starts a fresh segment where the first of them started (which is
+    // where the chain expected it), so they are deleted.
     while kept.last().is_some_and(|k| k.data_end == k.seg.base) {
         if let Some(k) = kept.pop() {
+            report.end_lsn = k.seg.base;
             to_remove.push(k.seg.base);
         }
     }

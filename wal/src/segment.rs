@@ -25,6 +25,9 @@ use std::sync::Arc;
 pub(crate) const MAGIC: &[u8; 8] = b"SPNDLWAL";
 /// On-disk format version.
 pub(crate) const VERSION: u16 = 1;
+/// Highest LSN a log may reach (2^62 bytes, 4 EiB): far beyond any real
+/// log, and low enough that LSN arithmetic can never overflow a u64.
+pub(crate) const MAX_LSN: u64 = 1 << 62;
 /// Bytes before the first frame; a multiple of the frame alignment.
 pub const SEGMENT_HEADER: u64 = 64;
 
@@ -72,7 +75,11 @@ impl Header {
         if u64::from(u16_at(10)) != SEGMENT_HEADER {
             return Err("unsupported header length");
         }
-        Ok(Header { shard: u32_at(12), base: u64_at(16), len: u64_at(24) })
+        let (base, len) = (u64_at(16), u64_at(24));
+        if base.checked_add(len).is_none_or(|end| end > MAX_LSN) {
+            return Err("base LSN out of range");
+        }
+        Ok(Header { shard: u32_at(12), base, len })
     }
 }
 

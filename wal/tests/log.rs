@@ -285,7 +285,8 @@ fn a_directory_in_use_is_refused_until_closed() {
 #[test]
 fn never_policy_keeps_what_an_explicit_sync_covered_through_a_power_loss() {
     let storage = SimStorage::new();
-    let (wal, _) = Wal::open_with(Arc::new(storage.clone()), opts(8192, SyncPolicy::Never)).unwrap();
+    let (wal, _) =
+        Wal::open_with(Arc::new(storage.clone()), opts(8192, SyncPolicy::Never)).unwrap();
     let mut app = wal.appender();
     let synced: Vec<(u64, Vec<u8>)> =
         (0..60).map(|i| (app.append(1, &payload(i)).unwrap(), payload(i))).collect();

@@ -52,6 +52,10 @@ pub trait SegmentMap: Send + Sync + fmt::Debug {
     fn ptr(&self) -> *mut u8;
     /// Length of the mapping in bytes.
     fn len(&self) -> usize;
+    /// Whether the mapping is empty (never, for a real segment).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Makes bytes `offset..offset + len` durable. The caller guarantees no
     /// thread is writing inside that range while the call runs.
     fn sync(&self, offset: usize, len: usize) -> std::io::Result<()>;

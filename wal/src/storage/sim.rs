@@ -146,7 +146,7 @@ impl SimStorage {
     }
 
     fn eio(what: &str) -> io::Error {
-        io::Error::new(io::ErrorKind::Other, format!("simulated EIO during {what}"))
+        io::Error::other(format!("simulated EIO during {what}"))
     }
 }
 
