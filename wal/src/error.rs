@@ -91,7 +91,8 @@ pub enum WalError {
 
 impl WalError {
     /// Builds an `Io` error, or `NoSpace` when the OS said ENOSPC/EDQUOT.
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+    /// For [`crate::Storage`] implementations outside this crate too.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         let path = path.into();
         match source.raw_os_error() {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => WalError::NoSpace { path, bytes: 0 },

@@ -386,9 +386,19 @@ impl Wal {
             released: AtomicU64::new(0),
             segment_waits: AtomicU64::new(0),
         });
-        // The preparer creates the first segment too: a log on a full disk
-        // still opens (its records can be read and released) and the first
-        // append reports `NoSpace`.
+        // Create the first segment now so the first append does not wait.
+        // On a full disk the log still opens (its records can be read and
+        // released); the preparer retries and the first append reports
+        // `NoSpace`.
+        match shared.create_segment(0) {
+            Ok(first) => {
+                let mut st = shared.lock();
+                st.run.insert(0, first);
+                st.next_prepare = 1;
+            }
+            Err(WalError::NoSpace { .. }) => {}
+            Err(e) => return Err(e),
+        }
 
         let mut threads = Vec::new();
         for (name, job) in
