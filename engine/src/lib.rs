@@ -1,10 +1,47 @@
 //! # spindle-engine
 //!
-//! The job engine (pinned shards, job lifecycle, durable submit, recovery,
-//! work stealing) is specified in issue #3 and has not landed yet. This crate
-//! exists so the workspace layout is in place; today it only re-exports the
-//! write-ahead log it will be built on.
+//! The job engine: pinned shards that own their jobs, queues, timers and
+//! write-ahead log; lock-free submission; retries with backoff; dead
+//! letters; unique keys; delays; priorities; work stealing; recovery.
+//!
+//! ```no_run
+//! use spindle_engine::{Durability, Engine, Job, Outcome};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let engine = Engine::builder()
+//!     .data_dir("/var/lib/myapp/spindle")
+//!     .durability(Durability::Process)
+//!     .build()?;
+//! engine.register("emails", |job: &spindle_engine::JobRef<'_>| {
+//!     println!("sending {} ({} bytes)", job.id(), job.payload().len());
+//!     Outcome::Done
+//! })?;
+//! let id = engine.submit(Job::new("emails", b"hello".to_vec()).priority(10))?;
+//! println!("queued {id}");
+//! engine.shutdown()?;
+//! # Ok(()) }
+//! ```
+//!
+//! `docs/architecture.md` in the repository explains the design; each
+//! module's docs give its protocol as numbered steps.
 
 #![deny(unsafe_code)]
 
+mod backoff;
+mod builder;
+mod engine;
+mod error;
+mod job;
+mod park;
+mod pin;
+mod record;
+mod shard;
+mod stats;
+mod steal;
+mod sync;
+
+pub use builder::{Durability, EngineBuilder};
+pub use engine::{Engine, Handler};
+pub use error::{BuildError, ShutdownError, SubmitError};
+pub use job::{Job, JobId, JobRef, Outcome, DEFAULT_MAX_ATTEMPTS, MAX_QUEUE_NAME};
 pub use spindle_wal as wal;
+pub use stats::{Latency, QueueStats, ShardStats, Stats};

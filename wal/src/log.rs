@@ -118,6 +118,8 @@ struct State {
     /// Why the log failed, once it has.
     failure: Option<String>,
     shutdown: bool,
+    /// The flusher has exited: nobody will sync any more.
+    flusher_done: bool,
 }
 
 #[derive(Debug)]
@@ -283,6 +285,7 @@ impl Shared {
                 continue;
             }
             if st.shutdown || st.failure.is_some() {
+                st.flusher_done = true;
                 self.durable_cv.notify_all();
                 return;
             }
@@ -318,7 +321,7 @@ fn segments_between(st: &State, from: u64, to: u64) -> Vec<(Arc<Segment>, u64)> 
 #[derive(Debug)]
 pub struct Wal {
     shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Wal {
@@ -377,6 +380,7 @@ impl Wal {
                 prep_error: None,
                 failure: None,
                 shutdown: false,
+                flusher_done: false,
             }),
             flush_cv: Condvar::new(),
             durable_cv: Condvar::new(),
@@ -411,7 +415,7 @@ impl Wal {
                 .map_err(|e| WalError::io("spawn WAL thread", "", e))?;
             threads.push(handle);
         }
-        Ok((Wal { shared, threads }, report))
+        Ok((Wal { shared, threads: Mutex::new(threads) }, report))
     }
 
     /// A new appender. Appenders are cheap; keep one per thread.
@@ -480,7 +484,7 @@ impl Wal {
             if st.failure.is_some() {
                 return Err(sh.failure(&st));
             }
-            if st.shutdown && self.threads.is_empty() {
+            if st.flusher_done {
                 return Err(WalError::Closed);
             }
             st = sh.durable_cv.wait(st).unwrap_or_else(|p| p.into_inner());
@@ -565,12 +569,18 @@ impl Wal {
 
     /// Syncs (unless the policy is `Never`), stops the background threads and
     /// reports the first error.
-    pub fn close(mut self) -> Result<(), WalError> {
+    pub fn close(self) -> Result<(), WalError> {
         self.shutdown()
     }
 
-    fn shutdown(&mut self) -> Result<(), WalError> {
-        if self.threads.is_empty() {
+    /// Like [`Wal::close`], for a log shared behind an `Arc`: afterwards
+    /// appends fail with `WalError::Closed`. Appenders must have stopped;
+    /// records appended concurrently with shutdown may miss the final sync.
+    /// Calling it again does nothing.
+    pub fn shutdown(&self) -> Result<(), WalError> {
+        let threads: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        if threads.is_empty() {
             return Ok(());
         }
         let sh = &*self.shared;
@@ -582,7 +592,7 @@ impl Wal {
             sh.flush_cv.notify_all();
             sh.prep_cv.notify_all();
         }
-        for t in self.threads.drain(..) {
+        for t in threads {
             let _ = t.join();
         }
         sh.storage.close();
@@ -591,6 +601,18 @@ impl Wal {
         match st.failure {
             Some(_) => Err(sh.failure(&st)),
             None => Ok(()),
+        }
+    }
+
+    /// Asks the flusher to sync what is published now, without waiting (for
+    /// threads that must not block, such as shard threads).
+    pub fn request_sync(&self) {
+        let sh = &*self.shared;
+        let published = sh.cursor.published();
+        if published > sh.durable.load(Ordering::Acquire) {
+            sh.requested.fetch_max(published, Ordering::AcqRel);
+            let _st = sh.lock();
+            sh.flush_cv.notify_one();
         }
     }
 }

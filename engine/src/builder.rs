@@ -1,0 +1,137 @@
+//! [`EngineBuilder`]: every setting, with its default and why.
+
+use crate::engine::Engine;
+use crate::error::BuildError;
+use spindle_wal::RecoveryMode;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How far a submitted job is persisted before `submit` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// No disk. A crash loses queued jobs. For pure pipelines.
+    Memory,
+    /// `submit` returns once the job is in the memory-mapped log: it survives
+    /// `kill -9`; a power loss can lose the last flush interval (50 ms).
+    Process,
+    /// `submit` returns once the job is on stable storage; concurrent
+    /// submits share one sync (group commit).
+    Sync,
+}
+
+/// Settings for an [`Engine`]. Start from [`Engine::builder`].
+#[derive(Debug, Clone)]
+pub struct EngineBuilder {
+    pub(crate) shards: Option<usize>,
+    pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) durability: Option<Durability>,
+    pub(crate) max_jobs: u64,
+    pub(crate) max_bytes: u64,
+    pub(crate) max_payload: usize,
+    pub(crate) segment_size: u64,
+    pub(crate) flush_interval: Duration,
+    pub(crate) retry_base: Duration,
+    pub(crate) retry_cap: Duration,
+    pub(crate) recovery: RecoveryMode,
+    pub(crate) pin: bool,
+    pub(crate) compact_after_segments: usize,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        EngineBuilder {
+            shards: None,
+            data_dir: None,
+            durability: None,
+            // 10 M jobs / 1 GiB of payload: room for bursts on a small
+            // machine while staying far below its memory.
+            max_jobs: 10_000_000,
+            max_bytes: 1 << 30,
+            // DESIGN.md: default max payload 64 KiB.
+            max_payload: 64 << 10,
+            segment_size: spindle_wal::WalOptions::default().segment_size,
+            // DESIGN.md / beanstalkd's default -f: 50 ms.
+            flush_interval: Duration::from_millis(50),
+            // First retry after 0.5-1 s, doubling, at most 1 h.
+            retry_base: Duration::from_secs(1),
+            retry_cap: Duration::from_secs(3600),
+            recovery: RecoveryMode::Truncate,
+            pin: true,
+            // Compact once a shard's log spans more than 4 segments: the log
+            // then stays within ~4 segments plus the live jobs' records.
+            compact_after_segments: 4,
+        }
+    }
+}
+
+impl EngineBuilder {
+    /// Number of shards (default: one per available core). More shards than
+    /// cores works; they then run unpinned.
+    pub fn shards(mut self, n: usize) -> Self {
+        self.shards = Some(n);
+        self
+    }
+
+    /// Where the shards' logs live (`DIR/shard-NNN/`). Needed for `Process`
+    /// and `Sync` durability.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Durability (default: `Process` with a data dir, `Memory` without).
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = Some(d);
+        self
+    }
+
+    /// Most live jobs the engine holds; a submit beyond fails with `Full`.
+    pub fn max_jobs(mut self, n: u64) -> Self {
+        self.max_jobs = n;
+        self
+    }
+
+    /// Most payload bytes the engine holds; a submit beyond fails with `Full`.
+    pub fn max_bytes(mut self, n: u64) -> Self {
+        self.max_bytes = n;
+        self
+    }
+
+    /// Largest payload accepted (default 64 KiB).
+    pub fn max_payload(mut self, n: usize) -> Self {
+        self.max_payload = n;
+        self
+    }
+
+    /// Log segment size (default 64 MiB; small values are for tests).
+    pub fn segment_size(mut self, bytes: u64) -> Self {
+        self.segment_size = bytes;
+        self
+    }
+
+    /// Retry backoff: first retry after `base` (with jitter, 0.5-1x),
+    /// doubling per attempt, never more than `cap`.
+    pub fn retry_backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.retry_base = base;
+        self.retry_cap = cap.max(base);
+        self
+    }
+
+    /// Refuse to start on a damaged log instead of cutting its tail.
+    pub fn strict_recovery(mut self, strict: bool) -> Self {
+        self.recovery = if strict { RecoveryMode::Strict } else { RecoveryMode::Truncate };
+        self
+    }
+
+    /// Pin shard threads to cores (default true; ignored when there are
+    /// more shards than cores).
+    pub fn pin_threads(mut self, pin: bool) -> Self {
+        self.pin = pin;
+        self
+    }
+
+    /// Replays the logs and starts the shards.
+    pub fn build(self) -> Result<Engine, BuildError> {
+        Engine::start(self)
+    }
+}

@@ -1,0 +1,596 @@
+//! [`Engine`]: building, submitting, registering handlers, stats, shutdown.
+//!
+//! Submitting a job (`submit`), in order:
+//!
+//! 1. Validate the queue name and payload size; reserve room in the global
+//!    job and byte limits (a failed reservation is `SubmitError::Full` and
+//!    changes nothing).
+//! 2. Take the next id from the engine-wide counter and pick a shard: round
+//!    robin, or a hash of (queue, unique key) so one shard decides
+//!    uniqueness for a key.
+//! 3. Without a unique key: append the `Put` record to the shard's log from
+//!    this thread (lock-free multi-producer append), wait for the sync under
+//!    `Sync`, then push the job to the shard's inbox and wake the shard.
+//!    With a unique key: send the job to the shard, which checks the key,
+//!    logs it and replies (one round trip).
+//! 4. Return the id: the job is as durable as the mode promises.
+
+use crate::builder::{Durability, EngineBuilder};
+use crate::error::{BuildError, ShutdownError, SubmitError};
+use crate::job::{validate_queue, Job, JobId, JobRef, Outcome};
+use crate::park::Parker;
+use crate::record::{self, Rec, KIND_REC};
+use crate::shard::{self, Msg, NewJob, Recovered, Shard, ShardShared, UniqueReply};
+use crate::stats::{self, Stats};
+use crossbeam_deque::Worker;
+use crossbeam_queue::{ArrayQueue, SegQueue};
+use spindle_wal::{SyncPolicy, Wal, WalOptions};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A job handler: a closure `Fn(&JobRef) -> Outcome` or your own type.
+pub trait Handler: Send + Sync + 'static {
+    /// Runs one job. Panics are caught and count as a failed attempt.
+    fn handle(&self, job: &JobRef<'_>) -> Outcome;
+}
+
+impl<F> Handler for F
+where
+    F: Fn(&JobRef<'_>) -> Outcome + Send + Sync + 'static,
+{
+    fn handle(&self, job: &JobRef<'_>) -> Outcome {
+        self(job)
+    }
+}
+
+/// Settings every shard reads.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub(crate) durability: Durability,
+    pub(crate) retry_base: Duration,
+    pub(crate) retry_cap: Duration,
+    pub(crate) compact_after_segments: usize,
+    pub(crate) epoch: Instant,
+    pub(crate) close_errors: Mutex<Option<(usize, String)>>,
+}
+
+/// Engine-wide counters: ids and the capacity limits.
+#[derive(Debug)]
+pub(crate) struct Counters {
+    pub(crate) next_id: AtomicU64,
+    jobs: AtomicU64,
+    bytes: AtomicU64,
+    max_jobs: u64,
+    max_bytes: u64,
+}
+
+impl Counters {
+    fn reserve(&self, jobs: u64, bytes: u64) -> Result<(), SubmitError> {
+        if self.jobs.fetch_add(jobs, Ordering::AcqRel) + jobs > self.max_jobs {
+            self.jobs.fetch_sub(jobs, Ordering::AcqRel);
+            return Err(SubmitError::Full { what: "jobs", limit: self.max_jobs });
+        }
+        if self.bytes.fetch_add(bytes, Ordering::AcqRel) + bytes > self.max_bytes {
+            self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+            self.jobs.fetch_sub(jobs, Ordering::AcqRel);
+            return Err(SubmitError::Full { what: "bytes", limit: self.max_bytes });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn release(&self, jobs: u64, bytes: u64) {
+        self.jobs.fetch_sub(jobs, Ordering::AcqRel);
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+struct Inner {
+    shards: Arc<[Arc<ShardShared>]>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    cfg: Arc<Config>,
+    counters: Arc<Counters>,
+    max_payload: usize,
+    rr: AtomicUsize,
+    accepting: AtomicBool,
+    queues: Mutex<HashMap<String, Arc<str>>>,
+}
+
+/// A running engine. Cheap to clone: clones share the same shards, so other
+/// threads and handlers can submit follow-up jobs.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("shards", &self.inner.shards.len()).finish()
+    }
+}
+
+fn shard_dir(dir: &std::path::Path, i: usize) -> PathBuf {
+    dir.join(format!("shard-{i:03}"))
+}
+
+/// Replays one shard's log into its live jobs; returns them and the highest
+/// id seen (ids never go backwards).
+fn replay(wal: &Wal, shard: usize) -> Result<(Vec<Recovered>, u64), BuildError> {
+    let mut jobs: HashMap<u64, Recovered> = HashMap::new();
+    let mut next_id = 1u64;
+    let mut bad: Option<BuildError> = None;
+    wal.replay(|r| {
+        if bad.is_some() || r.kind != KIND_REC {
+            return;
+        }
+        let rec = match record::decode(r.payload) {
+            Ok(rec) => rec,
+            Err(e) => {
+                bad = Some(BuildError::BadRecord { shard, lsn: r.lsn, reason: e.to_string() });
+                return;
+            }
+        };
+        match rec {
+            Rec::Put { id, .. } => {
+                next_id = next_id.max(id + 1);
+                if let Some(j) = Recovered::from_put(rec, r.lsn) {
+                    jobs.insert(id, j);
+                }
+            }
+            Rec::Retry { id, attempts, run_at_ms } => {
+                if let Some(j) = jobs.get_mut(&id) {
+                    j.entry.attempts = attempts;
+                    j.entry.run_at_ms = run_at_ms;
+                }
+            }
+            Rec::Bury { id, attempts, .. } => {
+                if let Some(j) = jobs.get_mut(&id) {
+                    j.entry.attempts = attempts;
+                    j.buried = true;
+                }
+            }
+            Rec::Done { id } => {
+                jobs.remove(&id);
+            }
+            Rec::IdMark { next_id: n } => next_id = next_id.max(n),
+        }
+    })
+    .map_err(|source| BuildError::Wal { shard, source })?;
+    if let Some(e) = bad {
+        return Err(e);
+    }
+    let mut v: Vec<Recovered> = jobs.into_values().collect();
+    v.sort_by_key(|j| j.id);
+    Ok((v, next_id))
+}
+
+impl Engine {
+    /// Starts configuring an engine.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    pub(crate) fn start(b: EngineBuilder) -> Result<Engine, BuildError> {
+        let durability = b.durability.unwrap_or(if b.data_dir.is_some() {
+            Durability::Process
+        } else {
+            Durability::Memory
+        });
+        if durability != Durability::Memory && b.data_dir.is_none() {
+            return Err(BuildError::Config(format!(
+                "{durability:?} durability needs a data_dir; use Durability::Memory to run without disk"
+            )));
+        }
+        let cores = crate::pin::allowed_cores();
+        let mut n = b.shards.unwrap_or_else(|| cores.len().max(1));
+        if n == 0 || n > 4096 {
+            return Err(BuildError::Config(format!("shards must be 1..=4096, not {n}")));
+        }
+        // Never strand a shard directory written by a run with more shards.
+        let dir = if durability == Durability::Memory { None } else { b.data_dir.clone() };
+        if let Some(dir) = &dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| BuildError::Config(format!("{}: {e}", dir.display())))?;
+            while shard_dir(dir, n).join("LOCK").exists() || has_segments(&shard_dir(dir, n)) {
+                tracing::warn!(
+                    shard = n,
+                    "data dir has more shards than configured; running them too"
+                );
+                n += 1;
+            }
+        }
+        let policy = match durability {
+            Durability::Sync => SyncPolicy::Always,
+            _ => SyncPolicy::Interval(b.flush_interval),
+        };
+        let cfg = Arc::new(Config {
+            durability,
+            retry_base: b.retry_base,
+            retry_cap: b.retry_cap,
+            compact_after_segments: b.compact_after_segments.max(2),
+            epoch: Instant::now(),
+            close_errors: Mutex::new(None),
+        });
+
+        let mut wals = Vec::with_capacity(n);
+        let mut recovered = Vec::with_capacity(n);
+        let mut next_id = 1u64;
+        let (mut live, mut bytes) = (0u64, 0u64);
+        for i in 0..n {
+            match &dir {
+                Some(dir) => {
+                    let opts = WalOptions {
+                        shard: i as u32,
+                        segment_size: b.segment_size,
+                        sync: policy,
+                        recovery: b.recovery,
+                        ..WalOptions::default()
+                    };
+                    let (wal, report) = Wal::open(shard_dir(dir, i), opts)
+                        .map_err(|source| BuildError::Wal { shard: i, source })?;
+                    if let Some(t) = &report.truncated {
+                        tracing::warn!(shard = i, segment = t.segment, offset = t.offset,
+                            bytes_dropped = t.bytes_dropped, reason = %t.reason, "shard log was cut at damage");
+                    }
+                    let (jobs, hi) = replay(&wal, i)?;
+                    next_id = next_id.max(hi);
+                    live += jobs.len() as u64;
+                    bytes += jobs.iter().map(|j| j.entry.payload.len() as u64).sum::<u64>();
+                    wals.push(Some(Arc::new(wal)));
+                    recovered.push(jobs);
+                }
+                None => {
+                    wals.push(None);
+                    recovered.push(Vec::new());
+                }
+            }
+        }
+        let counters = Arc::new(Counters {
+            next_id: AtomicU64::new(next_id),
+            jobs: AtomicU64::new(live),
+            bytes: AtomicU64::new(bytes),
+            max_jobs: b.max_jobs,
+            max_bytes: b.max_bytes,
+        });
+
+        let mut workers = Vec::with_capacity(n);
+        let mut shared = Vec::with_capacity(n);
+        for (i, wal) in wals.into_iter().enumerate() {
+            let worker = Worker::new_fifo();
+            shared.push(Arc::new(ShardShared {
+                idx: i,
+                inbox: SegQueue::new(),
+                parker: OnceLock::new(),
+                stealer: worker.stealer(),
+                wal,
+                appenders: ArrayQueue::new(64),
+                snapshot: Mutex::new((0, stats::Snapshot::default())),
+                snapshot_cv: Condvar::new(),
+                want_snapshot: AtomicBool::new(false),
+                searching: AtomicBool::new(false),
+            }));
+            workers.push(worker);
+        }
+        let all: Arc<[Arc<ShardShared>]> = shared.into();
+        let pin = b.pin && n <= cores.len();
+        if b.pin && !pin {
+            tracing::info!(
+                shards = n,
+                cores = cores.len(),
+                "more shards than cores: running unpinned"
+            );
+        }
+        let mut threads = Vec::with_capacity(n);
+        for (i, (worker, jobs)) in workers.into_iter().zip(recovered).enumerate() {
+            let shard = Shard::new(
+                all[i].clone(),
+                all.clone(),
+                cfg.clone(),
+                counters.clone(),
+                worker,
+                jobs,
+            );
+            let core = if pin { cores.get(i).copied() } else { None };
+            let handle = std::thread::Builder::new()
+                .name(format!("spindle-shard-{i}"))
+                .spawn(move || shard.run(core))
+                .map_err(BuildError::Thread)?;
+            let _ = all[i].parker.set(Parker::new(handle.thread().clone()));
+            // The shard may have parked before its parker existed; wake it.
+            all[i].notify();
+            threads.push(handle);
+        }
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                shards: all,
+                threads: Mutex::new(threads),
+                cfg,
+                counters,
+                max_payload: b.max_payload,
+                rr: AtomicUsize::new(0),
+                accepting: AtomicBool::new(true),
+                queues: Mutex::new(HashMap::new()),
+            }),
+        };
+        Ok(engine)
+    }
+
+    /// Registers the handler for `queue` (replacing any earlier one). May be
+    /// called at any time; jobs already waiting in the queue start running.
+    pub fn register(&self, queue: &str, handler: impl Handler) -> Result<(), SubmitError> {
+        validate_queue(queue)?;
+        let q = self.queue_name(queue);
+        let h: Arc<dyn Handler> = Arc::new(handler);
+        for s in self.inner.shards.iter() {
+            s.send(Msg::Register(q.clone(), h.clone()));
+        }
+        Ok(())
+    }
+
+    fn queue_name(&self, queue: &str) -> Arc<str> {
+        let mut names = self.inner.queues.lock().unwrap_or_else(|p| p.into_inner());
+        names.entry(queue.to_string()).or_insert_with(|| Arc::from(queue)).clone()
+    }
+
+    fn check(&self, job: &Job) -> Result<(), SubmitError> {
+        if !self.inner.accepting.load(Ordering::Acquire) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        validate_queue(&job.queue)?;
+        if job.payload.len() > self.inner.max_payload {
+            return Err(SubmitError::PayloadTooLarge {
+                len: job.payload.len(),
+                max: self.inner.max_payload,
+            });
+        }
+        Ok(())
+    }
+
+    fn new_job(&self, job: Job, id: u64) -> NewJob {
+        let run_at_ms = if job.delay.is_zero() {
+            0
+        } else {
+            shard::wall_ms() + (job.delay.as_millis() as u64).max(1)
+        };
+        NewJob {
+            id,
+            queue: self.queue_name(&job.queue),
+            priority: job.priority,
+            payload: job.payload.into(),
+            run_at_ms,
+            max_attempts: job.max_attempts,
+            unique_key: job.unique_key.map(Into::into),
+            lsn: 0,
+            submitted_ns: self.inner.cfg.epoch.elapsed().as_nanos() as u64,
+        }
+    }
+
+    fn put_rec(j: &NewJob) -> Rec {
+        Rec::Put {
+            id: j.id,
+            queue: j.queue.to_string(),
+            priority: j.priority,
+            payload: j.payload.to_vec(),
+            run_at_ms: j.run_at_ms,
+            attempts: 0,
+            max_attempts: j.max_attempts,
+            unique_key: j.unique_key.as_ref().map(|k| k.to_string()),
+            buried: false,
+        }
+    }
+
+    fn pick_shard(&self, job: &Job) -> usize {
+        let n = self.inner.shards.len();
+        match &job.unique_key {
+            Some(k) => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (&job.queue, k).hash(&mut h);
+                (h.finish() % n as u64) as usize
+            }
+            None => self.inner.rr.fetch_add(1, Ordering::Relaxed) % n,
+        }
+    }
+
+    /// Submits one job; returns once it is as durable as the engine's
+    /// [`Durability`] promises.
+    pub fn submit(&self, job: Job) -> Result<JobId, SubmitError> {
+        self.check(&job)?;
+        let len = job.payload.len() as u64;
+        self.inner.counters.reserve(1, len)?;
+        let shard = &self.inner.shards[self.pick_shard(&job)];
+        let id = self.inner.counters.next_id.fetch_add(1, Ordering::AcqRel);
+        let unique = job.unique_key.is_some();
+        let mut nj = self.new_job(job, id);
+        if unique {
+            let reply: Arc<UniqueReply> = Arc::new(ArrayQueue::new(1));
+            shard.send(Msg::Unique(nj, reply.clone(), std::thread::current()));
+            let (id, lsn) = loop {
+                match reply.pop() {
+                    Some(r) => break r?,
+                    None => std::thread::park_timeout(Duration::from_millis(10)),
+                }
+            };
+            self.wait_durable(shard, lsn)?;
+            return Ok(id);
+        }
+        if let Some(wal) = &shard.wal {
+            match shard.append(wal, &Self::put_rec(&nj)) {
+                Ok(lsn) => nj.lsn = lsn,
+                Err(e) => {
+                    self.inner.counters.release(1, len);
+                    return Err(e);
+                }
+            }
+            if let Err(e) = self.wait_durable(shard, nj.lsn) {
+                // The record is in the log and the job will run; report the
+                // sync failure (the log is failed from now on).
+                shard.send(Msg::Jobs(vec![nj]));
+                return Err(e);
+            }
+        }
+        shard.send(Msg::Jobs(vec![nj]));
+        Ok(JobId(id))
+    }
+
+    fn wait_durable(&self, shard: &ShardShared, lsn: u64) -> Result<(), SubmitError> {
+        if self.inner.cfg.durability == Durability::Sync {
+            if let Some(wal) = &shard.wal {
+                wal.wait_durable(lsn)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Submits many jobs with one log pass and one sync. Jobs without a
+    /// unique key go to one shard together (stealing spreads them); jobs with
+    /// one are submitted one by one. Stops at the first error: the ids
+    /// returned so far are accepted, the rest are not.
+    pub fn submit_batch(&self, jobs: Vec<Job>) -> Result<Vec<JobId>, SubmitError> {
+        let mut ids = Vec::with_capacity(jobs.len());
+        let (plain, unique): (Vec<Job>, Vec<Job>) =
+            jobs.into_iter().partition(|j| j.unique_key.is_none());
+        for j in &plain {
+            self.check(j)?;
+        }
+        if !plain.is_empty() {
+            let bytes: u64 = plain.iter().map(|j| j.payload.len() as u64).sum();
+            let n = plain.len() as u64;
+            self.inner.counters.reserve(n, bytes)?;
+            let shard = &self.inner.shards
+                [self.inner.rr.fetch_add(1, Ordering::Relaxed) % self.inner.shards.len()];
+            let first = self.inner.counters.next_id.fetch_add(n, Ordering::AcqRel);
+            let mut batch = Vec::with_capacity(plain.len());
+            let mut last_lsn = 0;
+            for (k, job) in plain.into_iter().enumerate() {
+                let len = job.payload.len() as u64;
+                let mut nj = self.new_job(job, first + k as u64);
+                if let Some(wal) = &shard.wal {
+                    match shard.append(wal, &Self::put_rec(&nj)) {
+                        Ok(lsn) => {
+                            nj.lsn = lsn;
+                            last_lsn = lsn;
+                        }
+                        Err(e) => {
+                            let rest = n - k as u64;
+                            let _ = len;
+                            // Release what was reserved for the unlogged rest.
+                            let rest_bytes = bytes
+                                - batch
+                                    .iter()
+                                    .map(|b: &NewJob| b.payload.len() as u64)
+                                    .sum::<u64>();
+                            self.inner.counters.release(rest, rest_bytes);
+                            if !batch.is_empty() {
+                                shard.send(Msg::Jobs(batch));
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
+                ids.push(JobId(nj.id));
+                batch.push(nj);
+            }
+            let synced = self.wait_durable(shard, last_lsn);
+            shard.send(Msg::Jobs(batch));
+            synced?;
+        }
+        for j in unique {
+            ids.push(self.submit(j)?);
+        }
+        Ok(ids)
+    }
+
+    /// A snapshot of queues, shards and latencies. Waits briefly (at most
+    /// 50 ms per shard) for each shard to publish fresh counters; a shard
+    /// busy in a long handler contributes its last published ones.
+    pub fn stats(&self) -> Stats {
+        let gens: Vec<u64> =
+            self.inner.shards.iter().map(|s| shard::snapshot_generation(s)).collect();
+        for s in self.inner.shards.iter() {
+            s.want_snapshot.store(true, Ordering::Release);
+            s.notify();
+        }
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let mut snaps = Vec::with_capacity(gens.len());
+        for (s, g) in self.inner.shards.iter().zip(gens) {
+            let mut guard = s.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+            while guard.0 == g {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                guard =
+                    s.snapshot_cv.wait_timeout(guard, left).unwrap_or_else(|p| p.into_inner()).0;
+            }
+            snaps.push(guard.1.clone());
+        }
+        let c = &self.inner.counters;
+        stats::merge(&snaps, c.jobs.load(Ordering::Acquire), c.bytes.load(Ordering::Acquire))
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.inner.shards.len()
+    }
+
+    /// The durability mode in force.
+    pub fn durability(&self) -> Durability {
+        self.inner.cfg.durability
+    }
+
+    /// Stops intake, lets each shard finish the job it is running, drains
+    /// ready work in `Memory` mode (it would be lost), persists everything
+    /// else in the log (`Process`, `Sync`: it comes back on the next build),
+    /// syncs and closes the logs. Further submits fail with `ShuttingDown`.
+    pub fn shutdown(&self) -> Result<(), ShutdownError> {
+        self.inner.accepting.store(false, Ordering::Release);
+        let threads =
+            std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for s in self.inner.shards.iter() {
+            s.send(Msg::Shutdown);
+        }
+        let mut first_err = None;
+        for (i, t) in threads.into_iter().enumerate() {
+            if t.join().is_err() && first_err.is_none() {
+                first_err = Some(ShutdownError::ShardPanicked(i));
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        if let Some((shard, msg)) =
+            self.inner.cfg.close_errors.lock().unwrap_or_else(|p| p.into_inner()).take()
+        {
+            return Err(ShutdownError::Wal { shard, source: spindle_wal::WalError::Failed(msg) });
+        }
+        Ok(())
+    }
+}
+
+fn has_segments(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|mut it| {
+            it.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".wal")))
+        })
+        .unwrap_or(false)
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        if threads.is_empty() {
+            return;
+        }
+        self.accepting.store(false, Ordering::Release);
+        for s in self.shards.iter() {
+            s.send(Msg::Shutdown);
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}

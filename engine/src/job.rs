@@ -1,0 +1,168 @@
+//! Jobs as users see them: what is submitted ([`Job`]), what a handler gets
+//! ([`JobRef`]) and what it answers ([`Outcome`]).
+
+use crate::error::SubmitError;
+use std::fmt;
+use std::time::Duration;
+
+/// A job's id: unique within a data directory and never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(pub(crate) u64);
+
+impl JobId {
+    /// The id as a number (what `Display` prints).
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Default attempts before a failing job is buried (Faktory and BullMQ
+/// default to a handful of retries; Sidekiq's 25 keeps poison jobs alive for
+/// three weeks, which we consider too long for a default).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+/// A job to submit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub(crate) queue: String,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) priority: u32,
+    pub(crate) delay: Duration,
+    pub(crate) max_attempts: u32,
+    pub(crate) unique_key: Option<String>,
+}
+
+impl Job {
+    /// A job for `queue` carrying `payload`, priority 0 (most urgent), no
+    /// delay, [`DEFAULT_MAX_ATTEMPTS`] attempts.
+    pub fn new(queue: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+        Job {
+            queue: queue.into(),
+            payload: payload.into(),
+            priority: 0,
+            delay: Duration::ZERO,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            unique_key: None,
+        }
+    }
+
+    /// Priority: 0 is the most urgent.
+    pub fn priority(mut self, priority: u32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Run no earlier than `delay` from now.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// Attempts before the job is buried (at least 1).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// While a live job of the same queue holds this key, submitting another
+    /// one with it creates nothing and reports [`SubmitError::Duplicate`].
+    pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
+        self
+    }
+}
+
+/// What a handler sees of a running job.
+#[derive(Debug, Clone, Copy)]
+pub struct JobRef<'a> {
+    pub(crate) id: JobId,
+    pub(crate) queue: &'a str,
+    pub(crate) payload: &'a [u8],
+    pub(crate) attempt: u32,
+    pub(crate) priority: u32,
+}
+
+impl<'a> JobRef<'a> {
+    /// The job's id.
+    pub fn id(&self) -> JobId {
+        self.id
+    }
+    /// The queue it was submitted to.
+    pub fn queue(&self) -> &'a str {
+        self.queue
+    }
+    /// Its payload.
+    pub fn payload(&self) -> &'a [u8] {
+        self.payload
+    }
+    /// Which attempt this is: 1 for the first run.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+    /// Its priority.
+    pub fn priority(&self) -> u32 {
+        self.priority
+    }
+}
+
+/// A handler's verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Finished: the job is gone.
+    Done,
+    /// Failed, may succeed later: retried after an exponential backoff with
+    /// jitter, buried once its attempts are used up.
+    Retry(String),
+    /// Failed for good: buried (dead letter) now.
+    Bury(String),
+}
+
+/// Longest queue name (beanstalkd's tube name limit).
+pub const MAX_QUEUE_NAME: usize = 200;
+
+/// Checks a queue name against DESIGN.md's rules: 1-200 bytes of
+/// `A-Za-z0-9-+/;.$_()`, not starting with `-`.
+pub(crate) fn validate_queue(name: &str) -> Result<(), SubmitError> {
+    let bad =
+        |reason: &'static str| SubmitError::InvalidQueueName { name: name.to_string(), reason };
+    if name.is_empty() {
+        return Err(bad("empty"));
+    }
+    if name.len() > MAX_QUEUE_NAME {
+        return Err(bad("longer than 200 bytes"));
+    }
+    if name.starts_with('-') {
+        return Err(bad("starts with '-'"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-+/;.$_()".contains(&b)) {
+        return Err(bad("only A-Z a-z 0-9 and - + / ; . $ _ ( ) are allowed"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names_follow_the_beanstalkd_rules() {
+        assert!(validate_queue("emails").is_ok());
+        assert!(validate_queue("a-b+c/d;e.f$g_h(i)").is_ok());
+        assert!(validate_queue("").is_err());
+        assert!(validate_queue("-x").is_err());
+        assert!(validate_queue("has space").is_err());
+        assert!(validate_queue(&"q".repeat(200)).is_ok());
+        assert!(validate_queue(&"q".repeat(201)).is_err());
+    }
+
+    #[test]
+    fn job_id_displays_as_decimal() {
+        assert_eq!(JobId(42).to_string(), "42");
+    }
+}

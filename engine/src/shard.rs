@@ -1,0 +1,862 @@
+//! A shard: one thread that owns a set of jobs, their queues, timers and log.
+//!
+//! The loop, in order, every iteration:
+//!
+//! 1. **Inbox.** Drain up to [`INBOX_BATCH`] messages from the lock-free
+//!    inbox: new jobs (already logged by their producer), unique-key jobs
+//!    (checked and logged here), handler registrations, outcomes of jobs
+//!    other shards stole from us, stats requests, shutdown.
+//! 2. **Timers.** Move delayed jobs whose time has come to ready.
+//! 3. **Run.** Take the most urgent ready job (priority, then FIFO) and run
+//!    its handler on this thread. Before that, if more jobs wait behind it,
+//!    offer up to [`STEAL_BATCH`] of the most urgent to the shard's
+//!    work-stealing deque, so a long handler never strands them (`steal.rs`).
+//! 4. **Steal.** With nothing of its own to run, take a batch from another
+//!    shard's deque, run them, and send each outcome back to the owner,
+//!    which logs it: a job's records always stay in its owner's log.
+//! 5. **Idle.** Spin [`IDLE_SPINS`] rounds, then park until a producer
+//!    notifies the shard or its next timer is due (`park.rs`).
+
+use crate::backoff::{retry_delay, Rng};
+use crate::builder::Durability;
+use crate::engine::{Config, Counters, Handler};
+use crate::job::{JobId, JobRef, Outcome};
+use crate::park::Parker;
+use crate::record::{self, Rec, KIND_REC};
+use crate::stats::{self, QueueStats, Snapshot};
+use crate::steal::{Task, TaskOutcome};
+use crossbeam_deque::{Steal, Stealer, Worker};
+use crossbeam_queue::{ArrayQueue, SegQueue};
+use hdrhistogram::Histogram;
+use spindle_wal::{Appender, Wal};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Messages handled per loop iteration before running a job, so a flood of
+/// submissions cannot starve dispatch.
+const INBOX_BATCH: usize = 256;
+/// Most jobs offered to thieves at once. The whole backlog up to this bound
+/// is offered, so a handler that blocks its shard strands nothing unless
+/// more than this many jobs wait behind it (see `steal.rs`).
+pub(crate) const STEAL_BATCH: usize = 256;
+/// Idle rounds before parking: each round re-checks inbox, timers and other
+/// shards; ~50 rounds is tens of microseconds here, which covers the gap
+/// between jobs of a busy stream without burning a core when idle (parked
+/// wake-ups cost 7-20 µs p50 on this VM, see DESIGN.md).
+const IDLE_SPINS: u32 = 50;
+/// Longest park without a timer: a safety net, not a correctness need.
+const MAX_PARK: Duration = Duration::from_millis(100);
+
+/// Wall-clock milliseconds since the Unix epoch (for run_at, which must
+/// survive restarts).
+pub(crate) fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A job handed to a shard by a producer.
+#[derive(Debug)]
+pub(crate) struct NewJob {
+    pub(crate) id: u64,
+    pub(crate) queue: Arc<str>,
+    pub(crate) priority: u32,
+    pub(crate) payload: Arc<[u8]>,
+    pub(crate) run_at_ms: u64,
+    pub(crate) max_attempts: u32,
+    pub(crate) unique_key: Option<Box<str>>,
+    /// LSN of its `Put` record (0 in Memory mode).
+    pub(crate) lsn: u64,
+    /// Engine clock, nanoseconds.
+    pub(crate) submitted_ns: u64,
+}
+
+/// Reply to a unique-key submission: the id and the LSN to wait on.
+pub(crate) type UniqueReply = crossbeam_queue::ArrayQueue<Result<(JobId, u64), crate::SubmitError>>;
+
+/// A message to a shard.
+pub(crate) enum Msg {
+    Jobs(Vec<NewJob>),
+    Unique(NewJob, Arc<UniqueReply>, std::thread::Thread),
+    Register(Arc<str>, Arc<dyn Handler>),
+    Outcome(TaskOutcome),
+    Return(Task),
+    Shutdown,
+}
+
+/// The part of a shard other threads touch.
+pub(crate) struct ShardShared {
+    pub(crate) idx: usize,
+    pub(crate) inbox: SegQueue<Msg>,
+    pub(crate) parker: OnceLock<Parker>,
+    pub(crate) stealer: Stealer<Task>,
+    pub(crate) wal: Option<Arc<Wal>>,
+    /// Appenders lent to producer threads (lock-free pool).
+    pub(crate) appenders: ArrayQueue<Appender>,
+    pub(crate) snapshot: Mutex<(u64, Snapshot)>,
+    pub(crate) snapshot_cv: Condvar,
+    pub(crate) want_snapshot: AtomicBool,
+    pub(crate) searching: AtomicBool,
+}
+
+impl ShardShared {
+    /// Pushes a message and wakes the shard if it sleeps.
+    pub(crate) fn send(&self, msg: Msg) {
+        self.inbox.push(msg);
+        self.notify();
+    }
+
+    pub(crate) fn notify(&self) {
+        if let Some(p) = self.parker.get() {
+            p.notify();
+        }
+    }
+
+    /// Appends a record through a pooled appender.
+    pub(crate) fn append(&self, wal: &Wal, rec: &Rec) -> Result<u64, crate::SubmitError> {
+        let bytes = record::encode(rec).map_err(|e| {
+            crate::SubmitError::Io(spindle_wal::WalError::Config(format!("encode: {e}")))
+        })?;
+        let mut app = self.appenders.pop().unwrap_or_else(|| wal.appender());
+        let res = app.append(KIND_REC, &bytes);
+        let _ = self.appenders.push(app);
+        Ok(res?)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Ready,
+    Delayed,
+    Running,
+    Buried,
+}
+
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) queue: Arc<str>,
+    pub(crate) priority: u32,
+    pub(crate) payload: Arc<[u8]>,
+    pub(crate) attempts: u32,
+    pub(crate) max_attempts: u32,
+    pub(crate) unique_key: Option<Box<str>>,
+    state: State,
+    pub(crate) run_at_ms: u64,
+    lsn: u64,
+    submitted_ns: u64,
+    ready_ns: u64,
+}
+
+/// A job recovered from the log, before the shard starts.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    pub(crate) id: u64,
+    pub(crate) entry: Entry,
+    pub(crate) buried: bool,
+}
+
+impl Recovered {
+    pub(crate) fn from_put(rec: Rec, lsn: u64) -> Option<Recovered> {
+        let Rec::Put {
+            id,
+            queue,
+            priority,
+            payload,
+            run_at_ms,
+            attempts,
+            max_attempts,
+            unique_key,
+            buried,
+        } = rec
+        else {
+            return None;
+        };
+        Some(Recovered {
+            id,
+            buried,
+            entry: Entry {
+                queue: queue.into(),
+                priority,
+                payload: payload.into(),
+                attempts,
+                max_attempts,
+                unique_key: unique_key.map(Into::into),
+                state: State::Ready,
+                run_at_ms,
+                lsn,
+                submitted_ns: 0,
+                ready_ns: 0,
+            },
+        })
+    }
+}
+
+/// The shard thread's own state.
+pub(crate) struct Shard {
+    sh: Arc<ShardShared>,
+    all: Arc<[Arc<ShardShared>]>,
+    cfg: Arc<Config>,
+    counters: Arc<Counters>,
+    jobs: HashMap<u64, Entry>,
+    /// Runnable jobs: (priority, FIFO sequence, id), most urgent first.
+    ready: BinaryHeap<Reverse<(u32, u64, u64)>>,
+    /// Ready jobs of queues with no handler here yet.
+    waiting: HashMap<Arc<str>, Vec<(u32, u64, u64)>>,
+    delayed: BinaryHeap<Reverse<(u64, u64)>>,
+    handlers: HashMap<Arc<str>, Arc<dyn Handler>>,
+    unique: HashMap<(Arc<str>, Box<str>), u64>,
+    /// Live jobs by the LSN of their latest `Put` (compaction's index).
+    by_lsn: BTreeMap<u64, u64>,
+    worker: Worker<Task>,
+    appender: Option<Appender>,
+    seq: u64,
+    rng: Rng,
+    queues: HashMap<Arc<str>, QueueStats>,
+    dispatch: Histogram<u64>,
+    run_time: Histogram<u64>,
+    end_to_end: Histogram<u64>,
+    jobs_run: u64,
+    jobs_stolen: u64,
+    pinned_core: Option<usize>,
+    published_at: Instant,
+    shutting_down: bool,
+    last_rewrite: u64,
+    /// Priority of the most urgent job in the latest offer to thieves.
+    offered_best: u32,
+}
+
+impl Shard {
+    pub(crate) fn new(
+        sh: Arc<ShardShared>,
+        all: Arc<[Arc<ShardShared>]>,
+        cfg: Arc<Config>,
+        counters: Arc<Counters>,
+        worker: Worker<Task>,
+        recovered: Vec<Recovered>,
+    ) -> Shard {
+        let appender = sh.wal.as_ref().map(|w| w.appender());
+        let mut shard = Shard {
+            rng: Rng::new(0x9E37_79B9_7F4A_7C15 ^ (sh.idx as u64 + 1)),
+            sh,
+            all,
+            cfg,
+            counters,
+            jobs: HashMap::new(),
+            ready: BinaryHeap::new(),
+            waiting: HashMap::new(),
+            delayed: BinaryHeap::new(),
+            handlers: HashMap::new(),
+            unique: HashMap::new(),
+            by_lsn: BTreeMap::new(),
+            worker,
+            appender,
+            seq: 0,
+            queues: HashMap::new(),
+            dispatch: stats::histogram(),
+            run_time: stats::histogram(),
+            end_to_end: stats::histogram(),
+            jobs_run: 0,
+            jobs_stolen: 0,
+            pinned_core: None,
+            published_at: Instant::now(),
+            shutting_down: false,
+            last_rewrite: 0,
+            offered_best: u32::MAX,
+        };
+        let now = shard.now_ns();
+        for r in recovered {
+            let mut e = r.entry;
+            e.submitted_ns = now;
+            if let Some(k) = &e.unique_key {
+                shard.unique.insert((e.queue.clone(), k.clone()), r.id);
+            }
+            if shard.sh.wal.is_some() {
+                shard.by_lsn.insert(e.lsn, r.id);
+            }
+            let id = r.id;
+            let (buried, run_at) = (r.buried, e.run_at_ms);
+            let q = e.queue.clone();
+            shard.jobs.insert(id, e);
+            if buried {
+                shard.set_state(id, State::Buried);
+                shard.stat(&q).buried += 1;
+            } else {
+                shard.schedule(id, run_at, now);
+            }
+        }
+        shard
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.cfg.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn stat(&mut self, q: &Arc<str>) -> &mut QueueStats {
+        self.queues.entry(q.clone()).or_default()
+    }
+
+    fn set_state(&mut self, id: u64, s: State) {
+        if let Some(e) = self.jobs.get_mut(&id) {
+            e.state = s;
+        }
+    }
+
+    /// Makes a job ready now or delays it until `run_at_ms` (gauges updated).
+    fn schedule(&mut self, id: u64, run_at_ms: u64, now_ns: u64) {
+        let Some(e) = self.jobs.get_mut(&id) else { return };
+        let q = e.queue.clone();
+        if run_at_ms > 0 && run_at_ms > wall_ms() {
+            e.state = State::Delayed;
+            e.run_at_ms = run_at_ms;
+            self.delayed.push(Reverse((run_at_ms, id)));
+            self.stat(&q).delayed += 1;
+        } else {
+            e.state = State::Ready;
+            e.run_at_ms = 0;
+            e.ready_ns = now_ns;
+            let prio = e.priority;
+            self.seq += 1;
+            let key = (prio, self.seq, id);
+            if self.handlers.contains_key(&q) {
+                self.ready.push(Reverse(key));
+            } else {
+                self.waiting.entry(q.clone()).or_default().push(key);
+            }
+            self.stat(&q).ready += 1;
+        }
+    }
+
+    fn log(&mut self, rec: &Rec) -> Option<u64> {
+        let app = self.appender.as_mut()?;
+        let bytes = match record::encode(rec) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(shard = self.sh.idx, error = %e, "cannot encode log record");
+                return None;
+            }
+        };
+        match app.append(KIND_REC, &bytes) {
+            Ok(lsn) => Some(lsn),
+            Err(e) => {
+                // The job's state changes in memory regardless; if the log is
+                // failed the process must restart, and recovery replays what
+                // was durable (at-least-once: the job may run again).
+                tracing::error!(shard = self.sh.idx, error = %e, "cannot log job state change");
+                None
+            }
+        }
+    }
+
+    fn put_record(&self, id: u64, e: &Entry) -> Rec {
+        Rec::Put {
+            id,
+            queue: e.queue.to_string(),
+            priority: e.priority,
+            payload: e.payload.to_vec(),
+            run_at_ms: e.run_at_ms,
+            attempts: e.attempts,
+            max_attempts: e.max_attempts,
+            unique_key: e.unique_key.as_ref().map(|k| k.to_string()),
+            buried: e.state == State::Buried,
+        }
+    }
+
+    fn insert_new(&mut self, j: NewJob) {
+        let id = j.id;
+        if let Some(k) = &j.unique_key {
+            self.unique.insert((j.queue.clone(), k.clone()), id);
+        }
+        if self.sh.wal.is_some() {
+            self.by_lsn.insert(j.lsn, id);
+        }
+        self.jobs.insert(
+            id,
+            Entry {
+                queue: j.queue,
+                priority: j.priority,
+                payload: j.payload,
+                attempts: 0,
+                max_attempts: j.max_attempts,
+                unique_key: j.unique_key,
+                state: State::Ready,
+                run_at_ms: j.run_at_ms,
+                lsn: j.lsn,
+                submitted_ns: j.submitted_ns,
+                ready_ns: 0,
+            },
+        );
+        let now = self.now_ns();
+        self.schedule(id, j.run_at_ms, now);
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Jobs(jobs) => {
+                for j in jobs {
+                    self.insert_new(j);
+                }
+            }
+            Msg::Unique(mut j, reply, waiter) => {
+                let key = j.unique_key.clone().map(|k| (j.queue.clone(), k));
+                let res = match key.as_ref().and_then(|k| self.unique.get(k)) {
+                    Some(&existing) => {
+                        self.counters.release(1, j.payload.len() as u64);
+                        Err(crate::SubmitError::Duplicate { existing: JobId(existing) })
+                    }
+                    None => {
+                        let e = Entry {
+                            queue: j.queue.clone(),
+                            priority: j.priority,
+                            payload: j.payload.clone(),
+                            attempts: 0,
+                            max_attempts: j.max_attempts,
+                            unique_key: j.unique_key.clone(),
+                            state: State::Ready,
+                            run_at_ms: j.run_at_ms,
+                            lsn: 0,
+                            submitted_ns: j.submitted_ns,
+                            ready_ns: 0,
+                        };
+                        let logged = if self.sh.wal.is_some() {
+                            let rec = self.put_record(j.id, &e);
+                            match self.log(&rec) {
+                                Some(lsn) => Ok(lsn),
+                                None => Err(crate::SubmitError::Io(spindle_wal::WalError::Failed(
+                                    "the shard could not log the job".into(),
+                                ))),
+                            }
+                        } else {
+                            Ok(0)
+                        };
+                        match logged {
+                            Ok(lsn) => {
+                                j.lsn = lsn;
+                                let id = j.id;
+                                self.insert_new(j);
+                                Ok((JobId(id), lsn))
+                            }
+                            Err(e) => {
+                                self.counters.release(1, j.payload.len() as u64);
+                                Err(e)
+                            }
+                        }
+                    }
+                };
+                let _ = reply.push(res);
+                waiter.unpark();
+            }
+            Msg::Register(q, h) => {
+                self.handlers.insert(q.clone(), h);
+                if let Some(keys) = self.waiting.remove(&q) {
+                    self.ready.extend(keys.into_iter().map(Reverse));
+                }
+            }
+            Msg::Outcome(o) => self.finish(o.id, o.outcome, o.run_ns),
+            Msg::Return(t) => {
+                // A thief had no handler for it yet: make it ready again.
+                if let Some(e) = self.jobs.get(&t.id) {
+                    let q = e.queue.clone();
+                    self.stat(&q).running -= 1;
+                    let now = self.now_ns();
+                    self.schedule(t.id, 0, now);
+                }
+            }
+            Msg::Shutdown => self.shutting_down = true,
+        }
+    }
+
+    fn fire_timers(&mut self) -> bool {
+        let Some(Reverse((first, _))) = self.delayed.peek() else { return false };
+        let now_ms = wall_ms();
+        if *first > now_ms {
+            return false;
+        }
+        let now = self.now_ns();
+        let mut fired = false;
+        while let Some(Reverse((at, id))) = self.delayed.peek().copied() {
+            if at > now_ms {
+                break;
+            }
+            self.delayed.pop();
+            let Some(e) = self.jobs.get(&id) else { continue };
+            if e.state != State::Delayed || e.run_at_ms != at {
+                continue; // stale timer
+            }
+            let q = e.queue.clone();
+            self.stat(&q).delayed -= 1;
+            self.schedule(id, 0, now);
+            fired = true;
+        }
+        fired
+    }
+
+    /// Turns a ready job into a task (state Running).
+    fn take(&mut self, id: u64) -> Option<Task> {
+        let now = self.now_ns();
+        let e = self.jobs.get_mut(&id)?;
+        if e.state != State::Ready {
+            return None;
+        }
+        e.state = State::Running;
+        e.attempts += 1;
+        let t = Task {
+            id,
+            owner: self.sh.idx,
+            queue: e.queue.clone(),
+            payload: e.payload.clone(),
+            attempt: e.attempts,
+            priority: e.priority,
+            ready_ns: e.ready_ns,
+            submitted_ns: e.submitted_ns,
+        };
+        let q = e.queue.clone();
+        let s = self.stat(&q);
+        s.ready -= 1;
+        s.running += 1;
+        let _ = now;
+        Some(t)
+    }
+
+    fn pop_ready(&mut self) -> Option<Task> {
+        while let Some(Reverse((_, _, id))) = self.ready.pop() {
+            if let Some(t) = self.take(id) {
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    /// Step 3: the next local task; offers the backlog to thieves first.
+    fn next_local(&mut self) -> Option<Task> {
+        // A job more urgent than everything offered arrived since the offer:
+        // run it first (strict priority for local work).
+        let heap_first = self.ready.peek().is_some_and(|Reverse((p, _, _))| *p < self.offered_best);
+        if !heap_first {
+            if let Some(t) = self.worker.pop() {
+                return Some(t);
+            }
+        }
+        let t = self.pop_ready()?;
+        if !self.ready.is_empty() && self.all.len() > 1 && self.worker.is_empty() {
+            let mut first = true;
+            for _ in 0..STEAL_BATCH {
+                match self.pop_ready() {
+                    Some(o) => {
+                        if first {
+                            self.offered_best = o.priority;
+                            first = false;
+                        }
+                        self.worker.push(o);
+                    }
+                    None => break,
+                }
+            }
+            self.wake_one_idle();
+        }
+        Some(t)
+    }
+
+    /// Wakes at most one parked shard so it can steal.
+    fn wake_one_idle(&self) {
+        for s in self.all.iter() {
+            if s.idx != self.sh.idx && s.parker.get().is_some_and(|p| p.is_parked()) {
+                s.notify();
+                return;
+            }
+        }
+    }
+
+    /// Step 4: steal a batch from the busiest-looking other shard.
+    fn steal(&mut self) -> Option<Task> {
+        if self.shutting_down || self.all.len() < 2 {
+            return None;
+        }
+        let n = self.all.len();
+        let start = (self.rng.next_u64() as usize) % n;
+        for k in 0..n {
+            let victim = &self.all[(start + k) % n];
+            if victim.idx == self.sh.idx {
+                continue;
+            }
+            loop {
+                match victim.stealer.steal_batch_and_pop(&self.worker) {
+                    Steal::Success(t) => return Some(t),
+                    Steal::Empty => break,
+                    Steal::Retry => continue,
+                }
+            }
+        }
+        None
+    }
+
+    fn run_task(&mut self, t: Task) {
+        let start = self.now_ns();
+        let Some(h) = self.handlers.get(&t.queue).cloned() else {
+            // Only a stolen task can lack a handler (registration not yet
+            // seen here): give it back.
+            if t.owner != self.sh.idx {
+                self.all[t.owner].send(Msg::Return(t));
+            }
+            return;
+        };
+        let job = JobRef {
+            id: JobId(t.id),
+            queue: &t.queue,
+            payload: &t.payload,
+            attempt: t.attempt,
+            priority: t.priority,
+        };
+        let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| h.handle(&job))) {
+            Ok(o) => o,
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "handler panicked".into());
+                Outcome::Retry(format!("panic: {msg}"))
+            }
+        };
+        let end = self.now_ns();
+        let _ = self.dispatch.record(start.saturating_sub(t.ready_ns).max(1));
+        let _ = self.run_time.record((end - start).max(1));
+        self.jobs_run += 1;
+        if t.owner == self.sh.idx {
+            if outcome == Outcome::Done {
+                let _ = self.end_to_end.record(end.saturating_sub(t.submitted_ns).max(1));
+            }
+            self.finish(t.id, outcome, end - start);
+        } else {
+            self.jobs_stolen += 1;
+            if outcome == Outcome::Done {
+                let _ = self.end_to_end.record(end.saturating_sub(t.submitted_ns).max(1));
+            }
+            self.all[t.owner].send(Msg::Outcome(TaskOutcome {
+                id: t.id,
+                outcome,
+                run_ns: end - start,
+            }));
+        }
+    }
+
+    /// Applies a handler's outcome to a job this shard owns.
+    fn finish(&mut self, id: u64, outcome: Outcome, _run_ns: u64) {
+        let Some(e) = self.jobs.get(&id) else { return };
+        if e.state != State::Running {
+            return;
+        }
+        let q = e.queue.clone();
+        let (attempts, max) = (e.attempts, e.max_attempts);
+        self.stat(&q).running -= 1;
+        match outcome {
+            Outcome::Done => {
+                self.log(&Rec::Done { id });
+                self.remove(id);
+                self.stat(&q).completed += 1;
+            }
+            Outcome::Retry(reason) if attempts < max => {
+                self.stat(&q).failed += 1;
+                let delay = retry_delay(
+                    self.cfg.retry_base,
+                    self.cfg.retry_cap,
+                    attempts,
+                    self.rng.next_u64(),
+                );
+                let run_at = wall_ms() + (delay.as_millis() as u64).max(1);
+                tracing::debug!(job = id, attempt = attempts, %reason, "job failed; retrying");
+                self.log(&Rec::Retry { id, attempts, run_at_ms: run_at });
+                let now = self.now_ns();
+                self.schedule(id, run_at, now);
+            }
+            Outcome::Retry(reason) | Outcome::Bury(reason) => {
+                self.stat(&q).failed += 1;
+                tracing::info!(job = id, attempt = attempts, %reason, "job buried");
+                self.log(&Rec::Bury { id, attempts, reason });
+                self.set_state(id, State::Buried);
+                self.stat(&q).buried += 1;
+            }
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(e) = self.jobs.remove(&id) {
+            if let Some(k) = e.unique_key {
+                self.unique.remove(&(e.queue.clone(), k));
+            }
+            self.by_lsn.remove(&e.lsn);
+            self.counters.release(1, e.payload.len() as u64);
+        }
+    }
+
+    /// Keeps the log bounded: rewrites live jobs out of the oldest segment,
+    /// then releases it once the rewrites are durable.
+    fn compact(&mut self) {
+        let Some(wal) = self.sh.wal.clone() else { return };
+        let segs = wal.segments();
+        if segs.len() <= self.cfg.compact_after_segments {
+            return;
+        }
+        let oldest_end = segs[0].1;
+        let below: Vec<(u64, u64)> =
+            self.by_lsn.range(..oldest_end).take(1024).map(|(&l, &i)| (l, i)).collect();
+        for (lsn, id) in below {
+            let Some(e) = self.jobs.get(&id) else { continue };
+            let rec = self.put_record(id, e);
+            if let Some(new) = self.log(&rec) {
+                self.by_lsn.remove(&lsn);
+                self.by_lsn.insert(new, id);
+                if let Some(e) = self.jobs.get_mut(&id) {
+                    e.lsn = new;
+                }
+                self.last_rewrite = new;
+            } else {
+                return;
+            }
+        }
+        if self.by_lsn.range(..oldest_end).next().is_some() {
+            return;
+        }
+        if wal.stats().durable_lsn <= self.last_rewrite {
+            wal.request_sync();
+            return;
+        }
+        let mark = Rec::IdMark { next_id: self.counters.next_id.load(Ordering::Relaxed) };
+        if let Some(lsn) = self.log(&mark) {
+            self.last_rewrite = lsn;
+            wal.request_sync();
+            if wal.stats().durable_lsn > lsn {
+                let _ = wal.release_below(oldest_end);
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        let snap = Snapshot {
+            queues: self.queues.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            shard: crate::stats::ShardStats {
+                pinned_core: self.pinned_core,
+                jobs_run: self.jobs_run,
+                jobs_stolen: self.jobs_stolen,
+                jobs_owned: self.jobs.len() as u64,
+            },
+            dispatch: self.dispatch.clone(),
+            run_time: self.run_time.clone(),
+            end_to_end: self.end_to_end.clone(),
+        };
+        let mut g = self.sh.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        g.0 += 1;
+        g.1 = snap;
+        drop(g);
+        self.sh.snapshot_cv.notify_all();
+        self.published_at = Instant::now();
+    }
+
+    fn has_work(sh: &ShardShared) -> bool {
+        !sh.inbox.is_empty() || sh.want_snapshot.load(Ordering::Relaxed)
+    }
+
+    fn park_timeout(&self) -> Duration {
+        match self.delayed.peek() {
+            Some(Reverse((at, _))) => {
+                Duration::from_millis(at.saturating_sub(wall_ms())).min(MAX_PARK)
+            }
+            None => MAX_PARK,
+        }
+    }
+
+    /// Whether every job this shard can run before exiting has run: in
+    /// Memory mode ready work is drained (it would be lost), otherwise it
+    /// stays in the log for the next start.
+    fn may_exit(&self) -> bool {
+        self.cfg.durability != Durability::Memory
+            || (self.ready.is_empty() && self.worker.is_empty())
+    }
+
+    /// The thread body.
+    pub(crate) fn run(mut self, core: Option<usize>) {
+        if let Some(c) = core {
+            if crate::pin::pin_current(c) {
+                self.pinned_core = Some(c);
+            } else {
+                tracing::warn!(
+                    shard = self.sh.idx,
+                    core = c,
+                    "could not pin shard thread; running unpinned"
+                );
+            }
+        }
+        let sh = self.sh.clone();
+        let mut idle = 0u32;
+        let mut since_compact = 0u32;
+        loop {
+            let mut progress = false;
+            for _ in 0..INBOX_BATCH {
+                match sh.inbox.pop() {
+                    Some(m) => {
+                        self.handle(m);
+                        progress = true;
+                    }
+                    None => break,
+                }
+            }
+            progress |= self.fire_timers();
+            if self.shutting_down && self.may_exit() {
+                break;
+            }
+            if let Some(t) = self.next_local() {
+                self.run_task(t);
+                progress = true;
+            } else if let Some(t) = self.steal() {
+                self.run_task(t);
+                progress = true;
+            }
+            since_compact += 1;
+            if since_compact >= 4096 || (!progress && since_compact > 64) {
+                since_compact = 0;
+                self.compact();
+            }
+            if sh.want_snapshot.swap(false, Ordering::AcqRel)
+                || self.published_at.elapsed() >= stats::PUBLISH_EVERY
+            {
+                self.publish();
+            }
+            if progress {
+                idle = 0;
+                continue;
+            }
+            if idle < IDLE_SPINS {
+                idle += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            idle = 0;
+            sh.searching.store(false, Ordering::Relaxed);
+            let timeout = self.park_timeout();
+            if let Some(p) = sh.parker.get() {
+                p.park(timeout, || Self::has_work(&sh));
+            }
+        }
+        self.publish();
+        if let Some(wal) = &sh.wal {
+            if let Err(e) = wal.shutdown() {
+                tracing::error!(shard = sh.idx, error = %e, "closing the shard log failed");
+                *self.cfg.close_errors.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((sh.idx, e.to_string()));
+            }
+        }
+    }
+}
+
+/// Counter used by `stats()` to tell when a shard has published.
+pub(crate) fn snapshot_generation(sh: &ShardShared) -> u64 {
+    sh.snapshot.lock().unwrap_or_else(|p| p.into_inner()).0
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn s<T: Send>() {}
+    s::<Msg>();
+    let _ = AtomicU64::new(0);
+}

@@ -1,0 +1,168 @@
+//! Statistics: what `Engine::stats()` returns, and the per-shard collector.
+//!
+//! Each shard counts in plain fields on its own thread (no atomics on the hot
+//! path) and publishes a snapshot into a mutex at most every
+//! [`PUBLISH_EVERY`] or when `stats()` asks; `stats()` merges the snapshots.
+
+use hdrhistogram::Histogram;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How often a busy shard publishes its counters without being asked.
+pub(crate) const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
+/// Per-queue counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Jobs ready to run.
+    pub ready: u64,
+    /// Jobs waiting for their time (delay or retry backoff).
+    pub delayed: u64,
+    /// Jobs running now.
+    pub running: u64,
+    /// Jobs in the dead-letter state.
+    pub buried: u64,
+    /// Jobs completed since start.
+    pub completed: u64,
+    /// Failed attempts since start (retried or buried).
+    pub failed: u64,
+}
+
+impl QueueStats {
+    fn add(&mut self, o: &QueueStats) {
+        self.ready += o.ready;
+        self.delayed += o.delayed;
+        self.running += o.running;
+        self.buried += o.buried;
+        self.completed += o.completed;
+        self.failed += o.failed;
+    }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Latency {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Largest sample.
+    pub max_us: f64,
+}
+
+/// One shard's identity and counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// The core it is pinned to, if pinning succeeded.
+    pub pinned_core: Option<usize>,
+    /// Jobs this shard's thread ran (its own and stolen).
+    pub jobs_run: u64,
+    /// Of those, jobs stolen from other shards.
+    pub jobs_stolen: u64,
+    /// Live jobs owned by this shard.
+    pub jobs_owned: u64,
+}
+
+/// A snapshot of the engine.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Per queue, by name.
+    pub queues: BTreeMap<String, QueueStats>,
+    /// Per shard.
+    pub shards: Vec<ShardStats>,
+    /// Ready → handler start, for jobs run in this process.
+    pub dispatch: Latency,
+    /// Handler run time.
+    pub run_time: Latency,
+    /// Submit → completion (last attempt).
+    pub end_to_end: Latency,
+    /// Live jobs held (all states).
+    pub jobs: u64,
+    /// Payload bytes held.
+    pub bytes: u64,
+}
+
+impl Stats {
+    /// Totals over all queues.
+    pub fn total(&self) -> QueueStats {
+        let mut t = QueueStats::default();
+        for q in self.queues.values() {
+            t.add(q);
+        }
+        t
+    }
+}
+
+/// Nanosecond histograms up to one hour with 2 significant figures
+/// (1% error, ~20 KiB each).
+#[allow(clippy::expect_used)]
+pub(crate) fn histogram() -> Histogram<u64> {
+    // Constant, valid bounds (checked by the unit test below): cannot fail.
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 2).expect("valid histogram bounds")
+}
+
+/// What one shard publishes.
+#[derive(Debug, Clone)]
+pub(crate) struct Snapshot {
+    pub(crate) queues: BTreeMap<String, QueueStats>,
+    pub(crate) shard: ShardStats,
+    pub(crate) dispatch: Histogram<u64>,
+    pub(crate) run_time: Histogram<u64>,
+    pub(crate) end_to_end: Histogram<u64>,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            queues: BTreeMap::new(),
+            shard: ShardStats::default(),
+            dispatch: histogram(),
+            run_time: histogram(),
+            end_to_end: histogram(),
+        }
+    }
+}
+
+fn latency(h: &Histogram<u64>) -> Latency {
+    let us = |ns: u64| ns as f64 / 1000.0;
+    Latency {
+        count: h.len(),
+        p50_us: us(h.value_at_quantile(0.5)),
+        p99_us: us(h.value_at_quantile(0.99)),
+        p999_us: us(h.value_at_quantile(0.999)),
+        max_us: us(h.max()),
+    }
+}
+
+/// Merges shard snapshots into engine stats.
+pub(crate) fn merge(snaps: &[Snapshot], jobs: u64, bytes: u64) -> Stats {
+    let mut out = Stats { jobs, bytes, ..Stats::default() };
+    let (mut d, mut r, mut e) = (histogram(), histogram(), histogram());
+    for s in snaps {
+        for (name, q) in &s.queues {
+            out.queues.entry(name.clone()).or_default().add(q);
+        }
+        out.shards.push(s.shard.clone());
+        let _ = d.add(&s.dispatch);
+        let _ = r.add(&s.run_time);
+        let _ = e.add(&s.end_to_end);
+    }
+    out.dispatch = latency(&d);
+    out.run_time = latency(&r);
+    out.end_to_end = latency(&e);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn histogram_bounds_are_valid() {
+        let mut h = super::histogram();
+        h.record(1500).unwrap();
+        assert_eq!(super::latency(&h).count, 1);
+    }
+}

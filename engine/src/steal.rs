@@ -1,0 +1,57 @@
+//! Work stealing between shards.
+//!
+//! Each shard owns a Chase-Lev work-stealing deque (crossbeam-deque, after
+//! Chase and Lev, "Dynamic Circular Work-Stealing Deque", SPAA 2005) and the
+//! other shards hold its `Stealer`. The protocol:
+//!
+//! 1. Before a shard runs a job with more ready jobs queued behind it, and
+//!    its deque is empty, it moves them (at most `STEAL_BATCH` = 256, the
+//!    most urgent first) into its deque as [`Task`]s and wakes at most one
+//!    parked shard. The jobs are now *running* as far as the owner's
+//!    bookkeeping goes. Offering the whole backlog (not half) is what keeps
+//!    a handler that blocks its shard from stranding the jobs behind it.
+//! 2. The owner takes work from its deque first, so when nobody steals, the
+//!    order is unchanged (priority, then FIFO), except that a job more urgent
+//!    than the most urgent offered one runs before the offered ones.
+//! 3. An idle shard calls `steal_batch_and_pop` on a victim's deque (it
+//!    takes about half), runs the tasks, and sends each [`TaskOutcome`] back
+//!    to the owner's inbox.
+//! 4. The owner applies the outcome exactly as for its own runs and logs it
+//!    in its own log. A job's records therefore never leave its owner's log,
+//!    and recovery needs no merging across shards. If the process dies while
+//!    a stolen job runs, the job is still `Put` (not `Done`) in its owner's
+//!    log and comes back as ready: at-least-once, like any crash.
+//!
+//! Priority across shards is approximate: a job offered for stealing can run
+//! on another shard after up to `STEAL_BATCH` less urgent jobs there, and
+//! within a shard a newly arrived job whose priority lies between those of
+//! offered jobs can wait behind up to `STEAL_BATCH` of them.
+//!
+//! Known gap: a handler that blocks its shard for longer than it takes the
+//! other shards to run the offered batch strands the rest of that shard's
+//! backlog (beyond 256 jobs) until it returns. Issue #4's stall detector is
+//! to hand the owner's remaining ready jobs to others.
+
+use crate::job::Outcome;
+use std::sync::Arc;
+
+/// A job offered to thieves (or run by its owner).
+#[derive(Debug)]
+pub(crate) struct Task {
+    pub(crate) id: u64,
+    pub(crate) owner: usize,
+    pub(crate) queue: Arc<str>,
+    pub(crate) payload: Arc<[u8]>,
+    pub(crate) attempt: u32,
+    pub(crate) priority: u32,
+    pub(crate) ready_ns: u64,
+    pub(crate) submitted_ns: u64,
+}
+
+/// The outcome of a stolen task, on its way back to the owner.
+#[derive(Debug)]
+pub(crate) struct TaskOutcome {
+    pub(crate) id: u64,
+    pub(crate) outcome: Outcome,
+    pub(crate) run_ns: u64,
+}
