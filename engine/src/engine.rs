@@ -97,7 +97,6 @@ struct Inner {
     max_payload: usize,
     rr: AtomicUsize,
     accepting: AtomicBool,
-    queues: Mutex<HashMap<String, Arc<str>>>,
 }
 
 /// A running engine. Cheap to clone: clones share the same shards, so other
@@ -271,7 +270,6 @@ impl Engine {
                 snapshot: Mutex::new((0, stats::Snapshot::default())),
                 snapshot_cv: Condvar::new(),
                 want_snapshot: AtomicBool::new(false),
-                searching: AtomicBool::new(false),
             }));
             workers.push(worker);
         }
@@ -313,7 +311,6 @@ impl Engine {
                 max_payload: b.max_payload,
                 rr: AtomicUsize::new(0),
                 accepting: AtomicBool::new(true),
-                queues: Mutex::new(HashMap::new()),
             }),
         };
         Ok(engine)
@@ -332,8 +329,8 @@ impl Engine {
     }
 
     fn queue_name(&self, queue: &str) -> Arc<str> {
-        let mut names = self.inner.queues.lock().unwrap_or_else(|p| p.into_inner());
-        names.entry(queue.to_string()).or_insert_with(|| Arc::from(queue)).clone()
+        // One small allocation per submit, no shared map (and no lock).
+        Arc::from(queue)
     }
 
     fn check(&self, job: &Job) -> Result<(), SubmitError> {

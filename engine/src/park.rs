@@ -16,30 +16,42 @@
 //! the state is not already `RUNNING`-and-known-awake, so a busy shard costs
 //! a producer one load.
 
-use crate::sync::{fence, AtomicU8, Ordering, Thread};
+use crate::sync::{fence, AtomicU8, Ordering};
 use std::time::Duration;
 
 const RUNNING: u8 = 0;
 const PARKED: u8 = 1;
 const NOTIFIED: u8 = 2;
 
-/// One shard's parking spot.
-#[derive(Debug)]
-pub(crate) struct Parker {
-    state: AtomicU8,
-    thread: Thread,
+/// Something that can wake a parked thread (std's or loom's `Thread`).
+pub(crate) trait Unpark {
+    fn unpark(&self);
 }
 
-impl Parker {
-    /// A parker for `thread`.
-    pub(crate) fn new(thread: Thread) -> Self {
-        Parker { state: AtomicU8::new(RUNNING), thread }
+impl Unpark for std::thread::Thread {
+    fn unpark(&self) {
+        std::thread::Thread::unpark(self)
     }
+}
 
-    /// A parker for the calling thread.
-    #[cfg(loom)]
-    pub(crate) fn for_current() -> Self {
-        Self::new(crate::sync::current())
+#[cfg(loom)]
+impl Unpark for loom::thread::Thread {
+    fn unpark(&self) {
+        loom::thread::Thread::unpark(self)
+    }
+}
+
+/// One shard's parking spot.
+#[derive(Debug)]
+pub(crate) struct Parker<T: Unpark = std::thread::Thread> {
+    state: AtomicU8,
+    thread: T,
+}
+
+impl<T: Unpark> Parker<T> {
+    /// A parker whose `notify` wakes `thread`.
+    pub(crate) fn new(thread: T) -> Self {
+        Parker { state: AtomicU8::new(RUNNING), thread }
     }
 
     /// Steps 1-2 and 4: `has_work` is the re-check. Returns once woken,
@@ -90,7 +102,7 @@ mod loom_tests {
     fn no_lost_wakeup() {
         loom::model(|| {
             let msg = Arc::new(AtomicBool::new(false));
-            let parker = Arc::new(Parker::for_current());
+            let parker = Arc::new(Parker::new(loom::thread::current()));
             let producer = {
                 let (msg, parker) = (msg.clone(), parker.clone());
                 loom::thread::spawn(move || {

@@ -32,7 +32,7 @@ use spindle_wal::{Appender, Wal};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -98,7 +98,6 @@ pub(crate) struct ShardShared {
     pub(crate) snapshot: Mutex<(u64, Snapshot)>,
     pub(crate) snapshot_cv: Condvar,
     pub(crate) want_snapshot: AtomicBool,
-    pub(crate) searching: AtomicBool,
 }
 
 impl ShardShared {
@@ -832,7 +831,6 @@ impl Shard {
                 continue;
             }
             idle = 0;
-            sh.searching.store(false, Ordering::Relaxed);
             let timeout = self.park_timeout();
             if let Some(p) = sh.parker.get() {
                 p.park(timeout, || Self::has_work(&sh));
@@ -852,11 +850,4 @@ impl Shard {
 /// Counter used by `stats()` to tell when a shard has published.
 pub(crate) fn snapshot_generation(sh: &ShardShared) -> u64 {
     sh.snapshot.lock().unwrap_or_else(|p| p.into_inner()).0
-}
-
-#[allow(dead_code)]
-fn _assert_send() {
-    fn s<T: Send>() {}
-    s::<Msg>();
-    let _ = AtomicU64::new(0);
 }

@@ -6,9 +6,7 @@ pub(crate) use loom::sync::atomic::{fence, AtomicU8, Ordering};
 pub(crate) use std::sync::atomic::{fence, AtomicU8, Ordering};
 
 #[cfg(loom)]
-pub(crate) use loom::thread::{current, park, Thread};
-#[cfg(not(loom))]
-pub(crate) use std::thread::Thread;
+pub(crate) use loom::thread::park;
 
 /// Parks the current thread for at most `timeout` (loom has no timed park,
 /// so under loom it parks until unparked; the model's sleepers always are).
