@@ -270,6 +270,7 @@ impl Engine {
                 snapshot: Mutex::new((0, stats::Snapshot::default())),
                 snapshot_cv: Condvar::new(),
                 want_snapshot: AtomicBool::new(false),
+                exited: AtomicBool::new(false),
             }));
             workers.push(worker);
         }
@@ -348,11 +349,7 @@ impl Engine {
     }
 
     fn new_job(&self, job: Job, id: u64) -> NewJob {
-        let run_at_ms = if job.delay.is_zero() {
-            0
-        } else {
-            shard::wall_ms() + (job.delay.as_millis() as u64).max(1)
-        };
+        let run_at_ms = if job.delay.is_zero() { 0 } else { shard::run_at_after(job.delay) };
         NewJob {
             id,
             queue: self.queue_name(&job.queue),
@@ -408,6 +405,13 @@ impl Engine {
             let (id, lsn) = loop {
                 match reply.pop() {
                     Some(r) => break r?,
+                    // The shard stopped before reading the message.
+                    None if shard.exited.load(Ordering::Acquire) => match reply.pop() {
+                        Some(r) => break r?,
+                        None => return Err(SubmitError::ShuttingDown),
+                    },
+                    // Woken by the shard's unpark; the timeout only guards
+                    // against a shard that exits between the checks.
                     None => std::thread::park_timeout(Duration::from_millis(10)),
                 }
             };
@@ -539,10 +543,12 @@ impl Engine {
         self.inner.cfg.durability
     }
 
-    /// Stops intake, lets each shard finish the job it is running, drains
-    /// ready work in `Memory` mode (it would be lost), persists everything
-    /// else in the log (`Process`, `Sync`: it comes back on the next build),
-    /// syncs and closes the logs. Further submits fail with `ShuttingDown`.
+    /// Stops intake, lets each shard finish the job it is running, and then:
+    /// with `Process` or `Sync`, leaves every unfinished job in the log (it
+    /// comes back on the next build) and syncs and closes the logs; with
+    /// `Memory`, first runs the ready jobs that have a handler, and drops
+    /// delayed jobs and jobs of queues without a handler (there is nowhere to
+    /// keep them). Further submits fail with `ShuttingDown`.
     pub fn shutdown(&self) -> Result<(), ShutdownError> {
         self.inner.accepting.store(false, Ordering::Release);
         let threads =

@@ -51,10 +51,24 @@ const IDLE_SPINS: u32 = 50;
 /// Longest park without a timer: a safety net, not a correctness need.
 const MAX_PARK: Duration = Duration::from_millis(100);
 
+/// Decrements a gauge without ever wrapping (a miscount must not kill a
+/// shard).
+fn dec(gauge: &mut u64) {
+    *gauge = gauge.saturating_sub(1);
+}
+
 /// Wall-clock milliseconds since the Unix epoch (for run_at, which must
 /// survive restarts).
 pub(crate) fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The wall-clock millisecond at or after which a job delayed by `delay`
+/// from now may run. `wall_ms` truncates, so one millisecond is added and the
+/// delay is rounded up: a job never runs early.
+pub(crate) fn run_at_after(delay: Duration) -> u64 {
+    let ms = delay.as_nanos().div_ceil(1_000_000) as u64;
+    wall_ms() + ms + 1
 }
 
 /// A job handed to a shard by a producer.
@@ -98,6 +112,8 @@ pub(crate) struct ShardShared {
     pub(crate) snapshot: Mutex<(u64, Snapshot)>,
     pub(crate) snapshot_cv: Condvar,
     pub(crate) want_snapshot: AtomicBool,
+    /// Set when the shard thread has stopped reading its inbox.
+    pub(crate) exited: AtomicBool,
 }
 
 impl ShardShared {
@@ -121,7 +137,10 @@ impl ShardShared {
         let mut app = self.appenders.pop().unwrap_or_else(|| wal.appender());
         let res = app.append(KIND_REC, &bytes);
         let _ = self.appenders.push(app);
-        Ok(res?)
+        res.map_err(|e| match e {
+            spindle_wal::WalError::Closed => crate::SubmitError::ShuttingDown,
+            e => crate::SubmitError::Io(e),
+        })
     }
 }
 
@@ -455,9 +474,10 @@ impl Shard {
             Msg::Outcome(o) => self.finish(o.id, o.outcome, o.run_ns),
             Msg::Return(t) => {
                 // A thief had no handler for it yet: make it ready again.
-                if let Some(e) = self.jobs.get(&t.id) {
+                if let Some(e) = self.jobs.get_mut(&t.id) {
+                    e.attempts = e.attempts.saturating_sub(1);
                     let q = e.queue.clone();
-                    self.stat(&q).running -= 1;
+                    dec(&mut self.stat(&q).running);
                     let now = self.now_ns();
                     self.schedule(t.id, 0, now);
                 }
@@ -484,7 +504,7 @@ impl Shard {
                 continue; // stale timer
             }
             let q = e.queue.clone();
-            self.stat(&q).delayed -= 1;
+            dec(&mut self.stat(&q).delayed);
             self.schedule(id, 0, now);
             fired = true;
         }
@@ -512,7 +532,7 @@ impl Shard {
         };
         let q = e.queue.clone();
         let s = self.stat(&q);
-        s.ready -= 1;
+        dec(&mut s.ready);
         s.running += 1;
         let _ = now;
         Some(t)
@@ -648,7 +668,7 @@ impl Shard {
         }
         let q = e.queue.clone();
         let (attempts, max) = (e.attempts, e.max_attempts);
-        self.stat(&q).running -= 1;
+        dec(&mut self.stat(&q).running);
         match outcome {
             Outcome::Done => {
                 self.log(&Rec::Done { id });
@@ -663,7 +683,7 @@ impl Shard {
                     attempts,
                     self.rng.next_u64(),
                 );
-                let run_at = wall_ms() + (delay.as_millis() as u64).max(1);
+                let run_at = run_at_after(delay);
                 tracing::debug!(job = id, attempt = attempts, %reason, "job failed; retrying");
                 self.log(&Rec::Retry { id, attempts, run_at_ms: run_at });
                 let now = self.now_ns();
@@ -836,6 +856,7 @@ impl Shard {
                 p.park(timeout, || Self::has_work(&sh));
             }
         }
+        sh.exited.store(true, Ordering::Release);
         self.publish();
         if let Some(wal) = &sh.wal {
             if let Err(e) = wal.shutdown() {
