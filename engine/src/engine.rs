@@ -467,7 +467,6 @@ impl Engine {
             let mut batch = Vec::with_capacity(plain.len());
             let mut last_lsn = 0;
             for (k, job) in plain.into_iter().enumerate() {
-                let len = job.payload.len() as u64;
                 let mut nj = self.new_job(job, first + k as u64);
                 if let Some(wal) = &shard.wal {
                     match shard.append(wal, &Self::put_rec(&nj)) {
@@ -476,14 +475,11 @@ impl Engine {
                             last_lsn = lsn;
                         }
                         Err(e) => {
-                            let rest = n - k as u64;
-                            let _ = len;
                             // Release what was reserved for the unlogged rest.
-                            let rest_bytes = bytes
-                                - batch
-                                    .iter()
-                                    .map(|b: &NewJob| b.payload.len() as u64)
-                                    .sum::<u64>();
+                            let rest = n - k as u64;
+                            let logged: u64 =
+                                batch.iter().map(|b: &NewJob| b.payload.len() as u64).sum();
+                            let rest_bytes = bytes - logged;
                             self.inner.counters.release(rest, rest_bytes);
                             if !batch.is_empty() {
                                 shard.send(Msg::Jobs(batch));
