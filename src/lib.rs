@@ -2,8 +2,26 @@
 //!
 //! Facade crate: re-exports the public API of Spindle's crates. See the
 //! repository README and `docs/`.
+//!
+//! ```no_run
+//! use spindle::{Engine, Durability, Job, JobId, JobRef, Outcome, SubmitError};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let engine = Engine::builder().durability(Durability::Memory).build()?;
+//! engine.register("emails", |job: &JobRef<'_>| {
+//!     println!("sending {} ({} bytes)", job.id(), job.payload().len());
+//!     Outcome::Done
+//! })?;
+//! let id: Result<JobId, SubmitError> = engine.submit(Job::new("emails", b"hi".to_vec()));
+//! println!("queued {}", id?);
+//! engine.shutdown()?;
+//! # Ok(()) }
+//! ```
 
 #![deny(unsafe_code)]
 
 pub use spindle_engine as engine;
+pub use spindle_engine::{
+    BuildError, Durability, Engine, EngineBuilder, Handler, Job, JobId, JobRef, Latency, Outcome,
+    QueueStats, ShutdownError, Stats, SubmitError,
+};
 pub use spindle_wal as wal;

@@ -3,21 +3,28 @@
 //!
 //! ```text
 //! spindle-bench wal [--json] [--dir PATH] [--records N] ...
+//! spindle-bench floor [--json]
+//! spindle-bench throughput --durability memory|process|sync [--shards N] [--jobs N] [--producers N] [--json]
+//! spindle-bench latency --rate R --seconds S [--durability MODE] [--json]
 //! ```
 
 mod append;
 mod args;
 mod commit;
 mod dir;
+mod engine_env;
 mod floor;
 mod handoff;
+mod handoff_floor;
 mod io_counters;
 mod latency;
+mod open_loop;
 mod probe_storage;
 mod report;
 mod setup;
 mod strategy;
 mod system;
+mod throughput;
 mod wal;
 
 use args::Args;
@@ -32,8 +39,13 @@ const USAGE: &str = "\
 usage: spindle-bench <scenario> [options]
 
 scenarios:
-  wal     WAL append throughput, commit latency, group commit, fdatasync floor,
-          direct vs handoff append, storage strategy study
+  wal         WAL append throughput, commit latency, group commit, fdatasync
+              floor, direct vs handoff append, storage strategy study
+  floor       crossbeam channel handoff between two threads: throughput and
+              one-way latency, the reference for the engine's figures
+  throughput  no-op jobs/s through the engine per durability mode, with the
+              same run's handoff floor
+  latency     open-loop fixed-rate load: dispatch and end-to-end latency
 
 `spindle-bench <scenario> --help` lists a scenario's options.";
 
@@ -57,6 +69,21 @@ fn run() -> BoxResult<()> {
         "wal" => {
             let opts = wal::WalOpts::parse(args)?;
             print(&wal::run(&opts)?, opts.json)?;
+        }
+        "floor" if help => println!("{}", handoff_floor::USAGE),
+        "floor" => {
+            let opts = handoff_floor::FloorOpts::parse(args)?;
+            print(&handoff_floor::run(&opts)?, opts.json)?;
+        }
+        "throughput" if help => println!("{}", throughput::USAGE),
+        "throughput" => {
+            let opts = throughput::ThroughputOpts::parse(args)?;
+            print(&throughput::run(&opts)?, opts.json)?;
+        }
+        "latency" if help => println!("{}", open_loop::USAGE),
+        "latency" => {
+            let opts = open_loop::LatencyOpts::parse(args)?;
+            print(&open_loop::run(&opts)?, opts.json)?;
         }
         "help" | "--help" | "-h" => println!("{USAGE}"),
         other => return Err(format!("unknown scenario {other:?}\n{USAGE}").into()),

@@ -35,6 +35,7 @@ pub struct EngineBuilder {
     pub(crate) recovery: RecoveryMode,
     pub(crate) pin: bool,
     pub(crate) compact_after_segments: usize,
+    pub(crate) poison_after: u32,
 }
 
 impl Default for EngineBuilder {
@@ -60,6 +61,9 @@ impl Default for EngineBuilder {
             // Compact once a shard's log spans more than 4 segments: the log
             // then stays within ~4 segments plus the live jobs' records.
             compact_after_segments: 4,
+            // A job that was running at 3 crashes in a row is buried rather
+            // than allowed to take the process down a fourth time.
+            poison_after: 3,
         }
     }
 }
@@ -127,6 +131,13 @@ impl EngineBuilder {
     /// more shards than cores).
     pub fn pin_threads(mut self, pin: bool) -> Self {
         self.pin = pin;
+        self
+    }
+
+    /// Bury a job as a poison pill when a crash interrupted it this many
+    /// times in a row (default 3; at least 1).
+    pub fn poison_after(mut self, crashes: u32) -> Self {
+        self.poison_after = crashes.max(1);
         self
     }
 

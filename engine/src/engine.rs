@@ -118,7 +118,7 @@ fn shard_dir(dir: &std::path::Path, i: usize) -> PathBuf {
 
 /// Replays one shard's log into its live jobs; returns them and the highest
 /// id seen (ids never go backwards).
-fn replay(wal: &Wal, shard: usize) -> Result<(Vec<Recovered>, u64), BuildError> {
+fn replay(wal: &Wal, shard: usize, poison_after: u32) -> Result<(Vec<Recovered>, u64), BuildError> {
     let mut jobs: HashMap<u64, Recovered> = HashMap::new();
     let mut next_id = 1u64;
     let mut bad: Option<BuildError> = None;
@@ -140,10 +140,17 @@ fn replay(wal: &Wal, shard: usize) -> Result<(Vec<Recovered>, u64), BuildError> 
                     jobs.insert(id, j);
                 }
             }
+            Rec::Start { id } => {
+                if let Some(j) = jobs.get_mut(&id) {
+                    j.entry.attempts += 1;
+                    j.interruptions += 1;
+                }
+            }
             Rec::Retry { id, attempts, run_at_ms } => {
                 if let Some(j) = jobs.get_mut(&id) {
                     j.entry.attempts = attempts;
                     j.entry.run_at_ms = run_at_ms;
+                    j.interruptions = 0;
                 }
             }
             Rec::Bury { id, attempts, .. } => {
@@ -164,6 +171,28 @@ fn replay(wal: &Wal, shard: usize) -> Result<(Vec<Recovered>, u64), BuildError> 
     }
     let mut v: Vec<Recovered> = jobs.into_values().collect();
     v.sort_by_key(|j| j.id);
+    for j in &mut v {
+        if j.buried || j.interruptions == 0 {
+            continue;
+        }
+        // A run was under way at the crash: it counts as an attempt.
+        if j.interruptions >= poison_after {
+            tracing::warn!(
+                shard,
+                job = j.id,
+                interruptions = j.interruptions,
+                "job interrupted by a crash too many times in a row: buried as a poison pill"
+            );
+            j.buried = true;
+        } else if j.entry.attempts >= j.entry.max_attempts {
+            tracing::warn!(
+                shard,
+                job = j.id,
+                "job's last attempt was interrupted by a crash: buried"
+            );
+            j.buried = true;
+        }
+    }
     Ok((v, next_id))
 }
 
@@ -235,7 +264,7 @@ impl Engine {
                         tracing::warn!(shard = i, segment = t.segment, offset = t.offset,
                             bytes_dropped = t.bytes_dropped, reason = %t.reason, "shard log was cut at damage");
                     }
-                    let (jobs, hi) = replay(&wal, i)?;
+                    let (jobs, hi) = replay(&wal, i, b.poison_after)?;
                     next_id = next_id.max(hi);
                     live += jobs.len() as u64;
                     bytes += jobs.iter().map(|j| j.entry.payload.len() as u64).sum::<u64>();
@@ -271,6 +300,8 @@ impl Engine {
                 snapshot_cv: Condvar::new(),
                 want_snapshot: AtomicBool::new(false),
                 exited: AtomicBool::new(false),
+                epoch: AtomicUsize::new(0),
+                inflight: [AtomicUsize::new(0), AtomicUsize::new(0)],
             }));
             workers.push(worker);
         }
@@ -418,6 +449,9 @@ impl Engine {
             self.wait_durable(shard, lsn)?;
             return Ok(id);
         }
+        // Held from before the append until the job is in the inbox, so
+        // compaction never releases a record the shard has not seen yet.
+        let _inflight = shard.enter();
         if let Some(wal) = &shard.wal {
             match shard.append(wal, &Self::put_rec(&nj)) {
                 Ok(lsn) => nj.lsn = lsn,
@@ -464,6 +498,7 @@ impl Engine {
             let shard = &self.inner.shards
                 [self.inner.rr.fetch_add(1, Ordering::Relaxed) % self.inner.shards.len()];
             let first = self.inner.counters.next_id.fetch_add(n, Ordering::AcqRel);
+            let _inflight = shard.enter();
             let mut batch = Vec::with_capacity(plain.len());
             let mut last_lsn = 0;
             for (k, job) in plain.into_iter().enumerate() {

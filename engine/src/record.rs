@@ -3,9 +3,10 @@
 //!
 //! Replaying a shard's records in LSN order rebuilds its jobs:
 //! `Put` creates or replaces a job with its full state (compaction rewrites
-//! live jobs as fresh `Put`s), `Retry` and `Bury` change it, `Done` removes
-//! it, and `IdMark` keeps the id counter from going backwards after old
-//! segments are released.
+//! live jobs as fresh `Put`s), `Start` counts an attempt that may be
+//! interrupted, `Retry` and `Bury` change it, `Done` removes it, and
+//! `IdMark` keeps the id counter from going backwards after old segments
+//! are released.
 
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -28,7 +29,11 @@ pub(crate) enum Rec {
         unique_key: Option<String>,
         buried: bool,
     },
-    /// A failed attempt; the job runs again at `run_at_ms`.
+    /// A run is starting: if no outcome follows before a crash, recovery
+    /// counts the attempt and an interruption.
+    Start { id: u64 },
+    /// A failed attempt (or a run given back unstarted); the job runs again
+    /// at `run_at_ms` (0: now). Clears the interruption count.
     Retry { id: u64, attempts: u32, run_at_ms: u64 },
     /// The job is buried (dead letter).
     Bury { id: u64, attempts: u32, reason: String },
@@ -67,6 +72,7 @@ mod tests {
                 unique_key: Some("user-42".into()),
                 buried: false,
             },
+            Rec::Start { id: 7 },
             Rec::Retry { id: 7, attempts: 2, run_at_ms: 99 },
             Rec::Bury { id: 7, attempts: 5, reason: "boom".into() },
             Rec::Done { id: 7 },

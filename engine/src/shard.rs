@@ -32,7 +32,7 @@ use spindle_wal::{Appender, Wal};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -48,6 +48,9 @@ pub(crate) const STEAL_BATCH: usize = 256;
 /// between jobs of a busy stream without burning a core when idle (parked
 /// wake-ups cost 7-20 µs p50 on this VM, see DESIGN.md).
 const IDLE_SPINS: u32 = 50;
+/// Longest a shutting-down shard waits for the outcomes of its jobs that
+/// other shards stole and still run (beyond it they rerun after restart).
+const SHUTDOWN_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Longest park without a timer: a safety net, not a correctness need.
 const MAX_PARK: Duration = Duration::from_millis(100);
 
@@ -69,6 +72,12 @@ pub(crate) fn wall_ms() -> u64 {
 pub(crate) fn run_at_after(delay: Duration) -> u64 {
     let ms = delay.as_nanos().div_ceil(1_000_000) as u64;
     wall_ms() + ms + 1
+}
+
+/// Estimated bytes of a job's `Put` record in the log (frame header, rkyv
+/// overhead and fields), for compaction's live-size estimate.
+fn record_size(e: &Entry) -> u64 {
+    (e.payload.len() + e.queue.len() + e.unique_key.as_ref().map_or(0, |k| k.len()) + 96) as u64
 }
 
 /// A job handed to a shard by a producer.
@@ -114,9 +123,52 @@ pub(crate) struct ShardShared {
     pub(crate) want_snapshot: AtomicBool,
     /// Set when the shard thread has stopped reading its inbox.
     pub(crate) exited: AtomicBool,
+    /// Submit epoch (compaction step 1-2): producers count themselves in
+    /// `inflight[epoch % 2]` from before their append until their job is in
+    /// the inbox.
+    pub(crate) epoch: AtomicUsize,
+    pub(crate) inflight: [AtomicUsize; 2],
+}
+
+/// A producer's presence in a submit epoch; leaving drops the count.
+pub(crate) struct InFlight<'a> {
+    counter: &'a AtomicUsize,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl ShardShared {
+    /// Enters the current submit epoch (before appending a `Put`); hold the
+    /// guard until the job is in the inbox.
+    pub(crate) fn enter(&self) -> InFlight<'_> {
+        loop {
+            let e = self.epoch.load(Ordering::SeqCst);
+            let counter = &self.inflight[e % 2];
+            counter.fetch_add(1, Ordering::SeqCst);
+            // The epoch may have flipped between the load and the add: then
+            // compaction may already be waiting on the old counter, so leave
+            // it and join the new epoch.
+            if self.epoch.load(Ordering::SeqCst) == e {
+                return InFlight { counter };
+            }
+            counter.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Starts a new epoch; returns the old one.
+    fn flip_epoch(&self) -> usize {
+        self.epoch.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Whether every producer of `epoch` has left.
+    fn epoch_quiet(&self, epoch: usize) -> bool {
+        self.inflight[epoch % 2].load(Ordering::SeqCst) == 0
+    }
+
     /// Pushes a message and wakes the shard if it sleeps.
     pub(crate) fn send(&self, msg: Msg) {
         self.inbox.push(msg);
@@ -173,6 +225,8 @@ pub(crate) struct Recovered {
     pub(crate) id: u64,
     pub(crate) entry: Entry,
     pub(crate) buried: bool,
+    /// Runs started and not finished before a crash, in a row.
+    pub(crate) interruptions: u32,
 }
 
 impl Recovered {
@@ -194,6 +248,7 @@ impl Recovered {
         Some(Recovered {
             id,
             buried,
+            interruptions: 0,
             entry: Entry {
                 queue: queue.into(),
                 priority,
@@ -240,7 +295,16 @@ pub(crate) struct Shard {
     pinned_core: Option<usize>,
     published_at: Instant,
     shutting_down: bool,
-    last_rewrite: u64,
+    /// Compaction step 2-3 in progress: (cut, epoch to wait for).
+    pending_cut: Option<(u64, usize)>,
+    /// Estimated log bytes of the live jobs' records.
+    live_log_bytes: u64,
+    shutdown_at: Option<Instant>,
+    /// Own tasks offered in the deque and not yet back (run here, outcome
+    /// received from a thief, or returned).
+    out: u64,
+    /// A release waiting for its mark to be durable: (below, mark lsn).
+    pending_release: Option<(u64, u64)>,
     /// Priority of the most urgent job in the latest offer to thieves.
     offered_best: u32,
 }
@@ -280,7 +344,11 @@ impl Shard {
             pinned_core: None,
             published_at: Instant::now(),
             shutting_down: false,
-            last_rewrite: 0,
+            pending_cut: None,
+            shutdown_at: None,
+            live_log_bytes: 0,
+            out: 0,
+            pending_release: None,
             offered_best: u32::MAX,
         };
         let now = shard.now_ns();
@@ -296,6 +364,7 @@ impl Shard {
             let id = r.id;
             let (buried, run_at) = (r.buried, e.run_at_ms);
             let q = e.queue.clone();
+            shard.live_log_bytes += record_size(&e);
             shard.jobs.insert(id, e);
             if buried {
                 shard.set_state(id, State::Buried);
@@ -405,6 +474,9 @@ impl Shard {
                 ready_ns: 0,
             },
         );
+        if let Some(e) = self.jobs.get(&id) {
+            self.live_log_bytes += record_size(e);
+        }
         let now = self.now_ns();
         self.schedule(id, j.run_at_ms, now);
     }
@@ -471,18 +543,45 @@ impl Shard {
                     self.ready.extend(keys.into_iter().map(Reverse));
                 }
             }
-            Msg::Outcome(o) => self.finish(o.id, o.outcome, o.run_ns),
+            Msg::Outcome(o) => {
+                self.out = self.out.saturating_sub(1);
+                self.finish(o.id, o.outcome, o.run_ns);
+            }
             Msg::Return(t) => {
-                // A thief had no handler for it yet: make it ready again.
-                if let Some(e) = self.jobs.get_mut(&t.id) {
-                    e.attempts = e.attempts.saturating_sub(1);
-                    let q = e.queue.clone();
-                    dec(&mut self.stat(&q).running);
-                    let now = self.now_ns();
-                    self.schedule(t.id, 0, now);
+                self.out = self.out.saturating_sub(1);
+                self.untake(&t);
+            }
+            Msg::Shutdown => {
+                self.shutting_down = true;
+                self.shutdown_at = Some(Instant::now());
+                // Take back what is still offered: own jobs become ready
+                // again (logged as they were), others go home to their owner.
+                while let Some(t) = self.worker.pop() {
+                    if t.owner == self.sh.idx {
+                        self.out = self.out.saturating_sub(1);
+                        self.untake(&t);
+                    } else {
+                        self.all[t.owner].send(Msg::Return(t));
+                    }
                 }
             }
-            Msg::Shutdown => self.shutting_down = true,
+        }
+    }
+
+    /// Undoes `take` for a task that did not run.
+    fn untake(&mut self, t: &Task) {
+        if let Some(e) = self.jobs.get_mut(&t.id) {
+            if e.state != State::Running {
+                return;
+            }
+            e.attempts = e.attempts.saturating_sub(1);
+            let attempts = e.attempts;
+            let q = e.queue.clone();
+            dec(&mut self.stat(&q).running);
+            // Cancel the logged Start: the run never happened.
+            self.log(&Rec::Retry { id: t.id, attempts, run_at_ms: 0 });
+            let now = self.now_ns();
+            self.schedule(t.id, 0, now);
         }
     }
 
@@ -520,6 +619,7 @@ impl Shard {
         }
         e.state = State::Running;
         e.attempts += 1;
+        let durable = self.appender.is_some();
         let t = Task {
             id,
             owner: self.sh.idx,
@@ -535,6 +635,9 @@ impl Shard {
         dec(&mut s.ready);
         s.running += 1;
         let _ = now;
+        if durable {
+            self.log(&Rec::Start { id });
+        }
         Some(t)
     }
 
@@ -554,11 +657,18 @@ impl Shard {
         let heap_first = self.ready.peek().is_some_and(|Reverse((p, _, _))| *p < self.offered_best);
         if !heap_first {
             if let Some(t) = self.worker.pop() {
+                if t.owner == self.sh.idx {
+                    self.out = self.out.saturating_sub(1);
+                }
                 return Some(t);
             }
         }
         let t = self.pop_ready()?;
-        if !self.ready.is_empty() && self.all.len() > 1 && self.worker.is_empty() {
+        if !self.ready.is_empty()
+            && self.all.len() > 1
+            && self.worker.is_empty()
+            && !self.shutting_down
+        {
             let mut first = true;
             for _ in 0..STEAL_BATCH {
                 match self.pop_ready() {
@@ -568,6 +678,7 @@ impl Shard {
                             first = false;
                         }
                         self.worker.push(o);
+                        self.out += 1;
                     }
                     None => break,
                 }
@@ -601,7 +712,13 @@ impl Shard {
             }
             loop {
                 match victim.stealer.steal_batch_and_pop(&self.worker) {
-                    Steal::Success(t) => return Some(t),
+                    Steal::Success(t) => {
+                        // Our own offered job, back from another deque.
+                        if t.owner == self.sh.idx {
+                            self.out = self.out.saturating_sub(1);
+                        }
+                        return Some(t);
+                    }
                     Steal::Empty => break,
                     Steal::Retry => continue,
                 }
@@ -701,6 +818,7 @@ impl Shard {
 
     fn remove(&mut self, id: u64) {
         if let Some(e) = self.jobs.remove(&id) {
+            self.live_log_bytes = self.live_log_bytes.saturating_sub(record_size(&e));
             if let Some(k) = e.unique_key {
                 self.unique.remove(&(e.queue.clone(), k));
             }
@@ -709,45 +827,73 @@ impl Shard {
         }
     }
 
-    /// Keeps the log bounded: rewrites live jobs out of the oldest segment,
-    /// then releases it once the rewrites are durable.
+    /// Keeps the log bounded (`docs/architecture.md`, Compaction):
+    ///
+    /// 1. When the log is larger than `compact_after_segments` segments and
+    ///    more than twice the live jobs' records, pick the cut `C`: the end of
+    ///    the newest segment the log has finished, and flip the submit epoch.
+    /// 2. Wait until no producer of the old epoch is between appending a
+    ///    `Put` and handing the job to this shard (`ShardShared::enter`),
+    ///    then drain the inbox: every job logged below `C` is now known here.
+    /// 3. Rewrite the live jobs logged below `C` at the tail (1024 per call).
+    /// 4. Log an `IdMark` after them and ask for a sync without waiting.
+    /// 5. Once the mark is durable (so are the rewrites), release below `C`.
     fn compact(&mut self) {
         let Some(wal) = self.sh.wal.clone() else { return };
-        let segs = wal.segments();
-        if segs.len() <= self.cfg.compact_after_segments {
+        if let Some((below, mark)) = self.pending_release {
+            if wal.stats().durable_lsn > mark {
+                let _ = wal.release_below(below);
+                self.pending_release = None;
+            } else {
+                wal.request_sync();
+            }
             return;
         }
-        let oldest_end = segs[0].1;
+        let (cut, epoch) = match self.pending_cut {
+            Some(p) => p,
+            None => {
+                let segs = wal.segments();
+                let log_bytes: u64 = segs.iter().map(|s| s.1 - s.0).sum();
+                if segs.len() <= self.cfg.compact_after_segments
+                    || log_bytes <= 2 * self.live_log_bytes
+                {
+                    return;
+                }
+                let published = wal.stats().published_lsn;
+                let Some(cut) = segs.iter().map(|s| s.1).filter(|&e| e <= published).max() else {
+                    return;
+                };
+                let old = self.sh.flip_epoch();
+                self.pending_cut = Some((cut, old));
+                (cut, old)
+            }
+        };
+        if !self.sh.epoch_quiet(epoch) {
+            return;
+        }
+        while let Some(m) = self.sh.inbox.pop() {
+            self.handle(m);
+        }
         let below: Vec<(u64, u64)> =
-            self.by_lsn.range(..oldest_end).take(1024).map(|(&l, &i)| (l, i)).collect();
+            self.by_lsn.range(..cut).take(1024).map(|(&l, &i)| (l, i)).collect();
         for (lsn, id) in below {
             let Some(e) = self.jobs.get(&id) else { continue };
             let rec = self.put_record(id, e);
-            if let Some(new) = self.log(&rec) {
-                self.by_lsn.remove(&lsn);
-                self.by_lsn.insert(new, id);
-                if let Some(e) = self.jobs.get_mut(&id) {
-                    e.lsn = new;
-                }
-                self.last_rewrite = new;
-            } else {
-                return;
+            let Some(new) = self.log(&rec) else { return };
+            self.by_lsn.remove(&lsn);
+            self.by_lsn.insert(new, id);
+            if let Some(e) = self.jobs.get_mut(&id) {
+                e.lsn = new;
             }
         }
-        if self.by_lsn.range(..oldest_end).next().is_some() {
-            return;
-        }
-        if wal.stats().durable_lsn <= self.last_rewrite {
-            wal.request_sync();
+        if self.by_lsn.range(..cut).next().is_some() {
             return;
         }
         let mark = Rec::IdMark { next_id: self.counters.next_id.load(Ordering::Relaxed) };
         if let Some(lsn) = self.log(&mark) {
-            self.last_rewrite = lsn;
+            self.pending_cut = None;
+            self.pending_release = Some((cut, lsn));
             wal.request_sync();
-            if wal.stats().durable_lsn > lsn {
-                let _ = wal.release_below(oldest_end);
-            }
         }
     }
 
@@ -789,8 +935,20 @@ impl Shard {
     /// Memory mode ready work is drained (it would be lost), otherwise it
     /// stays in the log for the next start.
     fn may_exit(&self) -> bool {
-        self.cfg.durability != Durability::Memory
-            || (self.ready.is_empty() && self.worker.is_empty())
+        // Jobs stolen from this shard are still running elsewhere: their
+        // outcomes must be logged here before the log closes. A safety net
+        // bounds the wait (a lost outcome only means the job runs again).
+        let waited_enough = self.shutdown_at.is_some_and(|t| t.elapsed() >= SHUTDOWN_WAIT_MAX);
+        if self.out > 0 && waited_enough {
+            tracing::warn!(
+                shard = self.sh.idx,
+                outstanding = self.out,
+                "shutting down with stolen jobs unreported; they will run again after restart"
+            );
+        }
+        (self.out == 0 || waited_enough)
+            && (self.cfg.durability != Durability::Memory
+                || (self.ready.is_empty() && self.worker.is_empty()))
     }
 
     /// The thread body.
@@ -832,7 +990,7 @@ impl Shard {
                 progress = true;
             }
             since_compact += 1;
-            if since_compact >= 4096 || (!progress && since_compact > 64) {
+            if since_compact >= 256 || (!progress && since_compact > 64) {
                 since_compact = 0;
                 self.compact();
             }

@@ -486,3 +486,76 @@ fn damage_mid_segment_keeps_everything_before_it_2_shards() {
 fn damage_mid_segment_keeps_everything_before_it_4_shards() {
     damage_last_segment(4, Damage::FlipMiddle);
 }
+
+/// Whether the shard's log directory is unlocked, i.e. the shard thread has
+/// closed its log (an exclusive `flock` on `LOCK` is free again).
+fn log_closed(shard_dir: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(shard_dir.join("LOCK")).unwrap();
+    #[allow(unsafe_code)]
+    // SAFETY: flock on a descriptor we own; closing it releases the lock.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    rc == 0
+}
+
+/// A job completed during `shutdown()` must not run again after restart,
+/// also when another shard stole it: the thief finishes it after the owner
+/// has stopped, and the owner is the only one that logs its completion.
+#[test]
+fn a_stolen_job_completed_during_shutdown_does_not_come_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let engine = build(dir, Durability::Process, 2);
+    let (ran_tx, ran_rx) = mpsc::channel::<(Vec<u8>, String)>();
+    let (release_owner, owner_rx) = mpsc::channel::<()>();
+    let (release_thief, thief_rx) = mpsc::channel::<()>();
+    let owner_rx = std::sync::Mutex::new(owner_rx);
+    let thief_rx = std::sync::Mutex::new(thief_rx);
+    engine
+        .register("s", move |job: &JobRef<'_>| {
+            let shard = std::thread::current().name().unwrap_or_default().to_string();
+            ran_tx.send((job.payload().to_vec(), shard)).unwrap();
+            let gate = if job.payload() == b"blocker" { &owner_rx } else { &thief_rx };
+            gate.lock().unwrap().recv_timeout(WAIT).expect("never released");
+            Outcome::Done
+        })
+        .unwrap();
+    // One batch lands on one shard: it runs the blocker, the other shard
+    // steals the victim.
+    engine
+        .submit_batch(vec![Job::new("s", b"blocker".to_vec()), Job::new("s", b"victim".to_vec())])
+        .unwrap();
+    let mut running: BTreeMap<Vec<u8>, String> = BTreeMap::new();
+    for _ in 0..2 {
+        let (p, shard) = ran_rx.recv_timeout(WAIT).unwrap();
+        running.insert(p, shard);
+    }
+    let owner = running[&b"blocker".to_vec()].clone();
+    assert_ne!(owner, running[&b"victim".to_vec()], "the victim must have been stolen");
+    let owner_dir = shard_dir(dir, owner.rsplit('-').next().unwrap().parse().unwrap());
+
+    // Shut down while the thief still runs the victim: the owner finishes
+    // the blocker, and must keep its log open until the victim's outcome is
+    // back (it is the only one that can log it).
+    std::thread::scope(|s| {
+        let stopping = s.spawn(|| engine.shutdown());
+        release_owner.send(()).unwrap();
+        assert!(!log_closed(&owner_dir), "the owner closed its log while its stolen job ran");
+        release_thief.send(()).unwrap();
+        stopping.join().unwrap().unwrap();
+    });
+    drop(engine);
+
+    // Both jobs completed before shutdown returned: neither comes back.
+    let engine = build(dir, Durability::Process, 2);
+    if engine.stats().jobs != 0 {
+        let rx = collect(&engine, &["s"]);
+        let r = rx.recv_timeout(WAIT).unwrap();
+        panic!(
+            "job {} ({:?}) completed during shutdown and came back after restart",
+            r.id,
+            String::from_utf8_lossy(&r.payload)
+        );
+    }
+    engine.shutdown().unwrap();
+}
