@@ -30,6 +30,7 @@ mod backoff;
 mod builder;
 mod engine;
 mod error;
+mod idhash;
 mod job;
 mod park;
 mod pin;

@@ -20,6 +20,7 @@
 use crate::backoff::{retry_delay, Rng};
 use crate::builder::Durability;
 use crate::engine::{Config, Counters, Handler};
+use crate::idhash::IdBuild;
 use crate::job::{JobId, JobRef, Outcome};
 use crate::park::Parker;
 use crate::record::{self, Rec, KIND_REC};
@@ -272,7 +273,7 @@ pub(crate) struct Shard {
     all: Arc<[Arc<ShardShared>]>,
     cfg: Arc<Config>,
     counters: Arc<Counters>,
-    jobs: HashMap<u64, Entry>,
+    jobs: HashMap<u64, Entry, IdBuild>,
     /// Runnable jobs: (priority, FIFO sequence, id), most urgent first.
     ready: BinaryHeap<Reverse<(u32, u64, u64)>>,
     /// Ready jobs of queues with no handler here yet.
@@ -325,7 +326,7 @@ impl Shard {
             all,
             cfg,
             counters,
-            jobs: HashMap::new(),
+            jobs: HashMap::default(),
             ready: BinaryHeap::new(),
             waiting: HashMap::new(),
             delayed: BinaryHeap::new(),
@@ -612,7 +613,6 @@ impl Shard {
 
     /// Turns a ready job into a task (state Running).
     fn take(&mut self, id: u64) -> Option<Task> {
-        let now = self.now_ns();
         let e = self.jobs.get_mut(&id)?;
         if e.state != State::Ready {
             return None;
@@ -634,7 +634,6 @@ impl Shard {
         let s = self.stat(&q);
         dec(&mut s.ready);
         s.running += 1;
-        let _ = now;
         if durable {
             self.log(&Rec::Start { id });
         }
@@ -995,7 +994,7 @@ impl Shard {
                 self.compact();
             }
             if sh.want_snapshot.swap(false, Ordering::AcqRel)
-                || self.published_at.elapsed() >= stats::PUBLISH_EVERY
+                || (since_compact % 256 == 0 && self.published_at.elapsed() >= stats::PUBLISH_EVERY)
             {
                 self.publish();
             }
