@@ -25,18 +25,18 @@ pub enum Strategy {
 
 impl Strategy {
     /// `FsStorage`'s defaults.
-    pub const DEFAULT: Strategy = Strategy::Fs { zero_fill: true, sync: SyncMethod::Msync };
+    pub const DEFAULT: Strategy = Strategy::Fs { zero_fill: false, sync: SyncMethod::Msync };
 
     /// The four `FsStorage` combinations, the default first.
     pub const FS: [Strategy; 4] = [
         Strategy::DEFAULT,
-        Strategy::Fs { zero_fill: true, sync: SyncMethod::Fdatasync },
-        Strategy::Fs { zero_fill: false, sync: SyncMethod::Msync },
         Strategy::Fs { zero_fill: false, sync: SyncMethod::Fdatasync },
+        Strategy::Fs { zero_fill: true, sync: SyncMethod::Msync },
+        Strategy::Fs { zero_fill: true, sync: SyncMethod::Fdatasync },
     ];
 
-    /// Probe variants: a control equal to `FsStorage`'s default (4 KiB
-    /// buffered zero-fill, `MADV_RANDOM`), the same without `MADV_RANDOM`,
+    /// Probe variants: a control equal to `FsStorage::with_zero_fill(true)`
+    /// (4 KiB buffered zero-fill, `MADV_RANDOM`), the same without `MADV_RANDOM`,
     /// 1 MiB buffered zero-fill (large folios stay cached), and `O_DIRECT`
     /// zero-fill (nothing cached: the old fill + `fadvise(DONTNEED)` design,
     /// and what a segment looks like after its pages were evicted) with and

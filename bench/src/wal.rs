@@ -39,7 +39,7 @@ spindle-bench wal [options]
   --strategy NAME     storage strategy for the main runs: default,
                       zero_fill+msync, zero_fill+fdatasync, fallocate+msync,
                       fallocate+fdatasync, or a probe:... variant
-                      (default: FsStorage's defaults, zero_fill+msync)
+                      (default: FsStorage's defaults, fallocate+msync)
   --no-study          skip the storage strategy study
   --json              print one JSON object instead of tables";
 
