@@ -33,6 +33,11 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// A shard that has been running one handler this long gets no new
+/// round-robin submissions: 10 ms is two orders of magnitude above the
+/// per-job cost, so only a handler that blocks trips it.
+const STALLED: Duration = Duration::from_millis(10);
+
 /// A job handler: a closure `Fn(&JobRef) -> Outcome` or your own type.
 pub trait Handler: Send + Sync + 'static {
     /// Runs one job. Panics are caught and count as a failed attempt.
@@ -302,6 +307,7 @@ impl Engine {
                 exited: AtomicBool::new(false),
                 epoch: AtomicUsize::new(0),
                 inflight: [AtomicUsize::new(0), AtomicUsize::new(0)],
+                handler_since: AtomicU64::new(0),
             }));
             workers.push(worker);
         }
@@ -416,8 +422,28 @@ impl Engine {
                 (&job.queue, k).hash(&mut h);
                 (h.finish() % n as u64) as usize
             }
-            None => self.inner.rr.fetch_add(1, Ordering::Relaxed) % n,
+            None => self.next_active_shard(),
         }
+    }
+
+    /// Round robin over the shards, skipping one that has been inside a
+    /// single handler for longer than [`STALLED`] (its inbox would not be
+    /// read until the handler returns), unless every shard is.
+    fn next_active_shard(&self) -> usize {
+        let n = self.inner.shards.len();
+        let first = self.inner.rr.fetch_add(1, Ordering::Relaxed);
+        if n == 1 {
+            return 0;
+        }
+        let now = self.inner.cfg.epoch.elapsed().as_nanos() as u64;
+        for k in 0..n {
+            let i = (first + k) % n;
+            let since = self.inner.shards[i].handler_since.load(Ordering::Relaxed);
+            if since == 0 || now.saturating_sub(since) < STALLED.as_nanos() as u64 {
+                return i;
+            }
+        }
+        first % n
     }
 
     /// Submits one job; returns once it is as durable as the engine's
@@ -495,8 +521,7 @@ impl Engine {
             let bytes: u64 = plain.iter().map(|j| j.payload.len() as u64).sum();
             let n = plain.len() as u64;
             self.inner.counters.reserve(n, bytes)?;
-            let shard = &self.inner.shards
-                [self.inner.rr.fetch_add(1, Ordering::Relaxed) % self.inner.shards.len()];
+            let shard = &self.inner.shards[self.next_active_shard()];
             let first = self.inner.counters.next_id.fetch_add(n, Ordering::AcqRel);
             let _inflight = shard.enter();
             let mut batch = Vec::with_capacity(plain.len());

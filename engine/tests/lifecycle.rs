@@ -224,13 +224,12 @@ fn a_long_handler_does_not_strand_jobs_behind_it() {
             Outcome::Done
         })
         .unwrap();
-    // One batch lands on one shard: the blocker first, 20 jobs behind it.
+    // One batch lands on one shard: the blocker first, 1000 jobs behind it.
     let mut jobs = vec![Job::new("s", vec![0])];
-    jobs.extend((1..=20u8).map(|i| Job::new("s", vec![i])));
+    jobs.extend((1..=1000u32).map(|i| Job::new("s", vec![1 + (i % 200) as u8])));
     engine.submit_batch(jobs).unwrap();
-    let mut others: Vec<u8> = (0..20).map(|_| rx.recv_timeout(WAIT).expect("stranded")).collect();
-    others.sort();
-    assert_eq!(others, (1..=20).collect::<Vec<u8>>());
+    let others: Vec<u8> = (0..1000).map(|_| rx.recv_timeout(WAIT).expect("stranded")).collect();
+    assert!(others.iter().all(|&b| b != 0), "the blocker is still blocked");
     release_tx.send(()).unwrap();
     assert_eq!(rx.recv_timeout(WAIT).unwrap(), 0);
     assert!(engine.stats().shards.iter().map(|s| s.jobs_stolen).sum::<u64>() >= 1);
@@ -258,4 +257,42 @@ fn more_shards_than_cores_work_unpinned() {
     engine.shutdown().unwrap();
     assert_eq!(engine.stats().total().completed, 1000);
     assert_eq!(engine.durability(), Durability::Memory);
+}
+
+#[test]
+fn new_submissions_avoid_a_shard_stuck_in_a_handler() {
+    let engine = mem(2);
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let (ran_tx, ran_rx) = mpsc::channel::<()>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let started_tx = std::sync::Mutex::new(started_tx);
+    let ran_tx = std::sync::Mutex::new(ran_tx);
+    let release_rx = std::sync::Mutex::new(release_rx);
+    engine
+        .register("b", move |job: &JobRef<'_>| {
+            if job.payload() == b"block" {
+                started_tx.lock().unwrap().send(()).unwrap();
+                release_rx.lock().unwrap().recv_timeout(WAIT).unwrap();
+            } else {
+                ran_tx.lock().unwrap().send(()).unwrap();
+            }
+            Outcome::Done
+        })
+        .unwrap();
+    engine.submit(Job::new("b", b"block".to_vec())).unwrap();
+    started_rx.recv_timeout(WAIT).unwrap();
+    // Keep submitting single jobs: once the stuck shard is recognised as
+    // stalled, new jobs go to the other shard and run while it stays stuck.
+    let mut ran = 0;
+    let mut submitted = 0u32;
+    while ran < 200 {
+        assert!(submitted < 2_000_000, "jobs kept going to the stuck shard");
+        engine.submit(Job::new("b", vec![1])).unwrap();
+        submitted += 1;
+        while ran_rx.try_recv().is_ok() {
+            ran += 1;
+        }
+    }
+    release_tx.send(()).unwrap();
+    engine.shutdown().unwrap();
 }
