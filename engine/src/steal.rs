@@ -5,7 +5,7 @@
 //! other shards hold its `Stealer`. The protocol:
 //!
 //! 1. Before a shard runs a job with more ready jobs queued behind it, and
-//!    its deque is empty, it moves them (at most `STEAL_BATCH` = 256, the
+//!    its deque is empty, it moves them (at most `STEAL_BATCH` = 4096, the
 //!    most urgent first) into its deque as [`Task`]s and wakes at most one
 //!    parked shard. The jobs are now *running* as far as the owner's
 //!    bookkeeping goes. Offering the whole backlog (not half) is what keeps
@@ -27,10 +27,10 @@
 //! within a shard a newly arrived job whose priority lies between those of
 //! offered jobs can wait behind up to `STEAL_BATCH` of them.
 //!
-//! Known gap: a handler that blocks its shard for longer than it takes the
-//! other shards to run the offered batch strands the rest of that shard's
-//! backlog (beyond 256 jobs) until it returns. Issue #4's stall detector is
-//! to hand the owner's remaining ready jobs to others.
+//! Known gap: a handler that blocks its shard strands that shard's ready
+//! jobs beyond the 4096 offered, and the jobs already in its inbox, until it
+//! returns (producers route new jobs elsewhere after 10 ms, `engine.rs`).
+//! Issue #4's stall detector is to hand the rest over.
 
 use crate::job::Outcome;
 use std::sync::Arc;
