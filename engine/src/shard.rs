@@ -928,8 +928,12 @@ impl Shard {
         self.published_at = Instant::now();
     }
 
-    fn has_work(sh: &ShardShared) -> bool {
-        !sh.inbox.is_empty() || sh.want_snapshot.load(Ordering::Relaxed)
+    /// The re-check before parking: own messages, a stats request, or jobs
+    /// another shard offers for stealing.
+    fn has_work(sh: &ShardShared, all: &[Arc<ShardShared>], stealing: bool) -> bool {
+        !sh.inbox.is_empty()
+            || sh.want_snapshot.load(Ordering::Relaxed)
+            || (stealing && all.iter().any(|o| o.idx != sh.idx && !o.stealer.is_empty()))
     }
 
     fn park_timeout(&self) -> Duration {
@@ -1020,8 +1024,9 @@ impl Shard {
             }
             idle = 0;
             let timeout = self.park_timeout();
+            let stealing = !self.shutting_down;
             if let Some(p) = sh.parker.get() {
-                p.park(timeout, || Self::has_work(&sh));
+                p.park(timeout, || Self::has_work(&sh, &self.all, stealing));
             }
         }
         sh.exited.store(true, Ordering::Release);
