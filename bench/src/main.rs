@@ -8,6 +8,8 @@
 //! spindle-bench latency --rate R --seconds S [--durability MODE] [--json]
 //! ```
 
+#![deny(unsafe_code)]
+
 mod append;
 mod args;
 mod commit;

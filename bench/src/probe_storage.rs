@@ -163,7 +163,10 @@ struct ProbeSegment {
     map: MmapRaw,
 }
 
-impl SegmentMap for ProbeSegment {
+// SAFETY: a shared file mapping of the whole preallocated file, page
+// aligned by mmap and valid until the segment is dropped.
+#[allow(unsafe_code)]
+unsafe impl SegmentMap for ProbeSegment {
     fn ptr(&self) -> *mut u8 {
         self.map.as_mut_ptr()
     }

@@ -169,6 +169,13 @@ impl Shared {
         let base = self.geo.base(idx);
         let header = Header { shard: self.shard, base, len: self.seg_len }.encode();
         let map = self.storage.create(base, self.seg_len, &header)?;
+        // The unsafe writes in segment.rs trust the mapping's size and
+        // alignment: check them once here.
+        if map.len() as u64 != self.seg_len || map.ptr() as usize % 4096 != 0 {
+            return Err(WalError::Config(
+                "storage returned a segment of the wrong size or alignment".into(),
+            ));
+        }
         let seg = Segment::new(map, base).ok_or_else(|| {
             WalError::Config("storage returned a segment shorter than asked".into())
         })?;
@@ -187,6 +194,12 @@ impl Shared {
         let entered = st.prep_attempts;
         let mut waited = false;
         loop {
+            if idx < st.next_prepare && !st.run.contains_key(&idx) {
+                // Released: the tail this claim started from is stale (a
+                // segment is released only once `published` is past it), so
+                // the claim's CAS fails and it retries from the new tail.
+                return Ok(());
+            }
             if let Some(seg) = st.run.get(&idx) {
                 *cache = Some((idx, seg.clone()));
                 // The tail moved into a new segment: time to prepare the next.
@@ -477,7 +490,10 @@ impl Wal {
         if sh.durable.load(Ordering::Acquire) > lsn {
             return Ok(());
         }
-        sh.requested.fetch_max(lsn + 1, Ordering::AcqRel);
+        if lsn >= sh.cursor.tail() {
+            return Err(WalError::Config(format!("lsn {lsn} was never appended")));
+        }
+        sh.requested.fetch_max(lsn.saturating_add(1), Ordering::AcqRel);
         let mut st = sh.lock();
         sh.flush_cv.notify_one();
         while sh.durable.load(Ordering::Acquire) <= lsn {
@@ -670,13 +686,27 @@ impl Appender {
                 }
             }
         }
-        if let Some((_, seg)) = &self.cache {
-            #[allow(unsafe_code)]
-            // SAFETY: `ensure` cached the segment of claim.frame and the claim
-            // frame..end is ours alone until published below.
-            unsafe {
-                seg.write_frame(claim.frame, kind, payload)
-            };
+        match &self.cache {
+            Some((i, seg)) if *i == sh.geo.index(claim.frame) => {
+                #[allow(unsafe_code)]
+                // SAFETY: the cached segment is the one holding claim.frame
+                // (checked above) and the claim frame..end is ours alone
+                // until published below.
+                unsafe {
+                    seg.write_frame(claim.frame, kind, payload)
+                };
+            }
+            _ => {
+                // Cannot happen: the last `ensure` before the winning CAS
+                // cached this segment. Publish anyway so later appenders are
+                // not blocked, and fail the log rather than acknowledge a
+                // record that was not written.
+                let mut st = sh.lock();
+                sh.fail(&mut st, "appender lost track of its segment".into());
+                drop(st);
+                sh.cursor.publish(&claim);
+                return Err(WalError::Failed("appender lost track of its segment".into()));
+            }
         }
         sh.cursor.publish(&claim);
         Ok(claim.frame)

@@ -71,7 +71,7 @@ impl FsStorage {
     /// their pages cached as 4 KiB folios. Off by default: on ext4 (kernel
     /// 6.18, 2 cores) it measured the same commit latency and bytes written
     /// per commit as `posix_fallocate` alone, but creating a 64 MiB segment
-    /// took ~250 ms instead of ~2 ms, which capped sustained appends at the
+    /// took ~200-350 ms instead of ~1-2 ms, which capped sustained appends at the
     /// preparer's pace (`spindle-bench wal`, see docs/benchmarks.md).
     pub fn with_zero_fill(mut self, zero_fill: bool) -> Self {
         self.zero_fill = zero_fill;
@@ -221,7 +221,10 @@ struct FsSegment {
     sync: SyncMethod,
 }
 
-impl SegmentMap for FsSegment {
+// SAFETY: a shared file mapping of the whole (preallocated, never
+// truncated) file, page aligned by mmap, valid until `map` is dropped.
+#[allow(unsafe_code)]
+unsafe impl SegmentMap for FsSegment {
     fn ptr(&self) -> *mut u8 {
         self.map.as_mut_ptr()
     }

@@ -44,10 +44,15 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
 /// One mapped segment.
 ///
-/// The memory at [`SegmentMap::ptr`] is valid for [`SegmentMap::len`] bytes for
-/// as long as the map is alive, is aligned to at least 4096 bytes, and may be
-/// written through the pointer by several threads at disjoint offsets.
-pub trait SegmentMap: Send + Sync + fmt::Debug {
+/// # Safety
+///
+/// The log writes and reads through [`SegmentMap::ptr`] with raw pointers,
+/// so an implementation must guarantee: the memory is valid for
+/// [`SegmentMap::len`] bytes (never changing) for as long as the map is
+/// alive, is aligned to at least 4096 bytes, may be written by several
+/// threads at disjoint offsets, and [`SegmentMap::sync`] only reads the range
+/// it is given (which nobody writes during the call).
+pub unsafe trait SegmentMap: Send + Sync + fmt::Debug {
     /// Start of the mapping.
     fn ptr(&self) -> *mut u8;
     /// Length of the mapping in bytes.

@@ -264,7 +264,10 @@ impl Drop for SimSegment {
     }
 }
 
-impl SegmentMap for SimSegment {
+// SAFETY: a page-aligned heap buffer of `len` bytes owned until drop;
+// `sync` copies only the range it is given.
+#[allow(unsafe_code)]
+unsafe impl SegmentMap for SimSegment {
     fn ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
