@@ -33,6 +33,10 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// Longest `stats()` waits for a shard to answer: far above a shard's loop
+/// period (microseconds), so only a shard inside a long handler misses it.
+const STATS_WAIT: Duration = Duration::from_millis(500);
+
 /// A shard that has been running one handler this long gets no new
 /// round-robin submissions: 10 ms is two orders of magnitude above the
 /// per-job cost, so only a handler that blocks trips it.
@@ -303,7 +307,7 @@ impl Engine {
                 appenders: ArrayQueue::new(64),
                 snapshot: Mutex::new((0, stats::Snapshot::default())),
                 snapshot_cv: Condvar::new(),
-                want_snapshot: AtomicBool::new(false),
+                snapshot_req: AtomicU64::new(0),
                 exited: AtomicBool::new(false),
                 epoch: AtomicUsize::new(0),
                 inflight: [AtomicUsize::new(0), AtomicUsize::new(0)],
@@ -561,21 +565,28 @@ impl Engine {
         Ok(ids)
     }
 
-    /// A snapshot of queues, shards and latencies. Waits briefly (at most
-    /// 50 ms per shard) for each shard to publish fresh counters; a shard
-    /// busy in a long handler contributes its last published ones.
+    /// A snapshot of queues, shards and latencies. Each shard answers
+    /// after taking in every message sent to it before this call, so jobs
+    /// submitted (and outcomes reported) before `stats()` are counted. A shard
+    /// busy in a handler for longer than 500 ms contributes its last
+    /// published counters instead (at most 100 ms old
+    /// unless it is stuck).
     pub fn stats(&self) -> Stats {
-        let gens: Vec<u64> =
-            self.inner.shards.iter().map(|s| shard::snapshot_generation(s)).collect();
-        for s in self.inner.shards.iter() {
-            s.want_snapshot.store(true, Ordering::Release);
-            s.notify();
-        }
-        let deadline = Instant::now() + Duration::from_millis(50);
-        let mut snaps = Vec::with_capacity(gens.len());
-        for (s, g) in self.inner.shards.iter().zip(gens) {
+        let wants: Vec<u64> = self
+            .inner
+            .shards
+            .iter()
+            .map(|s| {
+                let want = s.snapshot_req.fetch_add(1, Ordering::AcqRel) + 1;
+                s.notify();
+                want
+            })
+            .collect();
+        let deadline = Instant::now() + STATS_WAIT;
+        let mut snaps = Vec::with_capacity(wants.len());
+        for (s, want) in self.inner.shards.iter().zip(wants) {
             let mut guard = s.snapshot.lock().unwrap_or_else(|p| p.into_inner());
-            while guard.0 == g {
+            while guard.0 < want && !s.exited.load(Ordering::Acquire) {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;

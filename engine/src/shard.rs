@@ -122,7 +122,9 @@ pub(crate) struct ShardShared {
     pub(crate) appenders: ArrayQueue<Appender>,
     pub(crate) snapshot: Mutex<(u64, Snapshot)>,
     pub(crate) snapshot_cv: Condvar,
-    pub(crate) want_snapshot: AtomicBool,
+    /// Snapshot requests made by `Engine::stats` (a counter); the mutex
+    /// holds the number of the last request served with its snapshot.
+    pub(crate) snapshot_req: AtomicU64,
     /// Set when the shard thread has stopped reading its inbox.
     pub(crate) exited: AtomicBool,
     /// Submit epoch (compaction step 1-2): producers count themselves in
@@ -305,6 +307,8 @@ pub(crate) struct Shard {
     /// Estimated log bytes of the live jobs' records.
     live_log_bytes: u64,
     shutdown_at: Option<Instant>,
+    /// The last snapshot request served.
+    served: u64,
     /// Own tasks offered in the deque and not yet back (run here, outcome
     /// received from a thief, or returned).
     out: u64,
@@ -351,6 +355,7 @@ impl Shard {
             shutting_down: false,
             pending_cut: None,
             shutdown_at: None,
+            served: 0,
             live_log_bytes: 0,
             out: 0,
             pending_release: None,
@@ -728,9 +733,17 @@ impl Shard {
 
     fn run_task(&mut self, t: Task) {
         let start = self.now_ns();
-        let Some(h) = self.handlers.get(&t.queue).cloned() else {
-            // Only a stolen task can lack a handler (registration not yet
-            // seen here): give it back.
+        let mut handler = self.handlers.get(&t.queue).cloned();
+        if handler.is_none() {
+            // Only a stolen task can lack a handler: the registration was
+            // sent to every shard before the job existed, so it is in our
+            // inbox. Take the inbox in and look again.
+            while let Some(m) = self.sh.inbox.pop() {
+                self.handle(m);
+            }
+            handler = self.handlers.get(&t.queue).cloned();
+        }
+        let Some(h) = handler else {
             if t.owner != self.sh.idx {
                 self.all[t.owner].send(Msg::Return(t));
             }
@@ -921,7 +934,7 @@ impl Shard {
             end_to_end: self.end_to_end.clone(),
         };
         let mut g = self.sh.snapshot.lock().unwrap_or_else(|p| p.into_inner());
-        g.0 += 1;
+        g.0 = self.served;
         g.1 = snap;
         drop(g);
         self.sh.snapshot_cv.notify_all();
@@ -930,9 +943,9 @@ impl Shard {
 
     /// The re-check before parking: own messages, a stats request, or jobs
     /// another shard offers for stealing.
-    fn has_work(sh: &ShardShared, all: &[Arc<ShardShared>], stealing: bool) -> bool {
+    fn has_work(sh: &ShardShared, all: &[Arc<ShardShared>], stealing: bool, served: u64) -> bool {
         !sh.inbox.is_empty()
-            || sh.want_snapshot.load(Ordering::Relaxed)
+            || sh.snapshot_req.load(Ordering::Acquire) > served
             || (stealing && all.iter().any(|o| o.idx != sh.idx && !o.stealer.is_empty()))
     }
 
@@ -1008,8 +1021,17 @@ impl Shard {
                 since_compact = 0;
                 self.compact();
             }
-            if sh.want_snapshot.swap(false, Ordering::AcqRel)
-                || (since_compact % 256 == 0 && self.published_at.elapsed() >= stats::PUBLISH_EVERY)
+            let req = sh.snapshot_req.load(Ordering::Acquire);
+            if req > self.served {
+                // Everything submitted before the request is in the inbox:
+                // take it in, so the snapshot includes it.
+                while let Some(m) = sh.inbox.pop() {
+                    self.handle(m);
+                }
+                self.served = req;
+                self.publish();
+            } else if since_compact % 256 == 0
+                && self.published_at.elapsed() >= stats::PUBLISH_EVERY
             {
                 self.publish();
             }
@@ -1026,10 +1048,12 @@ impl Shard {
             let timeout = self.park_timeout();
             let stealing = !self.shutting_down;
             if let Some(p) = sh.parker.get() {
-                p.park(timeout, || Self::has_work(&sh, &self.all, stealing));
+                let served = self.served;
+                p.park(timeout, || Self::has_work(&sh, &self.all, stealing, served));
             }
         }
         sh.exited.store(true, Ordering::Release);
+        self.served = sh.snapshot_req.load(Ordering::Acquire);
         self.publish();
         if let Some(wal) = &sh.wal {
             if let Err(e) = wal.shutdown() {
@@ -1039,9 +1063,4 @@ impl Shard {
             }
         }
     }
-}
-
-/// Counter used by `stats()` to tell when a shard has published.
-pub(crate) fn snapshot_generation(sh: &ShardShared) -> u64 {
-    sh.snapshot.lock().unwrap_or_else(|p| p.into_inner()).0
 }
