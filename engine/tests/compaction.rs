@@ -207,5 +207,7 @@ fn the_log_stays_bounded_with_a_long_delay_and_a_retry_loop() {
         peak.div_ceil(SEGMENT)
     );
     let at_end = run.samples.last().unwrap();
-    assert!(at_end.0 <= 4, "{} segment files left after shutdown: {files:?}", at_end.0);
+    // How far the last compaction got before shutdown depends on timing;
+    // the bound does not.
+    assert!(at_end.0 <= MAX_SEGMENTS, "{} segment files left after shutdown: {files:?}", at_end.0);
 }
