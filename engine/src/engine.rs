@@ -40,7 +40,7 @@ const STATS_WAIT: Duration = Duration::from_millis(500);
 /// A shard that has been running one handler this long gets no new
 /// round-robin submissions: 10 ms is two orders of magnitude above the
 /// per-job cost, so only a handler that blocks trips it.
-const STALLED: Duration = Duration::from_millis(10);
+pub(crate) const STALLED: Duration = Duration::from_millis(10);
 
 /// A job handler: a closure `Fn(&JobRef) -> Outcome` or your own type.
 pub trait Handler: Send + Sync + 'static {

@@ -108,6 +108,9 @@ pub(crate) enum Msg {
     Register(Arc<str>, Arc<dyn Handler>),
     Outcome(TaskOutcome),
     Return(Task),
+    /// Jobs another shard took from this shard's inbox while this shard was
+    /// stuck in a handler, ran, and hands back with their outcomes.
+    Rescued(Vec<(NewJob, Outcome)>),
     Shutdown,
 }
 
@@ -561,6 +564,15 @@ impl Shard {
                 self.out = self.out.saturating_sub(1);
                 self.untake(&t);
             }
+            Msg::Rescued(done) => {
+                for (j, outcome) in done {
+                    let id = j.id;
+                    self.insert_new(j);
+                    if self.take(id).is_some() {
+                        self.finish(id, outcome, 0);
+                    }
+                }
+            }
             Msg::Shutdown => {
                 self.shutting_down = true;
                 self.shutdown_at = Some(Instant::now());
@@ -690,6 +702,73 @@ impl Shard {
             self.wake_one_idle();
         }
         Some(t)
+    }
+
+    /// Runs jobs waiting in the inbox of a shard stuck in one handler for
+    /// longer than [`STALLED`] (they would otherwise wait for the handler to
+    /// return):
+    ///
+    /// 1. Enter the stuck shard's submit epoch, so its compaction cannot
+    ///    release the jobs' `Put` records while they are in our hands.
+    /// 2. Pop one message. Anything but new jobs that are due now, of a queue
+    ///    we have a handler for, goes back to the end of its inbox.
+    /// 3. Run the jobs here and send them back with their outcomes
+    ///    (`Msg::Rescued`); the owner records them and logs the outcomes
+    ///    when its handler returns. A crash before that reruns them, as for
+    ///    any job whose outcome was not logged.
+    fn rescue(&mut self) -> bool {
+        if self.shutting_down || self.all.len() < 2 {
+            return false;
+        }
+        let now = self.now_ns();
+        let all = self.all.clone();
+        for o in all.iter() {
+            let since = o.handler_since.load(Ordering::Relaxed);
+            if o.idx == self.sh.idx
+                || since == 0
+                || now.saturating_sub(since) < crate::engine::STALLED.as_nanos() as u64
+                || o.inbox.is_empty()
+            {
+                continue;
+            }
+            let _inflight = o.enter();
+            let Some(msg) = o.inbox.pop() else { continue };
+            let jobs = match msg {
+                Msg::Jobs(jobs)
+                    if jobs.iter().all(|j| {
+                        (j.run_at_ms == 0 || j.run_at_ms <= wall_ms())
+                            && self.handlers.contains_key(&j.queue)
+                    }) =>
+                {
+                    jobs
+                }
+                other => {
+                    o.send(other);
+                    continue;
+                }
+            };
+            let mut done = Vec::with_capacity(jobs.len());
+            for j in jobs {
+                let Some(h) = self.handlers.get(&j.queue).cloned() else { continue };
+                let job = JobRef {
+                    id: JobId(j.id),
+                    queue: &j.queue,
+                    payload: &j.payload,
+                    attempt: 1,
+                    priority: j.priority,
+                };
+                let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| h.handle(&job))) {
+                    Ok(out) => out,
+                    Err(_) => Outcome::Retry("panic: handler panicked".into()),
+                };
+                self.jobs_run += 1;
+                self.jobs_stolen += 1;
+                done.push((j, outcome));
+            }
+            o.send(Msg::Rescued(done));
+            return true;
+        }
+        false
     }
 
     /// Wakes at most one parked shard so it can steal.
@@ -1014,6 +1093,8 @@ impl Shard {
                 progress = true;
             } else if let Some(t) = self.steal() {
                 self.run_task(t);
+                progress = true;
+            } else if self.rescue() {
                 progress = true;
             }
             since_compact += 1;

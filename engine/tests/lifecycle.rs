@@ -296,3 +296,41 @@ fn new_submissions_avoid_a_shard_stuck_in_a_handler() {
     release_tx.send(()).unwrap();
     engine.shutdown().unwrap();
 }
+
+#[test]
+fn jobs_already_queued_at_a_stuck_shard_are_rescued() {
+    let engine = mem(2);
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let (ran_tx, ran_rx) = mpsc::channel::<()>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let started_tx = std::sync::Mutex::new(started_tx);
+    let ran_tx = std::sync::Mutex::new(ran_tx);
+    let release_rx = std::sync::Mutex::new(release_rx);
+    engine
+        .register("r", move |job: &JobRef<'_>| {
+            if job.payload() == b"block" {
+                started_tx.lock().unwrap().send(()).unwrap();
+                release_rx.lock().unwrap().recv_timeout(WAIT).unwrap();
+            } else {
+                ran_tx.lock().unwrap().send(()).unwrap();
+            }
+            Outcome::Done
+        })
+        .unwrap();
+    engine.submit(Job::new("r", b"block".to_vec())).unwrap();
+    started_rx.recv_timeout(WAIT).unwrap();
+    // Submitted at once, round robin: about half land in the stuck shard's
+    // inbox before it counts as stalled. All must run while it stays stuck.
+    for _ in 0..10 {
+        engine.submit_batch((0..10u8).map(|i| Job::new("r", vec![i])).collect()).unwrap();
+    }
+    for n in 0..100 {
+        ran_rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("job {n} stranded behind the stuck shard"));
+    }
+    release_tx.send(()).unwrap();
+    engine.shutdown().unwrap();
+    let q = &engine.stats().queues["r"];
+    assert_eq!((q.completed, q.ready, q.running), (101, 0, 0));
+}
