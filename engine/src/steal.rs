@@ -27,10 +27,12 @@
 //! within a shard a newly arrived job whose priority lies between those of
 //! offered jobs can wait behind up to `STEAL_BATCH` of them.
 //!
-//! Known gap: a handler that blocks its shard strands that shard's ready
-//! jobs beyond the 4096 offered, and the jobs already in its inbox, until it
-//! returns (producers route new jobs elsewhere after 10 ms, `engine.rs`).
-//! Issue #4's stall detector is to hand the rest over.
+//! A shard stuck in one handler for over 10 ms also gets help for jobs not
+//! yet in its deque: producers route new jobs elsewhere (`engine.rs`), and
+//! idle shards rescue the new jobs waiting in its inbox (`Shard::rescue`).
+//! Known gap: ready jobs beyond the 4096 offered stay in the stuck shard's
+//! private heap until its handler returns; issue #4's stall detector is to
+//! hand them over.
 
 use crate::job::Outcome;
 use std::sync::Arc;
