@@ -944,7 +944,12 @@ impl Shard {
         let Some(wal) = self.sh.wal.clone() else { return };
         if let Some((below, mark)) = self.pending_release {
             if wal.stats().durable_lsn > mark {
-                let _ = wal.release_below(below);
+                if wal.release_below(below).unwrap_or(0) > 0 {
+                    // Appenders cache the segment they last wrote; drop idle
+                    // ones so a released segment's file space is freed now.
+                    while self.sh.appenders.pop().is_some() {}
+                    self.appender = Some(wal.appender());
+                }
                 self.pending_release = None;
             } else {
                 wal.request_sync();
