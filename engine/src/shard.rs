@@ -62,6 +62,21 @@ fn dec(gauge: &mut u64) {
     *gauge = gauge.saturating_sub(1);
 }
 
+/// Runs a handler; a panic is a failed attempt carrying the panic message.
+fn call_handler(h: &dyn Handler, job: &JobRef<'_>) -> Outcome {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| h.handle(job))) {
+        Ok(o) => o,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "handler panicked".into());
+            Outcome::Retry(format!("panic: {msg}"))
+        }
+    }
+}
+
 /// Wall-clock milliseconds since the Unix epoch (for run_at, which must
 /// survive restarts).
 pub(crate) fn wall_ms() -> u64 {
@@ -229,6 +244,25 @@ pub(crate) struct Entry {
     ready_ns: u64,
 }
 
+impl Entry {
+    /// The state of a job just submitted (not yet run).
+    fn from_new(j: NewJob) -> Entry {
+        Entry {
+            queue: j.queue,
+            priority: j.priority,
+            payload: j.payload,
+            attempts: 0,
+            max_attempts: j.max_attempts,
+            unique_key: j.unique_key,
+            state: State::Ready,
+            run_at_ms: j.run_at_ms,
+            lsn: j.lsn,
+            submitted_ns: j.submitted_ns,
+            ready_ns: 0,
+        }
+    }
+}
+
 /// A job recovered from the log, before the shard starts.
 #[derive(Debug)]
 pub(crate) struct Recovered {
@@ -368,17 +402,10 @@ impl Shard {
         for r in recovered {
             let mut e = r.entry;
             e.submitted_ns = now;
-            if let Some(k) = &e.unique_key {
-                shard.unique.insert((e.queue.clone(), k.clone()), r.id);
-            }
-            if shard.sh.wal.is_some() {
-                shard.by_lsn.insert(e.lsn, r.id);
-            }
             let id = r.id;
             let (buried, run_at) = (r.buried, e.run_at_ms);
             let q = e.queue.clone();
-            shard.live_log_bytes += record_size(&e);
-            shard.jobs.insert(id, e);
+            shard.admit(id, e);
             if buried {
                 shard.set_state(id, State::Buried);
                 shard.stat(&q).buried += 1;
@@ -463,35 +490,24 @@ impl Shard {
         }
     }
 
-    fn insert_new(&mut self, j: NewJob) {
-        let id = j.id;
-        if let Some(k) = &j.unique_key {
-            self.unique.insert((j.queue.clone(), k.clone()), id);
+    /// Takes ownership of a job: indexes its unique key and log position,
+    /// counts its record size, and stores it (not yet scheduled).
+    fn admit(&mut self, id: u64, e: Entry) {
+        if let Some(k) = &e.unique_key {
+            self.unique.insert((e.queue.clone(), k.clone()), id);
         }
         if self.sh.wal.is_some() {
-            self.by_lsn.insert(j.lsn, id);
+            self.by_lsn.insert(e.lsn, id);
         }
-        self.jobs.insert(
-            id,
-            Entry {
-                queue: j.queue,
-                priority: j.priority,
-                payload: j.payload,
-                attempts: 0,
-                max_attempts: j.max_attempts,
-                unique_key: j.unique_key,
-                state: State::Ready,
-                run_at_ms: j.run_at_ms,
-                lsn: j.lsn,
-                submitted_ns: j.submitted_ns,
-                ready_ns: 0,
-            },
-        );
-        if let Some(e) = self.jobs.get(&id) {
-            self.live_log_bytes += record_size(e);
-        }
+        self.live_log_bytes += record_size(&e);
+        self.jobs.insert(id, e);
+    }
+
+    fn insert_new(&mut self, j: NewJob) {
+        let (id, run_at) = (j.id, j.run_at_ms);
+        self.admit(id, Entry::from_new(j));
         let now = self.now_ns();
-        self.schedule(id, j.run_at_ms, now);
+        self.schedule(id, run_at, now);
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -501,7 +517,7 @@ impl Shard {
                     self.insert_new(j);
                 }
             }
-            Msg::Unique(mut j, reply, waiter) => {
+            Msg::Unique(j, reply, waiter) => {
                 let key = j.unique_key.clone().map(|k| (j.queue.clone(), k));
                 let res = match key.as_ref().and_then(|k| self.unique.get(k)) {
                     Some(&existing) => {
@@ -509,40 +525,29 @@ impl Shard {
                         Err(crate::SubmitError::Duplicate { existing: JobId(existing) })
                     }
                     None => {
-                        let e = Entry {
-                            queue: j.queue.clone(),
-                            priority: j.priority,
-                            payload: j.payload.clone(),
-                            attempts: 0,
-                            max_attempts: j.max_attempts,
-                            unique_key: j.unique_key.clone(),
-                            state: State::Ready,
-                            run_at_ms: j.run_at_ms,
-                            lsn: 0,
-                            submitted_ns: j.submitted_ns,
-                            ready_ns: 0,
-                        };
+                        let (id, run_at, len) = (j.id, j.run_at_ms, j.payload.len() as u64);
+                        let mut e = Entry::from_new(j);
                         let logged = if self.sh.wal.is_some() {
-                            let rec = self.put_record(j.id, &e);
-                            match self.log(&rec) {
-                                Some(lsn) => Ok(lsn),
-                                None => Err(crate::SubmitError::Io(spindle_wal::WalError::Failed(
+                            let rec = self.put_record(id, &e);
+                            self.log(&rec).ok_or_else(|| {
+                                crate::SubmitError::Io(spindle_wal::WalError::Failed(
                                     "the shard could not log the job".into(),
-                                ))),
-                            }
+                                ))
+                            })
                         } else {
                             Ok(0)
                         };
                         match logged {
                             Ok(lsn) => {
-                                j.lsn = lsn;
-                                let id = j.id;
-                                self.insert_new(j);
+                                e.lsn = lsn;
+                                self.admit(id, e);
+                                let now = self.now_ns();
+                                self.schedule(id, run_at, now);
                                 Ok((JobId(id), lsn))
                             }
-                            Err(e) => {
-                                self.counters.release(1, j.payload.len() as u64);
-                                Err(e)
+                            Err(err) => {
+                                self.counters.release(1, len);
+                                Err(err)
                             }
                         }
                     }
@@ -558,7 +563,7 @@ impl Shard {
             }
             Msg::Outcome(o) => {
                 self.out = self.out.saturating_sub(1);
-                self.finish(o.id, o.outcome, o.run_ns);
+                self.finish(o.id, o.outcome);
             }
             Msg::Return(t) => {
                 self.out = self.out.saturating_sub(1);
@@ -569,7 +574,7 @@ impl Shard {
                     let id = j.id;
                     self.insert_new(j);
                     if self.take(id).is_some() {
-                        self.finish(id, outcome, 0);
+                        self.finish(id, outcome);
                     }
                 }
             }
@@ -757,10 +762,7 @@ impl Shard {
                     attempt: 1,
                     priority: j.priority,
                 };
-                let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| h.handle(&job))) {
-                    Ok(out) => out,
-                    Err(_) => Outcome::Retry("panic: handler panicked".into()),
-                };
+                let outcome = call_handler(h.as_ref(), &job);
                 self.jobs_run += 1;
                 self.jobs_stolen += 1;
                 done.push((j, outcome));
@@ -845,17 +847,7 @@ impl Shard {
             attempt: t.attempt,
             priority: t.priority,
         };
-        let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| h.handle(&job))) {
-            Ok(o) => o,
-            Err(p) => {
-                let msg = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "handler panicked".into());
-                Outcome::Retry(format!("panic: {msg}"))
-            }
-        };
+        let outcome = call_handler(h.as_ref(), &job);
         let end = self.now_ns();
         self.sh.handler_since.store(0, Ordering::Relaxed);
         let _ = self.dispatch.record(start.saturating_sub(t.ready_ns).max(1));
@@ -865,22 +857,18 @@ impl Shard {
             if outcome == Outcome::Done {
                 let _ = self.end_to_end.record(end.saturating_sub(t.submitted_ns).max(1));
             }
-            self.finish(t.id, outcome, end - start);
+            self.finish(t.id, outcome);
         } else {
             self.jobs_stolen += 1;
             if outcome == Outcome::Done {
                 let _ = self.end_to_end.record(end.saturating_sub(t.submitted_ns).max(1));
             }
-            self.all[t.owner].send(Msg::Outcome(TaskOutcome {
-                id: t.id,
-                outcome,
-                run_ns: end - start,
-            }));
+            self.all[t.owner].send(Msg::Outcome(TaskOutcome { id: t.id, outcome }));
         }
     }
 
     /// Applies a handler's outcome to a job this shard owns.
-    fn finish(&mut self, id: u64, outcome: Outcome, _run_ns: u64) {
+    fn finish(&mut self, id: u64, outcome: Outcome) {
         let Some(e) = self.jobs.get(&id) else { return };
         if e.state != State::Running {
             return;

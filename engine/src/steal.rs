@@ -55,5 +55,4 @@ pub(crate) struct Task {
 pub(crate) struct TaskOutcome {
     pub(crate) id: u64,
     pub(crate) outcome: Outcome,
-    pub(crate) run_ns: u64,
 }

@@ -259,8 +259,10 @@ fn more_shards_than_cores_work_unpinned() {
     assert_eq!(engine.durability(), Durability::Memory);
 }
 
-#[test]
-fn new_submissions_avoid_a_shard_stuck_in_a_handler() {
+/// A 2-shard engine whose queue `queue` has a handler that blocks on a job
+/// with payload `block` (submitted here, and running when this returns)
+/// until `release` is sent, and reports every other job on `ran`.
+fn stuck_shard(queue: &str) -> (Engine, mpsc::Receiver<()>, mpsc::Sender<()>) {
     let engine = mem(2);
     let (started_tx, started_rx) = mpsc::channel::<()>();
     let (ran_tx, ran_rx) = mpsc::channel::<()>();
@@ -269,7 +271,7 @@ fn new_submissions_avoid_a_shard_stuck_in_a_handler() {
     let ran_tx = std::sync::Mutex::new(ran_tx);
     let release_rx = std::sync::Mutex::new(release_rx);
     engine
-        .register("b", move |job: &JobRef<'_>| {
+        .register(queue, move |job: &JobRef<'_>| {
             if job.payload() == b"block" {
                 started_tx.lock().unwrap().send(()).unwrap();
                 release_rx.lock().unwrap().recv_timeout(WAIT).unwrap();
@@ -279,8 +281,14 @@ fn new_submissions_avoid_a_shard_stuck_in_a_handler() {
             Outcome::Done
         })
         .unwrap();
-    engine.submit(Job::new("b", b"block".to_vec())).unwrap();
+    engine.submit(Job::new(queue, b"block".to_vec())).unwrap();
     started_rx.recv_timeout(WAIT).unwrap();
+    (engine, ran_rx, release_tx)
+}
+
+#[test]
+fn new_submissions_avoid_a_shard_stuck_in_a_handler() {
+    let (engine, ran_rx, release_tx) = stuck_shard("b");
     // Keep submitting single jobs: once the stuck shard is recognised as
     // stalled, new jobs go to the other shard and run while it stays stuck.
     let mut ran = 0;
@@ -299,26 +307,7 @@ fn new_submissions_avoid_a_shard_stuck_in_a_handler() {
 
 #[test]
 fn jobs_already_queued_at_a_stuck_shard_are_rescued() {
-    let engine = mem(2);
-    let (started_tx, started_rx) = mpsc::channel::<()>();
-    let (ran_tx, ran_rx) = mpsc::channel::<()>();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let started_tx = std::sync::Mutex::new(started_tx);
-    let ran_tx = std::sync::Mutex::new(ran_tx);
-    let release_rx = std::sync::Mutex::new(release_rx);
-    engine
-        .register("r", move |job: &JobRef<'_>| {
-            if job.payload() == b"block" {
-                started_tx.lock().unwrap().send(()).unwrap();
-                release_rx.lock().unwrap().recv_timeout(WAIT).unwrap();
-            } else {
-                ran_tx.lock().unwrap().send(()).unwrap();
-            }
-            Outcome::Done
-        })
-        .unwrap();
-    engine.submit(Job::new("r", b"block".to_vec())).unwrap();
-    started_rx.recv_timeout(WAIT).unwrap();
+    let (engine, ran_rx, release_tx) = stuck_shard("r");
     // Submitted at once, round robin: about half land in the stuck shard's
     // inbox before it counts as stalled. All must run while it stays stuck.
     for _ in 0..10 {
