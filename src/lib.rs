@@ -22,6 +22,6 @@
 pub use spindle_engine as engine;
 pub use spindle_engine::{
     BuildError, Durability, Engine, EngineBuilder, Handler, Job, JobId, JobRef, Latency, Outcome,
-    QueueStats, ShutdownError, Stats, SubmitError,
+    QueueStats, ShutdownError, Stats, SubmitError, WorkerStats, Workers,
 };
 pub use spindle_wal as wal;

@@ -36,6 +36,26 @@ pub struct EngineBuilder {
     pub(crate) pin: bool,
     pub(crate) compact_after_segments: usize,
     pub(crate) poison_after: u32,
+    pub(crate) workers: Workers,
+    pub(crate) latency_target: Duration,
+    pub(crate) min_workers: usize,
+    pub(crate) max_workers: Option<usize>,
+    pub(crate) tick: Duration,
+    pub(crate) stealing: bool,
+    pub(crate) idle_spin: Duration,
+    pub(crate) stall_factor: u32,
+    pub(crate) stall_min: Duration,
+    pub(crate) max_blocking: usize,
+}
+
+/// How many core workers (shard threads that run handlers) are active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// The lag controller sizes the active set from queue depth, job age,
+    /// arrival rate and run time (`docs/controller.md`). The default.
+    Lag,
+    /// Exactly this many (clamped to the shard count), for comparison runs.
+    Static(usize),
 }
 
 impl Default for EngineBuilder {
@@ -64,6 +84,30 @@ impl Default for EngineBuilder {
             // A job that was running at 3 crashes in a row is buried rather
             // than allowed to take the process down a fourth time.
             poison_after: 3,
+            workers: Workers::Lag,
+            // A queueing delay target of 1 ms at p99: an order of magnitude
+            // above a parked worker's wake-up (up to 130 µs p99 here), so
+            // the controller does not chase scheduler noise, and low enough
+            // for the latency-critical pipelines Spindle is linked into.
+            latency_target: Duration::from_millis(1),
+            min_workers: 1,
+            max_workers: None,
+            // 10 ms: long enough that a tick sees tens of arrivals at the
+            // rates where sizing matters (a rate estimate needs them), short
+            // against the latency target, and cheap (a few µs per tick).
+            tick: Duration::from_millis(10),
+            stealing: true,
+            // 30 µs: parked wake-ups cost 7-20 µs p50 and up to 130 µs p99
+            // on this VM (DESIGN.md), so spinning a little longer than a
+            // typical wake-up covers the gap between jobs of a busy stream.
+            idle_spin: Duration::from_micros(30),
+            // A handler is stalled past 10x its queue's mean run time and at
+            // least 100 ms (short jobs jitter by more than 10x).
+            stall_factor: 10,
+            stall_min: Duration::from_millis(100),
+            // Blocking handlers per shard at most: I/O waits cost a thread,
+            // not a core; 64 bounds threads and memory.
+            max_blocking: 64,
         }
     }
 }
@@ -138,6 +182,68 @@ impl EngineBuilder {
     /// times in a row (default 3; at least 1).
     pub fn poison_after(mut self, crashes: u32) -> Self {
         self.poison_after = crashes.max(1);
+        self
+    }
+
+    /// How many core workers run handlers (default [`Workers::Lag`]).
+    pub fn workers(mut self, w: Workers) -> Self {
+        self.workers = w;
+        self
+    }
+
+    /// The queueing delay (ready → handler start) the lag controller aims
+    /// to keep p99 under (default 1 ms). Its target wait `D` is half of it;
+    /// a job that waited longer than `D` wakes the controller at once.
+    pub fn latency_target(mut self, d: Duration) -> Self {
+        self.latency_target = d.max(Duration::from_micros(100));
+        self
+    }
+
+    /// Fewest active core workers under [`Workers::Lag`] (default 1).
+    pub fn min_workers(mut self, n: usize) -> Self {
+        self.min_workers = n.max(1);
+        self
+    }
+
+    /// Most active core workers under [`Workers::Lag`] (default: the shard
+    /// count).
+    pub fn max_workers(mut self, n: usize) -> Self {
+        self.max_workers = Some(n.max(1));
+        self
+    }
+
+    /// The lag controller's sampling period (default 10 ms).
+    pub fn controller_tick(mut self, d: Duration) -> Self {
+        self.tick = d.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Whether idle shards steal ready jobs from busy ones (default true).
+    /// Off, every job runs on the shard it was submitted to.
+    pub fn work_stealing(mut self, on: bool) -> Self {
+        self.stealing = on;
+        self
+    }
+
+    /// How long an idle active worker spins looking for work before it
+    /// parks (default 30 µs). `Duration::MAX` never parks: lowest latency,
+    /// a full core per worker.
+    pub fn idle_spin(mut self, d: Duration) -> Self {
+        self.idle_spin = d;
+        self
+    }
+
+    /// A handler is reported stalled once it has run `factor` times its
+    /// queue's mean run time and at least `min` (default 10x, 100 ms).
+    pub fn stall_threshold(mut self, factor: u32, min: Duration) -> Self {
+        self.stall_factor = factor.max(1);
+        self.stall_min = min;
+        self
+    }
+
+    /// Most threads each shard's blocking pool runs (default 64).
+    pub fn max_blocking(mut self, n: usize) -> Self {
+        self.max_blocking = n.max(1);
         self
     }
 

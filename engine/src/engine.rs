@@ -16,6 +16,7 @@
 //! 4. Return the id: the job is as durable as the mode promises.
 
 use crate::builder::{Durability, EngineBuilder};
+use crate::control;
 use crate::error::{BuildError, ShutdownError, SubmitError};
 use crate::job::{validate_queue, Job, JobId, JobRef, Outcome};
 use crate::park::Parker;
@@ -42,6 +43,10 @@ const STATS_WAIT: Duration = Duration::from_millis(500);
 /// per-job cost, so only a handler that blocks trips it.
 pub(crate) const STALLED: Duration = Duration::from_millis(10);
 
+/// Smallest log record: a 16-byte frame header plus a payload padded to
+/// 16 bytes (`docs/wal-format.md`).
+const MIN_RECORD_BYTES: u64 = 32;
+
 /// A job handler: a closure `Fn(&JobRef) -> Outcome` or your own type.
 pub trait Handler: Send + Sync + 'static {
     /// Runs one job. Panics are caught and count as a failed attempt.
@@ -64,6 +69,11 @@ pub(crate) struct Config {
     pub(crate) retry_base: Duration,
     pub(crate) retry_cap: Duration,
     pub(crate) compact_after_segments: usize,
+    pub(crate) stealing: bool,
+    pub(crate) idle_spin: Duration,
+    pub(crate) stall_factor: u32,
+    pub(crate) stall_min: Duration,
+    pub(crate) max_blocking: usize,
     pub(crate) epoch: Instant,
     pub(crate) close_errors: Mutex<Option<(usize, String)>>,
 }
@@ -99,6 +109,8 @@ impl Counters {
 }
 
 struct Inner {
+    ctl: Arc<control::Pool>,
+    controller: Mutex<Option<JoinHandle<()>>>,
     shards: Arc<[Arc<ShardShared>]>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     cfg: Arc<Config>,
@@ -249,6 +261,11 @@ impl Engine {
             retry_base: b.retry_base,
             retry_cap: b.retry_cap,
             compact_after_segments: b.compact_after_segments.max(2),
+            stealing: b.stealing,
+            idle_spin: b.idle_spin,
+            stall_factor: b.stall_factor,
+            stall_min: b.stall_min,
+            max_blocking: b.max_blocking,
             epoch: Instant::now(),
             close_errors: Mutex::new(None),
         });
@@ -256,6 +273,7 @@ impl Engine {
         let mut wals = Vec::with_capacity(n);
         let mut recovered = Vec::with_capacity(n);
         let mut next_id = 1u64;
+        let mut id_gap = 0u64;
         let (mut live, mut bytes) = (0u64, 0u64);
         for i in 0..n {
             match &dir {
@@ -272,6 +290,10 @@ impl Engine {
                     if let Some(t) = &report.truncated {
                         tracing::warn!(shard = i, segment = t.segment, offset = t.offset,
                             bytes_dropped = t.bytes_dropped, reason = %t.reason, "shard log was cut at damage");
+                        // The cut records may hold the highest ids handed
+                        // out: skip past every id they could hold (a record
+                        // takes at least 32 bytes), so none is reused.
+                        id_gap += t.bytes_dropped / MIN_RECORD_BYTES + 1;
                     }
                     let (jobs, hi) = replay(&wal, i, b.poison_after)?;
                     next_id = next_id.max(hi);
@@ -286,6 +308,7 @@ impl Engine {
                 }
             }
         }
+        let next_id = next_id.saturating_add(id_gap);
         let counters = Arc::new(Counters {
             next_id: AtomicU64::new(next_id),
             jobs: AtomicU64::new(live),
@@ -312,10 +335,32 @@ impl Engine {
                 epoch: AtomicUsize::new(0),
                 inflight: [AtomicUsize::new(0), AtomicUsize::new(0)],
                 handler_since: AtomicU64::new(0),
+                active: AtomicBool::new(true),
+                gauges: Default::default(),
+                pool: Default::default(),
             }));
             workers.push(worker);
         }
         let all: Arc<[Arc<ShardShared>]> = shared.into();
+        let max_workers = b.max_workers.unwrap_or(n).clamp(1, n);
+        let settings = crate::lag::Settings::new(b.min_workers, max_workers, b.latency_target);
+        let initial = match b.workers {
+            crate::Workers::Lag => settings.min,
+            crate::Workers::Static(k) => k.clamp(1, n),
+        };
+        let initial = if b.stealing { initial } else { n };
+        for (i, s) in all.iter().enumerate() {
+            s.active.store(i < initial, Ordering::SeqCst);
+        }
+        let max_active = if b.stealing {
+            match b.workers {
+                crate::Workers::Lag => max_workers,
+                crate::Workers::Static(_) => initial,
+            }
+        } else {
+            n
+        };
+        let ctl = Arc::new(control::Pool::new(n, initial, max_active, settings.target_wait));
         let pin = b.pin && n <= cores.len();
         if b.pin && !pin {
             tracing::info!(
@@ -333,6 +378,7 @@ impl Engine {
                 counters.clone(),
                 worker,
                 jobs,
+                ctl.clone(),
             );
             let core = if pin { cores.get(i).copied() } else { None };
             let handle = std::thread::Builder::new()
@@ -344,8 +390,25 @@ impl Engine {
             all[i].notify();
             threads.push(handle);
         }
+        let controller = control::Controller {
+            shards: all.clone(),
+            pool: ctl.clone(),
+            policy: b.workers,
+            settings,
+            stealing: b.stealing,
+            tick: b.tick,
+            max_blocking: b.max_blocking,
+            epoch: cfg.epoch,
+        };
+        let controller = std::thread::Builder::new()
+            .name("spindle-controller".into())
+            .spawn(move || controller.run())
+            .map_err(BuildError::Thread)?;
+        let _ = ctl.thread.set(controller.thread().clone());
         let engine = Engine {
             inner: Arc::new(Inner {
+                ctl,
+                controller: Mutex::new(Some(controller)),
                 shards: all,
                 threads: Mutex::new(threads),
                 cfg,
@@ -361,11 +424,27 @@ impl Engine {
     /// Registers the handler for `queue` (replacing any earlier one). May be
     /// called at any time; jobs already waiting in the queue start running.
     pub fn register(&self, queue: &str, handler: impl Handler) -> Result<(), SubmitError> {
+        self.register_as(queue, Arc::new(handler), false)
+    }
+
+    /// Registers a handler that blocks (I/O, sleeps, calls to other
+    /// services): its jobs run on each shard's elastic blocking pool, sized
+    /// by the lag controller up to `max_blocking` threads per shard, so they
+    /// never occupy a core worker.
+    pub fn register_blocking(&self, queue: &str, handler: impl Handler) -> Result<(), SubmitError> {
+        self.register_as(queue, Arc::new(handler), true)
+    }
+
+    fn register_as(
+        &self,
+        queue: &str,
+        h: Arc<dyn Handler>,
+        blocking: bool,
+    ) -> Result<(), SubmitError> {
         validate_queue(queue)?;
         let q = self.queue_name(queue);
-        let h: Arc<dyn Handler> = Arc::new(handler);
         for s in self.inner.shards.iter() {
-            s.send(Msg::Register(q.clone(), h.clone()));
+            s.send(Msg::Register(q.clone(), h.clone(), blocking));
         }
         Ok(())
     }
@@ -430,9 +509,10 @@ impl Engine {
         }
     }
 
-    /// Round robin over the shards, skipping one that has been inside a
-    /// single handler for longer than [`STALLED`] (its inbox would not be
-    /// read until the handler returns), unless every shard is.
+    /// Round robin over the active shards (`control.rs`: producers never
+    /// wake a shard the controller parked), skipping one that has been
+    /// inside a single handler for longer than [`STALLED`] (its inbox would
+    /// not be read until the handler returns), unless every active one is.
     fn next_active_shard(&self) -> usize {
         let n = self.inner.shards.len();
         let first = self.inner.rr.fetch_add(1, Ordering::Relaxed);
@@ -440,14 +520,20 @@ impl Engine {
             return 0;
         }
         let now = self.inner.cfg.epoch.elapsed().as_nanos() as u64;
+        let mut fallback = None;
         for k in 0..n {
             let i = (first + k) % n;
-            let since = self.inner.shards[i].handler_since.load(Ordering::Relaxed);
+            let s = &self.inner.shards[i];
+            if !s.active.load(Ordering::Relaxed) {
+                continue;
+            }
+            let since = s.handler_since.load(Ordering::Relaxed);
             if since == 0 || now.saturating_sub(since) < STALLED.as_nanos() as u64 {
                 return i;
             }
+            fallback.get_or_insert(i);
         }
-        first % n
+        fallback.unwrap_or(first % n)
     }
 
     /// Submits one job; returns once it is as durable as the engine's
@@ -597,7 +683,14 @@ impl Engine {
             snaps.push(guard.1.clone());
         }
         let c = &self.inner.counters;
-        stats::merge(&snaps, c.jobs.load(Ordering::Acquire), c.bytes.load(Ordering::Acquire))
+        let mut st =
+            stats::merge(&snaps, c.jobs.load(Ordering::Acquire), c.bytes.load(Ordering::Acquire));
+        st.workers = self.inner.ctl.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let desired = self.inner.ctl.desired.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, q) in st.queues.iter_mut() {
+            q.desired_workers = desired.get(name).copied().unwrap_or(0);
+        }
+        st
     }
 
     /// Number of shards.
@@ -618,6 +711,7 @@ impl Engine {
     /// keep them). Further submits fail with `ShuttingDown`.
     pub fn shutdown(&self) -> Result<(), ShutdownError> {
         self.inner.accepting.store(false, Ordering::Release);
+        self.inner.stop_controller();
         let threads =
             std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|p| p.into_inner()));
         for s in self.inner.shards.iter() {
@@ -649,8 +743,20 @@ fn has_segments(dir: &std::path::Path) -> bool {
         .unwrap_or(false)
 }
 
+impl Inner {
+    fn stop_controller(&self) {
+        self.ctl.stop.store(true, Ordering::Release);
+        let handle = self.controller.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            h.thread().unpark();
+            let _ = h.join();
+        }
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.stop_controller();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         if threads.is_empty() {
             return;

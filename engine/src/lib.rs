@@ -27,11 +27,14 @@
 #![deny(unsafe_code)]
 
 mod backoff;
+mod blocking;
 mod builder;
+mod control;
 mod engine;
 mod error;
 mod idhash;
 mod job;
+mod lag;
 mod park;
 mod pin;
 mod record;
@@ -40,9 +43,9 @@ mod stats;
 mod steal;
 mod sync;
 
-pub use builder::{Durability, EngineBuilder};
+pub use builder::{Durability, EngineBuilder, Workers};
 pub use engine::{Engine, Handler};
 pub use error::{BuildError, ShutdownError, SubmitError};
 pub use job::{Job, JobId, JobRef, Outcome, DEFAULT_MAX_ATTEMPTS, MAX_QUEUE_NAME};
 pub use spindle_wal as wal;
-pub use stats::{Latency, QueueStats, ShardStats, Stats};
+pub use stats::{ControllerInputs, Latency, QueueStats, ShardStats, Stats, WorkerStats};

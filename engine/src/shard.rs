@@ -5,26 +5,35 @@
 //! 1. **Inbox.** Drain up to [`INBOX_BATCH`] messages from the lock-free
 //!    inbox: new jobs (already logged by their producer), unique-key jobs
 //!    (checked and logged here), handler registrations, outcomes of jobs
-//!    other shards stole from us, stats requests, shutdown.
+//!    other shards stole from us or our blocking pool ran, stats requests,
+//!    shutdown.
 //! 2. **Timers.** Move delayed jobs whose time has come to ready.
-//! 3. **Run.** Take the most urgent ready job (priority, then FIFO) and run
-//!    its handler on this thread. Before that, if more jobs wait behind it,
-//!    offer up to [`STEAL_BATCH`] of the most urgent to the shard's
-//!    work-stealing deque, so a long handler never strands them (`steal.rs`).
-//! 4. **Steal.** With nothing of its own to run, take a batch from another
+//! 3. **Blocking pool.** Hand ready jobs of blocking queues to the shard's
+//!    pool, up to the controller's target (`blocking.rs`).
+//! 4. **Run** (active shards only, `control.rs`). Take the most urgent
+//!    ready job (priority, then FIFO) and run its handler on this thread.
+//!    Before that, if more jobs wait behind it, offer all of them to the
+//!    shard's work-stealing deque, so a long handler strands none
+//!    (`steal.rs`). A shard outside the active set only offers its ready
+//!    jobs and wakes an active one.
+//! 5. **Steal.** With nothing of its own to run, and a search slot (at most
+//!    half the active workers search at once), take a batch from another
 //!    shard's deque, run them, and send each outcome back to the owner,
 //!    which logs it: a job's records always stay in its owner's log.
-//! 5. **Idle.** Spin [`IDLE_SPINS`] rounds, then park until a producer
-//!    notifies the shard or its next timer is due (`park.rs`).
+//! 6. **Idle.** An active shard spins for `idle_spin` (default 30 µs), then
+//!    parks until a message, a timer, or stealable work with a free search
+//!    slot; an inactive one parks at once (`park.rs`).
 
 use crate::backoff::{retry_delay, Rng};
+use crate::blocking::{self, BlockingDone, PoolGauges};
 use crate::builder::Durability;
+use crate::control::{self, Gauges};
 use crate::engine::{Config, Counters, Handler};
 use crate::idhash::IdBuild;
 use crate::job::{JobId, JobRef, Outcome};
 use crate::park::Parker;
 use crate::record::{self, Rec, KIND_REC};
-use crate::stats::{self, QueueStats, Snapshot};
+use crate::stats::{self, QueueCounts, QueueStats, Snapshot};
 use crate::steal::{Task, TaskOutcome};
 use crossbeam_deque::{Steal, Stealer, Worker};
 use crossbeam_queue::{ArrayQueue, SegQueue};
@@ -40,16 +49,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Messages handled per loop iteration before running a job, so a flood of
 /// submissions cannot starve dispatch.
 const INBOX_BATCH: usize = 256;
-/// Most jobs offered to thieves at once. The whole backlog up to this bound
-/// is offered, so a handler that blocks its shard strands nothing unless
-/// more than this many jobs wait behind it (see `steal.rs`). Offering costs
-/// one deque push and pop per job (tens of ns against ~1.5 µs per job).
-pub(crate) const STEAL_BATCH: usize = 4096;
-/// Idle rounds before parking: each round re-checks inbox, timers and other
-/// shards; ~50 rounds is tens of microseconds here, which covers the gap
-/// between jobs of a busy stream without burning a core when idle (parked
-/// wake-ups cost 7-20 µs p50 on this VM, see DESIGN.md).
-const IDLE_SPINS: u32 = 50;
 /// Longest a shutting-down shard waits for the outcomes of its jobs that
 /// other shards stole and still run (beyond it they rerun after restart).
 const SHUTDOWN_WAIT_MAX: Duration = Duration::from_secs(30);
@@ -63,7 +62,7 @@ fn dec(gauge: &mut u64) {
 }
 
 /// Runs a handler; a panic is a failed attempt carrying the panic message.
-fn call_handler(h: &dyn Handler, job: &JobRef<'_>) -> Outcome {
+pub(crate) fn call_handler(h: &dyn Handler, job: &JobRef<'_>) -> Outcome {
     match std::panic::catch_unwind(AssertUnwindSafe(|| h.handle(job))) {
         Ok(o) => o,
         Err(p) => {
@@ -120,12 +119,14 @@ pub(crate) type UniqueReply = crossbeam_queue::ArrayQueue<Result<(JobId, u64), c
 pub(crate) enum Msg {
     Jobs(Vec<NewJob>),
     Unique(NewJob, Arc<UniqueReply>, std::thread::Thread),
-    Register(Arc<str>, Arc<dyn Handler>),
+    Register(Arc<str>, Arc<dyn Handler>, bool),
     Outcome(TaskOutcome),
     Return(Task),
     /// Jobs another shard took from this shard's inbox while this shard was
     /// stuck in a handler, ran, and hands back with their outcomes.
     Rescued(Vec<(NewJob, Outcome)>),
+    /// A job this shard's blocking pool ran.
+    Blocking(BlockingDone),
     Shutdown,
 }
 
@@ -153,6 +154,12 @@ pub(crate) struct ShardShared {
     /// Engine-clock nanoseconds at which the running handler started (0:
     /// none). Producers route around a shard stuck in one handler.
     pub(crate) handler_since: AtomicU64,
+    /// In the controller's active set: may run handlers (`control.rs`).
+    pub(crate) active: AtomicBool,
+    /// Counters the controller samples.
+    pub(crate) gauges: Gauges,
+    /// The blocking pool's thread counts and target.
+    pub(crate) pool: PoolGauges,
 }
 
 /// A producer's presence in a submit epoch; leaving drops the count.
@@ -322,7 +329,23 @@ pub(crate) struct Shard {
     /// Ready jobs of queues with no handler here yet.
     waiting: HashMap<Arc<str>, Vec<(u32, u64, u64)>>,
     delayed: BinaryHeap<Reverse<(u64, u64)>>,
-    handlers: HashMap<Arc<str>, Arc<dyn Handler>>,
+    /// Handlers, and whether they block (run on the pool).
+    handlers: HashMap<Arc<str>, (Arc<dyn Handler>, bool)>,
+    /// Ready jobs of blocking queues, for the pool (`blocking.rs`).
+    ready_blocking: BinaryHeap<Reverse<(u32, u64, u64)>>,
+    blocking: Option<blocking::Pool>,
+    /// Jobs in the blocking pool's hands.
+    blocking_out: u64,
+    ctl: Arc<control::Pool>,
+    /// Running totals stored into `sh.gauges` (core, then blocking).
+    g_arrivals: u64,
+    g_completions: u64,
+    g_busy_ns: u64,
+    gb_arrivals: u64,
+    gb_completions: u64,
+    gb_busy_ns: u64,
+    /// The queue last stored in `ctl.running_queue`.
+    running_queue: Arc<str>,
     unique: HashMap<(Arc<str>, Box<str>), u64>,
     /// Live jobs by the LSN of their latest `Put` (compaction's index).
     by_lsn: BTreeMap<u64, u64>,
@@ -330,7 +353,7 @@ pub(crate) struct Shard {
     appender: Option<Appender>,
     seq: u64,
     rng: Rng,
-    queues: HashMap<Arc<str>, QueueStats>,
+    queues: HashMap<Arc<str>, (QueueStats, QueueCounts)>,
     dispatch: Histogram<u64>,
     run_time: Histogram<u64>,
     end_to_end: Histogram<u64>,
@@ -353,6 +376,8 @@ pub(crate) struct Shard {
     pending_release: Option<(u64, u64)>,
     /// Priority of the most urgent job in the latest offer to thieves.
     offered_best: u32,
+    /// Holds one of the pool's search slots (`control::Pool::try_search`).
+    searching: bool,
 }
 
 impl Shard {
@@ -363,6 +388,7 @@ impl Shard {
         counters: Arc<Counters>,
         worker: Worker<Task>,
         recovered: Vec<Recovered>,
+        ctl: Arc<control::Pool>,
     ) -> Shard {
         let appender = sh.wal.as_ref().map(|w| w.appender());
         let mut shard = Shard {
@@ -376,6 +402,17 @@ impl Shard {
             waiting: HashMap::new(),
             delayed: BinaryHeap::new(),
             handlers: HashMap::new(),
+            ready_blocking: BinaryHeap::new(),
+            blocking: None,
+            blocking_out: 0,
+            ctl,
+            g_arrivals: 0,
+            g_completions: 0,
+            g_busy_ns: 0,
+            gb_arrivals: 0,
+            gb_completions: 0,
+            gb_busy_ns: 0,
+            running_queue: Arc::from(""),
             unique: HashMap::new(),
             by_lsn: BTreeMap::new(),
             worker,
@@ -397,6 +434,7 @@ impl Shard {
             out: 0,
             pending_release: None,
             offered_best: u32::MAX,
+            searching: false,
         };
         let now = shard.now_ns();
         for r in recovered {
@@ -421,7 +459,11 @@ impl Shard {
     }
 
     fn stat(&mut self, q: &Arc<str>) -> &mut QueueStats {
-        self.queues.entry(q.clone()).or_default()
+        &mut self.queues.entry(q.clone()).or_default().0
+    }
+
+    fn counts(&mut self, q: &Arc<str>) -> &mut QueueCounts {
+        &mut self.queues.entry(q.clone()).or_default().1
     }
 
     fn set_state(&mut self, id: u64, s: State) {
@@ -446,12 +488,34 @@ impl Shard {
             let prio = e.priority;
             self.seq += 1;
             let key = (prio, self.seq, id);
-            if self.handlers.contains_key(&q) {
+            self.push_ready(&q, key, now_ns);
+            let s = self.queues.entry(q).or_default();
+            s.0.ready += 1;
+            s.1.arrived += 1;
+        }
+    }
+
+    /// Queues a ready job where its handler kind runs it, counting the
+    /// arrival for the controller.
+    fn push_ready(&mut self, q: &Arc<str>, key: (u32, u64, u64), now_ns: u64) {
+        match self.handlers.get(q) {
+            Some((_, false)) => {
+                if self.ready.is_empty() && self.worker.is_empty() {
+                    self.sh.gauges.head_ready_ns.store(now_ns.max(1), Ordering::Relaxed);
+                }
                 self.ready.push(Reverse(key));
-            } else {
-                self.waiting.entry(q.clone()).or_default().push(key);
+                self.g_arrivals += 1;
+                self.sh.gauges.arrivals.store(self.g_arrivals, Ordering::Relaxed);
             }
-            self.stat(&q).ready += 1;
+            Some((_, true)) => {
+                if self.ready_blocking.is_empty() {
+                    self.sh.gauges.b_head_ready_ns.store(now_ns.max(1), Ordering::Relaxed);
+                }
+                self.ready_blocking.push(Reverse(key));
+                self.gb_arrivals += 1;
+                self.sh.gauges.b_arrivals.store(self.gb_arrivals, Ordering::Relaxed);
+            }
+            None => self.waiting.entry(q.clone()).or_default().push(key),
         }
     }
 
@@ -555,11 +619,38 @@ impl Shard {
                 let _ = reply.push(res);
                 waiter.unpark();
             }
-            Msg::Register(q, h) => {
-                self.handlers.insert(q.clone(), h);
-                if let Some(keys) = self.waiting.remove(&q) {
-                    self.ready.extend(keys.into_iter().map(Reverse));
+            Msg::Register(q, h, blocking) => {
+                self.handlers.insert(q.clone(), (h, blocking));
+                if blocking && self.blocking.is_none() {
+                    self.blocking =
+                        Some(blocking::Pool::new(self.cfg.max_blocking, self.cfg.epoch));
                 }
+                if let Some(keys) = self.waiting.remove(&q) {
+                    let now = self.now_ns();
+                    for key in keys {
+                        self.push_ready(&q, key, now);
+                    }
+                }
+            }
+            Msg::Blocking(d) => {
+                self.blocking_out = self.blocking_out.saturating_sub(1);
+                let run = d.end_ns.saturating_sub(d.start_ns);
+                self.gb_completions += 1;
+                self.gb_busy_ns += run;
+                let g = &self.sh.gauges;
+                g.b_completions.store(self.gb_completions, Ordering::Relaxed);
+                g.b_busy_ns.store(self.gb_busy_ns, Ordering::Relaxed);
+                let _ = self.dispatch.record(d.start_ns.saturating_sub(d.task.ready_ns).max(1));
+                let _ = self.run_time.record(run.max(1));
+                if d.outcome == Outcome::Done {
+                    let _ =
+                        self.end_to_end.record(d.end_ns.saturating_sub(d.task.submitted_ns).max(1));
+                }
+                self.jobs_run += 1;
+                let c = self.counts(&d.task.queue);
+                c.runs += 1;
+                c.run_ns += run;
+                self.finish(d.task.id, d.outcome);
             }
             Msg::Outcome(o) => {
                 self.out = self.out.saturating_sub(1);
@@ -685,28 +776,52 @@ impl Shard {
             }
         }
         let t = self.pop_ready()?;
-        if !self.ready.is_empty()
-            && self.all.len() > 1
-            && self.worker.is_empty()
-            && !self.shutting_down
-        {
-            let mut first = true;
-            for _ in 0..STEAL_BATCH {
-                match self.pop_ready() {
-                    Some(o) => {
-                        if first {
-                            self.offered_best = o.priority;
-                            first = false;
-                        }
-                        self.worker.push(o);
-                        self.out += 1;
-                    }
-                    None => break,
-                }
-            }
-            self.wake_one_idle();
+        if self.worker.is_empty() {
+            self.offer();
         }
         Some(t)
+    }
+
+    /// Moves every ready job of the private heap into the steal deque (the
+    /// most urgent first) and wakes one parked active shard. The whole
+    /// backlog, so a handler that blocks this shard strands none of it.
+    /// Costs one deque push and pop per job: tens of ns against ~1.5 µs.
+    fn offer(&mut self) -> bool {
+        if self.ready.is_empty() || self.all.len() < 2 || !self.cfg.stealing || self.shutting_down {
+            return false;
+        }
+        let mut first = true;
+        while let Some(o) = self.pop_ready() {
+            if first {
+                self.offered_best = o.priority;
+                first = false;
+            }
+            self.worker.push(o);
+            self.out += 1;
+        }
+        if !first {
+            self.wake_one_idle();
+        }
+        !first
+    }
+
+    /// Hands ready jobs of blocking queues to the pool, up to its target.
+    fn dispatch_blocking(&mut self) -> bool {
+        let Some(pool) = self.blocking.take() else { return false };
+        let target = pool.target(&self.sh) as u64;
+        let mut any = false;
+        while self.blocking_out < target {
+            let Some(Reverse((_, _, id))) = self.ready_blocking.pop() else { break };
+            let Some(t) = self.take(id) else { continue };
+            let Some((h, _)) = self.handlers.get(&t.queue).cloned() else { continue };
+            self.log(&Rec::Start { id });
+            self.blocking_out += 1;
+            self.sh.gauges.b_head_ready_ns.store(t.ready_ns.max(1), Ordering::Relaxed);
+            pool.submit(&self.sh, t, h);
+            any = true;
+        }
+        self.blocking = Some(pool);
+        any
     }
 
     /// Runs jobs waiting in the inbox of a shard stuck in one handler for
@@ -722,7 +837,7 @@ impl Shard {
     ///    when its handler returns. A crash before that reruns them, as for
     ///    any job whose outcome was not logged.
     fn rescue(&mut self) -> bool {
-        if self.shutting_down || self.all.len() < 2 {
+        if self.shutting_down || self.all.len() < 2 || !self.cfg.stealing {
             return false;
         }
         let now = self.now_ns();
@@ -742,7 +857,7 @@ impl Shard {
                 Msg::Jobs(jobs)
                     if jobs.iter().all(|j| {
                         (j.run_at_ms == 0 || j.run_at_ms <= wall_ms())
-                            && self.handlers.contains_key(&j.queue)
+                            && self.handlers.get(&j.queue).is_some_and(|h| !h.1)
                     }) =>
                 {
                     jobs
@@ -754,7 +869,7 @@ impl Shard {
             };
             let mut done = Vec::with_capacity(jobs.len());
             for j in jobs {
-                let Some(h) = self.handlers.get(&j.queue).cloned() else { continue };
+                let Some((h, _)) = self.handlers.get(&j.queue).cloned() else { continue };
                 let job = JobRef {
                     id: JobId(j.id),
                     queue: &j.queue,
@@ -773,10 +888,13 @@ impl Shard {
         false
     }
 
-    /// Wakes at most one parked shard so it can steal.
+    /// Wakes at most one parked active shard so it can steal.
     fn wake_one_idle(&self) {
         for s in self.all.iter() {
-            if s.idx != self.sh.idx && s.parker.get().is_some_and(|p| p.is_parked()) {
+            if s.idx != self.sh.idx
+                && s.active.load(Ordering::Relaxed)
+                && s.parker.get().is_some_and(|p| p.is_parked())
+            {
                 s.notify();
                 return;
             }
@@ -785,7 +903,7 @@ impl Shard {
 
     /// Step 4: steal a batch from the busiest-looking other shard.
     fn steal(&mut self) -> Option<Task> {
-        if self.shutting_down || self.all.len() < 2 {
+        if self.shutting_down || self.all.len() < 2 || !self.cfg.stealing {
             return None;
         }
         let n = self.all.len();
@@ -801,6 +919,11 @@ impl Shard {
                         // Our own offered job, back from another deque.
                         if t.owner == self.sh.idx {
                             self.out = self.out.saturating_sub(1);
+                        }
+                        // More left there: let one more worker help (at
+                        // most one wake per steal).
+                        if !victim.stealer.is_empty() {
+                            self.wake_one_idle();
                         }
                         return Some(t);
                     }
@@ -824,12 +947,21 @@ impl Shard {
             }
             handler = self.handlers.get(&t.queue).cloned();
         }
-        let Some(h) = handler else {
+        let Some((h, blocks)) = handler else {
             if t.owner != self.sh.idx {
                 self.all[t.owner].send(Msg::Return(t));
             }
             return;
         };
+        // Re-registered as blocking after the job was queued: to the pool.
+        if blocks && t.owner == self.sh.idx && self.blocking.is_some() {
+            self.log(&Rec::Start { id: t.id });
+            self.blocking_out += 1;
+            if let Some(pool) = &self.blocking {
+                pool.submit(&self.sh, t, h);
+            }
+            return;
+        }
         // Log the start in the owner's log (a thief appends there too), so a
         // crash during the run counts as an interruption on recovery.
         if t.owner == self.sh.idx {
@@ -837,6 +969,25 @@ impl Shard {
         } else if let Some(wal) = &self.all[t.owner].wal {
             if let Err(e) = self.all[t.owner].append(wal, &Rec::Start { id: t.id }) {
                 tracing::error!(shard = self.sh.idx, error = %e, "cannot log job start");
+            }
+        }
+        // Stall deadline (`control.rs` step 2) and what the controller
+        // reports; the queue's name is stored only when it changes.
+        let mean = {
+            let c = self.counts(&t.queue);
+            c.run_ns.checked_div(c.runs).unwrap_or(0)
+        };
+        let limit = (mean.saturating_mul(u64::from(self.cfg.stall_factor)))
+            .max(self.cfg.stall_min.as_nanos() as u64);
+        self.ctl.check_lag(t.ready_ns, start);
+        let g = &self.sh.gauges;
+        g.head_ready_ns.store(t.ready_ns.max(1), Ordering::Relaxed);
+        g.job.store(t.id, Ordering::Relaxed);
+        g.stall_at.store(start.saturating_add(limit).max(1), Ordering::Relaxed);
+        if *self.running_queue != *t.queue {
+            self.running_queue = t.queue.clone();
+            if let Some(m) = self.ctl.running_queue.get(self.sh.idx) {
+                *m.lock().unwrap_or_else(|p| p.into_inner()) = t.queue.clone();
             }
         }
         self.sh.handler_since.store(start.max(1), Ordering::Relaxed);
@@ -850,8 +1001,17 @@ impl Shard {
         let outcome = call_handler(h.as_ref(), &job);
         let end = self.now_ns();
         self.sh.handler_since.store(0, Ordering::Relaxed);
+        self.sh.gauges.stall_at.store(0, Ordering::Relaxed);
+        let run = end.saturating_sub(start);
+        self.g_completions += 1;
+        self.g_busy_ns += run;
+        self.sh.gauges.completions.store(self.g_completions, Ordering::Relaxed);
+        self.sh.gauges.busy_ns.store(self.g_busy_ns, Ordering::Relaxed);
+        let c = self.counts(&t.queue);
+        c.runs += 1;
+        c.run_ns += run;
         let _ = self.dispatch.record(start.saturating_sub(t.ready_ns).max(1));
-        let _ = self.run_time.record((end - start).max(1));
+        let _ = self.run_time.record(run.max(1));
         self.jobs_run += 1;
         if t.owner == self.sh.idx {
             if outcome == Outcome::Done {
@@ -994,7 +1154,8 @@ impl Shard {
 
     fn publish(&mut self) {
         let snap = Snapshot {
-            queues: self.queues.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            queues: self.queues.iter().map(|(k, v)| (k.to_string(), v.0.clone())).collect(),
+            counts: self.queues.iter().map(|(k, v)| (k.to_string(), v.1)).collect(),
             shard: crate::stats::ShardStats {
                 pinned_core: self.pinned_core,
                 jobs_run: self.jobs_run,
@@ -1015,10 +1176,25 @@ impl Shard {
 
     /// The re-check before parking: own messages, a stats request, or jobs
     /// another shard offers for stealing.
-    fn has_work(sh: &ShardShared, all: &[Arc<ShardShared>], stealing: bool, served: u64) -> bool {
+    /// `was_active`: whether the shard parks as an active worker; a change
+    /// of its active flag is work too. An active shard also wakes for jobs
+    /// offered elsewhere, if a search slot is free.
+    fn has_work(
+        sh: &ShardShared,
+        all: &[Arc<ShardShared>],
+        ctl: &control::Pool,
+        stealing: bool,
+        served: u64,
+        was_active: bool,
+    ) -> bool {
         !sh.inbox.is_empty()
             || sh.snapshot_req.load(Ordering::Acquire) > served
-            || (stealing && all.iter().any(|o| o.idx != sh.idx && !o.stealer.is_empty()))
+            || sh.active.load(Ordering::SeqCst) != was_active
+            || (stealing
+                && was_active
+                && 2 * ctl.search.searching.load(Ordering::SeqCst)
+                    < ctl.search.active.load(Ordering::SeqCst)
+                && all.iter().any(|o| o.idx != sh.idx && !o.stealer.is_empty()))
     }
 
     fn park_timeout(&self) -> Duration {
@@ -1038,16 +1214,32 @@ impl Shard {
         // outcomes must be logged here before the log closes. A safety net
         // bounds the wait (a lost outcome only means the job runs again).
         let waited_enough = self.shutdown_at.is_some_and(|t| t.elapsed() >= SHUTDOWN_WAIT_MAX);
-        if self.out > 0 && waited_enough {
+        if (self.out > 0 || self.blocking_out > 0) && waited_enough {
             tracing::warn!(
                 shard = self.sh.idx,
                 outstanding = self.out,
                 "shutting down with stolen jobs unreported; they will run again after restart"
             );
         }
-        (self.out == 0 || waited_enough)
+        (self.out == 0 && self.blocking_out == 0 || waited_enough)
             && (self.cfg.durability != Durability::Memory
-                || (self.ready.is_empty() && self.worker.is_empty()))
+                || (self.ready.is_empty()
+                    && self.worker.is_empty()
+                    && self.ready_blocking.is_empty()))
+    }
+
+    fn start_searching(&mut self) -> bool {
+        if self.cfg.stealing && self.all.len() > 1 && !self.shutting_down {
+            self.searching = self.ctl.search.try_search();
+        }
+        self.searching
+    }
+
+    fn stop_searching(&mut self) {
+        if self.searching {
+            self.searching = false;
+            self.ctl.search.end_search();
+        }
     }
 
     /// The thread body.
@@ -1064,7 +1256,7 @@ impl Shard {
             }
         }
         let sh = self.sh.clone();
-        let mut idle = 0u32;
+        let mut idle_since: Option<Instant> = None;
         let mut since_compact = 0u32;
         loop {
             let mut progress = false;
@@ -1078,18 +1270,38 @@ impl Shard {
                 }
             }
             progress |= self.fire_timers();
+            progress |= self.dispatch_blocking();
             if self.shutting_down && self.may_exit() {
                 break;
             }
-            if let Some(t) = self.next_local() {
+            // Outside the active set (`control.rs` step 3) a shard runs no
+            // handler: it offers its ready jobs to the active ones. Without
+            // stealing, or alone, or shutting down, it is always active.
+            let active = sh.active.load(Ordering::Relaxed)
+                || self.shutting_down
+                || !self.cfg.stealing
+                || self.all.len() < 2;
+            if !active {
+                progress |= self.offer();
+            } else if let Some(t) = self.next_local() {
+                self.stop_searching();
                 self.run_task(t);
                 progress = true;
-            } else if let Some(t) = self.steal() {
-                self.run_task(t);
-                progress = true;
-            } else if self.rescue() {
-                progress = true;
+            } else if self.searching || self.start_searching() {
+                if let Some(t) = self.steal() {
+                    self.stop_searching();
+                    self.run_task(t);
+                    progress = true;
+                } else if self.rescue() {
+                    self.stop_searching();
+                    progress = true;
+                }
             }
+            self.sh
+                .gauges
+                .ready
+                .store((self.ready.len() + self.worker.len()) as u64, Ordering::Relaxed);
+            self.sh.gauges.b_ready.store(self.ready_blocking.len() as u64, Ordering::Relaxed);
             since_compact += 1;
             if since_compact >= 256 || (!progress && since_compact > 64) {
                 since_compact = 0;
@@ -1104,28 +1316,35 @@ impl Shard {
                 }
                 self.served = req;
                 self.publish();
-            } else if since_compact % 256 == 0
+            } else if (since_compact % 64 == 0 || !progress)
                 && self.published_at.elapsed() >= stats::PUBLISH_EVERY
             {
                 self.publish();
             }
             if progress {
-                idle = 0;
+                idle_since = None;
                 continue;
             }
-            if idle < IDLE_SPINS {
-                idle += 1;
+            // Idle: an active worker spins for `idle_spin` first.
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if active
+                && (self.cfg.idle_spin == Duration::MAX || since.elapsed() < self.cfg.idle_spin)
+            {
                 std::hint::spin_loop();
                 continue;
             }
-            idle = 0;
+            idle_since = None;
+            self.stop_searching();
             let timeout = self.park_timeout();
-            let stealing = !self.shutting_down;
+            let stealing = !self.shutting_down && self.cfg.stealing;
+            let was_active = sh.active.load(Ordering::SeqCst);
             if let Some(p) = sh.parker.get() {
                 let served = self.served;
-                p.park(timeout, || Self::has_work(&sh, &self.all, stealing, served));
+                let (all, ctl) = (&self.all, &self.ctl);
+                p.park(timeout, || Self::has_work(&sh, all, ctl, stealing, served, was_active));
             }
         }
+        self.stop_searching();
         sh.exited.store(true, Ordering::Release);
         self.served = sh.snapshot_req.load(Ordering::Acquire);
         self.publish();

@@ -26,6 +26,10 @@ pub struct QueueStats {
     pub completed: u64,
     /// Failed attempts since start (retried or buried).
     pub failed: u64,
+    /// Workers this queue needs to keep up (Little's law plus a backlog
+    /// drain term; `docs/controller.md`), for external autoscalers of
+    /// remote workers. 0 for an idle queue.
+    pub desired_workers: u64,
 }
 
 impl QueueStats {
@@ -36,6 +40,7 @@ impl QueueStats {
         self.buried += o.buried;
         self.completed += o.completed;
         self.failed += o.failed;
+        self.desired_workers += o.desired_workers;
     }
 }
 
@@ -67,6 +72,46 @@ pub struct ShardStats {
     pub jobs_owned: u64,
 }
 
+/// What the lag controller saw at its last tick (`docs/controller.md`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ControllerInputs {
+    /// Jobs arriving per second (smoothed).
+    pub arrival_rate: f64,
+    /// Jobs finishing per second (smoothed).
+    pub completion_rate: f64,
+    /// Mean handler run time, microseconds (smoothed).
+    pub mean_run_us: f64,
+    /// Ready jobs of core (non-blocking) queues, all shards.
+    pub ready: u64,
+    /// Age of the oldest ready job, microseconds (estimate, see docs).
+    pub oldest_ready_us: f64,
+    /// The sizing law's recommendation this tick, before damping.
+    pub recommended: usize,
+}
+
+/// The core worker pool and the controller's state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WorkerStats {
+    /// `"lag"` or `"static"`.
+    pub policy: &'static str,
+    /// Core workers in the active set (may run handlers).
+    pub active: usize,
+    /// Core workers outside the active set (parked by the controller).
+    pub parked: usize,
+    /// Core workers running a handler now.
+    pub busy: usize,
+    /// Handlers reported stalled since start.
+    pub stalls: u64,
+    /// Changes of the active count since start.
+    pub changes: u64,
+    /// Blocking-pool threads running now, all shards.
+    pub blocking_threads: usize,
+    /// Blocking-pool threads the controller wants, all shards.
+    pub blocking_target: usize,
+    /// The controller's last inputs.
+    pub inputs: ControllerInputs,
+}
+
 /// A snapshot of the engine.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
@@ -84,6 +129,8 @@ pub struct Stats {
     pub jobs: u64,
     /// Payload bytes held.
     pub bytes: u64,
+    /// Core workers and the lag controller.
+    pub workers: WorkerStats,
 }
 
 impl Stats {
@@ -105,10 +152,21 @@ pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000_000, 2).expect("valid histogram bounds")
 }
 
+/// Per-queue counters kept for the controller's `desired_workers`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct QueueCounts {
+    /// Jobs that became ready (new, due, retried), since start.
+    pub(crate) arrived: u64,
+    /// Handler runs on this shard's thread or pool, and their total time.
+    pub(crate) runs: u64,
+    pub(crate) run_ns: u64,
+}
+
 /// What one shard publishes.
 #[derive(Debug, Clone)]
 pub(crate) struct Snapshot {
     pub(crate) queues: BTreeMap<String, QueueStats>,
+    pub(crate) counts: BTreeMap<String, QueueCounts>,
     pub(crate) shard: ShardStats,
     pub(crate) dispatch: Histogram<u64>,
     pub(crate) run_time: Histogram<u64>,
@@ -119,6 +177,7 @@ impl Default for Snapshot {
     fn default() -> Self {
         Snapshot {
             queues: BTreeMap::new(),
+            counts: BTreeMap::new(),
             shard: ShardStats::default(),
             dispatch: histogram(),
             run_time: histogram(),

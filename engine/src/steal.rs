@@ -5,11 +5,12 @@
 //! other shards hold its `Stealer`. The protocol:
 //!
 //! 1. Before a shard runs a job with more ready jobs queued behind it, and
-//!    its deque is empty, it moves them (at most `STEAL_BATCH` = 4096, the
-//!    most urgent first) into its deque as [`Task`]s and wakes at most one
-//!    parked shard. The jobs are now *running* as far as the owner's
-//!    bookkeeping goes. Offering the whole backlog (not half) is what keeps
-//!    a handler that blocks its shard from stranding the jobs behind it.
+//!    its deque is empty, it moves all of them (the most urgent first) into
+//!    its deque as [`Task`]s and wakes at most one parked active shard. The
+//!    jobs are now *running* as far as the owner's bookkeeping goes.
+//!    Offering the whole backlog (not half) is what keeps a handler that
+//!    blocks its shard from stranding the jobs behind it. A shard the lag
+//!    controller parked does the same without running anything itself.
 //! 2. The owner takes work from its deque first, so when nobody steals, the
 //!    order is unchanged (priority, then FIFO), except that a job more urgent
 //!    than the most urgent offered one runs before the offered ones.
@@ -23,16 +24,16 @@
 //!    log and comes back as ready: at-least-once, like any crash.
 //!
 //! Priority across shards is approximate: a job offered for stealing can run
-//! on another shard after up to `STEAL_BATCH` less urgent jobs there, and
-//! within a shard a newly arrived job whose priority lies between those of
-//! offered jobs can wait behind up to `STEAL_BATCH` of them.
+//! on another shard after the less urgent jobs already in that shard's
+//! deque, and within a shard a newly arrived job whose priority lies
+//! between those of offered jobs waits behind the offered ones.
 //!
 //! A shard stuck in one handler for over 10 ms also gets help for jobs not
 //! yet in its deque: producers route new jobs elsewhere (`engine.rs`), and
-//! idle shards rescue the new jobs waiting in its inbox (`Shard::rescue`).
-//! Known gap: ready jobs beyond the 4096 offered stay in the stuck shard's
-//! private heap until its handler returns; issue #4's stall detector is to
-//! hand them over.
+//! idle shards rescue the new jobs waiting in its inbox (`Shard::rescue`),
+//! and the controller reports the stall (`control.rs`). What still waits
+//! for the handler to return: jobs of the stuck shard whose delay expires
+//! meanwhile (its timers fire on its own thread).
 
 use crate::job::Outcome;
 use std::sync::Arc;

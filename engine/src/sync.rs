@@ -1,9 +1,9 @@
 //! Loom shim for the engine's lock-free protocols (see `park.rs`).
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicU8, Ordering};
+pub(crate) use loom::sync::atomic::{fence, AtomicU8, AtomicUsize, Ordering};
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{fence, AtomicU8, Ordering};
+pub(crate) use std::sync::atomic::{fence, AtomicU8, AtomicUsize, Ordering};
 
 #[cfg(loom)]
 pub(crate) use loom::thread::park;

@@ -25,6 +25,8 @@ fn builder(dir: &Path, d: Durability, shards: usize) -> spindle_engine::EngineBu
         .data_dir(dir)
         .durability(d)
         .shards(shards)
+        // Every shard active from the start, so every shard's log holds jobs.
+        .workers(spindle_engine::Workers::Static(shards))
         .segment_size(SEGMENT)
         .retry_backoff(Duration::from_millis(1), Duration::from_millis(5))
 }

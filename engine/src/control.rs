@@ -1,0 +1,480 @@
+//! The controller thread: samples the shards every tick and applies the lag
+//! controller's decisions (`lag.rs` holds the law itself).
+//!
+//! Every tick (default 10 ms, or sooner when the lag alarm rings: a worker
+//! that starts a job which waited longer than the target wait `D` while the
+//! pool may still grow unparks this thread, at most once per millisecond),
+//! in order:
+//!
+//! 1. **Sample.** Read each shard's [`Gauges`] (plain counters the shard
+//!    thread stores with relaxed writes: no lock, no read-modify-write on
+//!    the hot path) and sum them: arrivals, completions, busy time, ready
+//!    depth, the oldest ready job's age, handlers running now.
+//! 2. **Stalls.** A handler past its stall deadline (`stall_factor` times
+//!    its queue's mean run time, at least `stall_min`) is reported once, with
+//!    its job id and queue, as a `tracing` warning and in `stats()`. Its
+//!    shard already offered every ready job it owns to thieves before
+//!    running the handler (`steal.rs`), and producers route around it.
+//! 3. **Core workers.** Feed the sample to the lag controller (or hold the
+//!    static count) and make shards `0..active` active. A shard leaving the
+//!    active set finishes the handler it is in, offers its ready jobs to the
+//!    active shards and parks; it wakes only for messages addressed to it
+//!    (stolen jobs' outcomes, unique-key submits, stats) and its timers, and
+//!    runs no handler. Producers send new jobs to active shards only, so
+//!    they never wake a parked one: the controller does, by setting its flag
+//!    and unparking it. Without work stealing every shard stays active (only
+//!    stealing moves a parked shard's jobs).
+//! 4. **Blocking pools.** Size each shard's blocking pool with the same law
+//!    from its own gauges (`blocking.rs`).
+//! 5. **Publish.** Store the decision and inputs for `stats()`, and emit a
+//!    `tracing` debug event when the active count changes. Every tenth tick
+//!    recompute each queue's `desired_workers` from the shards' published
+//!    per-queue counters.
+
+use crate::builder::Workers;
+use crate::lag::{Lag, Sample, Settings};
+use crate::shard::ShardShared;
+use crate::stats::{ControllerInputs, WorkerStats};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Shortest time between two ticks when the lag alarm rings: at most a
+/// thousand ticks a second (a few µs each), whatever the load.
+const MIN_GAP: Duration = Duration::from_millis(1);
+
+/// One shard's counters for the controller, written only by the shard
+/// thread (relaxed stores of its own running totals). Aligned to its own
+/// cache lines so the controller's reads do not disturb the neighbours.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Gauges {
+    /// Core jobs that became ready, since start.
+    pub(crate) arrivals: AtomicU64,
+    /// Core handler runs finished by this thread, since start.
+    pub(crate) completions: AtomicU64,
+    /// Their total run time, nanoseconds.
+    pub(crate) busy_ns: AtomicU64,
+    /// Core jobs ready here: the private heap plus the steal deque.
+    pub(crate) ready: AtomicU64,
+    /// Engine-clock ns when the oldest ready job here became ready (an
+    /// estimate: set when the shard's queue goes from empty to non-empty,
+    /// then to the ready time of each job the shard starts, as in CoDel's
+    /// sojourn measurement at dequeue).
+    pub(crate) head_ready_ns: AtomicU64,
+    /// The same four for blocking queues.
+    pub(crate) b_arrivals: AtomicU64,
+    pub(crate) b_completions: AtomicU64,
+    pub(crate) b_busy_ns: AtomicU64,
+    pub(crate) b_ready: AtomicU64,
+    pub(crate) b_head_ready_ns: AtomicU64,
+    /// Engine-clock ns past which the running handler counts as stalled
+    /// (0: no handler running), and its job id.
+    pub(crate) stall_at: AtomicU64,
+    pub(crate) job: AtomicU64,
+}
+
+/// The search slots: at most half the active workers (at least one) look
+/// for work to steal at once (tokio's rule: more searchers only contend on
+/// the same victims and burn CPU). Loom-checked below.
+#[derive(Debug)]
+pub(crate) struct Search {
+    /// Core workers in the active set.
+    pub(crate) active: crate::sync::AtomicUsize,
+    /// Active workers looking for work to steal now.
+    pub(crate) searching: crate::sync::AtomicUsize,
+}
+
+impl Search {
+    pub(crate) fn new(active: usize) -> Search {
+        Search {
+            active: crate::sync::AtomicUsize::new(active),
+            searching: crate::sync::AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes a slot if fewer than half the active workers hold one.
+    pub(crate) fn try_search(&self) -> bool {
+        let active = self.active.load(Ordering::Relaxed).max(1);
+        let mut s = self.searching.load(Ordering::Acquire);
+        while 2 * s < active {
+            match self.searching.compare_exchange_weak(
+                s,
+                s + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => s = now,
+            }
+        }
+        false
+    }
+
+    /// Gives a slot back.
+    pub(crate) fn end_search(&self) {
+        let mut s = self.searching.load(Ordering::Acquire);
+        while s > 0 {
+            match self.searching.compare_exchange_weak(
+                s,
+                s - 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(now) => s = now,
+            }
+        }
+    }
+}
+
+/// The worker pool's shared state.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    pub(crate) search: Search,
+    /// Lag alarm: a worker that starts a job which waited longer than
+    /// `alarm_ns` while the pool could still grow sets it and unparks the
+    /// controller, which ticks at once instead of at its next tick.
+    pub(crate) alarm: AtomicBool,
+    pub(crate) alarm_ns: u64,
+    /// Most active workers the controller may choose.
+    pub(crate) max_active: usize,
+    pub(crate) thread: std::sync::OnceLock<std::thread::Thread>,
+    pub(crate) stop: AtomicBool,
+    pub(crate) stats: Mutex<WorkerStats>,
+    pub(crate) desired: Mutex<HashMap<String, u64>>,
+    /// The queue of the handler each shard runs (written when it changes).
+    pub(crate) running_queue: Vec<Mutex<Arc<str>>>,
+}
+
+impl Pool {
+    /// Called by a worker as it starts a job that became ready at
+    /// `ready_ns`: rings the lag alarm if the job waited too long and the
+    /// pool may still grow (one relaxed load when all is well).
+    pub(crate) fn check_lag(&self, ready_ns: u64, start_ns: u64) {
+        if start_ns.saturating_sub(ready_ns) > self.alarm_ns
+            && self.search.active.load(Ordering::Relaxed) < self.max_active
+            && !self.alarm.swap(true, Ordering::AcqRel)
+        {
+            if let Some(t) = self.thread.get() {
+                t.unpark();
+            }
+        }
+    }
+}
+
+impl Pool {
+    pub(crate) fn new(
+        shards: usize,
+        initial_active: usize,
+        max_active: usize,
+        alarm_after: Duration,
+    ) -> Pool {
+        Pool {
+            search: Search::new(initial_active),
+            alarm: AtomicBool::new(false),
+            alarm_ns: alarm_after.as_nanos() as u64,
+            max_active,
+            thread: std::sync::OnceLock::new(),
+            stop: AtomicBool::new(false),
+            stats: Mutex::new(WorkerStats::default()),
+            desired: Mutex::new(HashMap::new()),
+            running_queue: (0..shards).map(|_| Mutex::new(Arc::from(""))).collect(),
+        }
+    }
+}
+
+/// What the controller thread needs.
+pub(crate) struct Controller {
+    pub(crate) shards: Arc<[Arc<ShardShared>]>,
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) policy: Workers,
+    pub(crate) settings: Settings,
+    pub(crate) stealing: bool,
+    pub(crate) tick: Duration,
+    pub(crate) max_blocking: usize,
+    pub(crate) epoch: Instant,
+}
+
+/// Step 1 for one kind of work (core or blocking) over some shards.
+fn sample<'a>(
+    now_ns: u64,
+    shards: impl Iterator<Item = &'a ShardShared>,
+    blocking: bool,
+) -> Sample {
+    let mut x = Sample { now: Duration::from_nanos(now_ns), ..Sample::default() };
+    let mut busy = 0u64;
+    for s in shards {
+        let g = &s.gauges;
+        let (a, c, b, r, h) = if blocking {
+            (&g.b_arrivals, &g.b_completions, &g.b_busy_ns, &g.b_ready, &g.b_head_ready_ns)
+        } else {
+            (&g.arrivals, &g.completions, &g.busy_ns, &g.ready, &g.head_ready_ns)
+        };
+        x.arrivals += a.load(Ordering::Relaxed);
+        x.completions += c.load(Ordering::Relaxed);
+        busy += b.load(Ordering::Relaxed);
+        let ready = r.load(Ordering::Relaxed);
+        x.ready += ready;
+        if ready > 0 {
+            let head = h.load(Ordering::Relaxed);
+            if head > 0 {
+                x.oldest = x.oldest.max(Duration::from_nanos(now_ns.saturating_sub(head)));
+            }
+        }
+        if blocking {
+            let p = &s.pool;
+            let idle = p.idle.load(Ordering::Relaxed);
+            x.running += p.threads.load(Ordering::Relaxed).saturating_sub(idle);
+        } else if g.stall_at.load(Ordering::Relaxed) != 0 {
+            x.running += 1;
+        }
+    }
+    x.busy = Duration::from_nanos(busy);
+    x
+}
+
+impl Controller {
+    /// Whether shard `i` is in the active set for `active` workers.
+    fn apply(&self, active: usize) {
+        let active = if self.stealing { active } else { self.shards.len() };
+        self.pool.search.active.store(active.min(self.shards.len()), Ordering::Relaxed);
+        for (i, s) in self.shards.iter().enumerate() {
+            let want = i < active;
+            if s.active.swap(want, Ordering::SeqCst) != want && want {
+                s.notify();
+            }
+        }
+    }
+
+    /// The thread body: ticks until the engine shuts down.
+    pub(crate) fn run(self) {
+        let n = self.shards.len();
+        let mut lag = Lag::new(self.settings);
+        let mut pools: Vec<Lag> = (0..n)
+            .map(|_| Lag::new(Settings { min: 1, max: self.max_blocking, ..self.settings }))
+            .collect();
+        let initial = match self.policy {
+            Workers::Lag => lag.active(),
+            Workers::Static(k) => k.clamp(1, n),
+        };
+        self.apply(initial);
+        let mut reported = vec![0u64; n];
+        let mut stalls = 0u64;
+        let mut changes = 0u64;
+        let mut last_active = initial;
+        let mut ticks = 0u64;
+        let mut queues = QueueRates::default();
+        let policy = match self.policy {
+            Workers::Lag => "lag",
+            Workers::Static(_) => "static",
+        };
+        let mut last_tick = Instant::now();
+        while !self.pool.stop.load(Ordering::Acquire) {
+            // Sleep until the next tick or the lag alarm, but at least
+            // MIN_GAP after the last tick (bounds the alarm's cost).
+            let next = last_tick + self.tick;
+            loop {
+                let now = Instant::now();
+                if now >= next || self.pool.stop.load(Ordering::Acquire) {
+                    break;
+                }
+                if self.pool.alarm.load(Ordering::Acquire) && now >= last_tick + MIN_GAP {
+                    break;
+                }
+                let wake = if self.pool.alarm.load(Ordering::Acquire) {
+                    (last_tick + MIN_GAP).min(next)
+                } else {
+                    next
+                };
+                std::thread::park_timeout(wake.saturating_duration_since(now));
+            }
+            if self.pool.stop.load(Ordering::Acquire) {
+                break;
+            }
+            last_tick = Instant::now();
+            ticks += 1;
+            let now = self.epoch.elapsed().as_nanos() as u64;
+            // Step 2.
+            let mut stalled = 0;
+            for (i, s) in self.shards.iter().enumerate() {
+                let at = s.gauges.stall_at.load(Ordering::Relaxed);
+                if at == 0 || now < at {
+                    continue;
+                }
+                stalled += 1;
+                let since = s.handler_since.load(Ordering::Relaxed);
+                if since != 0 && reported[i] != since {
+                    reported[i] = since;
+                    stalls += 1;
+                    let queue = self.pool.running_queue[i]
+                        .lock()
+                        .map(|q| q.to_string())
+                        .unwrap_or_else(|p| p.into_inner().to_string());
+                    tracing::warn!(
+                        shard = i,
+                        job = s.gauges.job.load(Ordering::Relaxed),
+                        queue = %queue,
+                        running_ms = now.saturating_sub(since) / 1_000_000,
+                        "handler stalled: far past its queue's usual run time; \
+                         its shard's ready jobs are left to other workers"
+                    );
+                }
+            }
+            // Step 3.
+            let mut x = sample(now, self.shards.iter().map(|s| &**s), false);
+            x.stalled = stalled;
+            let d = lag.tick(x);
+            let active = match self.policy {
+                Workers::Lag => d.active,
+                Workers::Static(k) => k.clamp(1, n),
+            };
+            if active != last_active {
+                changes += 1;
+                tracing::debug!(
+                    from = last_active,
+                    to = active,
+                    recommended = d.recommended,
+                    arrival_rate = d.arrival_rate,
+                    mean_run_us = d.mean_run.as_secs_f64() * 1e6,
+                    ready = x.ready,
+                    oldest_ready_us = x.oldest.as_secs_f64() * 1e6,
+                    "lag controller: active core workers changed"
+                );
+                self.apply(active);
+                last_active = active;
+            }
+            self.pool.alarm.store(false, Ordering::Release);
+            // Step 4.
+            let mut threads = 0;
+            let mut target_sum = 0;
+            for (s, pl) in self.shards.iter().zip(pools.iter_mut()) {
+                let bx = sample(now, std::iter::once(&**s), true);
+                let t = pl.tick(bx).active;
+                s.pool.target.store(t, Ordering::Relaxed);
+                target_sum += t;
+                threads += s.pool.threads.load(Ordering::Relaxed);
+            }
+            // Step 5.
+            if ticks % 10 == 0 {
+                let desired = queues.update(now, &self.shards, self.settings.target_wait);
+                *self.pool.desired.lock().unwrap_or_else(|p| p.into_inner()) = desired;
+            }
+            let busy =
+                self.shards.iter().filter(|s| s.handler_since.load(Ordering::Relaxed) != 0).count();
+            let ws = WorkerStats {
+                policy,
+                active: self.pool.search.active.load(Ordering::Relaxed),
+                parked: n - self.pool.search.active.load(Ordering::Relaxed),
+                busy,
+                stalls,
+                changes,
+                blocking_threads: threads,
+                blocking_target: target_sum,
+                inputs: ControllerInputs {
+                    arrival_rate: d.arrival_rate,
+                    completion_rate: d.completion_rate,
+                    mean_run_us: d.mean_run.as_secs_f64() * 1e6,
+                    ready: x.ready,
+                    oldest_ready_us: x.oldest.as_secs_f64() * 1e6,
+                    recommended: d.recommended,
+                },
+            };
+            *self.pool.stats.lock().unwrap_or_else(|p| p.into_inner()) = ws;
+        }
+    }
+}
+
+/// Per-queue rates for `desired_workers`, from the shards' published
+/// per-queue counters.
+#[derive(Default)]
+struct QueueRates {
+    last_ns: u64,
+    /// Per queue: (arrived, runs, run_ns) at the last update, smoothed
+    /// arrival rate, smoothed run time (s).
+    q: BTreeMap<String, ([u64; 3], f64, f64)>,
+}
+
+impl QueueRates {
+    /// `desired = ceil(λ·S + q·S/D)` per queue (no safety margin: remote
+    /// worker counts are whole processes, the autoscaler adds its own).
+    fn update(
+        &mut self,
+        now: u64,
+        shards: &[Arc<ShardShared>],
+        d: Duration,
+    ) -> HashMap<String, u64> {
+        let mut sums: BTreeMap<String, ([u64; 3], u64)> = BTreeMap::new();
+        for s in shards {
+            let g = s.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+            for (name, c) in &g.1.counts {
+                let e = sums.entry(name.clone()).or_default();
+                e.0[0] += c.arrived;
+                e.0[1] += c.runs;
+                e.0[2] += c.run_ns;
+            }
+            for (name, q) in &g.1.queues {
+                sums.entry(name.clone()).or_default().1 += q.ready;
+            }
+        }
+        let dt = now.saturating_sub(self.last_ns) as f64 / 1e9;
+        self.last_ns = now;
+        let mut out = HashMap::new();
+        let alpha = if dt > 0.0 { 1.0 - (-dt / 0.5).exp() } else { 0.0 };
+        for (name, (c, ready)) in sums {
+            let e = self.q.entry(name.clone()).or_insert((c, 0.0, 0.0));
+            let (prev, lambda, run) = (e.0, &mut e.1, &mut e.2);
+            if dt > 0.0 {
+                let arrived = c[0].saturating_sub(prev[0]) as f64;
+                *lambda += alpha * (arrived / dt - *lambda);
+                let runs = c[1].saturating_sub(prev[1]);
+                if runs > 0 {
+                    let per = c[2].saturating_sub(prev[2]) as f64 / 1e9 / runs as f64;
+                    *run = if *run == 0.0 { per } else { *run + alpha * (per - *run) };
+                }
+            }
+            e.0 = c;
+            let (lambda, run) = (e.1, e.2);
+            let mut want = lambda * run + ready as f64 * run / d.as_secs_f64().max(1e-6);
+            if ready > 0 && run == 0.0 {
+                want = want.max(1.0); // work waits and nobody has run any yet
+            }
+            out.insert(name, if want.is_finite() { want.ceil().min(1e9) as u64 } else { 0 });
+        }
+        out
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::Arc;
+
+    /// Three idle workers of an active set of two race for search slots:
+    /// never more than one holds a slot at once, and all are given back.
+    #[test]
+    fn at_most_half_the_active_workers_search() {
+        loom::model(|| {
+            let search = Arc::new(Search::new(2));
+            let holders = Arc::new(crate::sync::AtomicUsize::new(0));
+            let threads: Vec<_> = (0..3)
+                .map(|_| {
+                    let (search, holders) = (search.clone(), holders.clone());
+                    loom::thread::spawn(move || {
+                        if search.try_search() {
+                            let now = holders.fetch_add(1, Ordering::SeqCst) + 1;
+                            assert!(now <= 1, "{now} searchers with 2 active workers");
+                            holders.fetch_sub(1, Ordering::SeqCst);
+                            search.end_search();
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert_eq!(search.searching.load(Ordering::SeqCst), 0);
+        });
+    }
+}

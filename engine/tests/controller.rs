@@ -1,0 +1,215 @@
+//! The lag controller, blocking pools and stall detection, end to end.
+//!
+//! No test sleeps to synchronise: each waits for a condition (a channel, a
+//! barrier, or polling `stats()` until it holds) with a generous deadline
+//! that only a broken engine reaches.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use spindle_engine::{Durability, Engine, Job, JobRef, Outcome, Stats, Workers};
+use std::collections::HashSet;
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Polls `stats()` until `cond` holds; panics with `what` at the deadline.
+fn wait_for(engine: &Engine, what: &str, cond: impl Fn(&Stats) -> bool) -> Stats {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let s = engine.stats();
+        if cond(&s) {
+            return s;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}: {:?}", s.workers);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Real CPU work of about `iters` rounds.
+fn spin(iters: u64) -> u64 {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for i in 0..iters {
+        x = std::hint::black_box(x.rotate_left(5) ^ i).wrapping_mul(0x100_0000_01B3);
+    }
+    x
+}
+
+#[test]
+fn a_burst_unparks_workers_every_job_completes_and_the_pool_shrinks_after() {
+    // More shards than cores (unpinned): the controller starts with one
+    // active worker and must grow for the burst.
+    let engine = Engine::builder()
+        .durability(Durability::Memory)
+        .shards(4)
+        .workers(Workers::Lag)
+        .latency_target(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let s = wait_for(&engine, "the first controller tick", |s| s.workers.policy == "lag");
+    assert_eq!(s.workers.active, 1, "idle engine starts at min_workers");
+    assert_eq!(s.workers.parked, 3);
+
+    let (tx, rx) = mpsc::channel();
+    engine
+        .register("burst", move |job: &JobRef<'_>| {
+            spin(20_000);
+            tx.send(job.id()).unwrap();
+            Outcome::Done
+        })
+        .unwrap();
+    let n = 20_000;
+    let ids: HashSet<_> =
+        (0..n).map(|i| engine.submit(Job::new("burst", vec![i as u8])).unwrap()).collect();
+    let grown = wait_for(&engine, "the pool to grow", |s| s.workers.active > 1);
+    assert!(grown.workers.changes >= 1);
+    let mut done = HashSet::new();
+    while done.len() < n {
+        let id = rx.recv_timeout(DEADLINE).expect("a job never completed");
+        assert!(done.insert(id), "job {id} ran twice");
+    }
+    assert_eq!(done, ids);
+    // Load gone: back to one worker after the stabilisation window.
+    let s = wait_for(&engine, "the pool to shrink", |s| s.workers.active == 1);
+    assert!(s.workers.changes >= 2, "{:?}", s.workers);
+    assert_eq!(s.total().completed, n as u64);
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn shards_outside_the_active_set_run_no_handlers() {
+    let engine = Engine::builder()
+        .durability(Durability::Memory)
+        .shards(3)
+        .workers(Workers::Static(1))
+        .build()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    engine
+        .register("q", move |_: &JobRef<'_>| {
+            tx.send(()).unwrap();
+            Outcome::Done
+        })
+        .unwrap();
+    // Unique keys hash over every shard, parked ones included: their jobs
+    // must still run, on the active worker.
+    for i in 0..300 {
+        let mut job = Job::new("q", vec![1]);
+        if i % 3 == 0 {
+            job = job.unique_key(format!("k{i}"));
+        }
+        engine.submit(job).unwrap();
+    }
+    for _ in 0..300 {
+        rx.recv_timeout(DEADLINE).expect("a job never ran");
+    }
+    let s = engine.stats();
+    assert_eq!((s.workers.active, s.workers.parked), (1, 2));
+    assert_eq!(s.shards[0].jobs_run, 300, "{:?}", s.shards);
+    assert_eq!(s.shards[1].jobs_run + s.shards[2].jobs_run, 0, "{:?}", s.shards);
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn blocking_jobs_run_on_the_pool_not_on_the_core_worker() {
+    // One shard, one core worker. Eight blocking jobs wait on a barrier
+    // together with this thread; a CPU job submitted after them must still
+    // run while they block, and the barrier only opens if all eight run at
+    // once (so the pool grew to at least eight threads).
+    let engine = Engine::builder()
+        .durability(Durability::Memory)
+        .shards(1)
+        .workers(Workers::Static(1))
+        .build()
+        .unwrap();
+    let barrier = Arc::new(Barrier::new(9));
+    let (io_tx, io_rx) = mpsc::channel();
+    let b = barrier.clone();
+    engine
+        .register_blocking("io", move |job: &JobRef<'_>| {
+            b.wait();
+            io_tx.send(job.id()).unwrap();
+            Outcome::Done
+        })
+        .unwrap();
+    let (cpu_tx, cpu_rx) = mpsc::channel();
+    engine
+        .register("cpu", move |job: &JobRef<'_>| {
+            cpu_tx.send(job.id()).unwrap();
+            Outcome::Done
+        })
+        .unwrap();
+    for _ in 0..8 {
+        engine.submit(Job::new("io", vec![])).unwrap();
+    }
+    let cpu = engine.submit(Job::new("cpu", vec![])).unwrap();
+    assert_eq!(cpu_rx.recv_timeout(DEADLINE).unwrap(), cpu, "the core worker was blocked");
+    barrier.wait();
+    for _ in 0..8 {
+        io_rx.recv_timeout(DEADLINE).expect("a blocking job never finished");
+    }
+    let s = wait_for(&engine, "completions to be counted", |s| s.total().completed == 9);
+    assert_eq!(s.queues["io"].completed, 8);
+    assert!(s.workers.blocking_threads >= 8, "{:?}", s.workers);
+    assert_eq!(s.shards[0].jobs_run, 9);
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn a_stalled_handler_is_reported_once_and_strands_nothing() {
+    let engine = Engine::builder()
+        .durability(Durability::Memory)
+        .shards(2)
+        .workers(Workers::Static(2))
+        .stall_threshold(2, Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = std::sync::Mutex::new(release_rx);
+    let (started_tx, started_rx) = mpsc::channel();
+    engine
+        .register("slow", move |_: &JobRef<'_>| {
+            started_tx.send(()).unwrap();
+            release_rx.lock().unwrap().recv().unwrap();
+            Outcome::Done
+        })
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    engine
+        .register("fast", move |_: &JobRef<'_>| {
+            tx.send(()).unwrap();
+            Outcome::Done
+        })
+        .unwrap();
+    let slow = engine.submit(Job::new("slow", vec![])).unwrap();
+    started_rx.recv_timeout(DEADLINE).unwrap();
+    let s = wait_for(&engine, "the stall report", |s| s.workers.stalls == 1);
+    assert_eq!(s.workers.busy, 1);
+    // Jobs submitted while one worker is stuck all run on the other.
+    for _ in 0..2_000 {
+        engine.submit(Job::new("fast", vec![])).unwrap();
+    }
+    for _ in 0..2_000 {
+        rx.recv_timeout(DEADLINE).expect("a job was stranded behind the stalled handler");
+    }
+    release_tx.send(()).unwrap();
+    let s = wait_for(&engine, "the slow job", |s| s.queues["slow"].completed == 1);
+    assert_eq!(s.workers.stalls, 1, "reported once");
+    assert_eq!(s.total().completed, 2_001);
+    let _ = slow;
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn desired_workers_is_published_for_a_queue_without_handler() {
+    let engine = Engine::builder().durability(Durability::Memory).shards(2).build().unwrap();
+    for _ in 0..100 {
+        engine.submit(Job::new("remote", vec![0; 16])).unwrap();
+    }
+    let s = wait_for(&engine, "desired_workers", |s| {
+        s.queues.get("remote").is_some_and(|q| q.desired_workers >= 1)
+    });
+    assert_eq!(s.queues["remote"].ready, 100);
+    engine.shutdown().unwrap();
+}
