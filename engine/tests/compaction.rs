@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 /// Upper bound on waiting for an event that must happen; a guard against
 /// hanging, never a synchronisation device.
 const WAIT: Duration = Duration::from_secs(30);
-/// Tiny segments: the stream below writes hundreds of them' worth of records.
+/// Tiny segments: the stream below writes thousands of them' worth of records.
 const SEGMENT: u64 = 64 << 10;
 /// Jobs per batch. A batch's records fill about two segments, so the live
 /// jobs' records never exceed that.
@@ -193,11 +193,11 @@ fn long_lived_jobs_survive_compaction_and_restart() {
     stream(20);
 }
 
-/// 200 000 jobs, about 600 segments of records: the log stays within
+/// 1 000 000 jobs, about 3 000 segments of records: the log stays within
 /// [`MAX_SEGMENTS`] after every batch and at the end.
 #[test]
 fn the_log_stays_bounded_with_a_long_delay_and_a_retry_loop() {
-    let run = stream(400);
+    let run = stream(2_000);
     let peak = run.samples.iter().map(|s| s.1).max().unwrap();
     let files: Vec<u64> = run.samples.iter().map(|s| s.0).collect();
     assert!(
