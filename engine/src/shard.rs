@@ -215,12 +215,12 @@ impl ShardShared {
 
     /// Appends a record through a pooled appender.
     pub(crate) fn append(&self, wal: &Wal, rec: &Rec) -> Result<u64, crate::SubmitError> {
-        let bytes = record::encode(rec).map_err(|e| {
+        let mut app = self.appenders.pop().unwrap_or_else(|| wal.appender());
+        let res = record::encode_with(rec, |bytes| app.append(KIND_REC, bytes));
+        let _ = self.appenders.push(app);
+        let res = res.map_err(|e| {
             crate::SubmitError::Io(spindle_wal::WalError::Config(format!("encode: {e}")))
         })?;
-        let mut app = self.appenders.pop().unwrap_or_else(|| wal.appender());
-        let res = app.append(KIND_REC, &bytes);
-        let _ = self.appenders.push(app);
         res.map_err(|e| match e {
             spindle_wal::WalError::Closed => crate::SubmitError::ShuttingDown,
             e => crate::SubmitError::Io(e),
@@ -521,14 +521,14 @@ impl Shard {
 
     fn log(&mut self, rec: &Rec) -> Option<u64> {
         let app = self.appender.as_mut()?;
-        let bytes = match record::encode(rec) {
-            Ok(b) => b,
+        let appended = match record::encode_with(rec, |bytes| app.append(KIND_REC, bytes)) {
+            Ok(r) => r,
             Err(e) => {
                 tracing::error!(shard = self.sh.idx, error = %e, "cannot encode log record");
                 return None;
             }
         };
-        match app.append(KIND_REC, &bytes) {
+        match appended {
             Ok(lsn) => Some(lsn),
             Err(e) => {
                 // The job's state changes in memory regardless; if the log is

@@ -151,7 +151,9 @@ fn blocking_jobs_run_on_the_pool_not_on_the_core_worker() {
     }
     let s = wait_for(&engine, "completions to be counted", |s| s.total().completed == 9);
     assert_eq!(s.queues["io"].completed, 8);
-    assert!(s.workers.blocking_threads >= 8, "{:?}", s.workers);
+    // (The barrier opening is the proof that eight pool threads ran at
+    // once; `stats().workers.blocking_threads` is sampled per tick and may
+    // lag behind.)
     assert_eq!(s.shards[0].jobs_run, 9);
     engine.shutdown().unwrap();
 }
