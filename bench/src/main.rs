@@ -6,12 +6,18 @@
 //! spindle-bench floor [--json]
 //! spindle-bench throughput --durability memory|process|sync [--shards N] [--jobs N] [--producers N] [--json]
 //! spindle-bench latency --rate R --seconds S [--durability MODE] [--json]
+//! spindle-bench burst [--seconds S] [--seeds K] [--plot FILE.svg] [--json]
 //! ```
 
 #![deny(unsafe_code)]
 
 mod append;
 mod args;
+mod burst;
+mod burst_mono;
+mod burst_plot;
+mod burst_replay;
+mod burst_trace;
 mod commit;
 mod dir;
 mod engine_env;
@@ -48,6 +54,9 @@ scenarios:
   throughput  no-op jobs/s through the engine per durability mode, with the
               same run's handoff floor
   latency     open-loop fixed-rate load: dispatch and end-to-end latency
+  burst       one bursty trace of CPU-bound jobs replayed against four worker
+              policies (static monolithic queue, static sharded, always-max,
+              lag controller): queue latency, CPU, workers, drain, max rate
 
 `spindle-bench <scenario> --help` lists a scenario's options.";
 
@@ -86,6 +95,11 @@ fn run() -> BoxResult<()> {
         "latency" => {
             let opts = open_loop::LatencyOpts::parse(args)?;
             print(&open_loop::run(&opts)?, opts.json)?;
+        }
+        "burst" if help => println!("{}", burst::USAGE),
+        "burst" => {
+            let opts = burst::BurstOpts::parse(args)?;
+            print(&burst::run(&opts)?, opts.json)?;
         }
         "help" | "--help" | "-h" => println!("{USAGE}"),
         other => return Err(format!("unknown scenario {other:?}\n{USAGE}").into()),

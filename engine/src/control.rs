@@ -198,10 +198,13 @@ pub(crate) struct Controller {
 }
 
 /// Step 1 for one kind of work (core or blocking) over some shards.
+/// `long_ns`: a handler running longer than this counts as `running` (the
+/// target wait; blocking pools count every busy thread).
 fn sample<'a>(
     now_ns: u64,
     shards: impl Iterator<Item = &'a ShardShared>,
     blocking: bool,
+    long_ns: u64,
 ) -> Sample {
     let mut x = Sample { now: Duration::from_nanos(now_ns), ..Sample::default() };
     let mut busy = 0u64;
@@ -227,8 +230,11 @@ fn sample<'a>(
             let p = &s.pool;
             let idle = p.idle.load(Ordering::Relaxed);
             x.running += p.threads.load(Ordering::Relaxed).saturating_sub(idle);
-        } else if g.stall_at.load(Ordering::Relaxed) != 0 {
-            x.running += 1;
+        } else {
+            let since = s.handler_since.load(Ordering::Relaxed);
+            if since != 0 && now_ns.saturating_sub(since) > long_ns {
+                x.running += 1;
+            }
         }
     }
     x.busy = Duration::from_nanos(busy);
@@ -323,7 +329,8 @@ impl Controller {
                 }
             }
             // Step 3.
-            let mut x = sample(now, self.shards.iter().map(|s| &**s), false);
+            let long = self.settings.target_wait.as_nanos() as u64;
+            let mut x = sample(now, self.shards.iter().map(|s| &**s), false, long);
             x.stalled = stalled;
             let d = lag.tick(x);
             let active = match self.policy {
@@ -350,7 +357,7 @@ impl Controller {
             let mut threads = 0;
             let mut target_sum = 0;
             for (s, pl) in self.shards.iter().zip(pools.iter_mut()) {
-                let bx = sample(now, std::iter::once(&**s), true);
+                let bx = sample(now, std::iter::once(&**s), true, 0);
                 let t = pl.tick(bx).active;
                 s.pool.target.store(t, Ordering::Relaxed);
                 target_sum += t;

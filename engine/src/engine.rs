@@ -693,6 +693,13 @@ impl Engine {
         st
     }
 
+    /// The core worker pool and the lag controller's last tick, without
+    /// asking the shards for anything (cheap enough to poll often; `stats()`
+    /// includes the same).
+    pub fn workers(&self) -> crate::stats::WorkerStats {
+        self.inner.ctl.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Number of shards.
     pub fn shards(&self) -> usize {
         self.inner.shards.len()
