@@ -43,15 +43,20 @@ pub struct BenchEngine {
 }
 
 impl BenchEngine {
-    /// Builds an engine with `durability` and `shards` (None: one per core).
+    /// Builds an engine with `durability` and `shards` (None: one per core),
+    /// and `static_workers` active core workers (None: the lag controller).
     /// Logs go to a scratch directory on a real filesystem under `parent`
     /// (see `dir.rs`); `Sync` refuses tmpfs, where a sync reaches no disk.
     pub fn build(
         durability: Durability,
         shards: Option<usize>,
+        static_workers: Option<usize>,
         parent: Option<&Path>,
     ) -> BoxResult<BenchEngine> {
         let mut b = Engine::builder().durability(durability);
+        if let Some(n) = static_workers {
+            b = b.workers(spindle_engine::Workers::Static(n));
+        }
         if let Some(n) = shards {
             b = b.shards(n);
         }

@@ -37,6 +37,8 @@ spindle-bench latency [options]
   --seconds S        duration of the schedule (default 5)
   --durability MODE  memory, process or sync (default process)
   --shards N         engine shards (default: one per core)
+  --static-workers N keep N core workers active (Workers::Static) instead
+                     of the lag controller (default: lag)
   --wait spin|yield  how the producer waits for a due time under 200 µs
                      away: pure spin or spin + sched_yield (default yield)
   --dir PATH         parent directory for the logs (default: ./target, else
@@ -50,6 +52,7 @@ pub struct LatencyOpts {
     seconds: f64,
     durability: Durability,
     shards: Option<usize>,
+    static_workers: Option<usize>,
     yield_wait: bool,
     dir: Option<PathBuf>,
     /// Print JSON.
@@ -66,6 +69,7 @@ impl LatencyOpts {
             seconds: a.value_or("--seconds", 5.0)?,
             durability: engine_env::parse_durability(&d)?,
             shards: a.value("--shards")?,
+            static_workers: a.value("--static-workers")?,
             yield_wait: match wait.as_str() {
                 "yield" => true,
                 "spin" => false,
@@ -148,7 +152,7 @@ pub fn run(o: &LatencyOpts) -> BoxResult<Report> {
     let busy_start = Busy::now();
     let cores = engine_env::cores();
     let n = (o.rate * o.seconds).round() as u64;
-    let be = BenchEngine::build(o.durability, o.shards, o.dir.as_deref())?;
+    let be = BenchEngine::build(o.durability, o.shards, o.static_workers, o.dir.as_deref())?;
     let engine = be.engine.clone();
     let epoch = Instant::now();
     // Step 3's slots: handler start − intended send time, per job.

@@ -28,6 +28,8 @@ pub const USAGE: &str = "\
 spindle-bench throughput [options]
   --durability MODE  memory, process or sync (default process)
   --shards N         engine shards (default: one per core)
+  --static-workers N keep N core workers active (Workers::Static) instead
+                     of the lag controller (default: lag)
   --jobs N           no-op jobs (default 2000000; 200000 with --durability sync)
   --batch N          jobs per submit_batch from the main thread (default 1000)
   --producers N      instead: N threads each submitting single jobs (default 0)
@@ -41,6 +43,7 @@ spindle-bench throughput [options]
 pub struct ThroughputOpts {
     durability: Durability,
     shards: Option<usize>,
+    static_workers: Option<usize>,
     jobs: u64,
     batch: usize,
     producers: usize,
@@ -59,6 +62,7 @@ impl ThroughputOpts {
         let o = ThroughputOpts {
             durability,
             shards: a.value("--shards")?,
+            static_workers: a.value("--static-workers")?,
             jobs: a.value_or("--jobs", default_jobs)?,
             batch: a.value_or("--batch", 1000)?,
             producers: a.value_or("--producers", 0)?,
@@ -115,7 +119,7 @@ pub fn run(o: &ThroughputOpts) -> BoxResult<Report> {
     let (floor, pinned) = handoff_floor::best_throughput(o.floor_items, 3, 1024, true)?;
 
     progress(o, "engine");
-    let be = BenchEngine::build(o.durability, o.shards, o.dir.as_deref())?;
+    let be = BenchEngine::build(o.durability, o.shards, o.static_workers, o.dir.as_deref())?;
     let engine = be.engine.clone();
     let (done, done_rx) = Completion::new(o.jobs);
     let done = Arc::new(done);

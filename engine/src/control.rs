@@ -268,6 +268,7 @@ impl Controller {
         self.apply(initial);
         let mut reported = vec![0u64; n];
         let mut stalls = 0u64;
+        let mut last_stall = None;
         let mut changes = 0u64;
         let mut last_active = initial;
         let mut ticks = 0u64;
@@ -318,14 +319,22 @@ impl Controller {
                         .lock()
                         .map(|q| q.to_string())
                         .unwrap_or_else(|p| p.into_inner().to_string());
+                    let job = s.gauges.job.load(Ordering::Relaxed);
+                    let running_ms = now.saturating_sub(since) / 1_000_000;
                     tracing::warn!(
                         shard = i,
-                        job = s.gauges.job.load(Ordering::Relaxed),
+                        job,
                         queue = %queue,
-                        running_ms = now.saturating_sub(since) / 1_000_000,
+                        running_ms,
                         "handler stalled: far past its queue's usual run time; \
                          its shard's ready jobs are left to other workers"
                     );
+                    last_stall = Some(crate::stats::StallReport {
+                        shard: i,
+                        job: crate::JobId(job),
+                        queue,
+                        running_ms,
+                    });
                 }
             }
             // Step 3.
@@ -376,6 +385,7 @@ impl Controller {
                 parked: n - self.pool.search.active.load(Ordering::Relaxed),
                 busy,
                 stalls,
+                last_stall: last_stall.clone(),
                 changes,
                 blocking_threads: threads,
                 blocking_target: target_sum,

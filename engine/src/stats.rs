@@ -89,6 +89,20 @@ pub struct ControllerInputs {
     pub recommended: usize,
 }
 
+/// A handler the controller found running far past its queue's usual run
+/// time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StallReport {
+    /// The shard whose worker runs it.
+    pub shard: usize,
+    /// The job.
+    pub job: crate::JobId,
+    /// Its queue.
+    pub queue: String,
+    /// How long it had run when reported, milliseconds.
+    pub running_ms: u64,
+}
+
 /// The core worker pool and the controller's state.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WorkerStats {
@@ -102,6 +116,8 @@ pub struct WorkerStats {
     pub busy: usize,
     /// Handlers reported stalled since start.
     pub stalls: u64,
+    /// The latest stall reported.
+    pub last_stall: Option<StallReport>,
     /// Changes of the active count since start.
     pub changes: u64,
     /// Blocking-pool threads running now, all shards.

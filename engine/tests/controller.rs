@@ -188,6 +188,9 @@ fn a_stalled_handler_is_reported_once_and_strands_nothing() {
     started_rx.recv_timeout(DEADLINE).unwrap();
     let s = wait_for(&engine, "the stall report", |s| s.workers.stalls == 1);
     assert_eq!(s.workers.busy, 1);
+    let report = s.workers.last_stall.expect("the report");
+    assert_eq!((report.job, report.queue.as_str()), (slow, "slow"));
+    assert!(report.running_ms >= 20, "{report:?}");
     // Jobs submitted while one worker is stuck all run on the other.
     for _ in 0..2_000 {
         engine.submit(Job::new("fast", vec![])).unwrap();
@@ -199,7 +202,6 @@ fn a_stalled_handler_is_reported_once_and_strands_nothing() {
     let s = wait_for(&engine, "the slow job", |s| s.queues["slow"].completed == 1);
     assert_eq!(s.workers.stalls, 1, "reported once");
     assert_eq!(s.total().completed, 2_001);
-    let _ = slow;
     engine.shutdown().unwrap();
 }
 
