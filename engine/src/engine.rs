@@ -43,6 +43,14 @@ const STATS_WAIT: Duration = Duration::from_millis(500);
 /// per-job cost, so only a handler that blocks trips it.
 pub(crate) const STALLED: Duration = Duration::from_millis(10);
 
+/// Queue names a producer thread keeps (see `Engine::queue_name`).
+const QUEUE_CACHE: usize = 1024;
+
+thread_local! {
+    static QUEUE_NAMES: std::cell::RefCell<HashMap<Box<str>, Arc<str>>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
 /// Smallest log record: a 16-byte frame header plus a payload padded to
 /// 16 bytes (`docs/wal-format.md`).
 const MIN_RECORD_BYTES: u64 = 32;
@@ -450,8 +458,22 @@ impl Engine {
     }
 
     fn queue_name(&self, queue: &str) -> Arc<str> {
-        // One small allocation per submit, no shared map (and no lock).
-        Arc::from(queue)
+        // Each producer thread keeps the names it used (no lock, no shared
+        // map): a submit to a known queue allocates no name. The cache is
+        // cleared when it grows past QUEUE_CACHE names (a producer cycling
+        // through unbounded names then pays one allocation per submit).
+        QUEUE_NAMES.with(|cell| {
+            let Ok(mut names) = cell.try_borrow_mut() else { return Arc::from(queue) };
+            if let Some(q) = names.get(queue) {
+                return q.clone();
+            }
+            if names.len() >= QUEUE_CACHE {
+                names.clear();
+            }
+            let q: Arc<str> = Arc::from(queue);
+            names.insert(Box::from(queue), q.clone());
+            q
+        })
     }
 
     fn check(&self, job: &Job) -> Result<(), SubmitError> {
@@ -579,11 +601,11 @@ impl Engine {
             if let Err(e) = self.wait_durable(shard, nj.lsn) {
                 // The record is in the log and the job will run; report the
                 // sync failure (the log is failed from now on).
-                shard.send(Msg::Jobs(vec![nj]));
+                shard.send(Msg::Job(nj));
                 return Err(e);
             }
         }
-        shard.send(Msg::Jobs(vec![nj]));
+        shard.send(Msg::Job(nj));
         Ok(JobId(id))
     }
 

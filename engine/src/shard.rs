@@ -117,6 +117,8 @@ pub(crate) type UniqueReply = crossbeam_queue::ArrayQueue<Result<(JobId, u64), c
 
 /// A message to a shard.
 pub(crate) enum Msg {
+    /// One job (a single `submit`: no `Vec` to allocate).
+    Job(NewJob),
     Jobs(Vec<NewJob>),
     Unique(NewJob, Arc<UniqueReply>, std::thread::Thread),
     Register(Arc<str>, Arc<dyn Handler>, bool),
@@ -576,6 +578,7 @@ impl Shard {
 
     fn handle(&mut self, msg: Msg) {
         match msg {
+            Msg::Job(j) => self.insert_new(j),
             Msg::Jobs(jobs) => {
                 for j in jobs {
                     self.insert_new(j);
@@ -853,15 +856,13 @@ impl Shard {
             }
             let _inflight = o.enter();
             let Some(msg) = o.inbox.pop() else { continue };
+            let runnable = |j: &NewJob| {
+                (j.run_at_ms == 0 || j.run_at_ms <= wall_ms())
+                    && self.handlers.get(&j.queue).is_some_and(|h| !h.1)
+            };
             let jobs = match msg {
-                Msg::Jobs(jobs)
-                    if jobs.iter().all(|j| {
-                        (j.run_at_ms == 0 || j.run_at_ms <= wall_ms())
-                            && self.handlers.get(&j.queue).is_some_and(|h| !h.1)
-                    }) =>
-                {
-                    jobs
-                }
+                Msg::Jobs(jobs) if jobs.iter().all(runnable) => jobs,
+                Msg::Job(j) if runnable(&j) => vec![j],
                 other => {
                     o.send(other);
                     continue;
