@@ -10,8 +10,9 @@
 //!    lag controller, which sizes the pool with the same law as the core
 //!    workers, capped by `max_blocking`). The shard logs each job's `Start`
 //!    as for any run.
-//! 2. A hand-off pushes the job into the pool's channel; if no pool thread
-//!    is idle and fewer than `target` exist, the shard spawns one.
+//! 2. A hand-off pushes the job into the pool's channel; if more jobs wait
+//!    in it than threads are idle, and fewer than `target` threads exist,
+//!    the shard spawns one.
 //! 3. A pool thread runs the handler and sends the outcome to the shard's
 //!    inbox (`Msg::Blocking`); the shard applies and logs it like its own.
 //! 4. A thread idle for [`KEEP_ALIVE`] while the pool has more threads than
@@ -19,8 +20,10 @@
 //!    looks at the channel once more and takes its place back if a job came
 //!    in meanwhile: with step 2 (push, then read `idle` and `threads`), a job
 //!    is always either seen by that look or followed by a spawn.
-//! 5. When the shard exits it drops the channel's sender; idle threads see
-//!    the disconnect and leave.
+//! 5. At shutdown the shard takes back the jobs no thread has received (they
+//!    stay in the log, or run again in Memory mode) and waits for the
+//!    running ones. When it exits it drops the channel's sender; idle
+//!    threads see the disconnect and leave.
 
 use crate::engine::Handler;
 use crate::job::Outcome;
@@ -86,7 +89,11 @@ impl Pool {
             return;
         }
         let g = &sh.pool;
-        if g.idle.load(Ordering::SeqCst) == 0 && g.threads.load(Ordering::SeqCst) < self.target(sh)
+        // More jobs waiting in the channel than idle threads to take them
+        // (an idle thread counts as idle until it has received one, so
+        // several hand-offs in a row must not all count on the same one).
+        if self.rx.len() > g.idle.load(Ordering::SeqCst)
+            && g.threads.load(Ordering::SeqCst) < self.target(sh)
         {
             g.threads.fetch_add(1, Ordering::SeqCst);
             let (rx, sh2, epoch) = (self.rx.clone(), sh.clone(), self.epoch);
@@ -105,6 +112,13 @@ impl Pool {
                 }
             }
         }
+    }
+}
+
+impl Pool {
+    /// Takes back the jobs no thread has received yet (at shutdown).
+    pub(crate) fn drain(&self) -> Vec<Task> {
+        self.rx.try_iter().map(|(t, _)| t).collect()
     }
 }
 

@@ -368,7 +368,11 @@ impl Controller {
             for (s, pl) in self.shards.iter().zip(pools.iter_mut()) {
                 let bx = sample(now, std::iter::once(&**s), true, 0);
                 let t = pl.tick(bx).active;
-                s.pool.target.store(t, Ordering::Relaxed);
+                // A raised target lets a shard hand over more of its waiting
+                // blocking jobs: wake it (it may be parked).
+                if s.pool.target.swap(t, Ordering::SeqCst) < t && bx.ready > 0 {
+                    s.notify();
+                }
                 target_sum += t;
                 threads += s.pool.threads.load(Ordering::Relaxed);
             }

@@ -675,6 +675,17 @@ impl Shard {
             Msg::Shutdown => {
                 self.shutting_down = true;
                 self.shutdown_at = Some(Instant::now());
+                // Jobs handed to the pool that no thread has taken yet come
+                // back (logged as not run), so shutdown waits only for the
+                // handlers already running.
+                let queued: Vec<Task> = match &self.blocking {
+                    Some(pool) => pool.drain(),
+                    None => Vec::new(),
+                };
+                for t in queued {
+                    self.blocking_out = self.blocking_out.saturating_sub(1);
+                    self.untake(&t);
+                }
                 // Take back what is still offered: own jobs become ready
                 // again (logged as they were), others go home to their owner.
                 while let Some(t) = self.worker.pop() {
@@ -779,9 +790,7 @@ impl Shard {
             }
         }
         let t = self.pop_ready()?;
-        if self.worker.is_empty() {
-            self.offer();
-        }
+        self.offer();
         Some(t)
     }
 
@@ -793,23 +802,38 @@ impl Shard {
         if self.ready.is_empty() || self.all.len() < 2 || !self.cfg.stealing || self.shutting_down {
             return false;
         }
-        let mut first = true;
+        // Jobs still offered from before stay ahead of these; the most
+        // urgent offered priority covers both.
+        let earlier = if self.worker.is_empty() { u32::MAX } else { self.offered_best };
+        let mut best = u32::MAX;
+        let mut oldest = u64::MAX;
+        let mut moved = 0u64;
         while let Some(o) = self.pop_ready() {
-            if first {
-                self.offered_best = o.priority;
-                first = false;
-            }
+            best = best.min(o.priority);
+            oldest = oldest.min(o.ready_ns);
             self.worker.push(o);
-            self.out += 1;
+            moved += 1;
         }
-        if !first {
-            self.wake_one_idle();
+        if moved == 0 {
+            return false;
         }
-        !first
+        self.out += moved;
+        self.offered_best = earlier.min(best);
+        // The controller's age estimate: the oldest job now waiting here.
+        if earlier == u32::MAX {
+            self.sh.gauges.head_ready_ns.store(oldest.max(1), Ordering::Relaxed);
+        }
+        self.wake_one_idle();
+        true
     }
 
     /// Hands ready jobs of blocking queues to the pool, up to its target.
     fn dispatch_blocking(&mut self) -> bool {
+        // Shutting down with a log: waiting jobs stay in it for the next
+        // start (only Memory mode runs them now).
+        if self.shutting_down && self.cfg.durability != Durability::Memory {
+            return false;
+        }
         let Some(pool) = self.blocking.take() else { return false };
         let target = pool.target(&self.sh) as u64;
         let mut any = false;
@@ -891,6 +915,11 @@ impl Shard {
 
     /// Wakes at most one parked active shard so it can steal.
     fn wake_one_idle(&self) {
+        // Orders the deque push before the reads of the parkers' states (the
+        // other half of the Dekker pair is the fence in `Parker::park`);
+        // without it a shard could park on a deque that looks empty while
+        // we read it as running.
+        crate::sync::fence(Ordering::SeqCst);
         for s in self.all.iter() {
             if s.idx != self.sh.idx
                 && s.active.load(Ordering::Relaxed)
@@ -1278,11 +1307,10 @@ impl Shard {
             // Outside the active set (`control.rs` step 3) a shard runs no
             // handler: it offers its ready jobs to the active ones. Without
             // stealing, or alone, or shutting down, it is always active.
-            let active = sh.active.load(Ordering::Relaxed)
-                || self.shutting_down
-                || !self.cfg.stealing
-                || self.all.len() < 2;
+            let flag = sh.active.load(Ordering::SeqCst);
+            let active = flag || self.shutting_down || !self.cfg.stealing || self.all.len() < 2;
             if !active {
+                self.stop_searching();
                 progress |= self.offer();
             } else if let Some(t) = self.next_local() {
                 self.stop_searching();
@@ -1335,14 +1363,32 @@ impl Shard {
                 continue;
             }
             idle_since = None;
-            self.stop_searching();
+            // 6: a searcher giving up its slot while work is on offer wakes
+            // one parked active worker to take over the search.
+            if self.searching {
+                self.stop_searching();
+                if self.all.iter().any(|o| o.idx != sh.idx && !o.stealer.is_empty()) {
+                    self.wake_one_idle();
+                }
+            }
             let timeout = self.park_timeout();
             let stealing = !self.shutting_down && self.cfg.stealing;
-            let was_active = sh.active.load(Ordering::SeqCst);
+            // The flag as this iteration read it: an activation since then
+            // counts as work (the controller's notify may have found us
+            // running, so the re-check must see it).
+            let was_active = flag;
+            // Blocking jobs wait and the controller raised the pool's target
+            // since: hand them over rather than sleep.
+            let blocking_waiting = !self.ready_blocking.is_empty() && self.blocking.is_some();
+            let blocking_out = self.blocking_out;
             if let Some(p) = sh.parker.get() {
                 let served = self.served;
                 let (all, ctl) = (&self.all, &self.ctl);
-                p.park(timeout, || Self::has_work(&sh, all, ctl, stealing, served, was_active));
+                p.park(timeout, || {
+                    Self::has_work(&sh, all, ctl, stealing, served, was_active)
+                        || (blocking_waiting
+                            && (sh.pool.target.load(Ordering::SeqCst).max(1) as u64) > blocking_out)
+                });
             }
         }
         self.stop_searching();

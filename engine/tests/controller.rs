@@ -217,3 +217,85 @@ fn desired_workers_is_published_for_a_queue_without_handler() {
     assert_eq!(s.queues["remote"].ready, 100);
     engine.shutdown().unwrap();
 }
+
+#[test]
+fn the_blocking_pool_grows_past_its_idle_threads() {
+    // Two jobs leave two idle pool threads behind; six jobs that can only
+    // finish together must then get six threads at once (a pool that
+    // counted on its idle threads for every hand-off would stop at two).
+    let engine = Engine::builder()
+        .durability(Durability::Memory)
+        .shards(1)
+        .workers(Workers::Static(1))
+        .build()
+        .unwrap();
+    let barrier = Arc::new(Barrier::new(7));
+    let (tx, rx) = mpsc::channel();
+    let b = barrier.clone();
+    engine
+        .register_blocking("io", move |job: &JobRef<'_>| {
+            if job.payload() == b"wait" {
+                b.wait();
+            }
+            tx.send(job.id()).unwrap();
+            Outcome::Done
+        })
+        .unwrap();
+    for _ in 0..2 {
+        engine.submit(Job::new("io", b"now".to_vec())).unwrap();
+    }
+    for _ in 0..2 {
+        rx.recv_timeout(DEADLINE).unwrap();
+    }
+    for _ in 0..6 {
+        engine.submit(Job::new("io", b"wait".to_vec())).unwrap();
+    }
+    barrier.wait();
+    for _ in 0..6 {
+        rx.recv_timeout(DEADLINE).expect("a blocking job never finished");
+    }
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn shutdown_leaves_waiting_blocking_jobs_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let build = || {
+        Engine::builder()
+            .data_dir(dir.path())
+            .durability(Durability::Process)
+            .shards(1)
+            .workers(Workers::Static(1))
+            .max_blocking(2)
+            .build()
+            .unwrap()
+    };
+    let engine = build();
+    let runs = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (started_tx, started_rx) = mpsc::channel();
+    let (r, e2) = (runs.clone(), engine.clone());
+    engine
+        .register_blocking("io", move |_: &JobRef<'_>| {
+            r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = started_tx.send(());
+            // Hold the thread until the engine stops taking jobs.
+            while e2.submit(Job::new("probe", vec![])).is_ok() {
+                std::thread::park_timeout(Duration::from_millis(1));
+            }
+            Outcome::Done
+        })
+        .unwrap();
+    for _ in 0..20 {
+        engine.submit(Job::new("io", vec![])).unwrap();
+    }
+    started_rx.recv_timeout(DEADLINE).unwrap();
+    engine.shutdown().unwrap();
+    let ran = runs.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(ran < 20, "shutdown ran the whole blocking backlog ({ran} jobs)");
+    drop(engine);
+    // Every job that did not run is still there (the probe jobs too).
+    let engine = build();
+    let s = engine.stats();
+    assert_eq!(s.queues["io"].ready, 20 - ran, "{:?}", s.queues);
+    engine.shutdown().unwrap();
+}
