@@ -191,6 +191,11 @@ fn replay(wal: &Wal, shard: usize, poison_after: u32) -> Result<(Vec<Recovered>,
             Rec::Done { id } => {
                 jobs.remove(&id);
             }
+            Rec::Dones { ids } => {
+                for id in ids {
+                    jobs.remove(&id);
+                }
+            }
             Rec::IdMark { next_id: n } => next_id = next_id.max(n),
         }
     })

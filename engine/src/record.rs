@@ -4,7 +4,8 @@
 //! Replaying a shard's records in LSN order rebuilds its jobs:
 //! `Put` creates or replaces a job with its full state (compaction rewrites
 //! live jobs as fresh `Put`s), `Start` counts an attempt that may be
-//! interrupted, `Retry` and `Bury` change it, `Done` removes it, and
+//! interrupted, `Retry` and `Bury` change it, `Done` (or a batch of them,
+//! `Dones`) removes it, and
 //! `IdMark` keeps the id counter from going backwards after old segments
 //! are released.
 
@@ -41,6 +42,9 @@ pub(crate) enum Rec {
     Done { id: u64 },
     /// Ids below `next_id` have been handed out.
     IdMark { next_id: u64 },
+    /// Several jobs finished (a shard logs its `Done`s in batches; appended
+    /// last so the older variants keep their tags).
+    Dones { ids: Vec<u64> },
 }
 
 /// Encodes a record for the log.
@@ -114,6 +118,7 @@ mod tests {
             Rec::Bury { id: 7, attempts: 5, reason: "boom".into() },
             Rec::Done { id: 7 },
             Rec::IdMark { next_id: 8 },
+            Rec::Dones { ids: vec![7, 9, 11] },
         ];
         for r in recs {
             let bytes = encode(&r).unwrap();

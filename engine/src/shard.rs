@@ -52,6 +52,11 @@ const INBOX_BATCH: usize = 256;
 /// Longest a shutting-down shard waits for the outcomes of its jobs that
 /// other shards stole and still run (beyond it they rerun after restart).
 const SHUTDOWN_WAIT_MAX: Duration = Duration::from_secs(30);
+/// Completed jobs whose `Done` records are written as one `Dones` record:
+/// one append instead of 64. They are also written before the shard parks
+/// and when it stops; a crash before that runs them again (at least once,
+/// as for any job whose outcome was not logged).
+const DONE_BATCH: usize = 64;
 /// Longest park without a timer: a safety net, not a correctness need.
 const MAX_PARK: Duration = Duration::from_millis(100);
 
@@ -380,6 +385,8 @@ pub(crate) struct Shard {
     offered_best: u32,
     /// Holds one of the pool's search slots (`control::Pool::try_search`).
     searching: bool,
+    /// Completed jobs whose `Done` is not logged yet ([`DONE_BATCH`]).
+    pending_done: Vec<u64>,
 }
 
 impl Shard {
@@ -437,6 +444,7 @@ impl Shard {
             pending_release: None,
             offered_best: u32::MAX,
             searching: false,
+            pending_done: Vec::new(),
         };
         let now = shard.now_ns();
         for r in recovered {
@@ -1068,7 +1076,12 @@ impl Shard {
         dec(&mut self.stat(&q).running);
         match outcome {
             Outcome::Done => {
-                self.log(&Rec::Done { id });
+                if self.sh.wal.is_some() {
+                    self.pending_done.push(id);
+                    if self.pending_done.len() >= DONE_BATCH {
+                        self.flush_done();
+                    }
+                }
                 self.remove(id);
                 self.stat(&q).completed += 1;
             }
@@ -1094,6 +1107,22 @@ impl Shard {
                 self.stat(&q).buried += 1;
             }
         }
+    }
+
+    /// Logs the pending `Done`s as one record.
+    fn flush_done(&mut self) {
+        match self.pending_done.len() {
+            0 => {}
+            1 => {
+                let id = self.pending_done[0];
+                self.log(&Rec::Done { id });
+            }
+            _ => {
+                let ids = std::mem::take(&mut self.pending_done);
+                self.log(&Rec::Dones { ids });
+            }
+        }
+        self.pending_done.clear();
     }
 
     fn remove(&mut self, id: u64) {
@@ -1363,6 +1392,7 @@ impl Shard {
                 continue;
             }
             idle_since = None;
+            self.flush_done();
             // 6: a searcher giving up its slot while work is on offer wakes
             // one parked active worker to take over the search.
             if self.searching {
@@ -1392,6 +1422,7 @@ impl Shard {
             }
         }
         self.stop_searching();
+        self.flush_done();
         sh.exited.store(true, Ordering::Release);
         self.served = sh.snapshot_req.load(Ordering::Acquire);
         self.publish();
