@@ -89,6 +89,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         "  dispatch      p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs (ready → handler start, {} samples)",
         d.p50_us, d.p99_us, d.p999_us, d.count
     );
+    println!(
+        "                (jobs are submitted faster than they run, so this is mostly time spent\n         \x20               queued; `spindle-bench latency --rate R` measures dispatch at a fixed rate)"
+    );
     println!("  stolen        {stolen} jobs ran on a shard other than their owner");
 
     let completed = stats.total().completed;

@@ -54,7 +54,8 @@ pub enum Workers {
     /// The lag controller sizes the active set from queue depth, job age,
     /// arrival rate and run time (`docs/controller.md`). The default.
     Lag,
-    /// Exactly this many (clamped to the shard count), for comparison runs.
+    /// Exactly this many (clamped to 1..=shards), for comparison runs.
+    /// With `work_stealing(false)` every shard is active regardless.
     Static(usize),
 }
 
@@ -192,8 +193,9 @@ impl EngineBuilder {
     }
 
     /// The queueing delay (ready → handler start) the lag controller aims
-    /// to keep p99 under (default 1 ms). Its target wait `D` is half of it;
-    /// a job that waited longer than `D` wakes the controller at once.
+    /// to keep p99 under (default 1 ms, at least 100 µs). Its target wait
+    /// `D` is half of it; a job that waited longer than `D` wakes the
+    /// controller at once.
     pub fn latency_target(mut self, d: Duration) -> Self {
         self.latency_target = d.max(Duration::from_micros(100));
         self
@@ -205,21 +207,23 @@ impl EngineBuilder {
         self
     }
 
-    /// Most active core workers under [`Workers::Lag`] (default: the shard
-    /// count).
+    /// Most active core workers under [`Workers::Lag`] (default and upper
+    /// bound: the shard count; `min_workers` above it is lowered to it).
     pub fn max_workers(mut self, n: usize) -> Self {
         self.max_workers = Some(n.max(1));
         self
     }
 
-    /// The lag controller's sampling period (default 10 ms).
+    /// The lag controller's sampling period (default 10 ms, at least 1 ms).
     pub fn controller_tick(mut self, d: Duration) -> Self {
         self.tick = d.max(Duration::from_millis(1));
         self
     }
 
     /// Whether idle shards steal ready jobs from busy ones (default true).
-    /// Off, every job runs on the shard it was submitted to.
+    /// Off, every job runs on the shard it was submitted to, and so every
+    /// shard stays active whatever [`Workers`] says (only stealing moves a
+    /// parked shard's jobs to an active one).
     pub fn work_stealing(mut self, on: bool) -> Self {
         self.stealing = on;
         self
