@@ -90,8 +90,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         d.p50_us, d.p99_us, d.p999_us, d.count
     );
     println!(
-        "                (jobs are submitted faster than they run, so this is mostly time spent\n         \x20               queued; `spindle-bench latency --rate R` measures dispatch at a fixed rate)"
+        "                (jobs are submitted faster than they run, so this is mostly time spent"
     );
+    println!("                queued; `spindle-bench latency --rate R` measures dispatch at a fixed rate)");
     println!("  stolen        {stolen} jobs ran on a shard other than their owner");
 
     let completed = stats.total().completed;
