@@ -27,6 +27,16 @@ fn wait_for(engine: &Engine, what: &str, cond: impl Fn(&Stats) -> bool) -> Stats
     }
 }
 
+/// An in-memory engine with one shard and one core worker.
+fn one_worker() -> Engine {
+    Engine::builder()
+        .durability(Durability::Memory)
+        .shards(1)
+        .workers(Workers::Static(1))
+        .build()
+        .unwrap()
+}
+
 /// Real CPU work of about `iters` rounds.
 fn spin(iters: u64) -> u64 {
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
@@ -117,12 +127,7 @@ fn blocking_jobs_run_on_the_pool_not_on_the_core_worker() {
     // together with this thread; a CPU job submitted after them must still
     // run while they block, and the barrier only opens if all eight run at
     // once (so the pool grew to at least eight threads).
-    let engine = Engine::builder()
-        .durability(Durability::Memory)
-        .shards(1)
-        .workers(Workers::Static(1))
-        .build()
-        .unwrap();
+    let engine = one_worker();
     let barrier = Arc::new(Barrier::new(9));
     let (io_tx, io_rx) = mpsc::channel();
     let b = barrier.clone();
@@ -223,12 +228,7 @@ fn the_blocking_pool_grows_past_its_idle_threads() {
     // Two jobs leave two idle pool threads behind; six jobs that can only
     // finish together must then get six threads at once (a pool that
     // counted on its idle threads for every hand-off would stop at two).
-    let engine = Engine::builder()
-        .durability(Durability::Memory)
-        .shards(1)
-        .workers(Workers::Static(1))
-        .build()
-        .unwrap();
+    let engine = one_worker();
     let barrier = Arc::new(Barrier::new(7));
     let (tx, rx) = mpsc::channel();
     let b = barrier.clone();
