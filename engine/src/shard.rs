@@ -860,8 +860,8 @@ impl Shard {
     }
 
     /// Runs jobs waiting in the inbox of a shard stuck in one handler for
-    /// longer than [`STALLED`] (they would otherwise wait for the handler to
-    /// return):
+    /// longer than [`STALLED`](crate::engine::STALLED) (they would otherwise
+    /// wait for the handler to return):
     ///
     /// 1. Enter the stuck shard's submit epoch, so its compaction cannot
     ///    release the jobs' `Put` records while they are in our hands.
