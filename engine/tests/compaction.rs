@@ -8,11 +8,14 @@
 //! batch; `WAIT` only guards against hangs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::wait_stats;
 use spindle_engine::{Durability, Engine, Job, JobRef, Outcome};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Upper bound on waiting for an event that must happen; a guard against
 /// hanging, never a synchronisation device.
@@ -62,19 +65,6 @@ fn wal_usage(shard_dir: &Path) -> (u64, u64) {
         }
     }
     (files, bytes)
-}
-
-/// Polls the engine's stats until `done` holds (each `stats()` call waits
-/// for the shards to publish), failing after [`WAIT`].
-fn wait_stats(engine: &Engine, what: &str, done: impl Fn(&spindle_engine::Stats) -> bool) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let s = engine.stats();
-        if done(&s) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {s:#?}");
-    }
 }
 
 /// What a run of [`stream`] saw.
@@ -136,7 +126,7 @@ fn stream(batches: u64) -> Run {
             samples.push(wal_usage(&shard_dir));
         }
         assert_eq!(done.load(Ordering::SeqCst), BATCH * batches);
-        wait_stats(&engine, "every stream job to complete", |s| {
+        wait_stats(&engine, WAIT, "every stream job to complete", |s| {
             s.queues["work"].completed == BATCH * batches && s.jobs == 2
         });
         // Idle for a while: compaction also runs when the shard has nothing
@@ -174,7 +164,7 @@ fn stream(batches: u64) -> Run {
     let (id, payload, attempt) = rx.recv_timeout(WAIT).unwrap();
     assert_eq!((id, payload), (looping, loop_payload));
     assert_eq!(u64::from(attempt), runs_before + 1, "attempts lost across compaction");
-    wait_stats(&engine, "the loop job to complete", |s| s.jobs == 1);
+    wait_stats(&engine, WAIT, "the loop job to complete", |s| s.jobs == 1);
     let s = engine.stats();
     assert_eq!(s.queues["later"].delayed, 1);
     // New ids stay above the old ones, also once the segments holding the

@@ -6,26 +6,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use spindle_engine::{Durability, Engine, Job, JobRef, Outcome, Stats, Workers};
+mod common;
+
+use common::wait_stats;
+use spindle_engine::{Durability, Engine, Job, JobRef, Outcome, Workers};
 use std::collections::HashSet;
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Polls `stats()` until `cond` holds; panics with `what` at the deadline.
-fn wait_for(engine: &Engine, what: &str, cond: impl Fn(&Stats) -> bool) -> Stats {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        let s = engine.stats();
-        if cond(&s) {
-            return s;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}: {:?}", s.workers);
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 /// An in-memory engine with one shard and one core worker.
 fn one_worker() -> Engine {
@@ -57,7 +47,8 @@ fn a_burst_unparks_workers_every_job_completes_and_the_pool_shrinks_after() {
         .latency_target(Duration::from_millis(1))
         .build()
         .unwrap();
-    let s = wait_for(&engine, "the first controller tick", |s| s.workers.policy == "lag");
+    let s =
+        wait_stats(&engine, DEADLINE, "the first controller tick", |s| s.workers.policy == "lag");
     assert_eq!(s.workers.active, 1, "idle engine starts at min_workers");
     assert_eq!(s.workers.parked, 3);
 
@@ -72,7 +63,7 @@ fn a_burst_unparks_workers_every_job_completes_and_the_pool_shrinks_after() {
     let n = 20_000;
     let ids: HashSet<_> =
         (0..n).map(|i| engine.submit(Job::new("burst", vec![i as u8])).unwrap()).collect();
-    let grown = wait_for(&engine, "the pool to grow", |s| s.workers.active > 1);
+    let grown = wait_stats(&engine, DEADLINE, "the pool to grow", |s| s.workers.active > 1);
     assert!(grown.workers.changes >= 1);
     let mut done = HashSet::new();
     while done.len() < n {
@@ -81,7 +72,7 @@ fn a_burst_unparks_workers_every_job_completes_and_the_pool_shrinks_after() {
     }
     assert_eq!(done, ids);
     // Load gone: back to one worker after the stabilisation window.
-    let s = wait_for(&engine, "the pool to shrink", |s| s.workers.active == 1);
+    let s = wait_stats(&engine, DEADLINE, "the pool to shrink", |s| s.workers.active == 1);
     assert!(s.workers.changes >= 2, "{:?}", s.workers);
     assert_eq!(s.total().completed, n as u64);
     engine.shutdown().unwrap();
@@ -154,7 +145,8 @@ fn blocking_jobs_run_on_the_pool_not_on_the_core_worker() {
     for _ in 0..8 {
         io_rx.recv_timeout(DEADLINE).expect("a blocking job never finished");
     }
-    let s = wait_for(&engine, "completions to be counted", |s| s.total().completed == 9);
+    let s =
+        wait_stats(&engine, DEADLINE, "completions to be counted", |s| s.total().completed == 9);
     assert_eq!(s.queues["io"].completed, 8);
     // (The barrier opening is the proof that eight pool threads ran at
     // once; `stats().workers.blocking_threads` is sampled per tick and may
@@ -191,7 +183,7 @@ fn a_stalled_handler_is_reported_once_and_strands_nothing() {
         .unwrap();
     let slow = engine.submit(Job::new("slow", vec![])).unwrap();
     started_rx.recv_timeout(DEADLINE).unwrap();
-    let s = wait_for(&engine, "the stall report", |s| s.workers.stalls == 1);
+    let s = wait_stats(&engine, DEADLINE, "the stall report", |s| s.workers.stalls == 1);
     assert_eq!(s.workers.busy, 1);
     let report = s.workers.last_stall.expect("the report");
     assert_eq!((report.job, report.queue.as_str()), (slow, "slow"));
@@ -204,7 +196,7 @@ fn a_stalled_handler_is_reported_once_and_strands_nothing() {
         rx.recv_timeout(DEADLINE).expect("a job was stranded behind the stalled handler");
     }
     release_tx.send(()).unwrap();
-    let s = wait_for(&engine, "the slow job", |s| s.queues["slow"].completed == 1);
+    let s = wait_stats(&engine, DEADLINE, "the slow job", |s| s.queues["slow"].completed == 1);
     assert_eq!(s.workers.stalls, 1, "reported once");
     assert_eq!(s.total().completed, 2_001);
     engine.shutdown().unwrap();
@@ -216,7 +208,7 @@ fn desired_workers_is_published_for_a_queue_without_handler() {
     for _ in 0..100 {
         engine.submit(Job::new("remote", vec![0; 16])).unwrap();
     }
-    let s = wait_for(&engine, "desired_workers", |s| {
+    let s = wait_stats(&engine, DEADLINE, "desired_workers", |s| {
         s.queues.get("remote").is_some_and(|q| q.desired_workers >= 1)
     });
     assert_eq!(s.queues["remote"].ready, 100);

@@ -7,12 +7,15 @@
 //! `WAIT` only guards against hangs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::wait_stats;
 use spindle_engine::wal::{scan_segment_bytes, WalError};
 use spindle_engine::{BuildError, Durability, Engine, Job, JobId, JobRef, Outcome, SubmitError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Upper bound on waiting for an event that must happen; a guard against
 /// hanging, never a synchronisation device.
@@ -70,19 +73,6 @@ fn collect(engine: &Engine, queues: &[&str]) -> Receiver<Ran> {
     rx
 }
 
-/// Polls the engine's stats until `done` holds (each `stats()` call waits
-/// for the shards to publish), failing after [`WAIT`].
-fn wait_stats(engine: &Engine, what: &str, done: impl Fn(&spindle_engine::Stats) -> bool) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let s = engine.stats();
-        if done(&s) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {s:#?}");
-    }
-}
-
 /// Receives exactly the runs of `expected`'s ids (each once, as a first
 /// attempt), checking each run's queue, payload and priority, then waits
 /// until the engine holds only `left` jobs and checks that nothing else ran.
@@ -110,7 +100,7 @@ fn expect_runs(
             r.id
         );
     }
-    wait_stats(engine, "the expected jobs to complete", |s| s.jobs == left);
+    wait_stats(engine, WAIT, "the expected jobs to complete", |s| s.jobs == left);
     assert!(rx.try_recv().is_err(), "{ctx}: an unexpected job ran");
 }
 
@@ -167,7 +157,7 @@ fn jobs_survive_shutdown(durability: Durability, shards: usize) {
         while !done.is_empty() {
             assert!(done.remove(&done_rx.recv_timeout(WAIT).unwrap().id));
         }
-        wait_stats(&engine, "80 completions", |s| s.queues["done"].completed == 80);
+        wait_stats(&engine, WAIT, "80 completions", |s| s.queues["done"].completed == 80);
 
         // Jobs of queues without a handler: they wait, and must come back.
         for i in 0..60usize {
@@ -203,7 +193,7 @@ fn jobs_survive_shutdown(durability: Durability, shards: usize) {
             .unwrap();
         buried_id = engine.submit(Job::new("bury", b"dead".to_vec())).unwrap();
         assert_eq!(brx.recv_timeout(WAIT).unwrap(), buried_id);
-        wait_stats(&engine, "the job to be buried", |s| s.queues["bury"].buried == 1);
+        wait_stats(&engine, WAIT, "the job to be buried", |s| s.queues["bury"].buried == 1);
 
         // A delayed job.
         delayed_id = engine
