@@ -7,6 +7,7 @@
 //! spindle-bench throughput --durability memory|process|sync [--shards N] [--jobs N] [--producers N] [--json]
 //! spindle-bench latency --rate R --seconds S [--durability MODE] [--json]
 //! spindle-bench burst [--seconds S] [--seeds K] [--plot FILE.svg] [--json]
+//! spindle-bench peer beanstalkd [--seconds S] [--spindled PATH] [--json]
 //! ```
 
 #![deny(unsafe_code)]
@@ -27,6 +28,7 @@ mod handoff_floor;
 mod io_counters;
 mod latency;
 mod open_loop;
+mod peer;
 mod probe_storage;
 mod report;
 mod setup;
@@ -57,6 +59,9 @@ scenarios:
   burst       one bursty trace of CPU-bound jobs replayed against four worker
               policies (static monolithic queue, static sharded, always-max,
               lag controller): queue latency, CPU, workers, drain, max rate
+  peer        `peer beanstalkd`: spindled vs Debian's beanstalkd over Unix
+              sockets, durable and in memory: cycles/s, open-loop cycle
+              latency, put-batch
 
 `spindle-bench <scenario> --help` lists a scenario's options.";
 
@@ -100,6 +105,11 @@ fn run() -> BoxResult<()> {
         "burst" => {
             let opts = burst::BurstOpts::parse(args)?;
             print(&burst::run(&opts)?, opts.json)?;
+        }
+        "peer" if help => println!("{}", peer::USAGE),
+        "peer" => {
+            let opts = peer::PeerOpts::parse(args)?;
+            print(&peer::run(&opts)?, opts.json)?;
         }
         "help" | "--help" | "-h" => println!("{USAGE}"),
         other => return Err(format!("unknown scenario {other:?}\n{USAGE}").into()),

@@ -29,6 +29,7 @@
 mod backoff;
 mod blocking;
 mod builder;
+pub mod client;
 mod control;
 mod engine;
 mod error;
@@ -38,6 +39,7 @@ mod lag;
 mod park;
 mod pin;
 mod record;
+pub mod server;
 mod shard;
 mod stats;
 mod steal;

@@ -1,0 +1,52 @@
+//! Smoke test of `spindle-bench peer beanstalkd`: a short run of every
+//! phase, its JSON checked. Skips (with a notice) without beanstalkd; without
+//! a built `spindled` it checks the harness with beanstalkd on both sides.
+
+use std::path::Path;
+use std::process::Command;
+
+const BEANSTALKD: &str = "/usr/bin/beanstalkd";
+
+#[test]
+fn peer_beanstalkd_short_run() -> Result<(), Box<dyn std::error::Error>> {
+    if !Path::new(BEANSTALKD).is_file() {
+        eprintln!("skipped: {BEANSTALKD} not installed (apt-get install -y beanstalkd)");
+        return Ok(());
+    }
+    let exe = Path::new(env!("CARGO_BIN_EXE_spindle-bench"));
+    let spindled = exe.with_file_name("spindled");
+    let mut cmd = Command::new(exe);
+    cmd.args(["peer", "beanstalkd", "--seconds", "0.2", "--put-seconds", "0.1", "--json"]);
+    if !spindled.is_file() {
+        eprintln!(
+            "notice: {} not built; checking the harness with beanstalkd on both sides",
+            spindled.display()
+        );
+        cmd.args(["--spindled", BEANSTALKD]);
+    }
+    let out = cmd.output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "spindle-bench peer failed: {stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    for mode in ["durable", "memory"] {
+        for key in [
+            "spindled_cycles_per_sec",
+            "beanstalkd_cycles_per_sec",
+            "ratio",
+            "spindled_p50_us",
+            "spindled_p99_us",
+            "beanstalkd_p50_us",
+            "beanstalkd_p99_us",
+        ] {
+            let x = &v[mode][key];
+            assert!(x.as_f64().is_some_and(|x| x > 0.0), "{mode}.{key} = {x}");
+        }
+    }
+    let batch = &v["batch_put_jobs_per_sec"];
+    assert!(batch.is_null() || batch.as_f64().is_some_and(|x| x > 0.0), "batch = {batch}");
+    assert_eq!(
+        v["cores"].as_u64(),
+        std::thread::available_parallelism().ok().map(|n| n.get() as u64)
+    );
+    Ok(())
+}

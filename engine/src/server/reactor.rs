@@ -1,0 +1,442 @@
+//! The event loop: listeners, connections, timers, group commit. The steps
+//! are listed in the module docs of `server`.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use mio::net::{TcpListener, UnixListener};
+use mio::{Events, Interest, Poll, Token, Waker};
+use spindle_wal::{RecoveryMode, SyncPolicy, Wal, WalOptions};
+
+use super::conn::{Conn, Stream};
+use super::store::{Log, Store, StoreConfig};
+use super::{
+    Listen, Recovery, ServerConfig, ServerError, ServerHandle, SyncMode, DRAIN, MAX_JOB_SIZE_LIMIT,
+    RUN, STOP,
+};
+
+const WAKER: Token = Token(0);
+/// Listener tokens are 1..FIRST_CONN; connection `i` is `FIRST_CONN + i`.
+const FIRST_CONN: usize = 64;
+
+enum Listener {
+    Unix(UnixListener, PathBuf),
+    Tcp(TcpListener),
+}
+
+/// A bound server, ready to [`run`](Server::run).
+pub struct Server {
+    poll: Poll,
+    listeners: Vec<Listener>,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    open: usize,
+    store: Store,
+    cfg: ServerConfig,
+    flag: Arc<AtomicU8>,
+    waker: Arc<Waker>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("open", &self.open).finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Opens and recovers the data directory, then binds every listener.
+    /// When this returns, clients can connect (they are served once
+    /// [`run`](Server::run) starts).
+    pub fn bind(cfg: ServerConfig) -> Result<Server, ServerError> {
+        if cfg.listen.is_empty() {
+            return Err(ServerError::Config("nothing to listen on".into()));
+        }
+        if cfg.max_job_size > MAX_JOB_SIZE_LIMIT {
+            return Err(ServerError::Config(format!(
+                "max job size {} is over the limit of {MAX_JOB_SIZE_LIMIT} bytes",
+                cfg.max_job_size
+            )));
+        }
+        let now = Instant::now();
+        let segment_size = cfg.segment_size.max(8192).div_ceil(4096) * 4096;
+        let scfg = StoreConfig {
+            max_job_size: cfg.max_job_size,
+            max_jobs: cfg.max_jobs,
+            max_bytes: cfg.max_bytes,
+            segment_size,
+            latency_target: cfg.latency_target,
+            version: cfg.version.clone(),
+        };
+        let mut dropped = None;
+        let log = match &cfg.data_dir {
+            None => None,
+            Some(dir) => {
+                // A record holds a whole job: make segments big enough.
+                let need = (u64::from(cfg.max_job_size) + 4096).next_power_of_two() * 2;
+                let opts = WalOptions {
+                    shard: 0,
+                    segment_size: segment_size.max(need),
+                    sync: match cfg.sync {
+                        SyncMode::Never => SyncPolicy::Never,
+                        SyncMode::Interval(d) => SyncPolicy::Interval(d),
+                        SyncMode::Always => SyncPolicy::Always,
+                    },
+                    recovery: match cfg.recovery {
+                        Recovery::Truncate => RecoveryMode::Truncate,
+                        Recovery::Strict => RecoveryMode::Strict,
+                    },
+                    prepare_ahead: 1,
+                };
+                let (wal, report) = Wal::open(dir, opts)
+                    .map_err(|source| ServerError::Wal { dir: dir.clone(), source })?;
+                if let Some(t) = &report.truncated {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        segment = t.segment,
+                        offset = t.offset,
+                        "damaged log tail cut off: {}",
+                        t.reason
+                    );
+                }
+                dropped = report.truncated.as_ref().map(|t| t.bytes_dropped);
+                Some(Log::new(wal))
+            }
+        };
+        let mut store = Store::new(scfg, log, now);
+        let rep = store.recover(now).map_err(|reason| ServerError::Recover {
+            dir: cfg.data_dir.clone().unwrap_or_default(),
+            reason,
+        })?;
+        if let Some(bytes) = dropped {
+            // Ids in the cut may have been acknowledged: never reuse them.
+            // The smallest record is over 32 bytes, so this skips at least
+            // as many ids as the cut could hold.
+            store.next_id += bytes / 32 + 1;
+        }
+        if cfg.data_dir.is_some() {
+            tracing::info!(jobs = rep.jobs, next_id = store.next_id, "recovered");
+        }
+
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mut listeners = Vec::new();
+        for (i, l) in cfg.listen.iter().enumerate() {
+            let tok = Token(1 + i);
+            if 1 + i >= FIRST_CONN {
+                return Err(ServerError::Config("too many listeners".into()));
+            }
+            match l {
+                Listen::Unix(path) => {
+                    let mut ul = bind_unix(path, cfg.socket_mode)?;
+                    poll.registry().register(&mut ul, tok, Interest::READABLE)?;
+                    listeners.push(Listener::Unix(ul, path.clone()));
+                }
+                Listen::Tcp(addr) => {
+                    let mut tl = TcpListener::bind(*addr)
+                        .map_err(|source| ServerError::Listen { addr: addr.to_string(), source })?;
+                    poll.registry().register(&mut tl, tok, Interest::READABLE)?;
+                    listeners.push(Listener::Tcp(tl));
+                }
+            }
+        }
+        Ok(Server {
+            poll,
+            listeners,
+            conns: Vec::new(),
+            free: Vec::new(),
+            open: 0,
+            store,
+            cfg,
+            flag: Arc::new(AtomicU8::new(RUN)),
+            waker,
+        })
+    }
+
+    /// A handle to stop or drain the server from another thread.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle { flag: self.flag.clone(), waker: self.waker.clone() }
+    }
+
+    /// The TCP addresses actually bound (useful with port 0).
+    pub fn tcp_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| match l {
+                Listener::Tcp(t) => t.local_addr().ok(),
+                Listener::Unix(..) => None,
+            })
+            .collect()
+    }
+
+    /// Serves until [`ServerHandle::stop`].
+    pub fn run(mut self) -> Result<(), ServerError> {
+        let mut events = Events::with_capacity(1024);
+        let mut touched: Vec<usize> = Vec::new();
+        let mut next_due = self.store.tick(Instant::now());
+        loop {
+            // Step 1.
+            let timeout = next_due.map(|d| d.saturating_duration_since(Instant::now()));
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+            match self.flag.load(Ordering::Acquire) {
+                STOP => break,
+                DRAIN if !self.store.draining => {
+                    tracing::info!("drain mode: new puts are refused with DRAINING");
+                    self.store.draining = true;
+                }
+                _ => {}
+            }
+            for ev in events.iter() {
+                let t = ev.token().0;
+                if t == WAKER.0 {
+                    continue;
+                }
+                if t < FIRST_CONN {
+                    self.accept(t - 1, &mut touched);
+                    continue;
+                }
+                let i = t - FIRST_CONN;
+                if let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) {
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        c.may_read = true;
+                    }
+                    if ev.is_read_closed() || ev.is_error() {
+                        c.hup = true;
+                    }
+                    touched.push(i);
+                }
+            }
+            // Step 3 (timers) first: a job due now is ready for step 2.
+            let now = Instant::now();
+            if next_due.is_some_and(|d| d <= now) {
+                self.store.tick(now);
+                self.deliver(&mut touched);
+            }
+            // Steps 2-5, repeated while connections can make progress.
+            let mut rounds = 0;
+            while !touched.is_empty() && rounds < 64 {
+                rounds += 1;
+                let now = Instant::now();
+                touched.sort_unstable();
+                touched.dedup();
+                for &i in &touched {
+                    if let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) {
+                        c.drive(&mut self.store, now);
+                    }
+                }
+                self.deliver(&mut touched);
+                self.group_commit();
+                touched.sort_unstable();
+                touched.dedup();
+                let mut again = Vec::new();
+                for &i in &touched {
+                    self.finish(i, now, &mut again);
+                }
+                touched = again;
+            }
+            next_due = self.store.next_due();
+        }
+        self.shutdown()
+    }
+
+    /// Moves replies the store queued for other connections into their
+    /// buffers and marks them for writing.
+    fn deliver(&mut self, touched: &mut Vec<usize>) {
+        for (c, bytes) in std::mem::take(&mut self.store.out) {
+            if let Some(conn) = self.conns.get_mut(c).and_then(Option::as_mut) {
+                conn.out.extend_from_slice(&bytes);
+                conn.waiting = false;
+                conn.resume = true;
+                touched.push(c);
+            }
+        }
+    }
+
+    /// Step 4: with `-f0`, one sync for everything this iteration logged.
+    fn group_commit(&mut self) {
+        if self.cfg.sync != SyncMode::Always {
+            return;
+        }
+        if let Some(log) = &mut self.store.log {
+            if let Some(lsn) = log.last_lsn.take() {
+                if let Err(e) = log.wal.wait_durable(lsn) {
+                    tracing::error!("log sync failed: {e}; refusing further changes");
+                    log.failed = Some(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Step 5 for one connection: write, close, or schedule more work.
+    fn finish(&mut self, i: usize, now: Instant, again: &mut Vec<usize>) {
+        let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
+        let alive = c.flush();
+        // Closed by `quit` or an error, or the peer half-closed and
+        // everything it sent has been answered (a peer that half-closes
+        // while parked in `reserve` can send nothing more either).
+        let done = !alive
+            || (c.closing && c.unsent() == 0)
+            || (c.eof && c.unsent() == 0 && (c.waiting || !c.can_progress()));
+        if done {
+            self.close(i, now);
+            return;
+        }
+        if c.can_progress() {
+            again.push(i);
+        }
+    }
+
+    fn accept(&mut self, li: usize, touched: &mut Vec<usize>) {
+        loop {
+            let stream = match self.listeners.get(li) {
+                Some(Listener::Unix(l, _)) => match l.accept() {
+                    Ok((s, _)) => {
+                        if !self.cfg.allow_uids.is_empty() {
+                            match peer_uid(&s) {
+                                Some(uid) if self.cfg.allow_uids.contains(&uid) => {}
+                                other => {
+                                    tracing::warn!(uid = ?other, "peer uid not allowed; closing");
+                                    continue;
+                                }
+                            }
+                        }
+                        Stream::Unix(s)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) => {
+                        tracing::warn!("accept: {e}");
+                        return;
+                    }
+                },
+                Some(Listener::Tcp(l)) => match l.accept() {
+                    Ok((s, _)) => {
+                        let _ = s.set_nodelay(true);
+                        Stream::Tcp(s)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) => {
+                        tracing::warn!("accept: {e}");
+                        return;
+                    }
+                },
+                None => return,
+            };
+            if self.open >= self.cfg.max_connections {
+                tracing::warn!(
+                    max = self.cfg.max_connections,
+                    "connection limit reached; closing a new connection"
+                );
+                drop(stream);
+                continue;
+            }
+            let i = match self.free.pop() {
+                Some(i) => i,
+                None => {
+                    self.conns.push(None);
+                    self.conns.len() - 1
+                }
+            };
+            let mut conn = Conn::new(i, stream);
+            if let Err(e) = self.poll.registry().register(
+                conn.stream.source(),
+                Token(FIRST_CONN + i),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                tracing::warn!("register: {e}");
+                self.free.push(i);
+                continue;
+            }
+            self.store.connect(i);
+            self.conns[i] = Some(conn);
+            self.open += 1;
+            touched.push(i);
+        }
+    }
+
+    fn close(&mut self, i: usize, now: Instant) {
+        if let Some(mut c) = self.conns.get_mut(i).and_then(Option::take) {
+            let _ = self.poll.registry().deregister(c.stream.source());
+            c.abandon(&mut self.store);
+            self.store.disconnect(i, now);
+            self.free.push(i);
+            self.open -= 1;
+            // Replies for waiters the disconnect served (its jobs returned).
+            let mut t = Vec::new();
+            self.deliver(&mut t);
+            for j in t {
+                if let Some(c) = self.conns.get_mut(j).and_then(Option::as_mut) {
+                    let _ = c.flush();
+                }
+            }
+        }
+    }
+
+    fn shutdown(mut self) -> Result<(), ServerError> {
+        let now = Instant::now();
+        for i in 0..self.conns.len() {
+            if let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) {
+                let _ = c.flush();
+            }
+            self.close(i, now);
+        }
+        for l in &self.listeners {
+            if let Listener::Unix(_, path) = l {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        if let Some(log) = self.store.log.take() {
+            log.wal.shutdown().map_err(|source| ServerError::Wal {
+                dir: self.cfg.data_dir.clone().unwrap_or_default(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Binds a Unix socket: a stale socket file is replaced, a live one is an
+/// error; the socket gets `mode` before anyone can connect.
+fn bind_unix(path: &PathBuf, mode: u32) -> Result<UnixListener, ServerError> {
+    let err = |source| ServerError::Listen { addr: format!("unix:{}", path.display()), source };
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ServerError::SocketInUse { path: path.clone() });
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    // Bind under a private temporary name, set the mode, then rename into
+    // place: the socket is never reachable with a wider mode.
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let l = UnixListener::bind(&tmp).map_err(err)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)?;
+    Ok(l)
+}
+
+/// The peer's uid (SO_PEERCRED).
+fn peer_uid(s: &mio::net::UnixStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    #[allow(unsafe_code)]
+    // SAFETY: the fd is an open Unix socket owned by `s`; `cred` and `len`
+    // are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(cred.uid)
+}

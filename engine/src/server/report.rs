@@ -1,0 +1,325 @@
+//! The YAML of `stats`, `stats-tube` and `stats-job` (keys, order and
+//! number formats as beanstalkd 1.12 prints them), our extended stats, and
+//! the Prometheus text exposition of `metrics`.
+//!
+//! String values are quoted the way beanstalkd 1.13 quotes them (see
+//! [`q`]); 1.12 quoted only `version`.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use super::store::{Job, State, Store, Tube};
+
+/// A quoted YAML string, as beanstalkd 1.13 prints `version`, `hostname`,
+/// `os`, `platform`, tube `name` and job `tube`.
+fn q(s: &str) -> String {
+    format!("\"{s}\"")
+}
+
+fn secs(d: std::time::Duration) -> u64 {
+    d.as_secs()
+}
+
+pub(crate) fn job_yaml(j: &Job, now: Instant, ext: bool) -> String {
+    let (state, left) = match j.state {
+        State::Ready => ("ready", 0),
+        State::Delayed(at) => ("delayed", secs(at.saturating_duration_since(now))),
+        State::Reserved { deadline, .. } => {
+            ("reserved", secs(deadline.saturating_duration_since(now)))
+        }
+        State::Buried(_) => ("buried", 0),
+    };
+    let mut s = String::with_capacity(256);
+    let _ = write!(
+        s,
+        "---\nid: {}\ntube: {}\nstate: {}\npri: {}\nage: {}\ndelay: {}\nttr: {}\ntime-left: {}\n\
+         file: 0\nreserves: {}\ntimeouts: {}\nreleases: {}\nburies: {}\nkicks: {}\n",
+        j.id,
+        q(&j.tube),
+        state,
+        j.pri,
+        secs(now.saturating_duration_since(j.created)),
+        j.delay_s,
+        j.ttr_s,
+        left,
+        j.counts.reserves,
+        j.counts.timeouts,
+        j.counts.releases,
+        j.counts.buries,
+        j.counts.kicks,
+    );
+    if ext {
+        let _ = write!(
+            s,
+            "attempts: {}\nunique-key: {}\nlast-error: {}\n",
+            j.counts.reserves,
+            q(j.unique.as_deref().unwrap_or("")),
+            q(&yaml_escape(j.last_error.as_deref().unwrap_or(""))),
+        );
+    }
+    s
+}
+
+fn yaml_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            '\r' => o.push_str("\\r"),
+            c if c.is_control() => {
+                let _ = write!(o, "\\x{:02x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+pub(crate) fn tube_yaml(st: &Store, t: &Tube, now: Instant, ext: bool) -> String {
+    let pause_left = t.unpause_at.map_or(0, |u| secs(u.saturating_duration_since(now)));
+    let mut s = String::with_capacity(512);
+    let _ = write!(
+        s,
+        "---\nname: {}\ncurrent-jobs-urgent: {}\ncurrent-jobs-ready: {}\n\
+         current-jobs-reserved: {}\ncurrent-jobs-delayed: {}\ncurrent-jobs-buried: {}\n\
+         total-jobs: {}\ncurrent-using: {}\ncurrent-watching: {}\ncurrent-waiting: {}\n\
+         cmd-delete: {}\ncmd-pause-tube: {}\npause: {}\npause-time-left: {}\n",
+        q(&t.name),
+        t.urgent,
+        t.ready.len(),
+        t.reserved,
+        t.delayed.len(),
+        t.buried.len(),
+        t.total_jobs,
+        t.using,
+        t.watching,
+        t.waiting_ct,
+        t.cmd_delete,
+        t.cmd_pause,
+        secs(t.pause),
+        pause_left,
+    );
+    if ext {
+        let (p50, p99, p999) = match &t.wait_us {
+            Some(h) if !h.is_empty() => {
+                (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.value_at_quantile(0.999))
+            }
+            _ => (0, 0, 0),
+        };
+        let holding = st
+            .conns
+            .values()
+            .filter(|c| {
+                c.reserved.iter().any(|id| st.jobs.get(id).is_some_and(|j| j.tube == t.name))
+            })
+            .count();
+        let _ = write!(
+            s,
+            "max-attempts: {}\nbackoff-ms: {}\nbackoff-max-ms: {}\nwait-p50-us: {}\n\
+             wait-p99-us: {}\nwait-p999-us: {}\nworkers-waiting: {}\nworkers-holding: {}\n\
+             desired-workers: {}\n",
+            t.policy.max_attempts,
+            t.policy.backoff_ms,
+            t.policy.backoff_max_ms,
+            p50,
+            p99,
+            p999,
+            t.waiting_ct,
+            holding,
+            desired_workers(st, t),
+        );
+    }
+    s
+}
+
+/// Little's law for remote workers: `ceil(λS + √(λS) + q·S/D)` with `λ`
+/// the tube's completion rate, `S` the mean time a worker holds a job, `q`
+/// the ready jobs and `D` the latency target (the same law as the engine's
+/// lag controller, `lag.rs`). A tube with ready jobs but no history asks
+/// for one worker.
+pub(crate) fn desired_workers(st: &Store, t: &Tube) -> u64 {
+    let q = t.ready.len() as f64;
+    let d = st.cfg.latency_target.as_secs_f64().max(1e-6);
+    let busy = t.rate * t.service_s;
+    let n = busy + busy.sqrt() + q * t.service_s / d;
+    let n = n.ceil();
+    if n.is_finite() && n >= 1.0 {
+        n as u64
+    } else if q > 0.0 || t.reserved > 0 {
+        1
+    } else {
+        0
+    }
+}
+
+fn proc_text(path: &str) -> String {
+    std::fs::read_to_string(path).map(|s| s.trim_end().to_string()).unwrap_or_default()
+}
+
+/// CPU time used by this process: (user, system) as `seconds.micros`.
+fn rusage() -> (String, String) {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    #[allow(unsafe_code)]
+    // SAFETY: getrusage writes a complete `rusage` into the pointer we pass,
+    // which points to a zeroed value of exactly that type.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) };
+    if rc != 0 {
+        return ("0.000000".into(), "0.000000".into());
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: zero-initialised (a valid `rusage`) and, on success, filled in.
+    let ru = unsafe { ru.assume_init() };
+    let f = |t: libc::timeval| format!("{}.{:06}", t.tv_sec, t.tv_usec);
+    (f(ru.ru_utime), f(ru.ru_stime))
+}
+
+pub(crate) fn stats_yaml(st: &Store, now: Instant) -> String {
+    let c = &st.ct;
+    let producers = st.conns.values().filter(|x| x.producer).count();
+    let workers = st.conns.values().filter(|x| x.worker).count();
+    let waiting = st.conns.values().filter(|x| x.wait.is_some()).count();
+    let (ut, stime) = rusage();
+    let (oldest, current, max_size) = match &st.log {
+        Some(l) => {
+            let segs = l.wal.segments();
+            let size = st.cfg.segment_size.max(1);
+            (
+                segs.first().map_or(0, |s| s.0 / size + 1),
+                segs.last().map_or(0, |s| s.0 / size + 1),
+                st.cfg.segment_size,
+            )
+        }
+        None => (0, 0, st.cfg.segment_size),
+    };
+    let mut s = String::with_capacity(1100);
+    let _ = write!(
+        s,
+        "---\ncurrent-jobs-urgent: {}\ncurrent-jobs-ready: {}\ncurrent-jobs-reserved: {}\n\
+         current-jobs-delayed: {}\ncurrent-jobs-buried: {}\ncmd-put: {}\ncmd-peek: {}\n\
+         cmd-peek-ready: {}\ncmd-peek-delayed: {}\ncmd-peek-buried: {}\ncmd-reserve: {}\n\
+         cmd-reserve-with-timeout: {}\ncmd-delete: {}\ncmd-release: {}\ncmd-use: {}\n\
+         cmd-watch: {}\ncmd-ignore: {}\ncmd-bury: {}\ncmd-kick: {}\ncmd-touch: {}\n\
+         cmd-stats: {}\ncmd-stats-job: {}\ncmd-stats-tube: {}\ncmd-list-tubes: {}\n\
+         cmd-list-tube-used: {}\ncmd-list-tubes-watched: {}\ncmd-pause-tube: {}\n\
+         job-timeouts: {}\ntotal-jobs: {}\nmax-job-size: {}\ncurrent-tubes: {}\n\
+         current-connections: {}\ncurrent-producers: {}\ncurrent-workers: {}\n\
+         current-waiting: {}\ntotal-connections: {}\npid: {}\nversion: {}\n\
+         rusage-utime: {}\nrusage-stime: {}\nuptime: {}\nbinlog-oldest-index: {}\n\
+         binlog-current-index: {}\nbinlog-records-migrated: {}\nbinlog-records-written: {}\n\
+         binlog-max-size: {}\ndraining: {}\nid: {}\nhostname: {}\nos: {}\nplatform: {}\n",
+        st.urgent_ct,
+        st.ready_ct,
+        st.reserved_ct,
+        st.delayed_ct,
+        st.buried_ct,
+        c.put,
+        c.peek,
+        c.peek_ready,
+        c.peek_delayed,
+        c.peek_buried,
+        c.reserve,
+        c.reserve_timeout,
+        c.delete,
+        c.release,
+        c.use_,
+        c.watch,
+        c.ignore,
+        c.bury,
+        c.kick,
+        c.touch,
+        c.stats,
+        c.stats_job,
+        c.stats_tube,
+        c.list_tubes,
+        c.list_tube_used,
+        c.list_tubes_watched,
+        c.pause_tube,
+        c.job_timeouts,
+        c.total_jobs,
+        st.cfg.max_job_size,
+        st.tubes.len(),
+        st.conns.len(),
+        producers,
+        workers,
+        waiting,
+        c.total_connections,
+        std::process::id(),
+        q(&st.cfg.version),
+        ut,
+        stime,
+        secs(now.saturating_duration_since(st.started)),
+        oldest,
+        current,
+        c.records_migrated,
+        c.records_written,
+        max_size,
+        st.draining,
+        st.instance_id,
+        q(&proc_text("/proc/sys/kernel/hostname")),
+        q(&proc_text("/proc/sys/kernel/version")),
+        q(std::env::consts::ARCH),
+    );
+    s
+}
+
+/// Prometheus text exposition format 0.0.4.
+pub(crate) fn prometheus(st: &Store, now: Instant) -> String {
+    let mut s = String::with_capacity(4096);
+    let g = |s: &mut String, name: &str, help: &str, kind: &str| {
+        let _ = write!(s, "# HELP spindle_{name} {help}\n# TYPE spindle_{name} {kind}\n");
+    };
+    g(&mut s, "jobs", "Jobs by tube and state.", "gauge");
+    for t in st.tube_order.iter().filter_map(|n| st.tubes.get(n)) {
+        for (state, v) in [
+            ("ready", t.ready.len() as u64),
+            ("reserved", t.reserved),
+            ("delayed", t.delayed.len() as u64),
+            ("buried", t.buried.len() as u64),
+        ] {
+            let _ = writeln!(s, "spindle_jobs{{tube=\"{}\",state=\"{state}\"}} {v}", t.name);
+        }
+    }
+    g(&mut s, "tube_jobs_total", "Jobs created per tube.", "counter");
+    for t in st.tube_order.iter().filter_map(|n| st.tubes.get(n)) {
+        let _ = writeln!(s, "spindle_tube_jobs_total{{tube=\"{}\"}} {}", t.name, t.total_jobs);
+    }
+    g(&mut s, "wait_seconds", "Time from ready to reserved (quantiles).", "summary");
+    for t in st.tube_order.iter().filter_map(|n| st.tubes.get(n)) {
+        if let Some(h) = t.wait_us.as_ref().filter(|h| !h.is_empty()) {
+            for qn in [0.5, 0.99, 0.999] {
+                let _ = writeln!(
+                    s,
+                    "spindle_wait_seconds{{tube=\"{}\",quantile=\"{qn}\"}} {:.6}",
+                    t.name,
+                    h.value_at_quantile(qn) as f64 / 1e6
+                );
+            }
+            let _ = writeln!(s, "spindle_wait_seconds_count{{tube=\"{}\"}} {}", t.name, h.len());
+        }
+    }
+    g(&mut s, "workers_waiting", "Connections waiting in reserve, per tube.", "gauge");
+    for t in st.tube_order.iter().filter_map(|n| st.tubes.get(n)) {
+        let _ = writeln!(s, "spindle_workers_waiting{{tube=\"{}\"}} {}", t.name, t.waiting_ct);
+    }
+    g(&mut s, "desired_workers", "Workers each tube needs (Little's law).", "gauge");
+    for t in st.tube_order.iter().filter_map(|n| st.tubes.get(n)) {
+        let _ = writeln!(
+            s,
+            "spindle_desired_workers{{tube=\"{}\"}} {}",
+            t.name,
+            desired_workers(st, t)
+        );
+    }
+    g(&mut s, "job_timeouts_total", "Reservations that passed their TTR.", "counter");
+    let _ = writeln!(s, "spindle_job_timeouts_total {}", st.ct.job_timeouts);
+    g(&mut s, "connections", "Open connections.", "gauge");
+    let _ = writeln!(s, "spindle_connections {}", st.conns.len());
+    g(&mut s, "bytes", "Bytes of job bodies held.", "gauge");
+    let _ = writeln!(s, "spindle_bytes {}", st.bytes);
+    g(&mut s, "uptime_seconds", "Seconds since start.", "gauge");
+    let _ =
+        writeln!(s, "spindle_uptime_seconds {}", secs(now.saturating_duration_since(st.started)));
+    s
+}

@@ -1,0 +1,916 @@
+//! `spindle`: the command line for `spindled` (and any beanstalkd).
+//!
+//! ```text
+//! spindle put --queue emails 'hello'          # or: echo hello | spindle put --queue emails
+//! spindle stats --queue emails --json
+//! spindle queues
+//! spindle peek --ready --queue emails
+//! spindle kick --queue emails 100
+//! spindle work --queue emails --concurrency 4 -- ./send-email.sh
+//! spindle top
+//! ```
+//!
+//! Every command talks to `--socket` (or `$SPINDLE_SOCKET`, else the default
+//! socket spindled listens on). Errors go to stderr and exit non-zero.
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Map, Value};
+use spindle::engine::client::{
+    default_socket, Client, ClientError, FailOutcome, Job, JobState, PutUnique, StatsMap,
+};
+use std::error::Error;
+use std::io::{Read, Write};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+type CliResult<T = ()> = Result<T, Box<dyn Error>>;
+
+/// Command line for the spindled job server (speaks the beanstalkd protocol).
+#[derive(Parser, Debug)]
+#[command(name = "spindle", version, propagate_version = true)]
+struct Cli {
+    /// Server address: a Unix socket path (or unix:PATH), or HOST:PORT.
+    #[arg(
+        long,
+        global = true,
+        env = "SPINDLE_SOCKET",
+        value_name = "PATH",
+        default_value_t = default_socket().display().to_string()
+    )]
+    socket: String,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Add a job; its payload is DATA, or stdin when DATA is absent.
+    Put(PutArgs),
+    /// Server counters, or one queue's (--queue) or job's (--job).
+    Stats {
+        /// Show this queue's counters.
+        #[arg(long, short, conflicts_with = "job")]
+        queue: Option<String>,
+        /// Show this job's counters.
+        #[arg(long)]
+        job: Option<u64>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List queues with their job counts.
+    Queues {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a job: by id, or the next ready, delayed or buried one of a queue.
+    Peek(PeekArgs),
+    /// Move buried jobs (or, when there are none, delayed ones) to ready.
+    Kick {
+        /// The queue to kick (with a count).
+        #[arg(long, short, default_value = "default")]
+        queue: String,
+        /// Kick this one job instead (buried or delayed, any queue).
+        #[arg(long, conflicts_with = "count")]
+        id: Option<u64>,
+        /// The most jobs to kick.
+        #[arg(required_unless_present = "id")]
+        count: Option<u64>,
+    },
+    /// Hold back reserves from a queue for SECS seconds (0 resumes).
+    Pause {
+        /// The queue.
+        #[arg(long, short)]
+        queue: String,
+        /// How long, in seconds.
+        secs: u32,
+    },
+    /// Delete a queue's jobs in the given states (never reserved ones).
+    Clear {
+        /// The queue.
+        #[arg(long, short)]
+        queue: String,
+        /// Comma-separated states: ready, delayed, buried, or all.
+        #[arg(long, value_name = "STATES")]
+        state: String,
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run CMD once per job, with the payload on stdin: exit 0 completes
+    /// the job, anything else fails it (retried with backoff).
+    Work(WorkArgs),
+    /// Live view of the queues: depth, put rate, wait p99, workers.
+    Top {
+        /// Print one frame and exit.
+        #[arg(long)]
+        once: bool,
+        /// Print JSON (one array per frame).
+        #[arg(long)]
+        json: bool,
+        /// Seconds between frames.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+    },
+}
+
+#[derive(Args, Debug)]
+struct PutArgs {
+    /// The queue (tube).
+    #[arg(long, short, default_value = "default")]
+    queue: String,
+    /// Priority: 0 is most urgent; below 1024 counts as urgent.
+    #[arg(long, default_value_t = 1024)]
+    pri: u32,
+    /// Seconds the job waits (delayed) before it can be reserved.
+    #[arg(long, default_value_t = 0)]
+    delay: u32,
+    /// Seconds a worker may hold the job before it is handed out again.
+    #[arg(long, default_value_t = 60)]
+    ttr: u32,
+    /// Do nothing if a live job of the queue holds this key (spindled only).
+    #[arg(long, value_name = "KEY")]
+    unique: Option<String>,
+    /// Print a JSON object.
+    #[arg(long)]
+    json: bool,
+    /// The payload; read from stdin when absent.
+    data: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct PeekArgs {
+    /// The job's id.
+    #[arg(required_unless_present_any = ["ready", "delayed", "buried"])]
+    id: Option<u64>,
+    /// The next job to be reserved from --queue.
+    #[arg(long, group = "which", conflicts_with = "id")]
+    ready: bool,
+    /// The delayed job of --queue with the least delay left.
+    #[arg(long, group = "which", conflicts_with = "id")]
+    delayed: bool,
+    /// The next buried job of --queue.
+    #[arg(long, group = "which", conflicts_with = "id")]
+    buried: bool,
+    /// The queue for --ready, --delayed and --buried.
+    #[arg(long, short, default_value = "default")]
+    queue: String,
+    /// Print a JSON object (the payload as a UTF-8 string, lossily).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct WorkArgs {
+    /// The queue to take jobs from.
+    #[arg(long, short, default_value = "default")]
+    queue: String,
+    /// Jobs run at once; each slot has its own connection.
+    #[arg(long, short = 'c', default_value_t = 1)]
+    concurrency: usize,
+    /// Stop after this many jobs in total.
+    #[arg(long, value_name = "N")]
+    max_jobs: Option<u64>,
+    /// Stop once no job is ready (delayed ones are not waited for).
+    #[arg(long)]
+    exit_when_empty: bool,
+    /// On servers without the `fail` extension (plain beanstalkd): attempts
+    /// before a failing job is buried; between attempts it is released
+    /// with a delay doubling from 1 s up to 1 hour.
+    #[arg(long, default_value_t = 25)]
+    max_attempts: u64,
+    /// Report every job on stderr.
+    #[arg(long, short)]
+    verbose: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    cmd: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("spindle: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn connect(addr: &str) -> CliResult<Client> {
+    Ok(Client::connect(addr)?)
+}
+
+fn run(cli: Cli) -> CliResult<ExitCode> {
+    let addr = cli.socket.as_str();
+    match cli.command {
+        Cmd::Put(args) => put(addr, args),
+        Cmd::Stats { queue, job, json } => stats(addr, queue, job, json),
+        Cmd::Queues { json } => queues(addr, json),
+        Cmd::Peek(args) => peek(addr, args),
+        Cmd::Kick { queue, id, count } => {
+            let mut c = connect(addr)?;
+            match id {
+                Some(id) => {
+                    c.kick_job(id)?;
+                    println!("kicked job {id}");
+                }
+                None => {
+                    c.use_tube(&queue)?;
+                    let n = c.kick(count.unwrap_or(0))?;
+                    println!("kicked {n} job{} in {queue}", plural(n));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Pause { queue, secs } => {
+            let mut c = connect(addr)?;
+            c.pause_tube(&queue, Duration::from_secs(secs.into()))?;
+            if secs == 0 {
+                println!("resumed {queue}");
+            } else {
+                println!("paused {queue} for {secs} s");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Clear { queue, state, json } => {
+            let states = parse_states(&state)?;
+            let mut c = connect(addr)?;
+            let n = if c.supports_extensions()? {
+                c.clear_tube(&queue, &states)?
+            } else {
+                clear_by_peeking(&mut c, &queue, &states)?
+            };
+            if json {
+                println!("{}", json!({ "queue": queue, "cleared": n }));
+            } else {
+                println!("cleared {n} job{} from {queue}", plural(n));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Work(args) => work(addr, args),
+        Cmd::Top { once, json, interval } => top(addr, once, json, interval),
+    }
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+fn parse_states(s: &str) -> CliResult<Vec<JobState>> {
+    if s == "all" {
+        return Ok(vec![JobState::Ready, JobState::Delayed, JobState::Buried]);
+    }
+    let mut states = Vec::new();
+    for part in s.split(',') {
+        let state: JobState = part.trim().parse()?;
+        if state == JobState::Reserved {
+            return Err("reserved jobs cannot be cleared; use ready, delayed, buried or all".into());
+        }
+        if !states.contains(&state) {
+            states.push(state);
+        }
+    }
+    Ok(states)
+}
+
+/// `clear` on a server without `clear-tube`: peek and delete, at most as
+/// many jobs per state as the queue held when we started (so producers
+/// adding jobs meanwhile cannot keep us going).
+fn clear_by_peeking(c: &mut Client, queue: &str, states: &[JobState]) -> CliResult<u64> {
+    c.use_tube(queue)?;
+    let before = c.stats_tube(queue)?;
+    let mut cleared = 0;
+    for &state in states {
+        let count = before.get_u64(&format!("current-jobs-{state}")).unwrap_or(0);
+        for _ in 0..count {
+            let job = match state {
+                JobState::Ready => c.peek_ready()?,
+                JobState::Delayed => c.peek_delayed()?,
+                _ => c.peek_buried()?,
+            };
+            let Some(job) = job else { break };
+            match c.delete(job.id) {
+                Ok(()) => cleared += 1,
+                // Reserved or deleted by someone else meanwhile.
+                Err(ClientError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(cleared)
+}
+
+// ----- put -----
+
+fn put(addr: &str, a: PutArgs) -> CliResult<ExitCode> {
+    let body = match a.data {
+        Some(d) => d.into_bytes(),
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf)?;
+            buf
+        }
+    };
+    let mut c = connect(addr)?;
+    c.use_tube(&a.queue)?;
+    let delay = Duration::from_secs(a.delay.into());
+    let ttr = Duration::from_secs(a.ttr.into());
+    let (id, duplicate) = match &a.unique {
+        Some(key) => match c.put_unique(key, a.pri, delay, ttr, &body)? {
+            PutUnique::Inserted(id) => (id, false),
+            PutUnique::Duplicate(id) => (id, true),
+        },
+        None => (c.put(a.pri, delay, ttr, &body)?, false),
+    };
+    if a.json {
+        println!("{}", json!({ "id": id, "queue": a.queue, "duplicate": duplicate }));
+    } else if duplicate {
+        println!("duplicate: job {id} already holds key {:?}", a.unique.unwrap_or_default());
+    } else {
+        println!("inserted job {id} into {}", a.queue);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ----- stats, queues, peek -----
+
+/// A stats value as JSON: integers and booleans typed, the rest strings.
+fn json_value(v: &str) -> Value {
+    if let Ok(n) = v.parse::<u64>() {
+        return Value::from(n);
+    }
+    if let Ok(n) = v.parse::<i64>() {
+        return Value::from(n);
+    }
+    match v {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        _ => Value::String(v.to_owned()),
+    }
+}
+
+/// Keys whose values are strings even when they look like numbers.
+const STRING_KEYS: &[&str] = &["version", "hostname", "os", "platform", "name", "tube", "state"];
+
+fn stats_json(s: &StatsMap, server: bool) -> Value {
+    let mut m = Map::new();
+    for (k, v) in s.iter() {
+        let string = STRING_KEYS.contains(&k) || (server && k == "id") || k == "last-error";
+        let value = if string { Value::String(v.to_owned()) } else { json_value(v) };
+        m.insert(k.to_owned(), value);
+    }
+    Value::Object(m)
+}
+
+fn print_stats(s: &StatsMap) {
+    let width = s.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in s.iter() {
+        println!("{:width$}  {v}", format!("{k}:"), width = width + 1);
+    }
+}
+
+fn stats(addr: &str, queue: Option<String>, job: Option<u64>, json: bool) -> CliResult<ExitCode> {
+    let mut c = connect(addr)?;
+    let ext = c.supports_extensions()?;
+    let s = match (queue, job) {
+        (Some(q), _) if ext => c.stats_tube_ext(&q)?,
+        (Some(q), _) => c.stats_tube(&q)?,
+        (None, Some(id)) if ext => c.stats_job_ext(id)?,
+        (None, Some(id)) => c.stats_job(id)?,
+        (None, None) => c.stats()?,
+    };
+    let server = s.get("pid").is_some();
+    if json {
+        println!("{}", stats_json(&s, server));
+    } else {
+        print_stats(&s);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+struct QueueRow {
+    name: String,
+    stats: StatsMap,
+}
+
+impl QueueRow {
+    fn n(&self, key: &str) -> u64 {
+        self.stats.get_u64(key).unwrap_or(0)
+    }
+}
+
+fn queue_rows(c: &mut Client, ext: bool) -> CliResult<Vec<QueueRow>> {
+    let mut names = c.list_tubes()?;
+    names.sort();
+    let mut rows = Vec::with_capacity(names.len());
+    for name in names {
+        let stats = if ext { c.stats_tube_ext(&name) } else { c.stats_tube(&name) };
+        match stats {
+            Ok(stats) => rows.push(QueueRow { name, stats }),
+            // The tube went away between the two commands.
+            Err(ClientError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(rows)
+}
+
+fn queues(addr: &str, json: bool) -> CliResult<ExitCode> {
+    let mut c = connect(addr)?;
+    let rows = queue_rows(&mut c, false)?;
+    if json {
+        let list: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name,
+                    "ready": r.n("current-jobs-ready"),
+                    "reserved": r.n("current-jobs-reserved"),
+                    "delayed": r.n("current-jobs-delayed"),
+                    "buried": r.n("current-jobs-buried"),
+                    "total_jobs": r.n("total-jobs"),
+                    "paused_s": r.n("pause-time-left"),
+                })
+            })
+            .collect();
+        println!("{}", Value::Array(list));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(5);
+    println!(
+        "{:width$}  {:>9}  {:>9}  {:>9}  {:>9}  {:>10}  PAUSED",
+        "QUEUE", "READY", "RESERVED", "DELAYED", "BURIED", "TOTAL"
+    );
+    for r in &rows {
+        let paused = r.n("pause-time-left");
+        println!(
+            "{:width$}  {:>9}  {:>9}  {:>9}  {:>9}  {:>10}  {}",
+            r.name,
+            r.n("current-jobs-ready"),
+            r.n("current-jobs-reserved"),
+            r.n("current-jobs-delayed"),
+            r.n("current-jobs-buried"),
+            r.n("total-jobs"),
+            if paused > 0 { format!("{paused} s") } else { "-".to_owned() },
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn peek(addr: &str, a: PeekArgs) -> CliResult<ExitCode> {
+    let mut c = connect(addr)?;
+    let (job, what) = match a.id {
+        Some(id) => (c.peek(id)?, format!("no job {id}")),
+        None => {
+            c.use_tube(&a.queue)?;
+            let (job, state) = if a.ready {
+                (c.peek_ready()?, "ready")
+            } else if a.delayed {
+                (c.peek_delayed()?, "delayed")
+            } else {
+                (c.peek_buried()?, "buried")
+            };
+            (job, format!("no {state} job in {}", a.queue))
+        }
+    };
+    let Some(Job { id, body }) = job else {
+        if a.json {
+            println!("null");
+        }
+        eprintln!("spindle: {what}");
+        return Ok(ExitCode::from(1));
+    };
+    if a.json {
+        let mut v =
+            json!({ "id": id, "bytes": body.len(), "body": String::from_utf8_lossy(&body) });
+        if let (Ok(s), Some(m)) = (c.stats_job(id), v.as_object_mut()) {
+            for key in ["tube", "state", "pri", "age", "delay", "ttr", "reserves"] {
+                if let Some(val) = s.get(key) {
+                    let string = matches!(key, "tube" | "state");
+                    let val = if string { Value::String(val.to_owned()) } else { json_value(val) };
+                    m.insert(key.to_owned(), val);
+                }
+            }
+        }
+        println!("{v}");
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "job {id}, {} byte{}:", body.len(), plural(body.len() as u64))?;
+        out.write_all(&body)?;
+        if !body.ends_with(b"\n") {
+            writeln!(out)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ----- work -----
+
+struct Shared {
+    queue: String,
+    cmd: Vec<String>,
+    max_jobs: Option<u64>,
+    exit_when_empty: bool,
+    max_attempts: u64,
+    verbose: bool,
+    stop: Arc<AtomicBool>,
+    claimed: AtomicU64,
+    done: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// How long an idle slot waits in one reserve before checking for a stop.
+const IDLE_RESERVE: Duration = Duration::from_secs(1);
+/// The most stderr kept as a failed job's error.
+const ERROR_TAIL: usize = 2048;
+
+fn work(addr: &str, a: WorkArgs) -> CliResult<ExitCode> {
+    if a.concurrency == 0 {
+        return Err("--concurrency must be at least 1".into());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal while the first is being handled ends us at once.
+        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&stop))?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    let shared = Arc::new(Shared {
+        queue: a.queue,
+        cmd: a.cmd,
+        max_jobs: a.max_jobs,
+        exit_when_empty: a.exit_when_empty,
+        max_attempts: a.max_attempts.max(1),
+        verbose: a.verbose,
+        stop,
+        claimed: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+    });
+    // Connect every slot first, so a wrong socket fails before any job runs.
+    let mut clients = Vec::with_capacity(a.concurrency);
+    for _ in 0..a.concurrency {
+        let mut c = connect(addr)?;
+        c.watch(&shared.queue)?;
+        if shared.queue != "default" {
+            c.ignore("default")?;
+        }
+        clients.push(c);
+    }
+    let handles: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(slot, client)| {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name(format!("slot-{slot}"))
+                .spawn(move || work_slot(client, &shared).map_err(|e| e.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut errors = Vec::new();
+    for h in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => errors.push(e),
+            Err(_) => errors.push("a worker thread panicked".to_owned()),
+        }
+    }
+    let (done, failed) =
+        (shared.done.load(Ordering::Relaxed), shared.failed.load(Ordering::Relaxed));
+    eprintln!("spindle work: {done} job{} done, {failed} failed", plural(done));
+    if let Some(first) = errors.into_iter().next() {
+        return Err(first.into());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn work_slot(mut c: Client, s: &Shared) -> CliResult {
+    let ext = c.supports_extensions()?;
+    loop {
+        if s.stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if let Some(max) = s.max_jobs {
+            if s.claimed.fetch_add(1, Ordering::Relaxed) >= max {
+                return Ok(());
+            }
+        }
+        let job = loop {
+            let timeout = if s.exit_when_empty { Duration::ZERO } else { IDLE_RESERVE };
+            match c.reserve_with_timeout(timeout) {
+                Ok(Some(job)) => break job,
+                Ok(None) if s.exit_when_empty => return Ok(()),
+                Ok(None) | Err(ClientError::DeadlineSoon) => {
+                    if s.stop.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        run_job(&mut c, s, ext, job)?;
+    }
+}
+
+/// What running the command gave.
+enum Ran {
+    Ok,
+    Failed(String),
+}
+
+fn run_job(c: &mut Client, s: &Shared, ext: bool, job: Job) -> CliResult {
+    let id = job.id;
+    let started = Instant::now();
+    let (ran, lease_lost) = match spawn_and_wait(c, s, job) {
+        Ok(r) => r,
+        Err(e) => {
+            // The command could not start: hand the job back untouched.
+            let pri = c.stats_job(id).ok().and_then(|st| st.get_u64("pri")).unwrap_or(1024);
+            let _ = c.release(id, u32::try_from(pri).unwrap_or(u32::MAX), Duration::ZERO);
+            return Err(format!("cannot run `{}`: {e}", s.cmd.join(" ")).into());
+        }
+    };
+    let took = started.elapsed();
+    if lease_lost {
+        eprintln!(
+            "spindle work: job {id} outlived its lease (time-to-run); the server hands it out again"
+        );
+        return Ok(());
+    }
+    match ran {
+        Ran::Ok => {
+            match c.delete(id) {
+                Ok(()) => {}
+                Err(ClientError::NotFound(_)) => {
+                    eprintln!(
+                        "spindle work: job {id} finished after its lease ran out; not deleted"
+                    );
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+            s.done.fetch_add(1, Ordering::Relaxed);
+            if s.verbose {
+                eprintln!("spindle work: job {id} done in {} ms", took.as_millis());
+            }
+        }
+        Ran::Failed(error) => {
+            s.failed.fetch_add(1, Ordering::Relaxed);
+            let outcome = if ext { fail_ext(c, id, &error)? } else { fail_plain(c, s, id)? };
+            if s.verbose {
+                eprintln!("spindle work: job {id} failed ({error}); {outcome}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn fail_ext(c: &mut Client, id: u64, error: &str) -> CliResult<String> {
+    Ok(match c.fail(id, error.as_bytes())? {
+        FailOutcome::Retrying { attempts, delay } => {
+            format!("attempt {attempts}, retrying in {} ms", delay.as_millis())
+        }
+        FailOutcome::Buried { attempts } => format!("buried after {attempts} attempts"),
+    })
+}
+
+/// Without the `fail` extension: release with a doubling delay, or bury
+/// once `--max-attempts` reserves were made.
+fn fail_plain(c: &mut Client, s: &Shared, id: u64) -> CliResult<String> {
+    let st = c.stats_job(id)?;
+    let pri = u32::try_from(st.get_u64("pri").unwrap_or(1024)).unwrap_or(u32::MAX);
+    let reserves = st.get_u64("reserves").unwrap_or(1).max(1);
+    if reserves >= s.max_attempts {
+        c.bury(id, pri)?;
+        return Ok(format!("buried after {reserves} attempts"));
+    }
+    let delay = Duration::from_secs((1u64 << (reserves - 1).min(12)).min(3600));
+    c.release(id, pri, delay)?;
+    Ok(format!("attempt {reserves}, retrying in {} s", delay.as_secs()))
+}
+
+/// Runs the command with the payload on stdin, touching the job every half
+/// time-to-run while it runs. Returns what it gave and whether the lease
+/// was lost meanwhile.
+fn spawn_and_wait(c: &mut Client, s: &Shared, job: Job) -> std::io::Result<(Ran, bool)> {
+    let Some((program, args)) = s.cmd.split_first() else {
+        return Err(std::io::Error::other("no command given"));
+    };
+    let mut child = Command::new(program)
+        .args(args)
+        .env("SPINDLE_JOB_ID", job.id.to_string())
+        .env("SPINDLE_QUEUE", &s.queue)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let id = job.id;
+    let stdin = child.stdin.take();
+    let body = job.body;
+    let feeder = std::thread::spawn(move || {
+        if let Some(mut stdin) = stdin {
+            // A command that does not read its input is fine.
+            let _ = stdin.write_all(&body);
+        }
+    });
+    let stderr = child.stderr.take();
+    let collector = std::thread::spawn(move || {
+        let mut tail = Vec::new();
+        if let Some(mut stderr) = stderr {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let _ = std::io::stderr().write_all(&buf[..n]);
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > 2 * ERROR_TAIL {
+                    tail.drain(..tail.len() - ERROR_TAIL);
+                }
+            }
+        }
+        tail
+    });
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+
+    // The lease is touched every half time-to-run. The TTR is asked for
+    // only when the command is still running after half the shortest
+    // possible TTR (1 s), so short jobs cost no extra round trip.
+    let mut half_ttr: Option<Duration> = None;
+    let mut last_touch = Instant::now();
+    let mut wait = Duration::from_millis(500);
+    let mut lease_lost = false;
+    let status = loop {
+        match rx.recv_timeout(wait) {
+            Ok(status) => break status,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                break Err(std::io::Error::other("lost track of the command"))
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if lease_lost {
+            wait = Duration::from_secs(3600);
+            continue;
+        }
+        let half = match half_ttr {
+            Some(h) => h,
+            None => {
+                let ttr = c.stats_job(id).ok().and_then(|st| st.get_u64("ttr")).unwrap_or(1);
+                let h = Duration::from_millis(ttr.max(1) * 500);
+                half_ttr = Some(h);
+                h
+            }
+        };
+        if last_touch.elapsed() + Duration::from_millis(5) >= half {
+            match c.touch(id) {
+                Ok(()) => last_touch = Instant::now(),
+                Err(ClientError::NotFound(_)) => lease_lost = true,
+                Err(e) => return Err(std::io::Error::other(e.to_string())),
+            }
+        }
+        wait = half.saturating_sub(last_touch.elapsed()).max(Duration::from_millis(10));
+    };
+    let _ = waiter.join();
+    let _ = feeder.join();
+    let tail = collector.join().unwrap_or_default();
+    let status = status?;
+    if status.success() {
+        return Ok((Ran::Ok, lease_lost));
+    }
+    let text = String::from_utf8_lossy(&tail);
+    let text = text.trim();
+    let start = text.len().saturating_sub(ERROR_TAIL);
+    let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
+    let mut error = format!("`{}` {status}", s.cmd.join(" "));
+    if !text.is_empty() {
+        error.push_str(": ");
+        error.push_str(&text[start..]);
+    }
+    Ok((Ran::Failed(error), lease_lost))
+}
+
+// ----- top -----
+
+fn top(addr: &str, once: bool, json: bool, interval: f64) -> CliResult<ExitCode> {
+    let interval = Duration::try_from_secs_f64(interval)
+        .ok()
+        .filter(|d| *d >= Duration::from_millis(100))
+        .ok_or("--interval must be at least 0.1 seconds")?;
+    let mut c = connect(addr)?;
+    let ext = c.supports_extensions()?;
+    let mut prev: std::collections::HashMap<String, (u64, Instant)> = Default::default();
+    loop {
+        let server = c.stats()?;
+        let rows = queue_rows(&mut c, ext)?;
+        let now = Instant::now();
+        let rates: Vec<Option<f64>> = rows
+            .iter()
+            .map(|r| {
+                let total = r.n("total-jobs");
+                let rate = prev.get(&r.name).map(|&(before, at)| {
+                    total.saturating_sub(before) as f64 / now.duration_since(at).as_secs_f64()
+                });
+                prev.insert(r.name.clone(), (total, now));
+                rate
+            })
+            .collect();
+        let waiting = |r: &QueueRow| {
+            r.stats.get_u64("workers-waiting").or_else(|| r.stats.get_u64("current-waiting"))
+        };
+        if json {
+            let list: Vec<Value> = rows
+                .iter()
+                .zip(&rates)
+                .map(|(r, rate)| {
+                    json!({
+                        "name": r.name,
+                        "ready": r.n("current-jobs-ready"),
+                        "reserved": r.n("current-jobs-reserved"),
+                        "delayed": r.n("current-jobs-delayed"),
+                        "buried": r.n("current-jobs-buried"),
+                        "put_rate": rate,
+                        "wait_p99_us": r.stats.get_u64("wait-p99-us"),
+                        "workers_waiting": waiting(r),
+                        "desired_workers": r.stats.get_u64("desired-workers"),
+                        "paused_s": r.n("pause-time-left"),
+                    })
+                })
+                .collect();
+            println!("{}", Value::Array(list));
+        } else {
+            let mut out = String::new();
+            if !once {
+                // Clear the screen and home the cursor.
+                out.push_str("\x1b[2J\x1b[H");
+            }
+            out.push_str(&format!(
+                "spindle top - {addr} - version {} - up {} s - {} connections, {} workers{}\n\n",
+                server.get("version").unwrap_or("?"),
+                server.get("uptime").unwrap_or("?"),
+                server.get("current-connections").unwrap_or("?"),
+                server.get("current-workers").unwrap_or("?"),
+                if ext { "" } else { " (plain beanstalkd: no wait p99 or desired workers)" },
+            ));
+            let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(5);
+            out.push_str(&format!(
+                "{:width$}  {:>8}  {:>8}  {:>8}  {:>8}  {:>9}  {:>10}  {:>7}  {:>7}\n",
+                "QUEUE",
+                "READY",
+                "RESERVED",
+                "DELAYED",
+                "BURIED",
+                "PUT/s",
+                "WAIT p99",
+                "WAITING",
+                "DESIRED"
+            ));
+            for (r, rate) in rows.iter().zip(&rates) {
+                let dash = || "-".to_owned();
+                let mut name = r.name.clone();
+                if r.n("pause-time-left") > 0 {
+                    name.push_str(" (paused)");
+                }
+                out.push_str(&format!(
+                    "{:width$}  {:>8}  {:>8}  {:>8}  {:>8}  {:>9}  {:>10}  {:>7}  {:>7}\n",
+                    name,
+                    r.n("current-jobs-ready"),
+                    r.n("current-jobs-reserved"),
+                    r.n("current-jobs-delayed"),
+                    r.n("current-jobs-buried"),
+                    rate.map_or_else(dash, |v| format!("{v:.1}")),
+                    r.stats.get_u64("wait-p99-us").map_or_else(dash, format_us),
+                    waiting(r).map_or_else(dash, |v| v.to_string()),
+                    r.stats.get_u64("desired-workers").map_or_else(dash, |v| v.to_string()),
+                ));
+            }
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(out.as_bytes())?;
+            stdout.flush()?;
+        }
+        if once {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+fn format_us(us: u64) -> String {
+    if us >= 1_000_000 {
+        format!("{:.1} s", us as f64 / 1e6)
+    } else if us >= 1000 {
+        format!("{:.1} ms", us as f64 / 1e3)
+    } else {
+        format!("{us} µs")
+    }
+}

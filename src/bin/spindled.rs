@@ -1,0 +1,269 @@
+//! `spindled`: Spindle's daemon, a drop-in replacement for beanstalkd.
+//!
+//! It takes beanstalkd's flags with the same meaning, so a systemd unit or
+//! test harness that starts `beanstalkd -l unix:/run/q.sock -b /var/lib/q`
+//! can start `spindled` with the same arguments. `docs/protocol.md` lists
+//! the flags, the long options and every deviation.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, ValueEnum};
+use spindle::engine::server::{
+    Listen, Recovery, Server, ServerConfig, SyncMode, DEFAULT_MAX_JOB_SIZE, DEFAULT_SEGMENT_SIZE,
+    MAX_JOB_SIZE_LIMIT,
+};
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Durability {
+    /// No disk: a crash loses queued jobs.
+    Memory,
+    /// The mmap'd log (needs a data dir): survives kill -9; a power loss
+    /// loses at most the -f interval.
+    Process,
+    /// fsync before every reply that changed state (same as -f0).
+    Sync,
+}
+
+/// spindled: a beanstalkd-compatible job server (Spindle).
+#[derive(Parser, Debug)]
+#[command(name = "spindled", disable_version_flag = true, about, long_about = None)]
+struct Args {
+    /// Listen address: `unix:PATH` for a Unix socket, or a host/IP for TCP
+    /// (with -p).
+    #[arg(short = 'l', value_name = "ADDR")]
+    listen_addr: Option<String>,
+    /// TCP port (beanstalkd's default 11300 when TCP is used).
+    #[arg(short = 'p', value_name = "PORT")]
+    port: Option<u16>,
+    /// Data directory for the write-ahead log (beanstalkd's binlog dir);
+    /// without it, jobs live in memory only.
+    #[arg(short = 'b', long = "data-dir", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// fsync at most every MS milliseconds (default 50); -f0 syncs before
+    /// every reply that changed state.
+    #[arg(short = 'f', value_name = "MS")]
+    fsync_ms: Option<u64>,
+    /// Never fsync (records still survive kill -9: the log is mmap'd).
+    #[arg(short = 'F', action = ArgAction::SetTrue)]
+    never_fsync: bool,
+    /// Maximum job size in bytes (default 65535, at most 1073741824).
+    #[arg(short = 'z', value_name = "BYTES")]
+    max_job_size: Option<u64>,
+    /// Log segment size in bytes (rounded up to 4096).
+    #[arg(short = 's', value_name = "BYTES")]
+    segment_size: Option<u64>,
+    /// Become this user (accepted for compatibility; only works as root).
+    #[arg(short = 'u', value_name = "USER")]
+    user: Option<String>,
+    /// More verbose logging (repeatable).
+    #[arg(short = 'V', action = ArgAction::Count)]
+    verbose: u8,
+    /// Print the version and exit.
+    #[arg(short = 'v', action = ArgAction::SetTrue)]
+    version: bool,
+
+    /// Unix socket path (same as -l unix:PATH). Default: $SPINDLE_SOCKET,
+    /// else $XDG_RUNTIME_DIR/spindled.sock, else /tmp/spindled-$UID.sock.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// TCP address HOST:PORT (TCP is off unless asked for).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// Mode of the created Unix socket, octal.
+    #[arg(long, default_value = "600", value_name = "OCTAL")]
+    socket_mode: String,
+    /// Only these peer uids may connect over the Unix socket (repeatable).
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uid: Vec<u32>,
+    /// memory | process | sync (default: process with -b, memory without).
+    #[arg(long, value_enum)]
+    durability: Option<Durability>,
+    /// Most open connections; more are closed at once.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Most live jobs; puts beyond get OUT_OF_MEMORY.
+    #[arg(long, default_value_t = 10_000_000)]
+    max_jobs: u64,
+    /// Most live job bytes; puts beyond get OUT_OF_MEMORY.
+    #[arg(long, default_value_t = 4 << 30)]
+    max_bytes: u64,
+    /// Latency target for `desired-workers`, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    latency_target_ms: u64,
+    /// Refuse to start if the log's tail is damaged (default: cut it off
+    /// with a warning).
+    #[arg(long)]
+    strict_recovery: bool,
+    /// Event loops. This version runs one loop (like beanstalkd); values
+    /// above 1 are refused until connections can be spread over loops.
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
+}
+
+fn config(a: &Args) -> Result<ServerConfig, String> {
+    let mut cfg = ServerConfig::default();
+    let mut listen = Vec::new();
+    if let Some(l) = &a.listen_addr {
+        if let Some(path) = l.strip_prefix("unix:") {
+            if a.port.is_some() {
+                return Err("-p makes no sense with -l unix:PATH".into());
+            }
+            listen.push(Listen::Unix(PathBuf::from(path)));
+        } else {
+            let port = a.port.unwrap_or(11300);
+            let addr = match l.parse::<IpAddr>() {
+                Ok(ip) => SocketAddr::new(ip, port),
+                Err(_) => (l.as_str(), port)
+                    .to_socket_addrs()
+                    .map_err(|e| format!("-l {l}: {e}"))?
+                    .next()
+                    .ok_or_else(|| format!("-l {l}: no address"))?,
+            };
+            listen.push(Listen::Tcp(addr));
+        }
+    } else if let Some(port) = a.port {
+        listen.push(Listen::Tcp(SocketAddr::from(([0, 0, 0, 0], port))));
+    }
+    if let Some(s) = &a.socket {
+        listen.push(Listen::Unix(s.clone()));
+    }
+    if let Some(l) = &a.listen {
+        let addr = l
+            .to_socket_addrs()
+            .map_err(|e| format!("--listen {l}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("--listen {l}: no address"))?;
+        listen.push(Listen::Tcp(addr));
+    }
+    if !listen.is_empty() {
+        cfg.listen = listen;
+    }
+    let durability = a.durability.unwrap_or(if a.data_dir.is_some() {
+        Durability::Process
+    } else {
+        Durability::Memory
+    });
+    match durability {
+        Durability::Memory => {
+            if a.data_dir.is_some() {
+                return Err("--durability memory and -b/--data-dir contradict each other".into());
+            }
+        }
+        Durability::Process | Durability::Sync => {
+            if a.data_dir.is_none() {
+                return Err(format!(
+                    "--durability {:?} needs a data directory: add -b DIR",
+                    durability
+                )
+                .to_lowercase());
+            }
+        }
+    }
+    cfg.data_dir = a.data_dir.clone();
+    cfg.sync = if durability == Durability::Sync || a.fsync_ms == Some(0) {
+        SyncMode::Always
+    } else if a.never_fsync {
+        SyncMode::Never
+    } else {
+        SyncMode::Interval(Duration::from_millis(a.fsync_ms.unwrap_or(50)))
+    };
+    let z = a.max_job_size.unwrap_or(u64::from(DEFAULT_MAX_JOB_SIZE));
+    if z > u64::from(MAX_JOB_SIZE_LIMIT) {
+        return Err(format!("-z {z}: the maximum is {MAX_JOB_SIZE_LIMIT} bytes"));
+    }
+    cfg.max_job_size = u32::try_from(z).map_err(|_| format!("-z {z} is too large"))?;
+    cfg.segment_size = a.segment_size.unwrap_or(DEFAULT_SEGMENT_SIZE);
+    cfg.socket_mode = u32::from_str_radix(&a.socket_mode, 8)
+        .map_err(|_| format!("--socket-mode {}: not an octal mode like 600", a.socket_mode))?;
+    cfg.allow_uids = a.allow_uid.clone();
+    cfg.max_connections = a.max_connections;
+    cfg.max_jobs = a.max_jobs;
+    cfg.max_bytes = a.max_bytes;
+    cfg.latency_target = Duration::from_millis(a.latency_target_ms.max(1));
+    cfg.recovery = if a.strict_recovery { Recovery::Strict } else { Recovery::Truncate };
+    if a.shards != 1 {
+        return Err(format!(
+            "--shards {}: this version of spindled runs one event loop; see docs/architecture.md",
+            a.shards
+        ));
+    }
+    if let Some(u) = &a.user {
+        return Err(format!(
+            "-u {u}: spindled does not switch users; start it as that user (systemd User=)"
+        ));
+    }
+    Ok(cfg)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.version {
+        println!("spindled {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let level = match args.verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        2 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).init();
+    let cfg = match config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("spindled: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let where_ = cfg
+        .listen
+        .iter()
+        .map(|l| match l {
+            Listen::Unix(p) => format!("unix:{}", p.display()),
+            Listen::Tcp(a) => a.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let server = match Server::bind(cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("spindled: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!("listening on {where_}");
+    let handle = server.handle();
+    // SIGTERM/SIGINT stop cleanly; SIGUSR1 enters drain mode (beanstalkd).
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGUSR1,
+    ]);
+    match signals {
+        Ok(mut sigs) => {
+            std::thread::spawn(move || {
+                for s in sigs.forever() {
+                    if s == signal_hook::consts::SIGUSR1 {
+                        handle.drain();
+                    } else {
+                        handle.stop();
+                    }
+                }
+            });
+        }
+        Err(e) => {
+            eprintln!("spindled: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spindled: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
