@@ -239,6 +239,16 @@ fn reserve_timeouts_and_deadline_soon() {
 
 #[test]
 fn an_expired_lease_returns_the_job_to_another_worker() {
+    // Debian's beanstalkd 1.12 sometimes never expires a reservation
+    // (beanstalkd issues #262 and #380; reproduced here in about a third of
+    // runs), so this runs against spindled only: `.ci/run` runs this file
+    // again with SPINDLE_TEST_SERVER pointing at spindled.
+    if std::env::var_os("SPINDLE_TEST_SERVER").is_none() {
+        eprintln!(
+            "beanstalkd 1.12's TTR expiry is unreliable; run with SPINDLE_TEST_SERVER=spindled"
+        );
+        return;
+    }
     let server = Server::start();
     let mut a = server.client();
     let mut b = server.client();

@@ -97,6 +97,10 @@ struct Args {
     /// with a warning).
     #[arg(long)]
     strict_recovery: bool,
+    /// After activity, poll without blocking for this many microseconds
+    /// before sleeping (lower wake-up latency, more CPU). 0 = never spin.
+    #[arg(long, default_value_t = 0, value_name = "US")]
+    idle_spin_us: u64,
     /// Event loops. This version runs one loop (like beanstalkd); values
     /// above 1 are refused until connections can be spread over loops.
     #[arg(long, default_value_t = 1)]
@@ -183,6 +187,7 @@ fn config(a: &Args) -> Result<ServerConfig, String> {
     cfg.max_jobs = a.max_jobs;
     cfg.max_bytes = a.max_bytes;
     cfg.latency_target = Duration::from_millis(a.latency_target_ms.max(1));
+    cfg.idle_spin = Duration::from_micros(a.idle_spin_us);
     cfg.recovery = if a.strict_recovery { Recovery::Strict } else { Recovery::Truncate };
     if a.shards != 1 {
         return Err(format!(

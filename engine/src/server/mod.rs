@@ -116,6 +116,10 @@ pub struct ServerConfig {
     pub latency_target: Duration,
     /// The `version` reported by `stats`.
     pub version: String,
+    /// After activity, keep polling without blocking this long before
+    /// parking in `epoll_wait` (0 = always block). Trades one core's idle
+    /// time for wake-up latency.
+    pub idle_spin: Duration,
 }
 
 /// beanstalkd's default `-z`.
@@ -141,6 +145,7 @@ impl Default for ServerConfig {
             max_bytes: 4 << 30,
             latency_target: Duration::from_millis(100),
             version: format!("spindled {}", env!("CARGO_PKG_VERSION")),
+            idle_spin: Duration::ZERO,
         }
     }
 }

@@ -177,9 +177,17 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         let mut touched: Vec<usize> = Vec::new();
         let mut next_due = self.store.tick(Instant::now());
+        let mut last_busy = Instant::now();
         loop {
-            // Step 1.
-            let timeout = next_due.map(|d| d.saturating_duration_since(Instant::now()));
+            // Step 1. After activity, poll without blocking for a while
+            // (`idle_spin`): a request arriving then is seen without the
+            // wake-up of a parked thread (tens of µs on a VM).
+            let now = Instant::now();
+            let timeout = if now.saturating_duration_since(last_busy) < self.cfg.idle_spin {
+                Some(std::time::Duration::ZERO)
+            } else {
+                next_due.map(|d| d.saturating_duration_since(now))
+            };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -192,6 +200,9 @@ impl Server {
                     self.store.draining = true;
                 }
                 _ => {}
+            }
+            if !events.is_empty() {
+                last_busy = Instant::now();
             }
             for ev in events.iter() {
                 let t = ev.token().0;
