@@ -206,3 +206,51 @@ fn bad_flags_get_a_clear_error() {
     assert!(v.status.success());
     assert!(String::from_utf8_lossy(&v.stdout).starts_with("spindled "));
 }
+
+/// A waiter served because another connection closed (its reserved job
+/// returned) must go on to process the commands it pipelined after
+/// `reserve` (over TCP nothing else would wake it).
+#[test]
+fn a_waiter_served_by_a_closing_holder_processes_its_pipelined_commands() {
+    use std::net::{TcpListener, TcpStream};
+    let dir = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let _d = Daemon::start(&dir.path().join("w.sock"), &["--listen", &addr]);
+    let tcp = || {
+        let s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(LIMIT)).unwrap();
+        BufReader::new(s)
+    };
+    let mut b = tcp();
+    b.get_mut().write_all(b"put 0 0 60 1\r\nx\r\nreserve\r\n").unwrap();
+    let mut line = String::new();
+    for want in ["INSERTED 1\r\n", "RESERVED 1 1\r\n", "x\r\n"] {
+        line.clear();
+        b.read_line(&mut line).unwrap();
+        assert_eq!(line, want);
+    }
+    let mut a = tcp();
+    a.get_mut().write_all(b"reserve\r\nlist-tube-used\r\n").unwrap();
+    // Make sure a is parked before b goes away.
+    let mut c = tcp();
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        c.get_mut().write_all(b"stats-tube default\r\n").unwrap();
+        let mut head = String::new();
+        c.read_line(&mut head).unwrap();
+        let n: usize = head.trim_end()[3..].parse().unwrap();
+        let mut yaml = vec![0; n + 2];
+        c.read_exact(&mut yaml).unwrap();
+        if String::from_utf8_lossy(&yaml).contains("current-waiting: 1\n") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a never waited");
+    }
+    drop(b);
+    for want in ["RESERVED 1 1\r\n", "x\r\n", "USING default\r\n"] {
+        line.clear();
+        a.read_line(&mut line).unwrap();
+        assert_eq!(line, want);
+    }
+}

@@ -344,18 +344,24 @@ impl Conn {
                                     self.out.extend_from_slice(b"BAD_FORMAT\r\n");
                                 }
                                 Some(n) => {
+                                    let total = b.total.saturating_add(n);
                                     let keep = n <= max
                                         && !b.over
                                         && !b.too_big
-                                        && b.total + n <= BATCH_BYTES_MAX;
+                                        && total <= BATCH_BYTES_MAX;
                                     if n > max {
                                         b.too_big = true;
-                                    } else if b.total + n > BATCH_BYTES_MAX {
+                                    } else if total > BATCH_BYTES_MAX {
                                         b.over = true;
                                     }
-                                    let cap = if keep { n as usize + 2 } else { 0 };
-                                    b.total += n;
-                                    b.frame = Some((n as usize + 2, Vec::with_capacity(cap), keep));
+                                    // Skipped frames are counted down in
+                                    // place; usize is 64-bit here, and a
+                                    // claimed size is saturated, not trusted.
+                                    let need =
+                                        usize::try_from(n.saturating_add(2)).unwrap_or(usize::MAX);
+                                    let cap = if keep { need } else { 0 };
+                                    b.total = total;
+                                    b.frame = Some((need, Vec::with_capacity(cap), keep));
                                 }
                             }
                         }

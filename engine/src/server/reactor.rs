@@ -20,6 +20,11 @@ use super::{
 };
 
 const WAKER: Token = Token(0);
+
+/// The largest job body `-b` accepts: the WAL's largest record (16 MiB - 1,
+/// `spindle_wal::MAX_PAYLOAD`) less room for the rest of a `Put` record and
+/// a `fail` error text (`store.rs` keeps at most 4 KiB of it).
+pub(crate) const MAX_LOGGED_JOB: u64 = spindle_wal::MAX_PAYLOAD - 64 * 1024;
 /// Listener tokens are 1..FIRST_CONN; connection `i` is `FIRST_CONN + i`.
 const FIRST_CONN: usize = 64;
 
@@ -39,6 +44,10 @@ pub struct Server {
     cfg: ServerConfig,
     flag: Arc<AtomicU8>,
     waker: Arc<Waker>,
+    accept_retry: bool,
+    /// A `-f0` sync failed: replies queued since are not durable and must
+    /// not be sent.
+    sync_failed: bool,
 }
 
 impl std::fmt::Debug for Server {
@@ -58,6 +67,13 @@ impl Server {
         if cfg.max_job_size > MAX_JOB_SIZE_LIMIT {
             return Err(ServerError::Config(format!(
                 "max job size {} is over the limit of {MAX_JOB_SIZE_LIMIT} bytes",
+                cfg.max_job_size
+            )));
+        }
+        if cfg.data_dir.is_some() && u64::from(cfg.max_job_size) > MAX_LOGGED_JOB {
+            return Err(ServerError::Config(format!(
+                "max job size {} is over {MAX_LOGGED_JOB} bytes, the largest job the log \
+                 (-b) can hold in one record; lower -z or run without -b",
                 cfg.max_job_size
             )));
         }
@@ -153,6 +169,8 @@ impl Server {
             cfg,
             flag: Arc::new(AtomicU8::new(RUN)),
             waker,
+            accept_retry: false,
+            sync_failed: false,
         })
     }
 
@@ -183,8 +201,15 @@ impl Server {
             // (`idle_spin`): a request arriving then is seen without the
             // wake-up of a parked thread (tens of µs on a VM).
             let now = Instant::now();
-            let timeout = if now.saturating_duration_since(last_busy) < self.cfg.idle_spin {
+            let timeout = if !touched.is_empty()
+                || now.saturating_duration_since(last_busy) < self.cfg.idle_spin
+            {
+                // Connections left over from the round cap, or spinning.
                 Some(std::time::Duration::ZERO)
+            } else if self.accept_retry {
+                // accept() failed (EMFILE...): the edge-triggered listener
+                // will not fire again for the queued connections; retry.
+                Some(std::time::Duration::from_millis(10))
             } else {
                 next_due.map(|d| d.saturating_duration_since(now))
             };
@@ -203,6 +228,11 @@ impl Server {
             }
             if !events.is_empty() {
                 last_busy = Instant::now();
+            }
+            if std::mem::take(&mut self.accept_retry) {
+                for li in 0..self.listeners.len() {
+                    self.accept(li, &mut touched);
+                }
             }
             for ev in events.iter() {
                 let t = ev.token().0;
@@ -278,8 +308,12 @@ impl Server {
         if let Some(log) = &mut self.store.log {
             if let Some(lsn) = log.last_lsn.take() {
                 if let Err(e) = log.wal.wait_durable(lsn) {
-                    tracing::error!("log sync failed: {e}; refusing further changes");
+                    tracing::error!(
+                        "log sync failed: {e}; refusing further changes and closing the \
+                         connections whose replies were not durable"
+                    );
                     log.failed = Some(e.to_string());
+                    self.sync_failed = true;
                 }
             }
         }
@@ -288,6 +322,11 @@ impl Server {
     /// Step 5 for one connection: write, close, or schedule more work.
     fn finish(&mut self, i: usize, now: Instant, again: &mut Vec<usize>) {
         let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
+        if self.sync_failed && c.unsent() > 0 {
+            // Its replies may acknowledge changes that are not durable.
+            self.close(i, now, again);
+            return;
+        }
         let alive = c.flush();
         // Closed by `quit` or an error, or the peer half-closed and
         // everything it sent has been answered (a peer that half-closes
@@ -296,7 +335,7 @@ impl Server {
             || (c.closing && c.unsent() == 0)
             || (c.eof && c.unsent() == 0 && (c.waiting || !c.can_progress()));
         if done {
-            self.close(i, now);
+            self.close(i, now, again);
             return;
         }
         if c.can_progress() {
@@ -321,8 +360,10 @@ impl Server {
                         Stream::Unix(s)
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        tracing::warn!("accept: {e}");
+                        tracing::warn!("accept: {e}; retrying in 10 ms");
+                        self.accept_retry = true;
                         return;
                     }
                 },
@@ -332,8 +373,10 @@ impl Server {
                         Stream::Tcp(s)
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        tracing::warn!("accept: {e}");
+                        tracing::warn!("accept: {e}; retrying in 10 ms");
+                        self.accept_retry = true;
                         return;
                     }
                 },
@@ -371,31 +414,28 @@ impl Server {
         }
     }
 
-    fn close(&mut self, i: usize, now: Instant) {
+    /// Closes connection `i`; connections whose waits its closing served
+    /// go to `again` (they must write, then process their pending input).
+    fn close(&mut self, i: usize, now: Instant, again: &mut Vec<usize>) {
         if let Some(mut c) = self.conns.get_mut(i).and_then(Option::take) {
             let _ = self.poll.registry().deregister(c.stream.source());
             c.abandon(&mut self.store);
             self.store.disconnect(i, now);
             self.free.push(i);
             self.open -= 1;
-            // Replies for waiters the disconnect served (its jobs returned).
-            let mut t = Vec::new();
-            self.deliver(&mut t);
-            for j in t {
-                if let Some(c) = self.conns.get_mut(j).and_then(Option::as_mut) {
-                    let _ = c.flush();
-                }
-            }
+            // Waiters the disconnect served (its jobs returned).
+            self.deliver(again);
         }
     }
 
     fn shutdown(mut self) -> Result<(), ServerError> {
         let now = Instant::now();
+        let mut ignored = Vec::new();
         for i in 0..self.conns.len() {
             if let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) {
                 let _ = c.flush();
             }
-            self.close(i, now);
+            self.close(i, now, &mut ignored);
         }
         for l in &self.listeners {
             if let Listener::Unix(_, path) = l {

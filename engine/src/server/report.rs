@@ -53,7 +53,7 @@ pub(crate) fn job_yaml(j: &Job, now: Instant, ext: bool) -> String {
             s,
             "attempts: {}\nunique-key: {}\nlast-error: {}\n",
             j.counts.reserves,
-            q(j.unique.as_deref().unwrap_or("")),
+            q(&yaml_escape(j.unique.as_deref().unwrap_or(""))),
             q(&yaml_escape(j.last_error.as_deref().unwrap_or(""))),
         );
     }

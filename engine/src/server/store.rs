@@ -163,8 +163,9 @@ impl Tube {
             waiting_last: 0,
             policy: Policy::default(),
             uniques: HashMap::new(),
-            // 1 µs .. 1 hour, 2 significant digits.
-            wait_us: Histogram::new_with_bounds(1, 3_600_000_000, 2).ok(),
+            // Created at the first reservation: ~27 KB each, and clients
+            // may create many tubes they never reserve from.
+            wait_us: None,
             done_window: 0,
             service_ns_window: 0,
             rate: 0.0,
@@ -299,6 +300,9 @@ impl Log {
                 let framed = (len as u64 + FRAME_OVERHEAD).div_ceil(16) * 16;
                 Ok((lsn, u32::try_from(framed).unwrap_or(u32::MAX)))
             }
+            // Too large for one record: this command fails, the log is fine
+            // (bind() keeps `-z` below the limit; this is the backstop).
+            Err(e @ WalError::RecordTooLarge { .. }) => Err(e),
             Err(e) => {
                 self.failed = Some(e.to_string());
                 Err(e)
@@ -311,6 +315,13 @@ impl Log {
 /// frames are 16-byte aligned. An estimate is enough: it only sizes the
 /// compaction trigger.
 const FRAME_OVERHEAD: u64 = 32;
+
+/// The most of a `fail` error text a job keeps (its last bytes).
+pub(crate) const MAX_ERROR_TEXT: usize = 4096;
+
+/// `reserve-batch` stops adding jobs once its reply is this large (it
+/// always returns at least one), bounding one connection's output.
+const BATCH_REPLY_MAX: usize = 4 << 20;
 
 /// Live jobs rewritten per tick during compaction, so one tick never holds
 /// the loop for long (a rewrite costs about a microsecond).
@@ -331,6 +342,10 @@ pub(crate) struct Store {
     /// A job became ready or a connection started waiting: run
     /// `process_queue`.
     dirty: bool,
+    /// Tubes with at least one waiting connection.
+    waiting_tubes: std::collections::HashSet<Arc<str>>,
+    /// Pause ends, so timers never scan every tube.
+    pauses: BTreeSet<(Instant, Arc<str>)>,
     pub next_id: u64,
     bury_seq: u64,
     wait_seq: u64,
@@ -367,6 +382,8 @@ impl Store {
             ttr: BTreeSet::new(),
             waits: BTreeSet::new(),
             dirty: false,
+            waiting_tubes: Default::default(),
+            pauses: BTreeSet::new(),
             next_id: 1,
             bury_seq: 0,
             wait_seq: 0,
@@ -489,6 +506,9 @@ impl Store {
                 self.log_move(id, now);
             } else {
                 self.make_ready(id, now);
+                // A job reserved with reserve-job from buried or delayed
+                // must not come back in that state after a restart.
+                self.log_move(id, now);
             }
         }
     }
@@ -563,6 +583,12 @@ impl Store {
     fn make_buried(&mut self, id: u64) {
         self.bury_seq += 1;
         let seq = self.bury_seq;
+        self.make_buried_at(id, seq);
+    }
+
+    /// Buries with a given position in the buried list (recovery).
+    fn make_buried_at(&mut self, id: u64, seq: u64) {
+        self.bury_seq = self.bury_seq.max(seq);
         let Some(j) = self.jobs.get_mut(&id) else { return };
         j.state = State::Buried(seq);
         let tube = j.tube.clone();
@@ -585,6 +611,10 @@ impl Store {
         if let Some(t) = self.tubes.get_mut(&tube) {
             t.reserved += 1;
             let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX).clamp(1, 3_600_000_000);
+            if t.wait_us.is_none() {
+                // 1 µs .. 1 hour, 2 significant digits.
+                t.wait_us = Histogram::new_with_bounds(1, 3_600_000_000, 2).ok();
+            }
             if let Some(h) = &mut t.wait_us {
                 let _ = h.record(us);
             }
@@ -643,6 +673,7 @@ impl Store {
 
     fn put_record(&self, j: &Job, now: Instant) -> DRec {
         let (state, run_at_ms) = logged_state(j.state, now);
+        let bury_seq = bury_seq_of(j.state);
         DRec::Put {
             id: j.id,
             tube: j.tube.to_string(),
@@ -652,6 +683,7 @@ impl Store {
             body: j.body.to_vec(),
             state,
             run_at_ms,
+            bury_seq,
             created_ms: wall_ms(j.created, now),
             counts: j.counts,
             unique: j.unique.as_ref().map(|u| u.to_string()),
@@ -693,6 +725,7 @@ impl Store {
             delay_s: j.delay_s,
             state,
             run_at_ms,
+            bury_seq: bury_seq_of(j.state),
             counts: j.counts,
             last_error: j.last_error.clone(),
         };
@@ -724,6 +757,12 @@ impl Store {
         now: Instant,
         w: &mut Vec<u8>,
     ) -> Flow {
+        if self.log_failed() && writes_log(&cmd) {
+            // Nothing more can be made durable: refuse every change rather
+            // than acknowledge one a restart would not see.
+            w.extend_from_slice(b"INTERNAL_ERROR\r\n");
+            return Flow::Go;
+        }
         match cmd {
             Cmd::Put { pri, delay, ttr, .. } => {
                 // (`cmd-put` was counted when the line parsed: conn.rs.)
@@ -1021,7 +1060,10 @@ impl Store {
                             Duration::from_secs(u64::from(delay))
                         };
                         t.pause = d;
-                        t.unpause_at = Some(now + d);
+                        if let Some(old) = t.unpause_at.replace(now + d) {
+                            self.pauses.remove(&(old, t.name.clone()));
+                        }
+                        self.pauses.insert((now + d, t.name.clone()));
                         t.cmd_pause += 1;
                         w.extend_from_slice(b"PAUSED\r\n");
                     }
@@ -1037,13 +1079,10 @@ impl Store {
             }
             Cmd::TubeConfig { tube, max_attempts, backoff_ms, backoff_max_ms } => {
                 let t = self.tube_ref(&tube);
+                let backoff_max_ms = backoff_max_ms.max(backoff_ms);
                 if let Some(tt) = self.tube_mut(&t) {
-                    tt.policy = Policy {
-                        max_attempts,
-                        backoff_ms,
-                        backoff_max_ms: backoff_max_ms.max(backoff_ms),
-                        configured: true,
-                    };
+                    tt.policy =
+                        Policy { max_attempts, backoff_ms, backoff_max_ms, configured: true };
                 }
                 self.log_rec(&DRec::TubeConfig {
                     tube: t.to_string(),
@@ -1282,6 +1321,9 @@ impl Store {
             if let Some(tt) = self.tubes.get_mut(t) {
                 tt.waiting_ct += 1;
                 tt.waiting.push(c);
+                if tt.waiting.len() == 1 {
+                    self.waiting_tubes.insert(t.clone());
+                }
             }
         }
         if let Some(at) = wake {
@@ -1315,6 +1357,9 @@ impl Store {
                 if let Some(i) = tt.waiting.iter().position(|&x| x == c) {
                     tt.waiting.swap_remove(i);
                     tt.waiting_ct -= 1;
+                    if tt.waiting.is_empty() {
+                        self.waiting_tubes.remove(t);
+                    }
                 }
             }
         }
@@ -1381,8 +1426,10 @@ impl Store {
             return;
         }
         loop {
+            // Ids are unique, so the most urgent (pri, id) is unique and the
+            // scan order does not matter: only tubes with waiters count.
             let mut best: Option<(u32, u64, &Arc<str>)> = None;
-            for name in &self.tube_order {
+            for name in &self.waiting_tubes {
                 let Some(t) = self.tubes.get(name) else { continue };
                 if t.waiting.is_empty() || t.paused(now) {
                     continue;
@@ -1409,8 +1456,10 @@ impl Store {
                 self.write_job(&mut reply, b"RESERVED", id);
             } else {
                 let mut ids = vec![id];
-                while ids.len() < batch as usize {
+                let mut bytes = self.jobs.get(&id).map_or(0, |j| j.body.len());
+                while ids.len() < batch as usize && bytes < BATCH_REPLY_MAX {
                     let Some(more) = self.best_job(c, now) else { break };
+                    bytes += self.jobs.get(&more).map_or(0, |j| j.body.len());
                     self.remove_from_state(more);
                     self.make_reserved(more, c, now);
                     ids.push(more);
@@ -1455,7 +1504,10 @@ impl Store {
         self.service_done(id, now);
         self.remove_from_state(id);
         let Some(j) = self.jobs.get_mut(&id) else { return };
-        j.last_error = Some(String::from_utf8_lossy(&error).into_owned());
+        // Keep the end of long error texts (where the cause usually is),
+        // bounded so a job plus its error always fit one log record.
+        let tail = &error[error.len().saturating_sub(MAX_ERROR_TEXT)..];
+        j.last_error = Some(String::from_utf8_lossy(tail).into_owned());
         let attempts = j.counts.reserves;
         let tube = j.tube.clone();
         let policy = self.tubes.get(&tube).map(|t| t.policy).unwrap_or_default();
@@ -1508,6 +1560,24 @@ impl Store {
             self.remove_from_state(id);
             self.make_ready(id, now);
         }
+        // Waits first, as beanstalkd's conn_timeout decides DEADLINE_SOON
+        // before it expires leases: a late tick must not turn a waiting
+        // reserve's DEADLINE_SOON into TIMED_OUT.
+        // Waits: DEADLINE_SOON or TIMED_OUT.
+        while let Some(&(at, c, seq)) = self.waits.first() {
+            if at > now {
+                break;
+            }
+            self.waits.remove(&(at, c, seq));
+            let valid = self.conns.get(&c).and_then(|x| x.wait).is_some_and(|w| w.seq == seq);
+            if !valid {
+                continue;
+            }
+            let soon = self.deadline_soon(c, now);
+            self.stop_waiting(c);
+            let msg: &[u8] = if soon { b"DEADLINE_SOON\r\n" } else { b"TIMED_OUT\r\n" };
+            self.out.push((c, msg.to_vec()));
+        }
         // Leases past TTR.
         while let Some(&(at, id)) = self.ttr.first() {
             if at > now {
@@ -1531,27 +1601,18 @@ impl Store {
             }
             self.log_move(id, now);
         }
-        // Waits: DEADLINE_SOON or TIMED_OUT.
-        while let Some(&(at, c, seq)) = self.waits.first() {
+        // Pauses that ended.
+        while let Some((at, name)) = self.pauses.first().cloned() {
             if at > now {
                 break;
             }
-            self.waits.remove(&(at, c, seq));
-            let valid = self.conns.get(&c).and_then(|x| x.wait).is_some_and(|w| w.seq == seq);
-            if !valid {
-                continue;
-            }
-            let soon = self.deadline_soon(c, now);
-            self.stop_waiting(c);
-            let msg: &[u8] = if soon { b"DEADLINE_SOON\r\n" } else { b"TIMED_OUT\r\n" };
-            self.out.push((c, msg.to_vec()));
-        }
-        // Pauses that ended.
-        for t in self.tubes.values_mut() {
-            if t.unpause_at.is_some_and(|u| u <= now) {
-                t.unpause_at = None;
-                t.pause = Duration::ZERO;
-                self.dirty = true;
+            self.pauses.remove(&(at, name.clone()));
+            if let Some(t) = self.tubes.get_mut(&name) {
+                if t.unpause_at == Some(at) {
+                    t.unpause_at = None;
+                    t.pause = Duration::ZERO;
+                    self.dirty = true;
+                }
             }
         }
         self.process_queue(now);
@@ -1579,7 +1640,7 @@ impl Store {
             self.delayed.first().map(|x| x.0),
             self.ttr.first().map(|x| x.0),
             self.waits.first().map(|x| x.0),
-            self.tubes.values().filter_map(|t| t.unpause_at).min(),
+            self.pauses.first().map(|x| x.0),
             Some(self.last_window + Duration::from_secs(1)),
         ]
         .into_iter()
@@ -1630,7 +1691,14 @@ impl Store {
             None => {
                 let segs = log.wal.segments();
                 let log_bytes: u64 = segs.iter().map(|s| s.1 - s.0).sum();
-                if segs.len() <= 4 || log_bytes <= 2 * log.live_bytes {
+                // Tube configurations are rewritten too: count them as live.
+                let configs: u64 = self
+                    .tubes
+                    .values()
+                    .filter(|t| t.policy.configured)
+                    .map(|t| t.name.len() as u64 + 96)
+                    .sum();
+                if segs.len() <= 4 || log_bytes <= 2 * (log.live_bytes + configs) {
                     return;
                 }
                 let published = log.wal.stats().published_lsn;
@@ -1698,6 +1766,14 @@ impl Store {
             assert_eq!(live, t.jobs, "tube {} job count", t.name);
         }
         assert_eq!(ready, self.ready_ct, "ready");
+        for t in self.tubes.values() {
+            assert_eq!(
+                self.waiting_tubes.contains(&t.name),
+                !t.waiting.is_empty(),
+                "waiting_tubes for {}",
+                t.name
+            );
+        }
         assert_eq!(delayed, self.delayed_ct, "delayed");
         assert_eq!(buried, self.buried_ct, "buried");
         assert_eq!(reserved, self.reserved_ct, "reserved");
@@ -1764,6 +1840,7 @@ impl Store {
                     body,
                     state,
                     run_at_ms,
+                    bury_seq,
                     created_ms,
                     counts,
                     unique,
@@ -1782,11 +1859,11 @@ impl Store {
                             .checked_sub(Duration::from_millis(wall_now.saturating_sub(created_ms)))
                             .unwrap_or(now);
                     }
-                    self.apply_state(id, state, run_at_ms, wall_now, now);
+                    self.apply_state(id, state, run_at_ms, bury_seq, wall_now, now);
                     lsns.insert(id, lsn);
                     self.next_id = self.next_id.max(id + 1);
                 }
-                DRec::Move { id, pri, delay_s, state, run_at_ms, counts, last_error } => {
+                DRec::Move { id, pri, delay_s, state, run_at_ms, bury_seq, counts, last_error } => {
                     if self.jobs.contains_key(&id) {
                         self.remove_from_state(id);
                         if let Some(j) = self.jobs.get_mut(&id) {
@@ -1796,7 +1873,7 @@ impl Store {
                             j.last_error = last_error;
                         }
                         self.make_ready(id, now);
-                        self.apply_state(id, state, run_at_ms, wall_now, now);
+                        self.apply_state(id, state, run_at_ms, bury_seq, wall_now, now);
                     }
                 }
                 DRec::Reserve { id } => {
@@ -1832,6 +1909,12 @@ impl Store {
             }
         }
         report.jobs = self.jobs.len();
+        // Replayed puts (compaction rewrites included) were counted as they
+        // went; after a restart the totals are the jobs that came back.
+        self.ct.total_jobs = self.jobs.len() as u64;
+        for t in self.tubes.values_mut() {
+            t.total_jobs = t.jobs;
+        }
         self.log = Some(log);
         // Drop tubes that only existed in the log.
         let names: Vec<Arc<str>> = self.tube_order.clone();
@@ -1841,7 +1924,15 @@ impl Store {
         Ok(report)
     }
 
-    fn apply_state(&mut self, id: u64, state: u8, run_at_ms: u64, wall_now: u64, now: Instant) {
+    fn apply_state(
+        &mut self,
+        id: u64,
+        state: u8,
+        run_at_ms: u64,
+        bury_seq: u64,
+        wall_now: u64,
+        now: Instant,
+    ) {
         match state {
             ST_DELAYED => {
                 self.remove_from_state(id);
@@ -1850,12 +1941,38 @@ impl Store {
             }
             ST_BURIED => {
                 self.remove_from_state(id);
-                self.make_buried(id);
+                if bury_seq == 0 {
+                    self.make_buried(id);
+                } else {
+                    self.make_buried_at(id, bury_seq);
+                }
             }
             ST_READY => {}
             _ => {}
         }
     }
+}
+
+/// Whether a command changes something the log must record.
+fn writes_log(cmd: &Cmd) -> bool {
+    matches!(
+        cmd,
+        Cmd::Put { .. }
+            | Cmd::PutUnique { .. }
+            | Cmd::PutBatch { .. }
+            | Cmd::Reserve
+            | Cmd::ReserveTimeout(_)
+            | Cmd::ReserveBatch { .. }
+            | Cmd::ReserveJob(_)
+            | Cmd::Delete(_)
+            | Cmd::Release { .. }
+            | Cmd::Bury { .. }
+            | Cmd::Kick(_)
+            | Cmd::KickJob(_)
+            | Cmd::Fail { .. }
+            | Cmd::TubeConfig { .. }
+            | Cmd::ClearTube { .. }
+    )
 }
 
 /// What recovery found.
@@ -1872,6 +1989,13 @@ enum PutOk {
 
 fn clamp_usize(v: u64) -> usize {
     usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+fn bury_seq_of(s: State) -> u64 {
+    match s {
+        State::Buried(seq) => seq,
+        _ => 0,
+    }
 }
 
 fn logged_state(s: State, now: Instant) -> (u8, u64) {
@@ -2106,5 +2230,135 @@ mod tests {
         assert_eq!(r.jobs[&3].state, State::Ready);
         assert_eq!(r.jobs[&3].counts.releases, 200);
         assert!(r.next_id >= next, "ids never go back: {} < {next}", r.next_id);
+    }
+}
+
+#[cfg(test)]
+mod review_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::server::proto::parse;
+
+    fn cfg() -> StoreConfig {
+        StoreConfig {
+            max_job_size: 1 << 20,
+            max_jobs: 1000,
+            max_bytes: 16 << 20,
+            segment_size: 64 << 10,
+            latency_target: Duration::from_millis(100),
+            version: "test".into(),
+        }
+    }
+
+    fn run(s: &mut Store, c: ConnId, line: &str, body: &[u8], now: Instant) -> String {
+        let mut w = Vec::new();
+        s.handle(c, parse(line.as_bytes()).unwrap(), body.to_vec(), now, &mut w);
+        String::from_utf8_lossy(&w).into_owned()
+    }
+
+    fn log(dir: &std::path::Path) -> Log {
+        let opts = spindle_wal::WalOptions {
+            shard: 0,
+            segment_size: 64 << 10,
+            sync: spindle_wal::SyncPolicy::Never,
+            recovery: spindle_wal::RecoveryMode::Truncate,
+            prepare_ahead: 1,
+        };
+        Log::new(Wal::open(dir, opts).unwrap().0)
+    }
+
+    fn reopen(s: &mut Store, dir: &std::path::Path) -> Store {
+        let l = s.log.take().unwrap();
+        l.wal.shutdown().unwrap();
+        drop(l);
+        let t = Instant::now();
+        let mut r = Store::new(cfg(), Some(log(dir)), t);
+        r.recover(t).unwrap();
+        r
+    }
+
+    #[test]
+    fn a_record_too_large_fails_one_command_not_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut s = Store::new(cfg(), Some(log(dir.path())), t0);
+        s.connect(1);
+        let big = vec![b'x'; 100 << 10]; // over a 64 KiB segment's record limit
+        assert_eq!(run(&mut s, 1, "put 0 0 60 102400", &big, t0), "INTERNAL_ERROR\r\n");
+        assert_eq!(run(&mut s, 1, "put 0 0 60 1", b"y", t0), "INSERTED 2\r\n");
+        assert_eq!(run(&mut s, 1, "delete 2", b"", t0), "DELETED\r\n");
+        assert!(!s.log_failed());
+    }
+
+    #[test]
+    fn recovery_rebuilds_config_bury_order_returned_reservations_and_totals() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut s = Store::new(cfg(), Some(log(dir.path())), t0);
+        s.connect(1);
+        assert_eq!(run(&mut s, 1, "tube-config default 5 1000 10", b"", t0), "CONFIGURED\r\n");
+        for i in 1..=4 {
+            assert_eq!(run(&mut s, 1, "put 0 0 60 1", b"j", t0), format!("INSERTED {i}\r\n"));
+        }
+        // Bury 2 then 1: peek-buried and kick must keep that order.
+        assert!(run(&mut s, 1, "reserve-job 2", b"", t0).starts_with("RESERVED 2"));
+        assert_eq!(run(&mut s, 1, "bury 2 0", b"", t0), "BURIED\r\n");
+        assert!(run(&mut s, 1, "reserve-job 1", b"", t0).starts_with("RESERVED 1"));
+        assert_eq!(run(&mut s, 1, "bury 1 0", b"", t0), "BURIED\r\n");
+        // Job 3 goes buried -> reserved (reserve-job) -> ready (holder gone).
+        assert!(run(&mut s, 1, "reserve-job 3", b"", t0).starts_with("RESERVED 3"));
+        assert_eq!(run(&mut s, 1, "bury 3 0", b"", t0), "BURIED\r\n");
+        s.connect(2);
+        assert!(run(&mut s, 2, "reserve-job 3", b"", t0).starts_with("RESERVED 3"));
+        s.disconnect(2, t0);
+        assert_eq!(s.jobs[&3].state, State::Ready);
+        // Force compaction's rewrite order (by put) to differ from bury order.
+        let l = s.log.as_mut().unwrap();
+        l.pending_cut = Some(u64::MAX);
+        s.compact(t0);
+
+        let mut r = reopen(&mut s, dir.path());
+        r.connect(1);
+        let t1 = Instant::now();
+        let y = run(&mut r, 1, "stats-tube-ext default", b"", t1);
+        assert!(y.contains("backoff-ms: 1000\nbackoff-max-ms: 1000\n"), "{y}");
+        assert!(y.contains("total-jobs: 4\n"), "{y}");
+        assert_eq!(r.jobs[&3].state, State::Ready);
+        assert!(run(&mut r, 1, "peek-buried", b"", t1).starts_with("FOUND 2 "));
+        assert_eq!(run(&mut r, 1, "kick 1", b"", t1), "KICKED 1\r\n");
+        assert!(run(&mut r, 1, "peek-buried", b"", t1).starts_with("FOUND 1 "));
+    }
+
+    #[test]
+    fn a_late_tick_still_answers_deadline_soon() {
+        let t0 = Instant::now();
+        let mut s = Store::new(cfg(), None, t0);
+        s.connect(1);
+        assert_eq!(run(&mut s, 1, "put 0 0 5 1", b"a", t0), "INSERTED 1\r\n");
+        assert!(run(&mut s, 1, "reserve", b"", t0).starts_with("RESERVED 1"));
+        let mut w = Vec::new();
+        assert_eq!(s.handle(1, parse(b"reserve").unwrap(), Vec::new(), t0, &mut w), Flow::Wait);
+        // The loop was busy: the first tick comes after the lease expired.
+        s.tick(t0 + Duration::from_secs(6));
+        assert_eq!(s.out, vec![(1, b"DEADLINE_SOON\r\n".to_vec())]);
+    }
+
+    #[test]
+    fn idle_tubes_cost_little_and_are_not_scanned() {
+        let t0 = Instant::now();
+        let mut s = Store::new(cfg(), None, t0);
+        s.connect(1);
+        for i in 0..2000 {
+            assert!(run(&mut s, 1, &format!("watch t{i}"), b"", t0).starts_with("WATCHING"));
+        }
+        assert!(s.tubes.values().all(|t| t.wait_us.is_none()), "histograms are lazy");
+        let mut w = Vec::new();
+        assert_eq!(s.handle(1, parse(b"reserve").unwrap(), Vec::new(), t0, &mut w), Flow::Wait);
+        assert_eq!(s.waiting_tubes.len(), 2001);
+        s.connect(2);
+        assert_eq!(run(&mut s, 2, "use t1999", b"", t0), "USING t1999\r\n");
+        assert_eq!(run(&mut s, 2, "put 0 0 5 1", b"a", t0), "INSERTED 1\r\n");
+        assert_eq!(s.out, vec![(1, b"RESERVED 1 1\r\na\r\n".to_vec())]);
+        assert!(s.waiting_tubes.is_empty());
     }
 }
