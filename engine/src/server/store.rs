@@ -2075,7 +2075,7 @@ mod tests {
     use super::*;
     use crate::server::proto::parse;
 
-    fn cfg() -> StoreConfig {
+    pub(super) fn cfg() -> StoreConfig {
         StoreConfig {
             max_job_size: 65535,
             max_jobs: 1000,
@@ -2087,7 +2087,7 @@ mod tests {
     }
 
     /// Runs one command line (with an optional body) and returns the reply.
-    fn run(s: &mut Store, c: ConnId, line: &str, body: &[u8], now: Instant) -> String {
+    pub(super) fn run(s: &mut Store, c: ConnId, line: &str, body: &[u8], now: Instant) -> String {
         let cmd = parse(line.as_bytes()).expect("command parses");
         let mut w = Vec::new();
         s.handle(c, cmd, body.to_vec(), now, &mut w);
@@ -2200,7 +2200,7 @@ mod tests {
         assert!(s.jobs[&1].last_error.as_deref().unwrap_or("").contains("poison pill"));
     }
 
-    fn open_log(dir: &std::path::Path) -> Log {
+    pub(super) fn open_log(dir: &std::path::Path) -> Log {
         let opts = WalOptions {
             shard: 0,
             segment_size: 64 << 10,
@@ -2270,36 +2270,9 @@ mod tests {
 #[cfg(test)]
 mod review_tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::tests::{cfg, open_log as log, run};
     use super::*;
     use crate::server::proto::parse;
-
-    fn cfg() -> StoreConfig {
-        StoreConfig {
-            max_job_size: 1 << 20,
-            max_jobs: 1000,
-            max_bytes: 16 << 20,
-            segment_size: 64 << 10,
-            latency_target: Duration::from_millis(100),
-            version: "test".into(),
-        }
-    }
-
-    fn run(s: &mut Store, c: ConnId, line: &str, body: &[u8], now: Instant) -> String {
-        let mut w = Vec::new();
-        s.handle(c, parse(line.as_bytes()).unwrap(), body.to_vec(), now, &mut w);
-        String::from_utf8_lossy(&w).into_owned()
-    }
-
-    fn log(dir: &std::path::Path) -> Log {
-        let opts = spindle_wal::WalOptions {
-            shard: 0,
-            segment_size: 64 << 10,
-            sync: spindle_wal::SyncPolicy::Never,
-            recovery: spindle_wal::RecoveryMode::Truncate,
-            prepare_ahead: 1,
-        };
-        Log::inline(Wal::open(dir, opts).unwrap().0)
-    }
 
     fn reopen(s: &mut Store, dir: &std::path::Path) -> Store {
         let l = s.log.take().unwrap();
