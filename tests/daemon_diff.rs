@@ -22,7 +22,7 @@
 
 mod common;
 
-use common::{diff, yaml_keys};
+use common::{diff, yaml_keys, Rng};
 
 /// `put <pri> <delay> <ttr> <len>\r\n<body>\r\n`.
 fn put(pri: u64, delay: u64, ttr: u64, body: &str) -> String {
@@ -1224,24 +1224,6 @@ fn harness_helpers() {
 // seeded command fuzzing
 // ---------------------------------------------------------------------
 
-/// xorshift64*: a small deterministic PRNG.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
-        xs[self.below(xs.len() as u64) as usize]
-    }
-}
-
 /// `n` random commands, mostly well-formed, some mangled, with job ids
 /// near the ones in use, tube names from a small set and bodies that may
 /// contain CR, LF and NUL. Delays are 0 or long and TTRs 0, 1 or long, so
@@ -1249,7 +1231,7 @@ impl Rng {
 /// second); plain `reserve` is rare and answered at once or, on the
 /// half-closed connection, with TIMED_OUT.
 fn fuzz_script(seed: u64, n: usize) -> Vec<u8> {
-    let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut r = Rng::new(seed);
     let mut out = Vec::new();
     let num = |r: &mut Rng| -> String {
         match r.below(10) {

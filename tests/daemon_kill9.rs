@@ -27,29 +27,11 @@
 
 mod common;
 
-use common::{Conn, Kind, Server};
+use common::{Conn, Kind, Rng, Server};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::mpsc;
 use std::thread;
-
-/// A small deterministic PRNG (xorshift64*), seeded per trial.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// The states a job may be found in after the restart (`gone` = absent).
 #[derive(Clone, Debug)]

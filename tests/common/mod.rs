@@ -1097,3 +1097,26 @@ pub fn diff(args: &[&str], script: impl Fn(&mut Session<'_>)) -> Vec<Entry> {
     }
     reference
 }
+
+/// A small deterministic PRNG (xorshift64*, Marsaglia 2003; Vigna's
+/// multiplier), seeded per trial: scripts are reproducible from the seed.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Spreads `seed` (Fibonacci hashing) and makes it non-zero.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    pub fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+        xs[self.below(xs.len() as u64) as usize]
+    }
+}

@@ -385,29 +385,32 @@ fn last_u32(b: &[u8]) -> Result<u32, ParseError> {
 /// `ULONG_MAX` with `ERANGE`, which beanstalkd answers `BAD_FORMAT`), and
 /// anything after is ignored. No digits at all is `BAD_FORMAT`.
 fn strtoul(b: &[u8]) -> Result<u64, ParseError> {
-    let mut i = 0;
-    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r') {
-        i += 1;
-    }
-    let mut neg = false;
-    if i < b.len() && (b[i] == b'+' || b[i] == b'-') {
-        neg = b[i] == b'-';
-        i += 1;
-    }
-    let start = i;
-    let mut v: u64 = 0;
-    let mut overflow = false;
-    while i < b.len() && b[i].is_ascii_digit() {
-        match v.checked_mul(10).and_then(|v| v.checked_add(u64::from(b[i] - b'0'))) {
-            Some(n) => v = n,
-            None => overflow = true,
-        }
-        i += 1;
-    }
-    if i == start || overflow {
+    let (neg, digits) = c_sign(b);
+    let n = digits.iter().take_while(|c| c.is_ascii_digit()).count();
+    if n == 0 {
         return Err(ParseError::BadFormat);
     }
+    let mut v: u64 = 0;
+    for &d in &digits[..n] {
+        v = v
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(u64::from(d - b'0')))
+            .ok_or(ParseError::BadFormat)?;
+    }
     Ok(if neg { v.wrapping_neg() } else { v })
+}
+
+/// What C's `strto*` skip before the digits: whitespace (`isspace`), then
+/// an optional sign. Returns whether it was `-`, and the rest.
+fn c_sign(mut b: &[u8]) -> (bool, &[u8]) {
+    while let [b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r', rest @ ..] = b {
+        b = rest;
+    }
+    match b {
+        [b'-', rest @ ..] => (true, rest),
+        [b'+', rest @ ..] => (false, rest),
+        _ => (false, b),
+    }
 }
 
 /// C's `strtol(s, &end, 10)` as `reserve-with-timeout` uses it: leading
@@ -415,23 +418,14 @@ fn strtoul(b: &[u8]) -> Result<u64, ParseError> {
 /// out-of-range value (`ERANGE`) is `BAD_FORMAT`; the rest of the line is
 /// ignored.
 fn strtol(b: &[u8]) -> Result<i64, ParseError> {
-    let mut i = 0;
-    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r') {
-        i += 1;
-    }
-    let mut neg = false;
-    if i < b.len() && (b[i] == b'+' || b[i] == b'-') {
-        neg = b[i] == b'-';
-        i += 1;
-    }
+    let (neg, digits) = c_sign(b);
     let mut v: i64 = 0;
-    while i < b.len() && b[i].is_ascii_digit() {
-        let d = i64::from(b[i] - b'0');
+    for &d in digits.iter().take_while(|c| c.is_ascii_digit()) {
+        let d = i64::from(d - b'0');
         v = v
             .checked_mul(10)
             .and_then(|v| if neg { v.checked_sub(d) } else { v.checked_add(d) })
             .ok_or(ParseError::BadFormat)?;
-        i += 1;
     }
     Ok(v)
 }

@@ -345,43 +345,35 @@ impl Server {
 
     fn accept(&mut self, li: usize, touched: &mut Vec<usize>) {
         loop {
-            let stream = match self.listeners.get(li) {
-                Some(Listener::Unix(l, _)) => match l.accept() {
-                    Ok((s, _)) => {
-                        if !self.cfg.allow_uids.is_empty() {
-                            match peer_uid(&s) {
-                                Some(uid) if self.cfg.allow_uids.contains(&uid) => {}
-                                other => {
-                                    tracing::warn!(uid = ?other, "peer uid not allowed; closing");
-                                    continue;
-                                }
-                            }
-                        }
-                        Stream::Unix(s)
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        tracing::warn!("accept: {e}; retrying in 10 ms");
-                        self.accept_retry = true;
-                        return;
-                    }
-                },
-                Some(Listener::Tcp(l)) => match l.accept() {
-                    Ok((s, _)) => {
-                        let _ = s.set_nodelay(true);
-                        Stream::Tcp(s)
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        tracing::warn!("accept: {e}; retrying in 10 ms");
-                        self.accept_retry = true;
-                        return;
-                    }
-                },
+            let accepted = match self.listeners.get(li) {
+                Some(Listener::Unix(l, _)) => l.accept().map(|(s, _)| Stream::Unix(s)),
+                Some(Listener::Tcp(l)) => l.accept().map(|(s, _)| {
+                    let _ = s.set_nodelay(true);
+                    Stream::Tcp(s)
+                }),
                 None => return,
             };
+            let stream = match accepted {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!("accept: {e}; retrying in 10 ms");
+                    self.accept_retry = true;
+                    return;
+                }
+            };
+            if let Stream::Unix(s) = &stream {
+                if !self.cfg.allow_uids.is_empty() {
+                    match peer_uid(s) {
+                        Some(uid) if self.cfg.allow_uids.contains(&uid) => {}
+                        other => {
+                            tracing::warn!(uid = ?other, "peer uid not allowed; closing");
+                            continue;
+                        }
+                    }
+                }
+            }
             if self.open >= self.cfg.max_connections {
                 tracing::warn!(
                     max = self.cfg.max_connections,
