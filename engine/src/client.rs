@@ -206,6 +206,16 @@ pub enum ClientError {
         /// The job.
         id: u64,
     },
+    /// A fenced command (`*-lease`) named a lease that has ended: the job
+    /// was released, timed out, or reserved again since.
+    #[error(
+        "the lease on job {id} has ended (TTR passed, its holder closed, or it was reserved \
+         again); another worker may be running it: drop this result"
+    )]
+    StaleLease {
+        /// The job.
+        id: u64,
+    },
     /// The server does not know this extension command (plain beanstalkd).
     #[error(
         "the server does not support `{command}`: it is a spindled extension, unknown to this \
@@ -941,7 +951,7 @@ impl Client {
             }
             "INSERTED" | "BURIED" | "USING" | "WATCHING" | "DELETED" | "RELEASED" | "TOUCHED"
             | "KICKED" | "PAUSED" | "INSERTED-BATCH" | "DUPLICATE" | "FAILED" | "FAILED-BURIED"
-            | "CONFIGURED" | "CLEARED" => {}
+            | "CONFIGURED" | "CLEARED" | "LEASED" | "STALE_LEASE" => {}
             w if is_error_word(w) => {}
             _ => return Err(self.protocol_err(command, format!("unknown reply {line:?}"))),
         }
@@ -1501,6 +1511,74 @@ impl Client {
                 "job {id} does not exist or is not reserved by this connection"
             ))),
             _ => Err(self.unexpected(&line, &r, true)),
+        }
+    }
+
+    /// `lease` (extension): the fencing token of a job this connection
+    /// reserved. Any connection may then complete, release, bury, touch or
+    /// fail the job with it ([`delete_lease`](Client::delete_lease) and the
+    /// others) for as long as this reservation lasts; once it ends they get
+    /// [`ClientError::StaleLease`]. The lease still ends when this
+    /// connection closes.
+    pub fn lease(&mut self, id: u64) -> Result<u64> {
+        let line = format!("lease {id}");
+        let r = self.simple(&line)?;
+        match r.word() {
+            "LEASED" => self.num_arg(&line, &r, 1),
+            "NOT_FOUND" => Err(ClientError::NotFound(format!(
+                "job {id} does not exist or is not reserved by this connection"
+            ))),
+            _ => Err(self.unexpected_ext("lease", &line, &r)),
+        }
+    }
+
+    /// `delete-lease` (extension): completes job `id` if `token` is its
+    /// current lease.
+    pub fn delete_lease(&mut self, id: u64, token: u64) -> Result<()> {
+        self.fenced("delete-lease", &format!("delete-lease {id} {token}"), id, "DELETED")
+    }
+
+    /// `touch-lease` (extension): restarts job `id`'s time-to-run if
+    /// `token` is its current lease.
+    pub fn touch_lease(&mut self, id: u64, token: u64) -> Result<()> {
+        self.fenced("touch-lease", &format!("touch-lease {id} {token}"), id, "TOUCHED")
+    }
+
+    /// `release-lease` (extension): `release` under the lease `token`.
+    pub fn release_lease(&mut self, id: u64, token: u64, pri: u32, delay: Duration) -> Result<()> {
+        let line = format!("release-lease {id} {token} {pri} {}", secs("delay", delay)?);
+        self.fenced("release-lease", &line, id, "RELEASED")
+    }
+
+    /// `fail-lease` (extension): [`fail`](Client::fail) under the lease
+    /// `token`.
+    pub fn fail_lease(&mut self, id: u64, token: u64, error: &[u8]) -> Result<FailOutcome> {
+        let line = format!("fail-lease {id} {token} {}", error.len());
+        self.require_extensions("fail-lease")?;
+        let r = self.call(&line, |out| {
+            out.extend_from_slice(error);
+            out.extend_from_slice(b"\r\n");
+        })?;
+        match r.word() {
+            "FAILED" => {
+                let attempts = self.num_arg(&line, &r, 0)?;
+                let ms: u64 = self.num_arg(&line, &r, 1)?;
+                Ok(FailOutcome::Retrying { attempts, delay: Duration::from_millis(ms) })
+            }
+            "FAILED-BURIED" => Ok(FailOutcome::Buried { attempts: self.num_arg(&line, &r, 0)? }),
+            "STALE_LEASE" => Err(ClientError::StaleLease { id }),
+            "NOT_FOUND" => Err(ClientError::NotFound(format!("job {id} does not exist"))),
+            _ => Err(self.unexpected(&line, &r, true)),
+        }
+    }
+
+    fn fenced(&mut self, name: &'static str, line: &str, id: u64, ok: &str) -> Result<()> {
+        let r = self.simple(line)?;
+        match r.word() {
+            w if w == ok => Ok(()),
+            "STALE_LEASE" => Err(ClientError::StaleLease { id }),
+            "NOT_FOUND" => Err(ClientError::NotFound(format!("job {id} does not exist"))),
+            _ => Err(self.unexpected_ext(name, line, &r)),
         }
     }
 

@@ -57,13 +57,27 @@ impl<T: Unpark> Parker<T> {
     /// Steps 1-2 and 4: `has_work` is the re-check. Returns once woken,
     /// timed out, or work was found on re-check.
     pub(crate) fn park(&self, timeout: Duration, has_work: impl Fn() -> bool) {
+        self.prepare();
+        if !has_work() {
+            crate::sync::park_timeout(timeout);
+        }
+        self.awake();
+    }
+
+    /// Step 1's store, for a thread that sleeps somewhere else than
+    /// `park` (an event loop blocking in `epoll_wait`, woken through a
+    /// `mio::Waker`): call, re-check for work, sleep, then [`awake`].
+    ///
+    /// [`awake`]: Parker::awake
+    pub(crate) fn prepare(&self) {
         self.state.store(PARKED, Ordering::SeqCst);
         // Orders the store before the re-check's loads (Dekker pattern with
         // the fence in `notify`).
         fence(Ordering::SeqCst);
-        if !has_work() {
-            crate::sync::park_timeout(timeout);
-        }
+    }
+
+    /// Step 4.
+    pub(crate) fn awake(&self) {
         self.state.store(RUNNING, Ordering::SeqCst);
     }
 

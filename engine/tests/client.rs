@@ -452,6 +452,11 @@ fn extensions_are_unsupported_on_beanstalkd_or_work_on_spindled() {
     unsupported(c.stats_tube_ext("ext").map(drop), "stats-tube-ext");
     unsupported(c.stats_job_ext(id).map(drop), "stats-job-ext");
     unsupported(c.metrics().map(drop), "metrics");
+    unsupported(c.lease(job.id).map(drop), "lease");
+    unsupported(c.delete_lease(job.id, 1), "delete-lease");
+    unsupported(c.touch_lease(job.id, 1), "touch-lease");
+    unsupported(c.release_lease(job.id, 1, 0, NOW), "release-lease");
+    unsupported(c.fail_lease(job.id, 1, evil.as_bytes()).map(drop), "fail-lease");
     // Nothing was deleted by a stray body and the connection is in step.
     assert!(!c.is_broken());
     assert_eq!(c.stats_job(id).unwrap().get("state"), Some("reserved"));
@@ -485,6 +490,26 @@ fn extensions_work(c: &mut Client, id: u64) {
         }
     }
     assert_eq!(c.clear_tube("ext", &[JobState::Ready, JobState::Buried]).unwrap(), 5);
+    // Fencing tokens: a lease's token works until the reservation ends.
+    let lid = c.put(0, NOW, TTR, b"lease").unwrap();
+    c.reserve_job(lid).unwrap();
+    let token = c.lease(lid).unwrap();
+    c.touch_lease(lid, token).unwrap();
+    let stale = |r: Result<(), ClientError>| {
+        assert!(matches!(r, Err(ClientError::StaleLease { id }) if id == lid), "{r:?}")
+    };
+    stale(c.delete_lease(lid, token + 1));
+    c.release_lease(lid, token, 0, NOW).unwrap();
+    stale(c.delete_lease(lid, token));
+    c.reserve_job(lid).unwrap();
+    let again = c.lease(lid).unwrap();
+    assert!(again > token, "{again} after {token}");
+    assert_eq!(c.fail_lease(lid, again, b"e").unwrap(), FailOutcome::Buried { attempts: 2 });
+    c.kick_job(lid).unwrap();
+    c.reserve_job(lid).unwrap();
+    let last = c.lease(lid).unwrap();
+    c.delete_lease(lid, last).unwrap();
+    assert!(matches!(c.lease(lid), Err(ClientError::NotFound(_))));
 }
 
 #[test]

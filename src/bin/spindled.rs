@@ -101,8 +101,10 @@ struct Args {
     /// before sleeping (lower wake-up latency, more CPU). 0 = never spin.
     #[arg(long, default_value_t = 0, value_name = "US")]
     idle_spin_us: u64,
-    /// Event loops. This version runs one loop (like beanstalkd); values
-    /// above 1 are refused until connections can be spread over loops.
+    /// Event loops: one owns the job table and serves its share of the
+    /// connections; the other N-1 only move their connections' bytes.
+    /// New connections are dealt round-robin. 1 = one thread, like
+    /// beanstalkd.
     #[arg(long, default_value_t = 1)]
     shards: usize,
 }
@@ -189,12 +191,7 @@ fn config(a: &Args) -> Result<ServerConfig, String> {
     cfg.latency_target = Duration::from_millis(a.latency_target_ms.max(1));
     cfg.idle_spin = Duration::from_micros(a.idle_spin_us);
     cfg.recovery = if a.strict_recovery { Recovery::Strict } else { Recovery::Truncate };
-    if a.shards != 1 {
-        return Err(format!(
-            "--shards {}: this version of spindled runs one event loop; see docs/architecture.md",
-            a.shards
-        ));
-    }
+    cfg.shards = a.shards;
     if let Some(u) = &a.user {
         return Err(format!(
             "-u {u}: spindled does not switch users; start it as that user (systemd User=)"

@@ -20,6 +20,8 @@
 //! script must then pass: a failure in that mode is a harness bug or a
 //! nondeterministic script). With `SPINDLE_DIFF_SHOW=1` (and
 //! `--nocapture`) every script prints beanstalkd's normalised replies.
+//! With `SPINDLE_TEST_SHARDS=N` every spindled runs with `--shards N`
+//! (connections spread over event loops; `.ci/run` uses 3).
 
 #![allow(dead_code)]
 
@@ -175,6 +177,13 @@ impl Server {
         dir: tempfile::TempDir,
     ) -> Result<Server, String> {
         let bin = kind.binary();
+        let mut args = args;
+        if let (Kind::Spindled, Ok(n)) = (kind, std::env::var("SPINDLE_TEST_SHARDS")) {
+            // Run the same tests with connections spread over I/O loops.
+            if !args.iter().any(|a| a == "--shards") {
+                args.extend(["--shards".into(), n]);
+            }
+        }
         let out = std::fs::File::create(dir.path().join("stdout")).expect("create stdout file");
         let err = std::fs::File::create(dir.path().join("stderr")).expect("create stderr file");
         let child = Command::new(&bin)
@@ -290,6 +299,20 @@ impl Server {
         if let Some(status) = self.child_mut().try_wait().expect("try_wait") {
             self.child = None;
             panic!("{} exited unexpectedly ({status}){}", self.kind.name(), self.log_tail());
+        }
+    }
+
+    /// Waits (polling, with [`START_DEADLINE`] as the limit) for the
+    /// process to exit, e.g. after SIGTERM, and returns its status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Some(st) = self.child_mut().try_wait().expect("try_wait") {
+                self.child = None;
+                return st;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit", self.kind.name());
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 

@@ -26,6 +26,7 @@ use std::time::Instant;
 use mio::net::{TcpStream, UnixStream};
 
 use super::proto::{self, Cmd, ParseError, LINE_MAX};
+use super::remote::Remote;
 use super::store::{ConnId, Flow, Store};
 
 /// Unsent output above which a connection's input is not processed.
@@ -47,14 +48,30 @@ fn scan_line_end(window: &[u8]) -> Option<usize> {
 pub(crate) enum Stream {
     Unix(UnixStream),
     Tcp(TcpStream),
+    /// A socket served by another event loop (`remote.rs`).
+    Remote(Remote),
 }
 
 impl Stream {
-    pub(crate) fn source(&mut self) -> &mut dyn mio::event::Source {
+    /// The socket to register with a poll; `None` for a remote one.
+    pub(crate) fn source(&mut self) -> Option<&mut dyn mio::event::Source> {
         match self {
-            Stream::Unix(s) => s,
-            Stream::Tcp(s) => s,
+            Stream::Unix(s) => Some(s),
+            Stream::Tcp(s) => Some(s),
+            Stream::Remote(_) => None,
         }
+    }
+
+    /// Reply bytes written to this stream but not yet to the socket.
+    fn in_transit(&self) -> usize {
+        match self {
+            Stream::Remote(r) => r.in_transit,
+            _ => 0,
+        }
+    }
+
+    fn gone(&self) -> bool {
+        matches!(self, Stream::Remote(r) if r.gone)
     }
 }
 
@@ -63,6 +80,7 @@ impl Read for Stream {
         match self {
             Stream::Unix(s) => s.read(buf),
             Stream::Tcp(s) => s.read(buf),
+            Stream::Remote(r) => r.read(buf),
         }
     }
 }
@@ -72,6 +90,7 @@ impl Write for Stream {
         match self {
             Stream::Unix(s) => s.write(buf),
             Stream::Tcp(s) => s.write(buf),
+            Stream::Remote(r) => r.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -153,8 +172,10 @@ impl Conn {
         }
     }
 
+    /// Reply bytes not yet handed to the socket (for a remote
+    /// connection, including those its I/O loop has not written yet).
     pub(crate) fn unsent(&self) -> usize {
-        self.out.len() - self.out_pos
+        self.out.len() - self.out_pos + self.stream.in_transit()
     }
 
     /// Whether input may be processed now.
@@ -209,6 +230,9 @@ impl Conn {
 
     /// Writes pending output. Returns false if the peer is gone.
     pub(crate) fn flush(&mut self) -> bool {
+        if self.stream.gone() {
+            return false;
+        }
         while self.out_pos < self.out.len() {
             match self.stream.write(&self.out[self.out_pos..]) {
                 Ok(0) => return false,
@@ -441,7 +465,8 @@ impl Conn {
                     self.start_body(cmd, bytes as usize + 2, store, now);
                 }
             }
-            Cmd::PutUnique { bytes, .. } | Cmd::Fail { bytes, .. } => {
+            ref c if c.ext_body().is_some() => {
+                let bytes = c.ext_body().unwrap_or(0);
                 if bytes > max {
                     self.state = In::Skip { left: u64::from(bytes) + 2, reply: b"JOB_TOO_BIG\r\n" };
                 } else {

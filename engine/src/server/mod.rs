@@ -35,15 +35,19 @@
 //! 5. Write every connection's output; resume connections that were held
 //!    back by a full output buffer.
 //!
-//! One thread owns the job table and all connections, as in beanstalkd, so
-//! no lock is taken anywhere on the path of a command. See
-//! `docs/architecture.md` ("Daemon") for why, and for the plan to spread
-//! connections over one loop per core.
+//! One thread owns the job table and runs every connection's commands, as
+//! in beanstalkd, so no lock is taken anywhere on the path of a command.
+//! With [`ServerConfig::shards`] > 1, the sockets of some connections are
+//! served by I/O loops (`ioloop.rs`) that only move bytes to and from the
+//! owner over lock-free channels (`remote.rs`). See `docs/architecture.md`
+//! ("The daemon") for why.
 
 mod conn;
+mod ioloop;
 mod persist;
 pub mod proto;
 mod reactor;
+mod remote;
 mod report;
 mod store;
 
@@ -120,6 +124,11 @@ pub struct ServerConfig {
     /// parking in `epoll_wait` (0 = always block). Trades one core's idle
     /// time for wake-up latency.
     pub idle_spin: Duration,
+    /// Event loops (`--shards`): the one that owns the job table, plus
+    /// `shards - 1` loops that only move bytes for the connections they
+    /// are given (round-robin at accept). 1 serves everything on one
+    /// thread, like beanstalkd.
+    pub shards: usize,
 }
 
 /// beanstalkd's default `-z`.
@@ -146,6 +155,7 @@ impl Default for ServerConfig {
             latency_target: Duration::from_millis(100),
             version: format!("spindled {}", env!("CARGO_PKG_VERSION")),
             idle_spin: Duration::ZERO,
+            shards: 1,
         }
     }
 }

@@ -114,7 +114,35 @@ pub enum Cmd {
     StatsJobExt(u64),
     /// `metrics`
     Metrics,
+    /// `lease <id>`: the fencing token of a job this connection reserved.
+    Lease(u64),
+    /// `delete-lease`, `release-lease`, `bury-lease`, `touch-lease`,
+    /// `fail-lease`: `inner` (a `Delete`, `Release`, `Bury`, `Touch` or
+    /// `Fail`) on behalf of whichever connection holds the job, if its
+    /// reservation's token is `token`.
+    Fenced { token: u64, inner: Box<Cmd> },
 }
+
+impl Cmd {
+    /// The size of the body that follows the line, for extensions that
+    /// carry one (`put` is handled on its own: beanstalkd's rules).
+    pub fn ext_body(&self) -> Option<u32> {
+        match self {
+            Cmd::PutUnique { bytes, .. } | Cmd::Fail { bytes, .. } => Some(*bytes),
+            Cmd::Fenced { inner, .. } => inner.ext_body(),
+            _ => None,
+        }
+    }
+}
+
+/// The fenced commands' names and which command they wrap.
+const FENCED: &[(&[u8], u8)] = &[
+    (b"delete-lease ", b'd'),
+    (b"release-lease ", b'r'),
+    (b"bury-lease ", b'b'),
+    (b"touch-lease ", b't'),
+    (b"fail-lease ", b'f'),
+];
 
 /// Why a line is not a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,6 +242,32 @@ pub fn parse(line: &[u8]) -> R {
     }
     if line == b"metrics" {
         return Ok(Cmd::Metrics);
+    }
+    if let Some(rest) = line.strip_prefix(b"lease ") {
+        return Ok(Cmd::Lease(last_u64(rest)?));
+    }
+    for (name, op) in FENCED {
+        if let Some(rest) = line.strip_prefix(*name) {
+            let (id, r) = num_u64(rest)?;
+            let (token, inner) = match op {
+                b'd' => (last_u64(r)?, Cmd::Delete(id)),
+                b't' => (last_u64(r)?, Cmd::Touch(id)),
+                b'r' => {
+                    let (token, r) = num_u64(r)?;
+                    let (pri, r) = num_u32(r)?;
+                    (token, Cmd::Release { id, pri, delay: last_u32(r)? })
+                }
+                b'b' => {
+                    let (token, r) = num_u64(r)?;
+                    (token, Cmd::Bury { id, pri: last_u32(r)? })
+                }
+                _ => {
+                    let (token, r) = num_u64(r)?;
+                    (token, Cmd::Fail { id, bytes: last_u32(r)? })
+                }
+            };
+            return Ok(Cmd::Fenced { token, inner: Box::new(inner) });
+        }
     }
 
     // beanstalkd 1.12's which_cmd(), in its order.
@@ -507,6 +561,22 @@ mod tests {
         assert_eq!(parse(b"reserve-with-timeout 4294967296"), Ok(Cmd::ReserveTimeout(0)));
         assert_eq!(parse(b"reserve-with-timeout abc"), Ok(Cmd::ReserveTimeout(0)));
         assert_eq!(parse(b"reserve-with-timeout 99999999999999999999"), Err(ParseError::BadFormat));
+    }
+
+    #[test]
+    fn fenced_commands() {
+        let f = |token, inner| Ok(Cmd::Fenced { token, inner: Box::new(inner) });
+        assert_eq!(parse(b"lease 7"), Ok(Cmd::Lease(7)));
+        assert_eq!(parse(b"delete-lease 1 2"), f(2, Cmd::Delete(1)));
+        assert_eq!(parse(b"touch-lease 1 2"), f(2, Cmd::Touch(1)));
+        assert_eq!(parse(b"release-lease 1 2 3 4"), f(2, Cmd::Release { id: 1, pri: 3, delay: 4 }));
+        assert_eq!(parse(b"bury-lease 1 2 3"), f(2, Cmd::Bury { id: 1, pri: 3 }));
+        let fail = parse(b"fail-lease 1 2 5");
+        assert_eq!(fail, f(2, Cmd::Fail { id: 1, bytes: 5 }));
+        assert_eq!(fail.map(|c| c.ext_body()), Ok(Some(5)));
+        for bad in ["lease x", "touch-lease 1", "delete-lease 1 2 3", "release-lease 1 2 3"] {
+            assert_eq!(parse(bad.as_bytes()), Err(ParseError::BadFormat), "{bad}");
+        }
     }
 
     #[test]

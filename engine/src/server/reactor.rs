@@ -12,12 +12,17 @@ use mio::net::{TcpListener, UnixListener};
 use mio::{Events, Interest, Poll, Token, Waker};
 use spindle_wal::{RecoveryMode, SyncPolicy, Wal, WalOptions};
 
+use crossbeam_channel::Receiver;
+
 use super::conn::{Conn, Stream};
+use super::ioloop::IoLoop;
+use super::remote::{FromIo, Link, PollWaker, Remote, ToIo};
 use super::store::{Log, Store, StoreConfig};
 use super::{
     Listen, Recovery, ServerConfig, ServerError, ServerHandle, SyncMode, DRAIN, MAX_JOB_SIZE_LIMIT,
     RUN, STOP,
 };
+use crate::park::Parker;
 
 const WAKER: Token = Token(0);
 
@@ -27,10 +32,24 @@ const WAKER: Token = Token(0);
 pub(crate) const MAX_LOGGED_JOB: u64 = spindle_wal::MAX_PAYLOAD - 64 * 1024;
 /// Listener tokens are 1..FIRST_CONN; connection `i` is `FIRST_CONN + i`.
 const FIRST_CONN: usize = 64;
+/// Most event loops (`--shards`): one per core of a large machine.
+pub(crate) const MAX_SHARDS: usize = 256;
 
 enum Listener {
     Unix(UnixListener, PathBuf),
     Tcp(TcpListener),
+}
+
+/// The I/O loops (`--shards` > 1) as the owner sees them.
+struct Loops {
+    links: Vec<Arc<Link<ToIo>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    rx: Receiver<FromIo>,
+    /// Remote connection key -> connection slot.
+    slots: std::collections::HashMap<u64, usize>,
+    next_key: u64,
+    /// Round-robin over the owner (0) and the I/O loops (1..).
+    next: usize,
 }
 
 /// A bound server, ready to [`run`](Server::run).
@@ -48,6 +67,9 @@ pub struct Server {
     /// A `-f0` sync failed: replies queued since are not durable and must
     /// not be sent.
     sync_failed: bool,
+    /// Wakes this loop when an I/O loop sends it something.
+    parker: Arc<Parker<PollWaker>>,
+    loops: Option<Loops>,
 }
 
 impl std::fmt::Debug for Server {
@@ -63,6 +85,12 @@ impl Server {
     pub fn bind(cfg: ServerConfig) -> Result<Server, ServerError> {
         if cfg.listen.is_empty() {
             return Err(ServerError::Config("nothing to listen on".into()));
+        }
+        if cfg.shards == 0 || cfg.shards > MAX_SHARDS {
+            return Err(ServerError::Config(format!(
+                "{} event loops: choose 1 to {MAX_SHARDS}",
+                cfg.shards
+            )));
         }
         if cfg.max_job_size > MAX_JOB_SIZE_LIMIT {
             return Err(ServerError::Config(format!(
@@ -168,9 +196,11 @@ impl Server {
             store,
             cfg,
             flag: Arc::new(AtomicU8::new(RUN)),
+            parker: Arc::new(Parker::new(PollWaker(waker.clone()))),
             waker,
             accept_retry: false,
             sync_failed: false,
+            loops: None,
         })
     }
 
@@ -190,8 +220,87 @@ impl Server {
             .collect()
     }
 
+    /// Starts the I/O loops (threads `spindled-io-N`) when there are more
+    /// shards than this one.
+    fn start_loops(&mut self) -> Result<(), ServerError> {
+        if self.cfg.shards <= 1 {
+            return Ok(());
+        }
+        let (to_owner, rx) = crossbeam_channel::unbounded();
+        let owner = Arc::new(Link::new(to_owner, self.parker.clone()));
+        let mut links = Vec::new();
+        let mut threads = Vec::new();
+        for n in 1..self.cfg.shards {
+            let (tx, io_rx) = crossbeam_channel::unbounded();
+            let (io, parker) = IoLoop::new(io_rx, owner.clone())?;
+            let t = std::thread::Builder::new()
+                .name(format!("spindled-io-{n}"))
+                .spawn(move || io.run())?;
+            links.push(Arc::new(Link::new(tx, parker)));
+            threads.push(t);
+        }
+        self.loops = Some(Loops {
+            links,
+            threads,
+            rx,
+            slots: std::collections::HashMap::new(),
+            next_key: 1,
+            next: 0,
+        });
+        Ok(())
+    }
+
+    /// Takes what the I/O loops sent: input, acknowledgements, closes.
+    fn take_from_loops(&mut self, touched: &mut Vec<usize>) {
+        let Some(loops) = &mut self.loops else { return };
+        while let Ok(m) = loops.rx.try_recv() {
+            let (key, m) = match m {
+                FromIo::Data { key, .. }
+                | FromIo::Hup { key }
+                | FromIo::Eof { key }
+                | FromIo::Written { key, .. }
+                | FromIo::Gone { key } => (key, m),
+            };
+            let Some(&i) = loops.slots.get(&key) else { continue };
+            let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { continue };
+            let Stream::Remote(r) = &mut c.stream else { continue };
+            match m {
+                FromIo::Data { bytes, .. } => {
+                    r.push(bytes);
+                    c.may_read = true;
+                }
+                FromIo::Hup { .. } => {
+                    c.may_read = true;
+                    c.hup = true;
+                }
+                FromIo::Eof { .. } => {
+                    r.eof = true;
+                    c.may_read = true;
+                    c.hup = true;
+                }
+                FromIo::Written { n, .. } => r.written(n),
+                FromIo::Gone { .. } => {
+                    r.lost();
+                    c.may_read = true;
+                    c.hup = true;
+                }
+            }
+            touched.push(i);
+        }
+    }
+
+    /// Wakes the I/O loops this iteration sent something to.
+    fn flush_loops(&self) {
+        if let Some(loops) = &self.loops {
+            for l in &loops.links {
+                l.flush();
+            }
+        }
+    }
+
     /// Serves until [`ServerHandle::stop`].
     pub fn run(mut self) -> Result<(), ServerError> {
+        self.start_loops()?;
         let mut events = Events::with_capacity(1024);
         let mut touched: Vec<usize> = Vec::new();
         let mut next_due = self.store.tick(Instant::now());
@@ -213,7 +322,21 @@ impl Server {
             } else {
                 next_due.map(|d| d.saturating_duration_since(now))
             };
-            match self.poll.poll(&mut events, timeout) {
+            // Parking (a non-zero timeout) follows `park.rs`: announce it,
+            // then re-check the I/O loops' channel.
+            let parks = timeout != Some(std::time::Duration::ZERO);
+            let mut timeout = timeout;
+            if parks {
+                self.parker.prepare();
+                if self.loops.as_ref().is_some_and(|l| !l.rx.is_empty()) {
+                    timeout = Some(std::time::Duration::ZERO);
+                }
+            }
+            let polled = self.poll.poll(&mut events, timeout);
+            if parks {
+                self.parker.awake();
+            }
+            match polled {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e.into()),
@@ -226,7 +349,9 @@ impl Server {
                 }
                 _ => {}
             }
-            if !events.is_empty() {
+            let before = touched.len();
+            self.take_from_loops(&mut touched);
+            if !events.is_empty() || touched.len() > before {
                 last_busy = Instant::now();
             }
             if std::mem::take(&mut self.accept_retry) {
@@ -281,7 +406,12 @@ impl Server {
                     self.finish(i, now, &mut again);
                 }
                 touched = again;
+                // Replies of this round go out now; input that arrived
+                // meanwhile joins the next round.
+                self.flush_loops();
+                self.take_from_loops(&mut touched);
             }
+            self.flush_loops();
             next_due = self.store.next_due();
         }
         self.shutdown()
@@ -389,16 +519,14 @@ impl Server {
                     self.conns.len() - 1
                 }
             };
-            let mut conn = Conn::new(i, stream);
-            if let Err(e) = self.poll.registry().register(
-                conn.stream.source(),
-                Token(FIRST_CONN + i),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                tracing::warn!("register: {e}");
-                self.free.push(i);
-                continue;
-            }
+            let conn = match self.place(i, stream) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("register: {e}");
+                    self.free.push(i);
+                    continue;
+                }
+            };
             self.store.connect(i);
             self.conns[i] = Some(conn);
             self.open += 1;
@@ -406,11 +534,59 @@ impl Server {
         }
     }
 
+    /// Gives a new connection (slot `i`) to the next loop in turn: this
+    /// one registers the socket itself, an I/O loop is sent it.
+    fn place(&mut self, i: usize, stream: Stream) -> io::Result<Conn> {
+        let lp = match &mut self.loops {
+            Some(l) => {
+                let n = l.next;
+                l.next = (n + 1) % (l.links.len() + 1);
+                n
+            }
+            None => 0,
+        };
+        match (&mut self.loops, lp) {
+            (Some(loops), 1..) => {
+                let link = loops.links[lp - 1].clone();
+                let key = loops.next_key;
+                loops.next_key += 1;
+                if !link.send(ToIo::Attach { key, stream }) {
+                    return Err(io::Error::other("I/O loop ended"));
+                }
+                loops.slots.insert(key, i);
+                Ok(Conn::new(i, Stream::Remote(Remote::new(key, link))))
+            }
+            _ => {
+                let mut stream = stream;
+                if let Some(src) = stream.source() {
+                    self.poll.registry().register(
+                        src,
+                        Token(FIRST_CONN + i),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )?;
+                }
+                Ok(Conn::new(i, stream))
+            }
+        }
+    }
+
     /// Closes connection `i`; connections whose waits its closing served
     /// go to `again` (they must write, then process their pending input).
     fn close(&mut self, i: usize, now: Instant, again: &mut Vec<usize>) {
         if let Some(mut c) = self.conns.get_mut(i).and_then(Option::take) {
-            let _ = self.poll.registry().deregister(c.stream.source());
+            match &mut c.stream {
+                Stream::Remote(r) => {
+                    r.link.send(ToIo::Close { key: r.key });
+                    if let Some(l) = &mut self.loops {
+                        l.slots.remove(&r.key);
+                    }
+                }
+                s => {
+                    if let Some(src) = s.source() {
+                        let _ = self.poll.registry().deregister(src);
+                    }
+                }
+            }
             c.abandon(&mut self.store);
             self.store.disconnect(i, now);
             self.free.push(i);
@@ -428,6 +604,17 @@ impl Server {
                 let _ = c.flush();
             }
             self.close(i, now, &mut ignored);
+        }
+        if let Some(loops) = self.loops.take() {
+            for l in &loops.links {
+                l.send(ToIo::Stop);
+                l.flush();
+            }
+            for t in loops.threads {
+                if t.join().is_err() {
+                    tracing::error!("an I/O loop panicked");
+                }
+            }
         }
         for l in &self.listeners {
             if let Listener::Unix(_, path) = l {

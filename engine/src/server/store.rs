@@ -1100,6 +1100,36 @@ impl Store {
                 }
             }
             Cmd::Quit => return Flow::Close,
+            Cmd::Lease(id) => {
+                let token = self.jobs.get(&id).map(|j| j.counts.reserves);
+                match token {
+                    Some(t) if self.holds(c, id) => {
+                        reply_fmt(w, format_args!("LEASED {id} {t}\r\n"))
+                    }
+                    _ => w.extend_from_slice(b"NOT_FOUND\r\n"),
+                }
+            }
+            Cmd::Fenced { token, inner } => {
+                let id = match *inner {
+                    Cmd::Delete(id)
+                    | Cmd::Touch(id)
+                    | Cmd::Release { id, .. }
+                    | Cmd::Bury { id, .. }
+                    | Cmd::Fail { id, .. } => id,
+                    _ => 0,
+                };
+                let holder = self.jobs.get(&id).map(|j| match j.state {
+                    State::Reserved { by, .. } if u64::from(j.counts.reserves) == token => Some(by),
+                    _ => None,
+                });
+                match holder {
+                    None => w.extend_from_slice(b"NOT_FOUND\r\n"),
+                    Some(None) => w.extend_from_slice(b"STALE_LEASE\r\n"),
+                    // The holder's own command, whoever sends it; the
+                    // lease stays the holder's.
+                    Some(Some(by)) => return self.dispatch(by, *inner, body, now, w),
+                }
+            }
             Cmd::Fail { id, .. } => {
                 if !self.holds(c, id) {
                     w.extend_from_slice(b"NOT_FOUND\r\n");
@@ -2006,7 +2036,7 @@ fn writes_log(cmd: &Cmd) -> bool {
             | Cmd::Fail { .. }
             | Cmd::TubeConfig { .. }
             | Cmd::ClearTube { .. }
-    )
+    ) || matches!(cmd, Cmd::Fenced { inner, .. } if writes_log(inner))
 }
 
 /// What recovery found.
@@ -2115,6 +2145,50 @@ mod tests {
         let y = run(&mut s, 1, "stats-job-ext 1", b"", t1);
         assert!(y.contains("state: buried") && y.contains("last-error: \"boom2\""), "{y}");
         assert_eq!(run(&mut s, 1, "fail 1 1", b"x", t1), "NOT_FOUND\r\n");
+    }
+
+    #[test]
+    fn fenced_commands_need_the_current_lease() {
+        let t0 = Instant::now();
+        let sec = |x: f64| t0 + Duration::from_secs_f64(x);
+        let mut s = Store::new(cfg(), None, t0);
+        s.connect(1);
+        s.connect(2);
+        assert_eq!(run(&mut s, 1, "put 0 0 1 1", b"x", t0), "INSERTED 1\r\n");
+        assert!(run(&mut s, 1, "reserve-with-timeout 0", b"", t0).starts_with("RESERVED 1 1"));
+        assert_eq!(run(&mut s, 2, "lease 1", b"", t0), "NOT_FOUND\r\n");
+        assert_eq!(run(&mut s, 1, "lease 1", b"", t0), "LEASED 1 1\r\n");
+        // Another connection extends the lease with the token...
+        assert_eq!(run(&mut s, 2, "touch-lease 1 1", b"", sec(0.9)), "TOUCHED\r\n");
+        s.tick(sec(1.5));
+        assert!(run(&mut s, 2, "stats-job 1", b"", sec(1.5)).contains("state: reserved"));
+        // ...which then passes: the job is reserved again, by connection 2.
+        s.tick(sec(2.0));
+        assert!(run(&mut s, 2, "reserve-with-timeout 0", b"", sec(2.0)).starts_with("RESERVED 1"));
+        assert_eq!(run(&mut s, 2, "lease 1", b"", sec(2.0)), "LEASED 1 2\r\n");
+        // The first holder's token is stale for every fenced command.
+        for cmd in ["delete-lease 1 1", "touch-lease 1 1", "bury-lease 1 1 0"] {
+            assert_eq!(run(&mut s, 1, cmd, b"", sec(2.0)), "STALE_LEASE\r\n", "{cmd}");
+        }
+        assert_eq!(run(&mut s, 1, "fail-lease 1 1 1", b"e", sec(2.0)), "STALE_LEASE\r\n");
+        // The current token works from any connection, for the holder.
+        assert_eq!(run(&mut s, 1, "release-lease 1 2 7 0", b"", sec(2.0)), "RELEASED\r\n");
+        let y = run(&mut s, 1, "stats-job 1", b"", sec(2.0));
+        assert!(y.contains("state: ready") && y.contains("pri: 7"), "{y}");
+        assert_eq!(run(&mut s, 1, "delete-lease 1 2", b"", sec(2.0)), "STALE_LEASE\r\n");
+        assert!(run(&mut s, 2, "reserve-with-timeout 0", b"", sec(2.0)).starts_with("RESERVED 1"));
+        let r = run(&mut s, 1, "fail-lease 1 3 4", b"boom", sec(2.0));
+        assert!(r.starts_with("FAILED 3 "), "{r}");
+        s.tick(sec(9.0));
+        assert!(run(&mut s, 2, "reserve-with-timeout 0", b"", sec(9.0)).starts_with("RESERVED 1"));
+        // A closed holder's lease is gone with it.
+        s.disconnect(2, sec(9.0));
+        assert_eq!(run(&mut s, 1, "delete-lease 1 4", b"", sec(9.0)), "STALE_LEASE\r\n");
+        assert_eq!(run(&mut s, 1, "delete-lease 9 1", b"", sec(9.0)), "NOT_FOUND\r\n");
+        assert!(run(&mut s, 1, "reserve-with-timeout 0", b"", sec(9.0)).starts_with("RESERVED 1"));
+        assert_eq!(run(&mut s, 1, "lease 1", b"", sec(9.0)), "LEASED 1 5\r\n");
+        assert_eq!(run(&mut s, 1, "delete-lease 1 5", b"", sec(9.0)), "DELETED\r\n");
+        s.check();
     }
 
     #[test]
