@@ -30,7 +30,7 @@ use spindle_wal::{Appender, Wal, WalError};
 
 use super::persist::{self, Counts, DRec, ST_BURIED, ST_DELAYED, ST_READY};
 use super::proto::Cmd;
-use crate::idhash::IdBuild;
+use crate::idhash::{IdBuild, SeqBuild};
 
 /// A connection, as the store knows it.
 pub(crate) type ConnId = usize;
@@ -361,7 +361,7 @@ const COMPACT_BATCH: usize = 4096;
 #[derive(Debug)]
 pub(crate) struct Store {
     pub cfg: StoreConfig,
-    pub jobs: HashMap<u64, Box<Job>, IdBuild>,
+    pub jobs: HashMap<u64, Box<Job>, SeqBuild>,
     pub tubes: HashMap<Arc<str>, Tube>,
     /// `list-tubes` order: creation order with beanstalkd's swap-remove.
     pub tube_order: Vec<Arc<str>>,
@@ -701,7 +701,8 @@ impl Store {
         self.log.as_ref().is_some_and(|l| l.failed.is_some())
     }
 
-    fn put_record(&self, j: &Job, now: Instant) -> DRec {
+    /// The `Put` record of `j`, carrying `body` (the job's body).
+    fn put_record(j: &Job, body: Vec<u8>, now: Instant) -> DRec {
         let (state, run_at_ms) = logged_state(j.state, now);
         let bury_seq = bury_seq_of(j.state);
         DRec::Put {
@@ -710,7 +711,7 @@ impl Store {
             pri: j.pri,
             delay_s: j.delay_s,
             ttr_s: j.ttr_s,
-            body: j.body.to_vec(),
+            body,
             state,
             run_at_ms,
             bury_seq,
@@ -725,10 +726,18 @@ impl Store {
         if self.log.is_none() {
             return Ok(());
         }
-        let Some(j) = self.jobs.get(&id) else { return Ok(()) };
-        let rec = self.put_record(j, now);
+        let Some(j) = self.jobs.get_mut(&id) else { return Ok(()) };
+        // The record borrows the body for the append (moved out and back,
+        // both free: a boxed slice and a Vec of equal length and capacity)
+        // instead of copying it.
+        let body = std::mem::take(&mut j.body).into_vec();
+        let mut rec = Self::put_record(j, body, now);
         let Some(log) = &mut self.log else { return Ok(()) };
-        match log.append(&rec) {
+        let appended = log.append(&rec);
+        if let (Some(j), DRec::Put { body, .. }) = (self.jobs.get_mut(&id), &mut rec) {
+            j.body = std::mem::take(body).into_boxed_slice();
+        }
+        match appended {
             Ok((lsn, len)) => {
                 self.ct.records_written += 1;
                 log.by_lsn.insert(lsn, id);
