@@ -24,7 +24,7 @@ use crossbeam_channel::Receiver;
 use mio::{Events, Interest, Poll, Token};
 
 use super::conn::{Stream, READ_CHUNK};
-use super::remote::{FromIo, Link, PollWaker, ToIo, IN_WINDOW};
+use super::remote::{FromIo, Link, PollWaker, ToIo, IN_WINDOW, MSG_COST, OUT_WINDOW};
 use crate::park::Parker;
 
 /// The waker's token; connections use their key (keys start at 1).
@@ -50,6 +50,8 @@ pub(crate) struct IoLoop {
     rx: Receiver<ToIo>,
     owner: Arc<Link<FromIo>>,
     conns: HashMap<u64, IoConn>,
+    /// Reused for every read; each message carries only the bytes read.
+    scratch: Vec<u8>,
 }
 
 impl IoLoop {
@@ -61,7 +63,15 @@ impl IoLoop {
         let poll = Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
         let me = Arc::new(Parker::new(PollWaker(waker)));
-        Ok((IoLoop { poll, me: me.clone(), rx, owner, conns: HashMap::new() }, me))
+        let io = IoLoop {
+            poll,
+            me: me.clone(),
+            rx,
+            owner,
+            conns: HashMap::new(),
+            scratch: vec![0; READ_CHUNK],
+        };
+        Ok((io, me))
     }
 
     /// Serves until [`ToIo::Stop`] or until the owner is gone.
@@ -82,6 +92,10 @@ impl IoLoop {
             if let Err(e) = polled {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!("I/O loop: {e}; closing its connections");
+                    for &key in self.conns.keys() {
+                        self.owner.send(FromIo::Gone { key });
+                    }
+                    self.owner.flush();
                     return;
                 }
             }
@@ -170,7 +184,7 @@ impl IoLoop {
             touched.dedup();
             for key in std::mem::take(&mut touched) {
                 let Some(c) = self.conns.get_mut(&key) else { continue };
-                c.read(key, &self.owner);
+                c.read(key, &self.owner, &mut self.scratch);
                 let n = c.write();
                 if n > 0 {
                     self.owner.send(FromIo::Written { key, n });
@@ -188,18 +202,17 @@ impl IoLoop {
 
 impl IoConn {
     /// Reads while the window allows and sends the bytes to the owner.
-    fn read(&mut self, key: u64, owner: &Link<FromIo>) {
+    fn read(&mut self, key: u64, owner: &Link<FromIo>, scratch: &mut [u8]) {
         while self.may_read && !self.read_done && self.in_flight < IN_WINDOW {
-            let mut buf = vec![0u8; READ_CHUNK.min(IN_WINDOW - self.in_flight)];
-            match self.stream.read(&mut buf) {
+            let room = (IN_WINDOW - self.in_flight).min(scratch.len());
+            match self.stream.read(&mut scratch[..room]) {
                 Ok(0) => {
                     self.read_done = true;
                     owner.send(FromIo::Eof { key });
                 }
                 Ok(n) => {
-                    buf.truncate(n);
-                    self.in_flight += n;
-                    owner.send(FromIo::Data { key, bytes: buf });
+                    self.in_flight += n + MSG_COST;
+                    owner.send(FromIo::Data { key, bytes: scratch[..n].to_vec() });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.may_read = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -237,7 +250,89 @@ impl IoConn {
         if self.out_pos >= self.out.len() {
             self.out.clear();
             self.out_pos = 0;
+        } else if self.out_pos >= OUT_WINDOW {
+            // A client reading slower than replies arrive never empties
+            // the buffer: drop the written prefix. The owner keeps at most
+            // OUT_WINDOW unwritten here, so `out` stays under twice that.
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
         }
         wrote
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn pair() -> (IoConn, std::os::unix::net::UnixStream) {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let c = IoConn {
+            stream: Stream::Unix(mio::net::UnixStream::from_std(a)),
+            out: Vec::new(),
+            out_pos: 0,
+            in_flight: 0,
+            may_read: true,
+            read_done: false,
+            hup_sent: false,
+            gone: false,
+            write_failed: false,
+        };
+        (c, b)
+    }
+
+    fn link() -> (Link<FromIo>, Receiver<FromIo>, Poll) {
+        let poll = Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER).unwrap());
+        let (tx, rx) = crossbeam_channel::unbounded();
+        (Link::new(tx, Arc::new(Parker::new(PollWaker(waker)))), rx, poll)
+    }
+
+    #[test]
+    fn a_dripping_client_parks_a_bounded_number_of_small_messages() {
+        let (mut c, mut peer) = pair();
+        let (owner, rx, _poll) = link();
+        let mut scratch = vec![0; READ_CHUNK];
+        // One byte per write, each read on its own (the owner consumes
+        // nothing, as for a connection waiting in `reserve`).
+        let mut msgs = 0;
+        for _ in 0..IN_WINDOW {
+            peer.write_all(b" ").unwrap();
+            c.may_read = true;
+            c.read(1, &owner, &mut scratch);
+            match rx.try_recv() {
+                Ok(FromIo::Data { bytes, .. }) => {
+                    assert_eq!(bytes.len(), 1);
+                    assert!(bytes.capacity() < 64, "a {}-byte buffer per byte", bytes.capacity());
+                    msgs += 1;
+                }
+                Ok(_) => panic!("unexpected message"),
+                Err(_) => break,
+            }
+        }
+        assert_eq!(msgs, IN_WINDOW.div_ceil(1 + MSG_COST));
+    }
+
+    #[test]
+    fn output_to_a_slow_reader_does_not_grow_without_bound() {
+        let (mut c, mut peer) = pair();
+        peer.set_nonblocking(true).unwrap();
+        let chunk = vec![b'x'; 64 << 10];
+        let mut sink = vec![0u8; 32 << 10];
+        let (mut given, mut written) = (0usize, 0usize);
+        for _ in 0..500 {
+            // The owner tops up to its window of unwritten bytes.
+            while given - written + chunk.len() <= OUT_WINDOW {
+                c.out.extend_from_slice(&chunk);
+                given += chunk.len();
+            }
+            written += c.write();
+            // The client reads half a chunk per round.
+            let _ = std::io::Read::read(&mut peer, &mut sink);
+            assert!(c.out.len() <= 2 * OUT_WINDOW, "out grew to {}", c.out.len());
+        }
+        assert!(written > 8 * OUT_WINDOW, "the test moved only {written} bytes");
     }
 }

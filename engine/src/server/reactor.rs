@@ -227,12 +227,13 @@ impl Server {
             return Ok(());
         }
         let (to_owner, rx) = crossbeam_channel::unbounded();
-        let owner = Arc::new(Link::new(to_owner, self.parker.clone()));
         let mut links = Vec::new();
         let mut threads = Vec::new();
         for n in 1..self.cfg.shards {
             let (tx, io_rx) = crossbeam_channel::unbounded();
-            let (io, parker) = IoLoop::new(io_rx, owner.clone())?;
+            // Each I/O loop gets its own link to the owner (see `Link`).
+            let owner = Arc::new(Link::new(to_owner.clone(), self.parker.clone()));
+            let (io, parker) = IoLoop::new(io_rx, owner)?;
             let t = std::thread::Builder::new()
                 .name(format!("spindled-io-{n}"))
                 .spawn(move || io.run())?;

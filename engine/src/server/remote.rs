@@ -43,6 +43,10 @@ use crate::park::{Parker, Unpark};
 pub(crate) const IN_WINDOW: usize = 256 << 10;
 /// Reply bytes in transit to, or unwritten at, the I/O loop.
 pub(crate) const OUT_WINDOW: usize = 256 << 10;
+/// What one input message costs [`IN_WINDOW`] on top of its bytes: a
+/// client that sends one byte per write cannot park more than about
+/// `IN_WINDOW / MSG_COST` messages (each a small allocation) on the owner.
+pub(crate) const MSG_COST: usize = 64;
 
 /// Owner → I/O loop.
 pub(crate) enum ToIo {
@@ -50,7 +54,8 @@ pub(crate) enum ToIo {
     Attach { key: u64, stream: Stream },
     /// Reply bytes to write.
     Data { key: u64, bytes: Vec<u8> },
-    /// The owner took this many input bytes.
+    /// The owner took this many input bytes (plus [`MSG_COST`] for each
+    /// message it finished).
     Consumed { key: u64, n: usize },
     /// Write what is pending if the socket takes it now, then close.
     Close { key: u64 },
@@ -83,8 +88,15 @@ impl Unpark for PollWaker {
     }
 }
 
-/// The way to one loop: its channel, its parker, and whether this
-/// iteration sent it anything (it is woken once, at the end).
+/// One sender's way to one loop: the loop's channel and parker, and
+/// whether this sender sent it anything since its last [`flush`] (the loop
+/// is woken once per iteration of the sender). Each sending thread has its
+/// own `Link` (several I/O loops share the owner's channel and parker, not
+/// a `Link`): a flag shared by two senders let one clear the other's mark
+/// before the other's message was in the channel, and the owner slept
+/// until its next timer (found in review).
+///
+/// [`flush`]: Link::flush
 pub(crate) struct Link<M> {
     pub(crate) tx: Sender<M>,
     pub(crate) parker: Arc<Parker<PollWaker>>,
@@ -99,8 +111,9 @@ impl<M> Link<M> {
     /// Queues `m`; the loop is woken by the next [`flush`](Link::flush).
     /// Returns false if the loop has ended.
     pub(crate) fn send(&self, m: M) -> bool {
+        let sent = self.tx.send(m).is_ok();
         self.dirty.store(true, Ordering::Relaxed);
-        self.tx.send(m).is_ok()
+        sent
     }
 
     /// Wakes the loop if something was sent since the last call.
@@ -158,6 +171,7 @@ impl Remote {
 
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut n = 0;
+        let mut msgs = 0;
         while n < buf.len() {
             let Some(front) = self.inbox.front() else { break };
             let take = (front.len() - self.head).min(buf.len() - n);
@@ -167,10 +181,12 @@ impl Remote {
             if self.head == front.len() {
                 self.inbox.pop_front();
                 self.head = 0;
+                msgs += 1;
             }
         }
         if n > 0 {
-            self.link.send(ToIo::Consumed { key: self.key, n });
+            let n_charged = n + msgs * MSG_COST;
+            self.link.send(ToIo::Consumed { key: self.key, n: n_charged });
             return Ok(n);
         }
         if self.gone {
