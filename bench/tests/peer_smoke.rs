@@ -51,3 +51,27 @@ fn peer_beanstalkd_short_run() -> Result<(), Box<dyn std::error::Error>> {
     );
     Ok(())
 }
+
+/// The null server (`spindle-null`, the floor under the latency figures)
+/// serves the scenario's memory phases: every cycle completes.
+#[test]
+fn peer_against_the_null_server() -> Result<(), Box<dyn std::error::Error>> {
+    assert!(
+        Path::new(BEANSTALKD).is_file(),
+        "{BEANSTALKD} is not installed: apt-get install -y beanstalkd"
+    );
+    let exe = Path::new(env!("CARGO_BIN_EXE_spindle-bench"));
+    let null = env!("CARGO_BIN_EXE_spindle-null");
+    let out = Command::new(exe)
+        .args(["peer", "beanstalkd", "--mode", "memory", "--seconds", "0.2", "--json"])
+        .args(["--spindled", null])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "spindle-bench peer failed: {stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let m = &v["memory"];
+    assert!(m["spindled_cycles_per_sec"].as_f64().is_some_and(|x| x > 0.0), "{m}");
+    assert_eq!(m["spindled_latency_unfinished"].as_u64(), Some(0), "{m}");
+    assert!(v["spindled_version"].as_str().is_some_and(|s| s.starts_with("spindle-null")), "{v}");
+    Ok(())
+}
