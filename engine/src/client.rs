@@ -1495,22 +1495,36 @@ impl Client {
     /// its attempts are used up, buries it with the error kept.
     pub fn fail(&mut self, id: u64, error: &[u8]) -> Result<FailOutcome> {
         let line = format!("fail {id} {}", error.len());
-        self.require_extensions("fail")?;
-        let r = self.call(&line, |out| {
+        self.fail_command("fail", &line, id, error)
+    }
+
+    /// `fail` or `fail-lease`: sends `line` and the error text, reads the
+    /// outcome.
+    fn fail_command(
+        &mut self,
+        name: &'static str,
+        line: &str,
+        id: u64,
+        error: &[u8],
+    ) -> Result<FailOutcome> {
+        self.require_extensions(name)?;
+        let r = self.call(line, |out| {
             out.extend_from_slice(error);
             out.extend_from_slice(b"\r\n");
         })?;
         match r.word() {
             "FAILED" => {
-                let attempts = self.num_arg(&line, &r, 0)?;
-                let ms: u64 = self.num_arg(&line, &r, 1)?;
+                let attempts = self.num_arg(line, &r, 0)?;
+                let ms: u64 = self.num_arg(line, &r, 1)?;
                 Ok(FailOutcome::Retrying { attempts, delay: Duration::from_millis(ms) })
             }
-            "FAILED-BURIED" => Ok(FailOutcome::Buried { attempts: self.num_arg(&line, &r, 0)? }),
-            "NOT_FOUND" => Err(ClientError::NotFound(format!(
+            "FAILED-BURIED" => Ok(FailOutcome::Buried { attempts: self.num_arg(line, &r, 0)? }),
+            "STALE_LEASE" => Err(ClientError::StaleLease { id }),
+            "NOT_FOUND" if name == "fail" => Err(ClientError::NotFound(format!(
                 "job {id} does not exist or is not reserved by this connection"
             ))),
-            _ => Err(self.unexpected(&line, &r, true)),
+            "NOT_FOUND" => Err(ClientError::NotFound(format!("job {id} does not exist"))),
+            _ => Err(self.unexpected(line, &r, true)),
         }
     }
 
@@ -1554,22 +1568,7 @@ impl Client {
     /// `token`.
     pub fn fail_lease(&mut self, id: u64, token: u64, error: &[u8]) -> Result<FailOutcome> {
         let line = format!("fail-lease {id} {token} {}", error.len());
-        self.require_extensions("fail-lease")?;
-        let r = self.call(&line, |out| {
-            out.extend_from_slice(error);
-            out.extend_from_slice(b"\r\n");
-        })?;
-        match r.word() {
-            "FAILED" => {
-                let attempts = self.num_arg(&line, &r, 0)?;
-                let ms: u64 = self.num_arg(&line, &r, 1)?;
-                Ok(FailOutcome::Retrying { attempts, delay: Duration::from_millis(ms) })
-            }
-            "FAILED-BURIED" => Ok(FailOutcome::Buried { attempts: self.num_arg(&line, &r, 0)? }),
-            "STALE_LEASE" => Err(ClientError::StaleLease { id }),
-            "NOT_FOUND" => Err(ClientError::NotFound(format!("job {id} does not exist"))),
-            _ => Err(self.unexpected(&line, &r, true)),
-        }
+        self.fail_command("fail-lease", &line, id, error)
     }
 
     fn fenced(&mut self, name: &'static str, line: &str, id: u64, ok: &str) -> Result<()> {

@@ -120,20 +120,7 @@ impl IoLoop {
                                 continue;
                             }
                         }
-                        self.conns.insert(
-                            key,
-                            IoConn {
-                                stream,
-                                out: Vec::new(),
-                                out_pos: 0,
-                                in_flight: 0,
-                                may_read: true,
-                                read_done: false,
-                                hup_sent: false,
-                                gone: false,
-                                write_failed: false,
-                            },
-                        );
+                        self.conns.insert(key, IoConn::new(stream));
                         touched.push(key);
                     }
                     ToIo::Data { key, bytes } => {
@@ -201,6 +188,20 @@ impl IoLoop {
 }
 
 impl IoConn {
+    fn new(stream: Stream) -> IoConn {
+        IoConn {
+            stream,
+            out: Vec::new(),
+            out_pos: 0,
+            in_flight: 0,
+            may_read: true,
+            read_done: false,
+            hup_sent: false,
+            gone: false,
+            write_failed: false,
+        }
+    }
+
     /// Reads while the window allows and sends the bytes to the owner.
     fn read(&mut self, key: u64, owner: &Link<FromIo>, scratch: &mut [u8]) {
         while self.may_read && !self.read_done && self.in_flight < IN_WINDOW {
@@ -269,18 +270,7 @@ mod tests {
     fn pair() -> (IoConn, std::os::unix::net::UnixStream) {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
-        let c = IoConn {
-            stream: Stream::Unix(mio::net::UnixStream::from_std(a)),
-            out: Vec::new(),
-            out_pos: 0,
-            in_flight: 0,
-            may_read: true,
-            read_done: false,
-            hup_sent: false,
-            gone: false,
-            write_failed: false,
-        };
-        (c, b)
+        (IoConn::new(Stream::Unix(mio::net::UnixStream::from_std(a))), b)
     }
 
     fn link() -> (Link<FromIo>, Receiver<FromIo>, Poll) {
