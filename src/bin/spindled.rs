@@ -107,6 +107,10 @@ struct Args {
     /// beanstalkd.
     #[arg(long, default_value_t = 1)]
     shards: usize,
+    /// Do not fault new log segments in ahead of use (saves writing each
+    /// segment's zeroed pages back once; appends then take the page faults).
+    #[arg(long)]
+    no_log_prefault: bool,
 }
 
 fn config(a: &Args) -> Result<ServerConfig, String> {
@@ -192,6 +196,7 @@ fn config(a: &Args) -> Result<ServerConfig, String> {
     cfg.idle_spin = Duration::from_micros(a.idle_spin_us);
     cfg.recovery = if a.strict_recovery { Recovery::Strict } else { Recovery::Truncate };
     cfg.shards = a.shards;
+    cfg.log_prefault = !a.no_log_prefault;
     if let Some(u) = &a.user {
         return Err(format!(
             "-u {u}: spindled does not switch users; start it as that user (systemd User=)"

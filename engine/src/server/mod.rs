@@ -129,6 +129,10 @@ pub struct ServerConfig {
     /// are given (round-robin at accept). 1 serves everything on one
     /// thread, like beanstalkd.
     pub shards: usize,
+    /// Fault each new log segment in on the WAL's preparer thread
+    /// (`FsStorage::with_prefault`): appends on the loop then take no page
+    /// faults. On by default; `--no-log-prefault` turns it off.
+    pub log_prefault: bool,
 }
 
 /// beanstalkd's default `-z`.
@@ -156,6 +160,7 @@ impl Default for ServerConfig {
             version: format!("spindled {}", env!("CARGO_PKG_VERSION")),
             idle_spin: Duration::ZERO,
             shards: 1,
+            log_prefault: true,
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use mio::net::{TcpListener, UnixListener};
 use mio::{Events, Interest, Poll, Token, Waker};
-use spindle_wal::{RecoveryMode, SyncPolicy, Wal, WalOptions};
+use spindle_wal::{FsStorage, RecoveryMode, SyncPolicy, Wal, WalOptions};
 
 use crossbeam_channel::Receiver;
 
@@ -135,8 +135,9 @@ impl Server {
                     },
                     prepare_ahead: 1,
                 };
-                let (wal, report) = Wal::open(dir, opts)
-                    .map_err(|source| ServerError::Wal { dir: dir.clone(), source })?;
+                let wal_err = |source| ServerError::Wal { dir: dir.clone(), source };
+                let storage = FsStorage::new(dir).map_err(wal_err)?.with_prefault(cfg.log_prefault);
+                let (wal, report) = Wal::open_with(Arc::new(storage), opts).map_err(wal_err)?;
                 if let Some(t) = &report.truncated {
                     tracing::warn!(
                         dir = %dir.display(),

@@ -64,4 +64,7 @@ pub unsafe trait SegmentMap: Send + Sync + fmt::Debug {
     /// Makes bytes `offset..offset + len` durable. The caller guarantees no
     /// thread is writing inside that range while the call runs.
     fn sync(&self, offset: usize, len: usize) -> std::io::Result<()>;
+    /// Faults the mapping's pages in ahead of use (a hint; the default
+    /// does nothing).
+    fn prefault(&self) {}
 }
