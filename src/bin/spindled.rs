@@ -5,6 +5,13 @@
 //! can start `spindled` with the same arguments. `docs/protocol.md` lists
 //! the flags, the long options and every deviation.
 
+/// mimalloc instead of glibc's malloc: the job table allocates two small
+/// blocks per job. Measured with `spindle-bench peer` (2 cores, two runs
+/// each): `put-batch` 664-771 k jobs/s against 626-638 k, server CPU per
+/// durable cycle 6.6 µs against 7.0-7.3 (`docs/benchmarks.md`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
