@@ -114,6 +114,15 @@ fn a_stale_socket_is_replaced_and_a_live_one_refused() {
     // Stale: a socket file nobody accepts on.
     drop(UnixListener::bind(&sock).unwrap());
     assert!(sock.exists());
+    // Another test's `Command::spawn` may have forked while the listener
+    // was open; its child holds the fd until it execs, and a connection
+    // made meanwhile would queue on the stale socket (and be reset later).
+    // Wait until nobody holds it.
+    let deadline = Instant::now() + LIMIT;
+    while UnixStream::connect(&sock).is_ok() {
+        assert!(Instant::now() < deadline, "the stale socket stays live");
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let _d = Daemon::start(&sock, &[]);
     let mut c = connect(&sock);
     assert_eq!(cmd(&mut c, "use t\r\n"), "USING t\r\n");
