@@ -465,14 +465,7 @@ impl Conn {
                     self.start_body(cmd, bytes as usize + 2, store, now);
                 }
             }
-            ref c if c.ext_body().is_some() => {
-                let bytes = c.ext_body().unwrap_or(0);
-                if bytes > max {
-                    self.state = In::Skip { left: u64::from(bytes) + 2, reply: b"JOB_TOO_BIG\r\n" };
-                } else {
-                    self.start_body(cmd, bytes as usize + 2, store, now);
-                }
-            }
+
             Cmd::PutBatch { pri, delay, ttr, count } => {
                 self.state = In::Batch(Batch {
                     pri,
@@ -486,7 +479,13 @@ impl Conn {
                     frame: None,
                 });
             }
-            other => self.run(other, Vec::new(), store, now),
+            other => match other.ext_body() {
+                Some(bytes) if bytes > max => {
+                    self.state = In::Skip { left: u64::from(bytes) + 2, reply: b"JOB_TOO_BIG\r\n" };
+                }
+                Some(bytes) => self.start_body(other, bytes as usize + 2, store, now),
+                None => self.run(other, Vec::new(), store, now),
+            },
         }
     }
 

@@ -256,14 +256,7 @@ impl Server {
     fn take_from_loops(&mut self, touched: &mut Vec<usize>) {
         let Some(loops) = &mut self.loops else { return };
         while let Ok(m) = loops.rx.try_recv() {
-            let (key, m) = match m {
-                FromIo::Data { key, .. }
-                | FromIo::Hup { key }
-                | FromIo::Eof { key }
-                | FromIo::Written { key, .. }
-                | FromIo::Gone { key } => (key, m),
-            };
-            let Some(&i) = loops.slots.get(&key) else { continue };
+            let Some(&i) = loops.slots.get(&m.key()) else { continue };
             let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { continue };
             let Stream::Remote(r) = &mut c.stream else { continue };
             match m {
@@ -538,38 +531,28 @@ impl Server {
 
     /// Gives a new connection (slot `i`) to the next loop in turn: this
     /// one registers the socket itself, an I/O loop is sent it.
-    fn place(&mut self, i: usize, stream: Stream) -> io::Result<Conn> {
-        let lp = match &mut self.loops {
-            Some(l) => {
-                let n = l.next;
-                l.next = (n + 1) % (l.links.len() + 1);
-                n
-            }
-            None => 0,
-        };
-        match (&mut self.loops, lp) {
-            (Some(loops), 1..) => {
-                let link = loops.links[lp - 1].clone();
+    fn place(&mut self, i: usize, mut stream: Stream) -> io::Result<Conn> {
+        if let Some(loops) = &mut self.loops {
+            let n = loops.next;
+            loops.next = (n + 1) % (loops.links.len() + 1);
+            if let Some(link) = n.checked_sub(1).and_then(|k| loops.links.get(k)).cloned() {
                 let key = loops.next_key;
                 loops.next_key += 1;
                 if !link.send(ToIo::Attach { key, stream }) {
                     return Err(io::Error::other("I/O loop ended"));
                 }
                 loops.slots.insert(key, i);
-                Ok(Conn::new(i, Stream::Remote(Remote::new(key, link))))
-            }
-            _ => {
-                let mut stream = stream;
-                if let Some(src) = stream.source() {
-                    self.poll.registry().register(
-                        src,
-                        Token(FIRST_CONN + i),
-                        Interest::READABLE | Interest::WRITABLE,
-                    )?;
-                }
-                Ok(Conn::new(i, stream))
+                return Ok(Conn::new(i, Stream::Remote(Remote::new(key, link))));
             }
         }
+        if let Some(src) = stream.source() {
+            self.poll.registry().register(
+                src,
+                Token(FIRST_CONN + i),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+        }
+        Ok(Conn::new(i, stream))
     }
 
     /// Closes connection `i`; connections whose waits its closing served

@@ -77,6 +77,19 @@ pub(crate) enum FromIo {
     Gone { key: u64 },
 }
 
+impl FromIo {
+    /// The connection the message is about.
+    pub(crate) fn key(&self) -> u64 {
+        match self {
+            FromIo::Data { key, .. }
+            | FromIo::Hup { key }
+            | FromIo::Eof { key }
+            | FromIo::Written { key, .. }
+            | FromIo::Gone { key } => *key,
+        }
+    }
+}
+
 /// Wakes an event loop parked in `epoll_wait`.
 pub(crate) struct PollWaker(pub(crate) Arc<mio::Waker>);
 

@@ -142,6 +142,18 @@ pub(crate) struct Tube {
 }
 
 impl Tube {
+    /// The tube's side of job `id` becoming ready: its ready set and urgent
+    /// count. Returns whether the job is urgent and whether connections
+    /// wait on this tube (the store's counters follow from these).
+    fn add_ready(&mut self, pri: u32, id: u64) -> (bool, bool) {
+        self.ready.insert((pri, id));
+        let urgent = pri < URGENT;
+        if urgent {
+            self.urgent += 1;
+        }
+        (urgent, self.waiting_ct > 0)
+    }
+
     fn new(name: Arc<str>) -> Tube {
         Tube {
             name,
@@ -594,14 +606,9 @@ impl Store {
         let (tube, pri) = (j.tube.clone(), j.pri);
         self.ready_ct += 1;
         if let Some(t) = self.tubes.get_mut(&tube) {
-            t.ready.insert((pri, id));
-            if pri < URGENT {
-                t.urgent += 1;
-                self.urgent_ct += 1;
-            }
-            if t.waiting_ct > 0 {
-                self.dirty = true;
-            }
+            let (urgent, waiters) = t.add_ready(pri, id);
+            self.urgent_ct += u64::from(urgent);
+            self.dirty |= waiters;
         }
     }
 
@@ -904,11 +911,9 @@ impl Store {
             }
             Cmd::Release { id, pri, delay } => {
                 self.ct.release += 1;
-                if !self.holds(c, id) {
+                if !self.end_hold(c, id, now) {
                     w.extend_from_slice(b"NOT_FOUND\r\n");
                 } else {
-                    self.service_done(id, now);
-                    self.remove_from_state(id);
                     if let Some(j) = self.jobs.get_mut(&id) {
                         j.pri = pri;
                         j.delay_s = delay;
@@ -925,11 +930,9 @@ impl Store {
             }
             Cmd::Bury { id, pri } => {
                 self.ct.bury += 1;
-                if !self.holds(c, id) {
+                if !self.end_hold(c, id, now) {
                     w.extend_from_slice(b"NOT_FOUND\r\n");
                 } else {
-                    self.service_done(id, now);
-                    self.remove_from_state(id);
                     if let Some(j) = self.jobs.get_mut(&id) {
                         j.pri = pri;
                         j.counts.buries += 1;
@@ -1193,6 +1196,17 @@ impl Store {
         self.conns.get(&c).map_or_else(|| Arc::from("default"), |conn| conn.use_tube.clone())
     }
 
+    /// `release` and `bury`: ends `c`'s reservation of `id` and takes the
+    /// job out of its state; false (nothing done) if `c` does not hold it.
+    fn end_hold(&mut self, c: ConnId, id: u64, now: Instant) -> bool {
+        if !self.holds(c, id) {
+            return false;
+        }
+        self.service_done(id, now);
+        self.remove_from_state(id);
+        true
+    }
+
     fn holds(&self, c: ConnId, id: u64) -> bool {
         matches!(self.jobs.get(&id).map(|j| j.state), Some(State::Reserved { by, .. }) if by == c)
     }
@@ -1331,16 +1345,11 @@ impl Store {
                 t.uniques.insert(k.clone().into_boxed_str(), id);
             }
             if ready {
-                // `make_ready`'s bookkeeping, with the tube looked up once
-                // (a string hash per lookup; this is the put-batch path).
-                t.ready.insert((pri, id));
-                if pri < URGENT {
-                    t.urgent += 1;
-                    self.urgent_ct += 1;
-                }
-                if t.waiting_ct > 0 {
-                    self.dirty = true;
-                }
+                // `make_ready` with the tube looked up once (a string hash
+                // per lookup; this is the put-batch path).
+                let (urgent, waiters) = t.add_ready(pri, id);
+                self.urgent_ct += u64::from(urgent);
+                self.dirty |= waiters;
             }
         }
         // Boxed: a resize of a table of millions of jobs then moves 16-byte
