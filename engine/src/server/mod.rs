@@ -49,6 +49,7 @@ pub mod proto;
 mod reactor;
 mod remote;
 mod report;
+mod stamp;
 mod store;
 
 use std::path::PathBuf;

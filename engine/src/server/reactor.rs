@@ -158,8 +158,8 @@ impl Server {
         })?;
         if let Some(bytes) = dropped {
             // Ids in the cut may have been acknowledged: never reuse them.
-            // The smallest record is over 32 bytes, so this skips at least
-            // as many ids as the cut could hold.
+            // Only a `Put` brings a new id, and a framed `Put` is over 32
+            // bytes, so this skips at least as many ids as the cut could hold.
             store.next_id += bytes / 32 + 1;
         }
         if cfg.data_dir.is_some() {

@@ -20,7 +20,7 @@ fn secs(d: std::time::Duration) -> u64 {
     d.as_secs()
 }
 
-pub(crate) fn job_yaml(j: &Job, now: Instant, ext: bool) -> String {
+pub(crate) fn job_yaml(id: u64, j: &Job, now: Instant, ext: bool) -> String {
     let (state, left) = match j.state {
         State::Ready => ("ready", 0),
         State::Delayed(at) => ("delayed", secs(at.saturating_duration_since(now))),
@@ -34,11 +34,11 @@ pub(crate) fn job_yaml(j: &Job, now: Instant, ext: bool) -> String {
         s,
         "---\nid: {}\ntube: {}\nstate: {}\npri: {}\nage: {}\ndelay: {}\nttr: {}\ntime-left: {}\n\
          file: 0\nreserves: {}\ntimeouts: {}\nreleases: {}\nburies: {}\nkicks: {}\n",
-        j.id,
+        id,
         q(&j.tube),
         state,
         j.pri,
-        secs(now.saturating_duration_since(j.created)),
+        secs(j.created.elapsed_at(now)),
         j.delay_s,
         j.ttr_s,
         left,
@@ -53,8 +53,8 @@ pub(crate) fn job_yaml(j: &Job, now: Instant, ext: bool) -> String {
             s,
             "attempts: {}\nunique-key: {}\nlast-error: {}\n",
             j.counts.reserves,
-            q(&yaml_escape(j.unique.as_deref().unwrap_or(""))),
-            q(&yaml_escape(j.last_error.as_deref().unwrap_or(""))),
+            q(&yaml_escape(j.unique().unwrap_or(""))),
+            q(&yaml_escape(j.last_error().unwrap_or(""))),
         );
     }
     s
