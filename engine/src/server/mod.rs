@@ -212,6 +212,16 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
+/// Decodes `data` as a daemon log record (first byte: the frame's kind;
+/// the rest: its payload). Whatever decodes must encode and decode again
+/// to the same record; anything else must be an error, never a panic. For
+/// the cargo-fuzz target `records` in `engine/fuzz`; not part of the API.
+#[doc(hidden)]
+pub fn fuzz_record(data: &[u8]) {
+    let Some((&kind, payload)) = data.split_first() else { return };
+    persist::round_trip(kind, payload);
+}
+
 /// Runs one client session over `data` against a fresh in-memory server,
 /// without sockets: `data` is split into reads at each `0xFF` byte, and a
 /// `0xFE` byte advances the clock by one second (delays, TTRs, timeouts).

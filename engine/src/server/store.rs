@@ -412,6 +412,10 @@ const BATCH_REPLY_MAX: usize = 4 << 20;
 /// the loop for long (a rewrite costs about a microsecond).
 const COMPACT_BATCH: usize = 4096;
 
+/// Where a batch's jobs were logged: the record's LSN and each job's share
+/// of its bytes.
+type Logged = (u64, u32);
+
 /// The job table.
 #[derive(Debug)]
 pub(crate) struct Store {
@@ -1343,20 +1347,83 @@ impl Store {
         let tube = self.conn_use(c);
         let first = self.next_id;
         let n = bodies.len() as u64;
-        for body in bodies {
-            let id = self.next_id;
-            self.next_id += 1;
-            self.insert_job(id, &tube, pri, delay, ttr, body, None, now);
-            if self.log_put(id, now).is_err() {
-                for undo in first..=id {
+        // Ids are taken even if logging fails half way: an id that may be
+        // in the log is never handed out again.
+        self.next_id += n;
+        let created_ms = wall_ms(now, now);
+        let max_bytes = persist::BATCH_BYTES
+            .min(usize::try_from(self.cfg.segment_size / 4).unwrap_or(usize::MAX));
+        let mut bodies = bodies.into_iter().peekable();
+        let mut id = first;
+        while bodies.peek().is_some() {
+            // Jobs in one record: at least one, then up to `max_bytes`.
+            let mut chunk = Vec::new();
+            let mut size = 0;
+            while let Some(b) = bodies.next_if(|b| chunk.is_empty() || size + b.len() <= max_bytes)
+            {
+                size += b.len();
+                chunk.push(b);
+            }
+            let (chunk, logged) = self.log_batch(id, &tube, pri, delay, ttr, created_ms, chunk);
+            let Ok(logged) = logged else {
+                for undo in first..id {
                     self.destroy_quiet(undo);
                 }
                 w.extend_from_slice(b"INTERNAL_ERROR\r\n");
                 return;
+            };
+            for body in chunk {
+                self.insert_job(id, &tube, pri, delay, ttr, body, None, now);
+                if let (Some((lsn, share)), Some(log), Some(j)) =
+                    (logged, self.log.as_mut(), self.jobs.get_mut(&id))
+                {
+                    j.lsn = lsn;
+                    j.rec_len = share;
+                    log.by_lsn.push_back((lsn, id));
+                    log.live_bytes += u64::from(share);
+                }
+                id += 1;
             }
         }
         reply_fmt(w, format_args!("INSERTED-BATCH {first} {n}\r\n"));
         self.process_queue(now);
+    }
+
+    /// Logs new jobs `first..` (one per body) as one `PutBatch` record.
+    /// Gives the bodies back with the record's LSN and each job's share of
+    /// its bytes (`None` without a log), or `Err` if the append failed.
+    #[allow(clippy::too_many_arguments)]
+    fn log_batch(
+        &mut self,
+        first: u64,
+        tube: &str,
+        pri: u32,
+        delay_s: u32,
+        ttr_s: u32,
+        created_ms: u64,
+        bodies: Vec<Vec<u8>>,
+    ) -> (Vec<Vec<u8>>, Result<Option<Logged>, ()>) {
+        let Some(log) = &mut self.log else { return (bodies, Ok(None)) };
+        let k = u32::try_from(bodies.len()).unwrap_or(u32::MAX).max(1);
+        // The bodies move into the record and back out: no copy.
+        let rec = DRec::PutBatch {
+            first_id: first,
+            tube: tube.to_string(),
+            pri,
+            delay_s,
+            ttr_s,
+            created_ms,
+            bodies,
+        };
+        let appended = log.append(&rec);
+        let DRec::PutBatch { bodies, .. } = rec else { return (Vec::new(), Err(())) };
+        match appended {
+            Ok((lsn, len)) => {
+                self.ct.records_written += 1;
+                (bodies, Ok(Some((lsn, len.div_ceil(k)))))
+            }
+            Err(_) => (bodies, Err(())),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1961,11 +2028,35 @@ impl Store {
                 if bad.is_some() {
                     return;
                 }
+                let framed = (r.payload.len() as u64 + FRAME_OVERHEAD).div_ceil(16) * 16;
+                let framed = u32::try_from(framed).unwrap_or(u32::MAX);
                 match persist::decode(r.kind, r.payload) {
-                    Ok(d) => {
-                        let framed = (r.payload.len() as u64 + FRAME_OVERHEAD).div_ceil(16) * 16;
-                        recs.push((r.lsn, u32::try_from(framed).unwrap_or(u32::MAX), d));
+                    Ok(DRec::PutBatch {
+                        first_id,
+                        tube,
+                        pri,
+                        delay_s,
+                        ttr_s,
+                        created_ms,
+                        bodies,
+                    }) => {
+                        // One `Put` per job, each with its share of the frame.
+                        let share =
+                            framed.div_ceil(u32::try_from(bodies.len()).unwrap_or(1).max(1));
+                        for (id, body) in (first_id..).zip(bodies) {
+                            let put = DRec::new_put(
+                                id,
+                                tube.clone(),
+                                pri,
+                                delay_s,
+                                ttr_s,
+                                body,
+                                created_ms,
+                            );
+                            recs.push((r.lsn, share, put));
+                        }
                     }
+                    Ok(d) => recs.push((r.lsn, framed, d)),
                     Err(e) => bad = Some(format!("record at lsn {}: {e}", r.lsn)),
                 }
             })
@@ -2011,6 +2102,8 @@ impl Store {
                     lsns.insert(id, (lsn, len));
                     self.next_id = self.next_id.max(id + 1);
                 }
+                // Expanded into `Put`s as the log was read (above).
+                DRec::PutBatch { .. } => {}
                 DRec::Move { id, pri, delay_s, state, run_at_ms, bury_seq, counts, last_error } => {
                     if self.jobs.contains_key(&id) {
                         self.remove_from_state(id);
@@ -2606,6 +2699,73 @@ mod review_tests {
         assert_eq!(run(&mut r, 1, "peek 2", b"", t1), "FOUND 2 5\r\njob 2\r\n");
         assert!(run(&mut r, 1, "stats-job 2", b"", t1).contains("state: ready\n"));
         assert_eq!(run(&mut r, 1, "peek 4", b"", t1), "FOUND 4 3\r\nnew\r\n");
+    }
+
+    #[test]
+    fn a_put_batch_shares_log_records_and_comes_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut s = Store::new(cfg(), Some(log(dir.path())), t0);
+        s.connect(1);
+        assert_eq!(run(&mut s, 1, "put 0 0 60 1", b"a", t0), "INSERTED 1\r\n");
+        // 40 jobs of 1000 bytes: 64 KiB segments take 16 KiB of bodies per
+        // record, so the batch spans three records.
+        let bodies: Vec<Vec<u8>> = (0..40u8).map(|i| vec![b'a' + i % 26; 1000]).collect();
+        let before = s.ct.records_written;
+        let mut w = Vec::new();
+        s.put_batch(1, 5, 0, 30, bodies.clone(), t0, &mut w);
+        assert_eq!(w, b"INSERTED-BATCH 2 40\r\n");
+        assert_eq!(s.ct.records_written - before, 3);
+        let mut w = Vec::new();
+        s.put_batch(1, 7, 90, 30, vec![b"later".to_vec()], t0, &mut w);
+        assert_eq!(w, b"INSERTED-BATCH 42 1\r\n");
+        assert_eq!(run(&mut s, 1, "delete 10", b"", t0), "DELETED\r\n");
+        let live = s.log.as_ref().unwrap().live_bytes;
+
+        let mut r = reopen(&mut s, dir.path());
+        r.connect(1);
+        let t1 = Instant::now();
+        assert_eq!(r.jobs.len(), 41);
+        for (i, body) in bodies.iter().enumerate() {
+            let id = 2 + i as u64;
+            match r.jobs.get(&id) {
+                None => assert_eq!(id, 10),
+                Some(j) => {
+                    assert_eq!(
+                        (&*j.body, j.pri, j.ttr_s, j.state),
+                        (&body[..], 5, 30, State::Ready)
+                    );
+                }
+            }
+        }
+        let y = run(&mut r, 1, "stats-job 42", b"", t1);
+        assert!(y.contains("state: delayed\n") && y.contains("delay: 90\n"), "{y}");
+        // Each job carries its share of its record: live bytes match.
+        let relive = r.log.as_ref().unwrap().live_bytes;
+        assert!(relive.abs_diff(live) <= 3 * 16, "{live} before, {relive} after");
+        assert_eq!(run(&mut r, 1, "put 0 0 60 1", b"z", t1), "INSERTED 43\r\n");
+    }
+
+    #[test]
+    fn compaction_rewrites_batched_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut s = Store::new(cfg(), Some(log(dir.path())), t0);
+        s.connect(1);
+        let bodies: Vec<Vec<u8>> = (0..30).map(|_| vec![b'j'; 900]).collect();
+        let mut w = Vec::new();
+        s.put_batch(1, 0, 0, 60, bodies, t0, &mut w);
+        assert_eq!(w, b"INSERTED-BATCH 1 30\r\n");
+        for id in (1..=30).step_by(2) {
+            assert_eq!(run(&mut s, 1, &format!("delete {id}"), b"", t0), "DELETED\r\n");
+        }
+        let l = s.log.as_mut().unwrap();
+        l.pending_cut = Some(u64::MAX);
+        s.compact(t0);
+        let r = reopen(&mut s, dir.path());
+        let ids: std::collections::BTreeSet<u64> = r.jobs.keys().copied().collect();
+        assert_eq!(ids, (2..=30).step_by(2).collect());
+        r.check();
     }
 
     #[test]
