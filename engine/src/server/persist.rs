@@ -31,7 +31,7 @@
 //! | 7 | `Delete` | [`IdRec`] |
 //! | 8 | `IdMark` | [`IdRec`] (the next id) |
 //! | 9 | `TubeConfig` | [`TubeRec`] |
-//! | 10 | `PutBatch`: new jobs of one `put-batch` | [`BatchRec`]: first id, times, tube, bodies |
+//! | 10 | `PutBatch`: new jobs alike but for their bodies | [`BatchRec`]: ids, times, tube, bodies |
 //!
 //! Format 1 archived every record as one rkyv enum, and an archived enum
 //! is as large as its largest variant: a `Delete` took a 120-byte payload
@@ -45,9 +45,12 @@
 //! `NewRec` is chosen when it decodes to exactly the `Put` it stands for: a
 //! job with no counts, unique key, error or bury position, ready with no
 //! delay or delayed until `created_ms + delay_s` seconds. A `PutBatch`
-//! stands for one such `Put` per body, with consecutive ids: a `put-batch`
-//! logs its jobs in records of up to [`BATCH_BYTES`] of bodies, so a job
-//! costs its body plus 8 bytes of log instead of a frame of its own.
+//! stands for one such `Put` per body, all with the same tube, priority,
+//! delay, TTR and creation time: a `put-batch` logs its jobs in records of
+//! up to [`BATCH_BYTES`] of bodies (ids consecutive from `first_id`, `ids`
+//! empty), so a job costs its body plus 8 bytes of log instead of a frame
+//! of its own; compaction rewrites such jobs the same way, with their ids
+//! listed (8 bytes more each, as deletes leave gaps).
 
 use std::borrow::Cow;
 
@@ -68,11 +71,14 @@ const KIND_BATCH: u8 = 10;
 /// The highest kind this version reads.
 pub(crate) const KIND_MAX: u8 = KIND_BATCH;
 
-/// Body bytes per `PutBatch` record, at most (a record holds at least one
-/// job, whatever its size). Small enough for segments of 1 MiB and for
-/// replay to hold a record's jobs twice; large enough that 1 000 small
-/// jobs share one frame.
+/// Bytes per `PutBatch` record, at most, counting each job as its body plus
+/// [`BATCH_JOB_BYTES`] (a record holds at least one job, whatever its
+/// size). Large enough that 1 000 small jobs share one frame; writers also
+/// keep it to a quarter of a segment.
 pub(crate) const BATCH_BYTES: usize = 256 << 10;
+/// What a job adds to a `PutBatch` besides its body, at most: its body's
+/// offset and length (8 bytes) and its id when listed (8 more).
+pub(crate) const BATCH_JOB_BYTES: usize = 16;
 
 /// A job's state as logged (`reserved` is never logged: it is `ready`).
 pub(crate) const ST_READY: u8 = 0;
@@ -130,10 +136,12 @@ pub(crate) enum DRec {
     IdMark { next_id: u64 },
     /// A tube's retry policy.
     TubeConfig { tube: String, max_attempts: u32, backoff_ms: u64, backoff_max_ms: u64 },
-    /// New jobs `first_id..first_id + bodies.len()`, one per body, all
-    /// with the same tube, priority, delay, TTR and creation time.
+    /// New jobs, one per body, all with the same tube, priority, delay,
+    /// TTR and creation time; their ids are `ids`, or (`ids` empty)
+    /// `first_id..first_id + bodies.len()`.
     PutBatch {
         first_id: u64,
+        ids: Vec<u64>,
         tube: String,
         pri: u32,
         delay_s: u32,
@@ -340,12 +348,40 @@ pub(crate) struct BatchRec<'a> {
     first_id: u64,
     created_ms: u64,
     #[rkyv(with = AsOwned)]
+    ids: Cow<'a, [u64]>,
+    #[rkyv(with = AsOwned)]
     tube: Cow<'a, str>,
     #[rkyv(with = Map<AsOwned>)]
     bodies: Vec<Cow<'a, [u8]>>,
     pri: u32,
     delay_s: u32,
     ttr_s: u32,
+}
+
+/// Whether `rec` is the `Put` of a job as it was put: what `NewRec` and
+/// each body of a `PutBatch` stand for.
+pub(crate) fn is_new_put(rec: &DRec) -> bool {
+    match *rec {
+        DRec::Put {
+            delay_s,
+            state,
+            run_at_ms,
+            bury_seq,
+            created_ms,
+            counts,
+            ref unique,
+            ref last_error,
+            ..
+        } => {
+            counts == Counts::default()
+                && unique.is_none()
+                && last_error.is_none()
+                && bury_seq == 0
+                && state == if delay_s == 0 { ST_READY } else { ST_DELAYED }
+                && run_at_ms == new_run_at(created_ms, delay_s)
+        }
+        _ => false,
+    }
 }
 
 /// `run_at_ms` of a new job put with `delay_s` at `created_ms`, as the
@@ -400,13 +436,7 @@ pub(crate) fn encode_with<T>(
             ref unique,
             ref last_error,
         } => {
-            let fresh = counts == Counts::default()
-                && unique.is_none()
-                && last_error.is_none()
-                && bury_seq == 0
-                && state == if delay_s == 0 { ST_READY } else { ST_DELAYED }
-                && run_at_ms == new_run_at(created_ms, delay_s);
-            if fresh {
+            if is_new_put(rec) {
                 let r = NewRec {
                     id,
                     created_ms,
@@ -456,10 +486,20 @@ pub(crate) fn encode_with<T>(
             let r = TubeRec { backoff_ms, backoff_max_ms, tube: Cow::Borrowed(tube), max_attempts };
             (KIND_TUBE_CONFIG, archive(&r, taken)?)
         }
-        DRec::PutBatch { first_id, ref tube, pri, delay_s, ttr_s, created_ms, ref bodies } => {
+        DRec::PutBatch {
+            first_id,
+            ref ids,
+            ref tube,
+            pri,
+            delay_s,
+            ttr_s,
+            created_ms,
+            ref bodies,
+        } => {
             let r = BatchRec {
                 first_id,
                 created_ms,
+                ids: Cow::Borrowed(ids),
                 tube: Cow::Borrowed(tube),
                 bodies: bodies.iter().map(|b| Cow::Borrowed(b.as_slice())).collect(),
                 pri,
@@ -483,6 +523,8 @@ pub(crate) enum DecodeError {
     Kind(u8),
     /// The bytes are not a valid archive of the kind's record.
     Bytes(rkyv::rancor::Error),
+    /// A valid archive that says something impossible.
+    Invalid(&'static str),
 }
 
 impl std::fmt::Display for DecodeError {
@@ -496,6 +538,7 @@ impl std::fmt::Display for DecodeError {
             }
             DecodeError::Kind(k) => write!(f, "kind {k} is not a spindled record"),
             DecodeError::Bytes(e) => write!(f, "cannot be decoded: {e}"),
+            DecodeError::Invalid(why) => f.write_str(why),
         }
     }
 }
@@ -535,8 +578,17 @@ pub(crate) fn decode(kind: u8, payload: &[u8]) -> Result<DRec, DecodeError> {
                 r.created_ms,
             )
         }),
-        KIND_BATCH => rkyv::from_bytes::<BatchRec<'static>, Error>(&v).map(|r| DRec::PutBatch {
+        KIND_BATCH => match rkyv::from_bytes::<BatchRec<'static>, Error>(&v) {
+            Ok(r) if !r.ids.is_empty() && r.ids.len() != r.bodies.len() => {
+                return Err(DecodeError::Invalid(
+                    "a PutBatch lists a different number of ids and bodies",
+                ));
+            }
+            other => other,
+        }
+        .map(|r| DRec::PutBatch {
             first_id: r.first_id,
+            ids: r.ids.into_owned(),
             tube: r.tube.into_owned(),
             pri: r.pri,
             delay_s: r.delay_s,
@@ -630,6 +682,7 @@ mod tests {
             },
             DRec::PutBatch {
                 first_id: 12,
+                ids: Vec::new(),
                 tube: "put-batch".into(),
                 pri: 1,
                 delay_s: 2,
@@ -735,6 +788,7 @@ mod tests {
         // In a batch, a 16-byte job takes its body and 8 bytes.
         let batch = DRec::PutBatch {
             first_id: 1,
+            ids: Vec::new(),
             tube: "put-batch".into(),
             pri: 1024,
             delay_s: 0,
@@ -773,6 +827,7 @@ mod tests {
             DRec::Delete { id: 5 },
             DRec::PutBatch {
                 first_id: 1,
+                ids: vec![1, 4],
                 tube: "tube".into(),
                 pri: 1,
                 delay_s: 0,

@@ -416,6 +416,16 @@ const COMPACT_BATCH: usize = 4096;
 /// of its bytes.
 type Logged = (u64, u32);
 
+/// What the jobs of one `PutBatch` record have in common.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BatchHead {
+    tube: String,
+    pri: u32,
+    delay_s: u32,
+    ttr_s: u32,
+    created_ms: u64,
+}
+
 /// The job table.
 #[derive(Debug)]
 pub(crate) struct Store {
@@ -1350,24 +1360,33 @@ impl Store {
         // Ids are taken even if logging fails half way: an id that may be
         // in the log is never handed out again.
         self.next_id += n;
-        let created_ms = wall_ms(now, now);
-        let max_bytes = persist::BATCH_BYTES
-            .min(usize::try_from(self.cfg.segment_size / 4).unwrap_or(usize::MAX));
+        let head = BatchHead {
+            tube: tube.to_string(),
+            pri,
+            delay_s: delay,
+            ttr_s: ttr,
+            created_ms: wall_ms(now, now),
+        };
+        let limit = self.batch_limit();
         let mut bodies = bodies.into_iter().peekable();
         let mut id = first;
         while bodies.peek().is_some() {
-            // Jobs in one record: at least one, then up to `max_bytes`.
+            // Jobs in one record: at least one, then up to `limit`.
             let mut chunk = Vec::new();
             let mut size = 0;
-            while let Some(b) = bodies.next_if(|b| chunk.is_empty() || size + b.len() <= max_bytes)
+            while let Some(b) = bodies
+                .next_if(|b| chunk.is_empty() || size + b.len() + persist::BATCH_JOB_BYTES <= limit)
             {
-                size += b.len();
+                size += b.len() + persist::BATCH_JOB_BYTES;
                 chunk.push(b);
             }
-            let (chunk, logged) = self.log_batch(id, &tube, pri, delay, ttr, created_ms, chunk);
+            let (chunk, logged) = self.log_batch(id, Vec::new(), &head, chunk);
             let Ok(logged) = logged else {
+                // Jobs of earlier records are in the log: delete them there
+                // too (unless the log itself failed), so the batch that
+                // failed does not come back after a restart.
                 for undo in first..id {
-                    self.destroy_quiet(undo);
+                    self.destroy(undo);
                 }
                 w.extend_from_slice(b"INTERNAL_ERROR\r\n");
                 return;
@@ -1389,18 +1408,20 @@ impl Store {
         self.process_queue(now);
     }
 
-    /// Logs new jobs `first..` (one per body) as one `PutBatch` record.
-    /// Gives the bodies back with the record's LSN and each job's share of
-    /// its bytes (`None` without a log), or `Err` if the append failed.
-    #[allow(clippy::too_many_arguments)]
+    /// Bytes of one `PutBatch` record, at most (see `persist.rs`).
+    fn batch_limit(&self) -> usize {
+        persist::BATCH_BYTES.min(usize::try_from(self.cfg.segment_size / 4).unwrap_or(usize::MAX))
+    }
+
+    /// Logs new jobs (one per body, ids `ids` or, with `ids` empty,
+    /// `first..`) as one `PutBatch` record. Gives the bodies back with the
+    /// record's LSN and each job's share of its bytes (`None` without a
+    /// log), or `Err` if the append failed.
     fn log_batch(
         &mut self,
         first: u64,
-        tube: &str,
-        pri: u32,
-        delay_s: u32,
-        ttr_s: u32,
-        created_ms: u64,
+        ids: Vec<u64>,
+        head: &BatchHead,
         bodies: Vec<Vec<u8>>,
     ) -> (Vec<Vec<u8>>, Result<Option<Logged>, ()>) {
         let Some(log) = &mut self.log else { return (bodies, Ok(None)) };
@@ -1408,11 +1429,12 @@ impl Store {
         // The bodies move into the record and back out: no copy.
         let rec = DRec::PutBatch {
             first_id: first,
-            tube: tube.to_string(),
-            pri,
-            delay_s,
-            ttr_s,
-            created_ms,
+            ids,
+            tube: head.tube.clone(),
+            pri: head.pri,
+            delay_s: head.delay_s,
+            ttr_s: head.ttr_s,
+            created_ms: head.created_ms,
             bodies,
         };
         let appended = log.append(&rec);
@@ -1859,6 +1881,70 @@ impl Store {
 
     // ---------------------------------------------------------- compaction
 
+    /// What job `id` would share with others in a `PutBatch`, if it is
+    /// still as it was put (see `persist::is_new_put`).
+    fn batch_head(&self, id: u64, now: Instant) -> Option<BatchHead> {
+        let rec = Self::put_record(id, self.jobs.get(&id)?, Vec::new(), now);
+        if !persist::is_new_put(&rec) {
+            return None;
+        }
+        match rec {
+            DRec::Put { tube, pri, delay_s, ttr_s, created_ms, .. } => {
+                Some(BatchHead { tube, pri, delay_s, ttr_s, created_ms })
+            }
+            _ => None,
+        }
+    }
+
+    /// Compaction: logs job `id` again as a `Put`. False if the log failed.
+    fn rewrite_one(&mut self, id: u64, now: Instant) -> bool {
+        let Some(j) = self.jobs.get(&id) else { return true };
+        let old_len = j.rec_len;
+        if let Some(log) = &mut self.log {
+            log.live_bytes = log.live_bytes.saturating_sub(u64::from(old_len));
+        }
+        if self.log_put(id, now).is_err() {
+            return false;
+        }
+        self.ct.records_migrated += 1;
+        true
+    }
+
+    /// Compaction: logs jobs `ids` (alike: `head`) again as one
+    /// `PutBatch`. False if the log failed.
+    fn rewrite_batch(&mut self, ids: &[u64], head: &BatchHead) -> bool {
+        let ids: Vec<u64> = ids.iter().copied().filter(|id| self.jobs.contains_key(id)).collect();
+        let Some(&first) = ids.first() else { return true };
+        let mut bodies = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let Some(j) = self.jobs.get_mut(id) else { continue };
+            if let Some(log) = &mut self.log {
+                log.live_bytes = log.live_bytes.saturating_sub(u64::from(j.rec_len));
+            }
+            // Moved into the record and back: no copy.
+            bodies.push(std::mem::take(&mut j.body).into_vec());
+        }
+        let consecutive = ids.windows(2).all(|w| w[1] == w[0] + 1);
+        let listed = if consecutive { Vec::new() } else { ids.to_vec() };
+        let (bodies, logged) = self.log_batch(first, listed, head, bodies);
+        for (id, body) in ids.iter().zip(bodies) {
+            if let Some(j) = self.jobs.get_mut(id) {
+                j.body = body.into_boxed_slice();
+            }
+        }
+        let Ok(Some((lsn, share))) = logged else { return logged.is_ok() };
+        for &id in &ids {
+            if let (Some(j), Some(log)) = (self.jobs.get_mut(&id), self.log.as_mut()) {
+                j.lsn = lsn;
+                j.rec_len = share;
+                log.by_lsn.push_back((lsn, id));
+                log.live_bytes += u64::from(share);
+            }
+        }
+        self.ct.records_migrated += ids.len() as u64;
+        true
+    }
+
     /// Keeps the log within about twice the live jobs' records plus a few
     /// segments:
     ///
@@ -1866,7 +1952,8 @@ impl Store {
     ///    live records' bytes, choose the cut: the end of the newest finished
     ///    segment.
     /// 2. Each tick, rewrite up to [`COMPACT_BATCH`] live jobs whose latest
-    ///    `Put` lies below the cut as fresh `Put`s at the tail.
+    ///    `Put` lies below the cut at the tail: as fresh `Put`s, or runs of
+    ///    jobs still as they were put and alike as one `PutBatch` each.
     /// 3. When none is left, log the tube configurations and an `IdMark`,
     ///    and ask for a sync.
     /// 4. Once the mark is durable, release the segments below the cut.
@@ -1929,16 +2016,36 @@ impl Store {
             }
         }
         let more = batch.len() == COMPACT_BATCH;
-        for id in batch {
-            let Some(j) = self.jobs.get(&id) else { continue };
-            let old_len = j.rec_len;
-            if let Some(log) = &mut self.log {
-                log.live_bytes = log.live_bytes.saturating_sub(u64::from(old_len));
+        // Runs of jobs that are still as they were put and alike but for
+        // their bodies (typically from one `put-batch`) are rewritten as
+        // one `PutBatch`, the others one `Put` each: rewriting a batched
+        // job alone would take ~4x its share of the old record.
+        let limit = self.batch_limit();
+        let cost = |s: &Store, id: u64| {
+            s.jobs.get(&id).map_or(0, |j| j.body.len()) + persist::BATCH_JOB_BYTES
+        };
+        let mut i = 0;
+        while i < batch.len() {
+            let head = self.batch_head(batch[i], now);
+            let mut end = i + 1;
+            if let Some(h) = &head {
+                let mut size = cost(self, batch[i]);
+                while end < batch.len()
+                    && size + cost(self, batch[end]) <= limit
+                    && self.batch_head(batch[end], now).as_ref() == Some(h)
+                {
+                    size += cost(self, batch[end]);
+                    end += 1;
+                }
             }
-            if self.log_put(id, now).is_err() {
+            let ok = match head {
+                Some(h) if end - i > 1 => self.rewrite_batch(&batch[i..end], &h),
+                _ => self.rewrite_one(batch[i], now),
+            };
+            if !ok {
                 return;
             }
-            self.ct.records_migrated += 1;
+            i = end;
         }
         if more {
             return;
@@ -2033,6 +2140,7 @@ impl Store {
                 match persist::decode(r.kind, r.payload) {
                     Ok(DRec::PutBatch {
                         first_id,
+                        ids,
                         tube,
                         pri,
                         delay_s,
@@ -2043,7 +2151,12 @@ impl Store {
                         // One `Put` per job, each with its share of the frame.
                         let share =
                             framed.div_ceil(u32::try_from(bodies.len()).unwrap_or(1).max(1));
-                        for (id, body) in (first_id..).zip(bodies) {
+                        let ids = if ids.is_empty() {
+                            (first_id..).take(bodies.len()).collect()
+                        } else {
+                            ids
+                        };
+                        for (id, body) in ids.into_iter().zip(bodies) {
                             let put = DRec::new_put(
                                 id,
                                 tube.clone(),
@@ -2744,6 +2857,85 @@ mod review_tests {
         let relive = r.log.as_ref().unwrap().live_bytes;
         assert!(relive.abs_diff(live) <= 3 * 16, "{live} before, {relive} after");
         assert_eq!(run(&mut r, 1, "put 0 0 60 1", b"z", t1), "INSERTED 43\r\n");
+    }
+
+    fn big_cfg() -> StoreConfig {
+        StoreConfig { max_jobs: 100_000, max_bytes: 64 << 20, ..cfg() }
+    }
+
+    #[test]
+    fn a_put_batch_of_many_empty_jobs_fits_the_log() {
+        // Each job costs 8 bytes of a record besides its body: 10 000 empty
+        // bodies must be split so that no record outgrows a 64 KiB segment.
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut s = Store::new(big_cfg(), Some(log(dir.path())), t0);
+        s.connect(1);
+        let mut w = Vec::new();
+        s.put_batch(1, 0, 0, 60, vec![Vec::new(); 10_000], t0, &mut w);
+        assert_eq!(w, b"INSERTED-BATCH 1 10000\r\n");
+        let r = reopen(&mut s, dir.path());
+        assert_eq!(r.jobs.len(), 10_000);
+    }
+
+    #[test]
+    fn a_put_batch_that_fails_half_way_leaves_nothing_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut s = Store::new(big_cfg(), Some(log(dir.path())), t0);
+        s.connect(1);
+        assert_eq!(run(&mut s, 1, "put 0 0 60 1", b"k", t0), "INSERTED 1\r\n");
+        let live = s.log.as_ref().unwrap().live_bytes;
+        // Two records of small jobs are logged, then a body too large for
+        // any record of a 64 KiB segment fails the batch.
+        let mut bodies = vec![vec![b'x'; 1000]; 17];
+        bodies.push(vec![b'y'; 100 << 10]);
+        let mut w = Vec::new();
+        s.put_batch(1, 0, 0, 60, bodies, t0, &mut w);
+        assert_eq!(w, b"INTERNAL_ERROR\r\n");
+        assert!(!s.log_failed());
+        assert_eq!(s.jobs.len(), 1);
+        // The records of the failed batch are no longer counted as live.
+        assert_eq!(s.log.as_ref().unwrap().live_bytes, live);
+        let mut r = reopen(&mut s, dir.path());
+        assert_eq!(r.jobs.keys().copied().collect::<Vec<_>>(), [1]);
+        r.connect(1);
+        // The ids that reached the log (2..=18) are not given out again.
+        assert_eq!(run(&mut r, 1, "put 0 0 60 1", b"z", Instant::now()), "INSERTED 19\r\n");
+    }
+
+    #[test]
+    fn compaction_keeps_batched_jobs_batched() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut s = Store::new(big_cfg(), Some(log(dir.path())), t0);
+        s.connect(1);
+        let mut w = Vec::new();
+        s.put_batch(1, 3, 0, 60, vec![b"spindle-bench-16".to_vec(); 3000], t0, &mut w);
+        assert_eq!(w, b"INSERTED-BATCH 1 3000\r\n");
+        for id in (1..=3000).step_by(3) {
+            assert_eq!(run(&mut s, 1, &format!("delete {id}"), b"", t0), "DELETED\r\n");
+        }
+        let before = s.log.as_ref().unwrap().live_bytes;
+        let records = s.ct.records_written;
+        let l = s.log.as_mut().unwrap();
+        l.pending_cut = Some(u64::MAX);
+        while s.log.as_ref().unwrap().pending_cut.is_some() {
+            s.compact(t0);
+        }
+        // 2000 live jobs rewritten in a few records (ids listed: deletes
+        // left gaps), each job taking about what it did before, not the
+        // ~96 bytes of a `Put` of its own.
+        assert_eq!(s.ct.records_migrated, 2000);
+        assert!(s.ct.records_written - records < 20, "{}", s.ct.records_written - records);
+        let after = s.log.as_ref().unwrap().live_bytes;
+        assert!(after <= before * 3 / 2, "live bytes {before} -> {after}");
+        let r = reopen(&mut s, dir.path());
+        let ids: std::collections::BTreeSet<u64> = r.jobs.keys().copied().collect();
+        let want: std::collections::BTreeSet<u64> = (1..=3000).filter(|i| i % 3 != 1).collect();
+        assert_eq!(ids, want);
+        assert!(r.jobs.values().all(|j| &*j.body == b"spindle-bench-16" && j.pri == 3));
+        r.check();
     }
 
     #[test]
