@@ -34,6 +34,11 @@ impl Stamp {
         Stamp(Stamp::of(now).0.saturating_sub(ago))
     }
 
+    /// The stamp `d` after this one.
+    pub(crate) fn after(self, d: Duration) -> Stamp {
+        Stamp(self.0.saturating_add(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)))
+    }
+
     /// Time from this stamp to `now`; zero if `now` is not later.
     pub(crate) fn elapsed_at(self, now: Instant) -> Duration {
         let ns = Stamp::of(now).0.saturating_sub(self.0);
@@ -53,6 +58,7 @@ mod tests {
         assert_eq!(a.elapsed_at(later), Duration::from_micros(1_234_567));
         assert_eq!(a.elapsed_at(t), Duration::ZERO);
         assert!(Stamp::of(later) > a);
+        assert_eq!(a.after(Duration::from_micros(1_234_567)), Stamp::of(later));
     }
 
     #[test]

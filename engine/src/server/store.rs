@@ -769,6 +769,21 @@ impl Store {
     fn put_record(id: u64, j: &Job, body: Vec<u8>, now: Instant) -> DRec {
         let (state, run_at_ms) = logged_state(j.state, now);
         let bury_seq = bury_seq_of(j.state);
+        let created_ms = match j.state {
+            // Still delayed by exactly its delay since it was put: the
+            // creation time follows from the due time, so the record says
+            // `run_at_ms == created_ms + delay_s` seconds exactly and is
+            // logged as a new job's (`persist::is_new_put`). Rounding each
+            // to milliseconds on its own made them differ by 1 ms.
+            State::Delayed(at)
+                if Stamp::of(at) == j.created.after(Duration::from_secs(u64::from(j.delay_s))) =>
+            {
+                run_at_ms.saturating_sub(u64::from(j.delay_s) * 1000)
+            }
+            _ => wall_ms(now, now).saturating_sub(
+                u64::try_from(j.created.elapsed_at(now).as_millis()).unwrap_or(u64::MAX),
+            ),
+        };
         DRec::Put {
             id,
             tube: j.tube.to_string(),
@@ -779,9 +794,7 @@ impl Store {
             state,
             run_at_ms,
             bury_seq,
-            created_ms: wall_ms(now, now).saturating_sub(
-                u64::try_from(j.created.elapsed_at(now).as_millis()).unwrap_or(u64::MAX),
-            ),
+            created_ms,
             counts: j.counts,
             unique: j.unique().map(str::to_string),
             last_error: j.last_error().map(str::to_string),
@@ -2906,36 +2919,59 @@ mod review_tests {
 
     #[test]
     fn compaction_keeps_batched_jobs_batched() {
+        // Ready jobs; delayed jobs compacted 1.5 ms after their put (their
+        // due and creation times must not round apart); and the same after
+        // a restart, whose replay derives both from the log.
+        compact_a_batch(0, Duration::ZERO, false);
+        compact_a_batch(100, Duration::from_micros(1500), false);
+        compact_a_batch(100, Duration::from_micros(1500), true);
+    }
+
+    fn compact_a_batch(delay: u32, later: Duration, restart_first: bool) {
         let dir = tempfile::tempdir().unwrap();
         let t0 = Instant::now();
         let mut s = Store::new(big_cfg(), Some(log(dir.path())), t0);
         s.connect(1);
         let mut w = Vec::new();
-        s.put_batch(1, 3, 0, 60, vec![b"spindle-bench-16".to_vec(); 3000], t0, &mut w);
+        s.put_batch(1, 3, delay, 60, vec![b"spindle-bench-16".to_vec(); 3000], t0, &mut w);
         assert_eq!(w, b"INSERTED-BATCH 1 3000\r\n");
         for id in (1..=3000).step_by(3) {
             assert_eq!(run(&mut s, 1, &format!("delete {id}"), b"", t0), "DELETED\r\n");
         }
+        if restart_first {
+            s = reopen(&mut s, dir.path());
+        }
         let before = s.log.as_ref().unwrap().live_bytes;
         let records = s.ct.records_written;
+        let migrated = s.ct.records_migrated;
         let l = s.log.as_mut().unwrap();
         l.pending_cut = Some(u64::MAX);
+        let t1 = Instant::now() + later;
         while s.log.as_ref().unwrap().pending_cut.is_some() {
-            s.compact(t0);
+            s.compact(t1);
         }
         // 2000 live jobs rewritten in a few records (ids listed: deletes
         // left gaps), each job taking about what it did before, not the
         // ~96 bytes of a `Put` of its own.
-        assert_eq!(s.ct.records_migrated, 2000);
-        assert!(s.ct.records_written - records < 20, "{}", s.ct.records_written - records);
+        let case = format!("delay {delay}, {later:?} later, restart first: {restart_first}");
+        assert_eq!(s.ct.records_migrated - migrated, 2000, "{case}");
+        let written = s.ct.records_written - records;
+        assert!(written < 20, "{case}: {written} records");
         let after = s.log.as_ref().unwrap().live_bytes;
-        assert!(after <= before * 3 / 2, "live bytes {before} -> {after}");
-        let r = reopen(&mut s, dir.path());
+        assert!(after <= before * 3 / 2, "{case}: live bytes {before} -> {after}");
+        let mut r = reopen(&mut s, dir.path());
         let ids: std::collections::BTreeSet<u64> = r.jobs.keys().copied().collect();
         let want: std::collections::BTreeSet<u64> = (1..=3000).filter(|i| i % 3 != 1).collect();
-        assert_eq!(ids, want);
+        assert_eq!(ids, want, "{case}");
         assert!(r.jobs.values().all(|j| &*j.body == b"spindle-bench-16" && j.pri == 3));
         r.check();
+        r.connect(1);
+        let y = run(&mut r, 1, "stats-job 2", b"", Instant::now());
+        let state = if delay == 0 { "ready" } else { "delayed" };
+        assert!(y.contains(&format!("state: {state}\n")), "{case}: {y}");
+        if delay > 0 {
+            assert!(y.contains("time-left: 99\n") || y.contains("time-left: 100\n"), "{case}: {y}");
+        }
     }
 
     #[test]
