@@ -819,15 +819,21 @@ impl Store {
         match appended {
             Ok((lsn, len)) => {
                 self.ct.records_written += 1;
-                log.by_lsn.push_back((lsn, id));
-                log.live_bytes += u64::from(len);
-                if let Some(j) = self.jobs.get_mut(&id) {
-                    j.lsn = lsn;
-                    j.rec_len = len;
-                }
+                self.logged_at(id, lsn, len);
                 Ok(())
             }
             Err(_) => Err(()),
+        }
+    }
+
+    /// Job `id`'s latest `Put` is now at `lsn` and takes `len` bytes of the
+    /// log (its share, in a `PutBatch`): what compaction goes by.
+    fn logged_at(&mut self, id: u64, lsn: u64, len: u32) {
+        if let (Some(j), Some(log)) = (self.jobs.get_mut(&id), self.log.as_mut()) {
+            j.lsn = lsn;
+            j.rec_len = len;
+            log.by_lsn.push_back((lsn, id));
+            log.live_bytes += u64::from(len);
         }
     }
 
@@ -1406,13 +1412,8 @@ impl Store {
             };
             for body in chunk {
                 self.insert_job(id, &tube, pri, delay, ttr, body, None, now);
-                if let (Some((lsn, share)), Some(log), Some(j)) =
-                    (logged, self.log.as_mut(), self.jobs.get_mut(&id))
-                {
-                    j.lsn = lsn;
-                    j.rec_len = share;
-                    log.by_lsn.push_back((lsn, id));
-                    log.live_bytes += u64::from(share);
+                if let Some((lsn, share)) = logged {
+                    self.logged_at(id, lsn, share);
                 }
                 id += 1;
             }
@@ -1947,12 +1948,7 @@ impl Store {
         }
         let Ok(Some((lsn, share))) = logged else { return logged.is_ok() };
         for &id in &ids {
-            if let (Some(j), Some(log)) = (self.jobs.get_mut(&id), self.log.as_mut()) {
-                j.lsn = lsn;
-                j.rec_len = share;
-                log.by_lsn.push_back((lsn, id));
-                log.live_bytes += u64::from(share);
-            }
+            self.logged_at(id, lsn, share);
         }
         self.ct.records_migrated += ids.len() as u64;
         true
@@ -2264,17 +2260,14 @@ impl Store {
         }
         // Jobs are counted as created now for stats; restore per-tube
         // totals as beanstalkd does (total-jobs counts recovered jobs).
-        let mut log = log;
+        // Replay is done (it must log nothing): the log is back for the
+        // live jobs' positions, in LSN order.
+        self.log = Some(log);
         let mut lsns: Vec<(u64, u32, u64)> =
             lsns.into_iter().map(|(id, (lsn, len))| (lsn, len, id)).collect();
         lsns.sort_unstable();
         for (lsn, len, id) in lsns {
-            if let Some(j) = self.jobs.get_mut(&id) {
-                j.lsn = lsn;
-                log.by_lsn.push_back((lsn, id));
-                j.rec_len = len;
-                log.live_bytes += u64::from(len);
-            }
+            self.logged_at(id, lsn, len);
         }
         report.jobs = self.jobs.len();
         // Replayed puts (compaction rewrites included) were counted as they
@@ -2283,7 +2276,6 @@ impl Store {
         for t in self.tubes.values_mut() {
             t.total_jobs = t.jobs;
         }
-        self.log = Some(log);
         // Drop tubes that only existed in the log.
         let names: Vec<Arc<str>> = self.tube_order.clone();
         for n in names {
