@@ -1,0 +1,309 @@
+//! A job as the table keeps it, and the slab that holds them.
+//!
+//! Jobs live in one `Vec` of slots, found through [`crate::idmap`]; a freed
+//! slot is reused by the next put, so a steady load allocates nothing for
+//! the table itself. A payload of up to [`INLINE`] bytes is stored in the
+//! slot; a larger one takes one allocation. `prev`/`next` link a job into
+//! its queue's ready FIFO or buried list (a job is in at most one).
+
+use crate::time::Time;
+
+/// Payloads up to this many bytes live inside the job's slot.
+pub const INLINE: usize = 24;
+pub(crate) const NIL: u32 = u32::MAX;
+
+/// A job's payload: inline when small.
+#[derive(Clone, Debug)]
+pub(crate) enum Payload {
+    Inline(u8, [u8; INLINE]),
+    Heap(Box<[u8]>),
+}
+
+impl Payload {
+    pub(crate) fn new(bytes: &[u8]) -> Payload {
+        if bytes.len() <= INLINE {
+            let mut b = [0u8; INLINE];
+            b[..bytes.len()].copy_from_slice(bytes);
+            Payload::Inline(bytes.len() as u8, b)
+        } else {
+            Payload::Heap(bytes.into())
+        }
+    }
+
+    pub(crate) fn from_vec(bytes: Vec<u8>) -> Payload {
+        if bytes.len() <= INLINE {
+            Payload::new(&bytes)
+        } else {
+            Payload::Heap(bytes.into_boxed_slice())
+        }
+    }
+
+    #[inline]
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Payload::Inline(n, b) => &b[..usize::from(*n)],
+            Payload::Heap(b) => b,
+        }
+    }
+}
+
+/// Where a job is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Waiting to be reserved.
+    Ready,
+    /// Waiting for its due time (a delay or a retry's backoff).
+    Delayed,
+    /// Leased to a holder.
+    Reserved,
+    /// Dead letter: waits for a kick.
+    Buried,
+}
+
+impl State {
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            State::Ready => 0,
+            State::Delayed => 1,
+            State::Buried => 2,
+            State::Reserved => 3,
+        }
+    }
+
+    pub(crate) fn from_code(c: u8) -> Option<State> {
+        Some(match c {
+            0 => State::Ready,
+            1 => State::Delayed,
+            2 => State::Buried,
+            3 => State::Reserved,
+            _ => return None,
+        })
+    }
+}
+
+/// A job's counters (beanstalkd's `stats-job` fields, plus the runs in a
+/// row that ended without an outcome).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Reservations: the attempts so far.
+    pub reserves: u32,
+    /// Leases that expired.
+    pub timeouts: u32,
+    /// Releases, including retries after `fail`.
+    pub releases: u32,
+    /// Burials.
+    pub buries: u32,
+    /// Kicks.
+    pub kicks: u32,
+    /// Runs in a row that ended without an outcome (timeout, holder gone,
+    /// crash); an outcome resets it.
+    pub interrupted: u32,
+}
+
+/// Rarely set fields, boxed so most jobs do not pay for them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Extra {
+    pub unique: Option<Box<str>>,
+    pub error: Option<Box<str>>,
+}
+
+/// Where a ready job is queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// Not in a ready structure.
+    None,
+    /// In its priority's FIFO (fresh puts, in id order).
+    Fifo,
+    /// In the queue's heap of jobs that became ready again.
+    Heap,
+}
+
+/// A job's slot.
+#[derive(Clone, Debug)]
+pub(crate) struct Job {
+    pub id: u64,
+    pub created: Time,
+    /// When it entered its current state (ready: for the wait histogram;
+    /// reserved: for the service time).
+    pub since: Time,
+    /// Delayed: due time. Reserved: lease deadline (`Time::ZERO` for no
+    /// deadline). Buried: position in the queue's buried order.
+    pub at: u64,
+    pub payload: Payload,
+    pub extra: Option<Box<Extra>>,
+    pub prev: u32,
+    pub next: u32,
+    pub queue: u32,
+    pub pri: u32,
+    pub ttr_s: u32,
+    pub delay_s: u32,
+    /// Who holds the lease while reserved.
+    pub holder: u64,
+    /// Per-job attempt limit (0: the queue's policy).
+    pub max_attempts: u32,
+    /// Bumped each time the job enters the ready heap: heap entries of
+    /// earlier visits are stale.
+    pub epoch: u32,
+    pub counts: Counts,
+    pub state: State,
+    pub place: Place,
+    /// The slot holds a job (free slots chain through `next`).
+    pub live: bool,
+}
+
+impl Job {
+    pub(crate) fn unique(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|x| x.unique.as_deref())
+    }
+
+    pub(crate) fn error(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|x| x.error.as_deref())
+    }
+
+    /// Sets or clears the last error; the box goes when empty.
+    pub(crate) fn set_error(&mut self, e: Option<Box<str>>) {
+        match (&mut self.extra, e) {
+            (Some(x), e) => {
+                x.error = e;
+                if x.unique.is_none() && x.error.is_none() {
+                    self.extra = None;
+                }
+            }
+            (None, Some(e)) => self.extra = Some(Box::new(Extra { unique: None, error: Some(e) })),
+            (None, None) => {}
+        }
+    }
+}
+
+/// The slots.
+pub(crate) struct Slab {
+    jobs: Vec<Job>,
+    free: u32,
+}
+
+impl Slab {
+    pub(crate) fn new() -> Slab {
+        Slab { jobs: Vec::new(), free: NIL }
+    }
+
+    /// Stores `job`, returning its slot.
+    pub(crate) fn insert(&mut self, job: Job) -> u32 {
+        if self.free != NIL {
+            let s = self.free;
+            let slot = &mut self.jobs[s as usize];
+            self.free = slot.next;
+            *slot = job;
+            s
+        } else {
+            self.jobs.push(job);
+            (self.jobs.len() - 1) as u32
+        }
+    }
+
+    /// Frees a slot, returning its job's payload and extra.
+    pub(crate) fn remove(&mut self, s: u32) -> (Payload, Option<Box<Extra>>) {
+        let free = self.free;
+        let slot = &mut self.jobs[s as usize];
+        slot.live = false;
+        slot.next = free;
+        slot.prev = NIL;
+        self.free = s;
+        let payload = std::mem::replace(&mut slot.payload, Payload::Inline(0, [0; INLINE]));
+        (payload, slot.extra.take())
+    }
+
+    #[inline]
+    pub(crate) fn get(&self, s: u32) -> &Job {
+        &self.jobs[s as usize]
+    }
+
+    #[inline]
+    pub(crate) fn get_mut(&mut self, s: u32) -> &mut Job {
+        &mut self.jobs[s as usize]
+    }
+}
+
+/// A FIFO of jobs linked through their slots.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct List {
+    pub head: u32,
+    pub tail: u32,
+    pub len: u32,
+}
+
+impl Default for List {
+    fn default() -> Self {
+        List::EMPTY
+    }
+}
+
+impl List {
+    pub(crate) const EMPTY: List = List { head: NIL, tail: NIL, len: 0 };
+
+    pub(crate) fn push_back(&mut self, slab: &mut Slab, s: u32) {
+        let tail = self.tail;
+        {
+            let j = slab.get_mut(s);
+            j.prev = tail;
+            j.next = NIL;
+        }
+        if tail == NIL {
+            self.head = s;
+        } else {
+            slab.get_mut(tail).next = s;
+        }
+        self.tail = s;
+        self.len += 1;
+    }
+
+    pub(crate) fn unlink(&mut self, slab: &mut Slab, s: u32) {
+        let (prev, next) = {
+            let j = slab.get_mut(s);
+            let pn = (j.prev, j.next);
+            j.prev = NIL;
+            j.next = NIL;
+            pn
+        };
+        if prev == NIL {
+            self.head = next;
+        } else {
+            slab.get_mut(prev).next = next;
+        }
+        if next == NIL {
+            self.tail = prev;
+        } else {
+            slab.get_mut(next).prev = prev;
+        }
+        self.len -= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_slot_stays_small() {
+        assert!(std::mem::size_of::<Job>() <= 144, "{}", std::mem::size_of::<Job>());
+        assert_eq!(std::mem::size_of::<Payload>(), 32);
+    }
+
+    #[test]
+    fn small_payloads_are_inline_and_large_ones_boxed() {
+        let small = Payload::new(&[7; INLINE]);
+        assert!(matches!(small, Payload::Inline(24, _)));
+        assert_eq!(small.bytes(), &[7; INLINE]);
+        let big = Payload::from_vec(vec![1; INLINE + 1]);
+        assert!(matches!(big, Payload::Heap(_)));
+        assert_eq!(big.bytes().len(), INLINE + 1);
+        assert_eq!(Payload::new(b"").bytes(), b"");
+    }
+
+    #[test]
+    fn state_codes_round_trip() {
+        for s in [State::Ready, State::Delayed, State::Reserved, State::Buried] {
+            assert_eq!(State::from_code(s.code()), Some(s));
+        }
+        assert_eq!(State::from_code(9), None);
+    }
+}

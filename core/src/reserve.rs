@@ -1,0 +1,376 @@
+//! Reserving jobs, and holders that wait for one.
+//!
+//! A reservation leases a job to a holder (a connection, a worker, a
+//! shard) until its TTR passes; the lease's fencing token is the job's
+//! reservation count, so a holder whose lease expired and was given to
+//! someone else is told its token is stale.
+//!
+//! Waiting follows beanstalkd 1.12 exactly (the daemon's differential
+//! tests hold it to that):
+//!
+//! 1. [`Table::reserve_wait`] adds the holder to every watched queue's
+//!    waiting list (append), then serves waiters;
+//! 2. serving ([`Table::serve_waiters`]) repeatedly takes the most urgent
+//!    ready job among unpaused queues that have waiters, and gives it to
+//!    the next waiter of *that* queue, picked by a rotating cursor;
+//! 3. a served or timed-out holder leaves every list (swap-remove);
+//! 4. jobs handed to waiters other than the caller come out as
+//!    [`Grant`]s, for the front-end to deliver.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::queue::QueueId;
+use crate::record::{kind, Records};
+use crate::table::Table;
+use crate::time::Time;
+
+/// beanstalkd's `SAFETY_MARGIN`: a holder whose lease ends within this is
+/// told `DEADLINE_SOON` instead of waiting.
+pub const SAFETY_MARGIN: Duration = Duration::from_secs(1);
+
+/// A reservation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The job.
+    pub id: u64,
+    /// Its fencing token (the job's reservation count).
+    pub token: u32,
+}
+
+/// A holder's waiting reservation.
+#[derive(Clone, Debug)]
+pub(crate) struct Wait {
+    seq: u64,
+    wake: Option<Time>,
+    batch: u32,
+    queues: Vec<u32>,
+}
+
+/// The table's waiting reservations.
+#[derive(Debug, Default)]
+pub(crate) struct Waits {
+    seq: u64,
+    /// Queues with waiters.
+    queues: BTreeSet<u32>,
+    /// (wake-up, holder, seq).
+    timers: BTreeSet<(Time, u32, u64)>,
+    /// A job became ready where holders wait, or a pause ended.
+    pub dirty: bool,
+    grants: Vec<Grant>,
+    ended: Vec<(u32, WaitEnd)>,
+}
+
+/// Jobs handed to a waiting holder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// The holder.
+    pub holder: u32,
+    /// Its new leases, most urgent first (one unless it asked for a batch).
+    pub leases: Vec<Lease>,
+}
+
+/// How a wait ended without a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitEnd {
+    /// Its timeout passed.
+    TimedOut,
+    /// One of its leases is within [`SAFETY_MARGIN`] of its end.
+    DeadlineSoon,
+}
+
+/// What a reservation that may wait did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reserved {
+    /// Jobs, at once.
+    Now(Vec<Lease>),
+    /// Nothing now: the holder waits (a [`Grant`] or a [`WaitEnd`] will
+    /// come).
+    Waiting,
+    /// Ended at once.
+    Ended(WaitEnd),
+}
+
+impl Table {
+    /// Reserves the most urgent ready job of queue `q` for `holder`, if
+    /// the queue is not paused. The hot path: no waiting list is touched.
+    pub fn reserve(
+        &mut self,
+        now: Time,
+        q: QueueId,
+        holder: u32,
+        out: &mut Records,
+    ) -> Option<Lease> {
+        let x = self.queues.get_mut(q.0 as usize)?.as_mut()?;
+        if x.paused(now) {
+            return None;
+        }
+        let (_, _, s) = x.ready.best(&self.slab)?;
+        Some(self.take(s, holder, now, out))
+    }
+
+    /// Reserves job `id` (beanstalkd's `reserve-job`): from any state but
+    /// reserved.
+    pub fn reserve_id(
+        &mut self,
+        now: Time,
+        id: u64,
+        holder: u32,
+        out: &mut Records,
+    ) -> Option<Lease> {
+        let s = self.slot(id)?;
+        if self.slab.get(s).state == crate::State::Reserved {
+            return None;
+        }
+        Some(self.take(s, holder, now, out))
+    }
+
+    /// The most urgent ready job among the unpaused queues of `queues`.
+    fn best_of(&mut self, now: Time, queues: &[u32]) -> Option<u32> {
+        let mut best: Option<(u32, u64, u32)> = None;
+        for &q in queues {
+            let Some(x) = self.queues.get_mut(q as usize).and_then(|x| x.as_mut()) else {
+                continue;
+            };
+            if x.paused(now) {
+                continue;
+            }
+            if let Some(c) = x.ready.best(&self.slab) {
+                if best.is_none_or(|b| (c.0, c.1) < (b.0, b.1)) {
+                    best = Some(c);
+                }
+            }
+        }
+        best.map(|b| b.2)
+    }
+
+    /// Leases the job in slot `s` to `holder` and logs the reservation.
+    fn take(&mut self, s: u32, holder: u32, now: Time, out: &mut Records) -> Lease {
+        self.unplace(s);
+        let (id, token) = self.to_reserved(s, holder, now);
+        out.id_only(kind::RESERVE, id);
+        Lease { id, token }
+    }
+
+    /// Reserves for `holder` from `queues`, waiting if nothing is ready:
+    /// beanstalkd's `reserve` and `reserve-with-timeout` (`timeout_at`),
+    /// with `batch` > 1 for up to that many jobs at once.
+    pub fn reserve_wait(
+        &mut self,
+        now: Time,
+        holder: u32,
+        queues: &[QueueId],
+        timeout_at: Option<Time>,
+        batch: u32,
+        out: &mut Records,
+    ) -> Reserved {
+        let qs: Vec<u32> = queues.iter().map(|q| q.0).collect();
+        if self.deadline_soon(holder, now) && !self.any_ready(&qs) {
+            return Reserved::Ended(WaitEnd::DeadlineSoon);
+        }
+        self.stop_waiting(holder);
+        self.waits.seq += 1;
+        let seq = self.waits.seq;
+        let soon = self.soonest_deadline(holder).map(|d| Time(d.0.saturating_sub(margin_ns())));
+        let wake = match (timeout_at, soon) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        for &q in &qs {
+            if let Some(x) = self.q_mut(q) {
+                x.waiting.push(holder);
+                self.waits.queues.insert(q);
+            }
+        }
+        if let Some(at) = wake {
+            self.waits.timers.insert((at, holder, seq));
+        }
+        self.holder_mut(holder).wait = Some(Wait { seq, wake, batch: batch.max(1), queues: qs });
+        self.waits.dirty = true;
+        self.serve_waiters(now, out);
+        if let Some(i) = self.waits.grants.iter().position(|g| g.holder == holder) {
+            let g = self.waits.grants.remove(i);
+            return Reserved::Now(g.leases);
+        }
+        if timeout_at.is_some_and(|t| t <= now) {
+            let soon = self.deadline_soon(holder, now);
+            self.stop_waiting(holder);
+            return Reserved::Ended(if soon { WaitEnd::DeadlineSoon } else { WaitEnd::TimedOut });
+        }
+        Reserved::Waiting
+    }
+
+    /// Whether `holder` waits.
+    pub fn is_waiting(&self, holder: u32) -> bool {
+        self.holders.get(holder as usize).is_some_and(|h| h.wait.is_some())
+    }
+
+    /// Ends `holder`'s wait (it hung up, say): `None` if it was not
+    /// waiting, else how beanstalkd would answer it.
+    pub fn cancel_wait(&mut self, now: Time, holder: u32) -> Option<WaitEnd> {
+        if !self.is_waiting(holder) {
+            return None;
+        }
+        let soon = self.deadline_soon(holder, now);
+        self.stop_waiting(holder);
+        Some(if soon { WaitEnd::DeadlineSoon } else { WaitEnd::TimedOut })
+    }
+
+    pub(crate) fn stop_waiting(&mut self, holder: u32) {
+        let Some(w) = self.holders.get_mut(holder as usize).and_then(|h| h.wait.take()) else {
+            return;
+        };
+        for &q in &w.queues {
+            if let Some(x) = self.queues.get_mut(q as usize).and_then(|x| x.as_mut()) {
+                if let Some(i) = x.waiting.iter().position(|&h| h == holder) {
+                    x.waiting.swap_remove(i);
+                    if x.waiting.is_empty() {
+                        self.waits.queues.remove(&q);
+                    }
+                }
+            }
+            self.maybe_drop_queue(q);
+        }
+        if let Some(at) = w.wake {
+            self.waits.timers.remove(&(at, holder, w.seq));
+        }
+    }
+
+    /// Serves waiting holders from ready jobs (step 2 above). Grants to
+    /// holders are queued for [`Table::take_grants`].
+    pub fn serve_waiters(&mut self, now: Time, out: &mut Records) {
+        if !std::mem::take(&mut self.waits.dirty) {
+            return;
+        }
+        loop {
+            let mut best: Option<(u32, u64, u32, u32)> = None;
+            let candidates: Vec<u32> = self.waits.queues.iter().copied().collect();
+            for q in candidates {
+                let Some(x) = self.queues.get_mut(q as usize).and_then(|x| x.as_mut()) else {
+                    continue;
+                };
+                if x.waiting.is_empty() || x.paused(now) {
+                    continue;
+                }
+                if let Some((pri, id, s)) = x.ready.best(&self.slab) {
+                    if best.is_none_or(|(bp, bi, _, _)| (pri, id) < (bp, bi)) {
+                        best = Some((pri, id, s, q));
+                    }
+                }
+            }
+            let Some((_, _, s, q)) = best else { return };
+            let Some(x) = self.q_mut(q) else { return };
+            let n = x.waiting.len();
+            let at = x.waiting_last % n;
+            let holder = x.waiting[at];
+            x.waiting_last = at + 1;
+            let (batch, queues) =
+                match self.holders.get(holder as usize).and_then(|h| h.wait.as_ref()) {
+                    Some(w) => (w.batch, w.queues.clone()),
+                    None => (1, Vec::new()),
+                };
+            self.stop_waiting(holder);
+            let first = self.take(s, holder, now, out);
+            let mut bytes = self.slab.get(s).payload.bytes().len();
+            let mut leases = vec![first];
+            while leases.len() < batch as usize && bytes < self.cfg.batch_bytes {
+                let Some(more) = self.best_of(now, &queues) else { break };
+                bytes += self.slab.get(more).payload.bytes().len();
+                leases.push(self.take(more, holder, now, out));
+            }
+            self.waits.grants.push(Grant { holder, leases });
+        }
+    }
+
+    /// Jobs handed to waiting holders since the last call.
+    pub fn take_grants(&mut self) -> Vec<Grant> {
+        std::mem::take(&mut self.waits.grants)
+    }
+
+    /// Waits that ended (timed out, deadline soon) since the last call.
+    pub fn take_wait_ends(&mut self) -> Vec<(u32, WaitEnd)> {
+        std::mem::take(&mut self.waits.ended)
+    }
+
+    /// Ends the waits due at `now` (called by `tick`).
+    pub(crate) fn expire_waits(&mut self, now: Time) {
+        while let Some(&(at, holder, seq)) = self.waits.timers.first() {
+            if at > now {
+                break;
+            }
+            self.waits.timers.remove(&(at, holder, seq));
+            let current = self
+                .holders
+                .get(holder as usize)
+                .and_then(|h| h.wait.as_ref())
+                .is_some_and(|w| w.seq == seq);
+            if !current {
+                continue;
+            }
+            let soon = self.deadline_soon(holder, now);
+            self.stop_waiting(holder);
+            let end = if soon { WaitEnd::DeadlineSoon } else { WaitEnd::TimedOut };
+            self.waits.ended.push((holder, end));
+        }
+    }
+
+    /// The next wait timer.
+    pub(crate) fn next_wait_timer(&self) -> Option<Time> {
+        self.waits.timers.first().map(|x| x.0)
+    }
+
+    /// The earliest lease deadline among `holder`'s jobs.
+    pub fn soonest_deadline(&self, holder: u32) -> Option<Time> {
+        let h = self.holders.get(holder as usize)?;
+        let mut s = h.reserved.head;
+        let mut best: Option<Time> = None;
+        while s != crate::job::NIL {
+            let j = self.slab.get(s);
+            if j.at != 0 {
+                best = Some(best.map_or(Time(j.at), |b| b.min(Time(j.at))));
+            }
+            s = j.next;
+        }
+        best
+    }
+
+    /// Whether one of `holder`'s leases ends within the safety margin.
+    pub fn deadline_soon(&self, holder: u32, now: Time) -> bool {
+        self.soonest_deadline(holder).is_some_and(|d| d.0 <= now.0.saturating_add(margin_ns()))
+    }
+
+    /// Any of `queues` has ready jobs (paused or not, as beanstalkd).
+    fn any_ready(&self, queues: &[u32]) -> bool {
+        queues.iter().any(|&q| self.q(q).is_some_and(|x| x.ready.n > 0))
+    }
+
+    /// The jobs `holder` has reserved, in reservation order.
+    pub fn held(&self, holder: u32) -> Vec<u64> {
+        let mut v = Vec::new();
+        if let Some(h) = self.holders.get(holder as usize) {
+            let mut s = h.reserved.head;
+            while s != crate::job::NIL {
+                let j = self.slab.get(s);
+                v.push(j.id);
+                s = j.next;
+            }
+        }
+        v
+    }
+
+    /// `holder` is gone (its connection closed): its wait ends and its
+    /// jobs go back to ready (an interrupted run: a poison pill may be
+    /// buried).
+    pub fn drop_holder(&mut self, now: Time, holder: u32, out: &mut Records) {
+        self.stop_waiting(holder);
+        for id in self.held(holder) {
+            if let Some(s) = self.slot(id) {
+                self.interrupt(s, now, false, out);
+            }
+        }
+    }
+}
+
+fn margin_ns() -> u64 {
+    SAFETY_MARGIN.as_nanos() as u64
+}
