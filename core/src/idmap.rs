@@ -7,9 +7,12 @@
 //! waiting, a hash lookup cost the table 2-3 cache misses per operation).
 //! A chunk whose ids are all gone is freed (kept for reuse, up to a few),
 //! so a long-lived job in an old chunk costs 8 bytes per later chunk, not
-//! 4 KiB.
+//! 4 KiB. An id that would stretch the window past [`MAX_CHUNKS`] chunks
+//! (2^30 ids; 8 MiB of chunk pointers) goes to a plain hash map instead:
+//! still correct, only slower, and a damaged or hostile id cannot make the
+//! window allocate without bound.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 const CHUNK_BITS: u32 = 10;
 const CHUNK: usize = 1 << CHUNK_BITS;
@@ -17,6 +20,8 @@ const NONE: u32 = u32::MAX;
 /// Empty chunks kept for reuse (a steady put/complete load moves through
 /// one chunk every 1,024 jobs).
 const SPARE: usize = 4;
+/// The most chunks the dense window spans.
+const MAX_CHUNKS: u64 = 1 << 20;
 
 struct Chunk {
     slots: [u32; CHUNK],
@@ -29,12 +34,14 @@ pub(crate) struct IdMap {
     base: u64,
     chunks: VecDeque<Option<Box<Chunk>>>,
     spare: Vec<Box<Chunk>>,
+    /// Ids outside the window.
+    far: HashMap<u64, u32>,
     len: usize,
 }
 
 impl IdMap {
     pub(crate) fn new() -> IdMap {
-        IdMap { base: 0, chunks: VecDeque::new(), spare: Vec::new(), len: 0 }
+        IdMap { base: 0, chunks: VecDeque::new(), spare: Vec::new(), far: HashMap::new(), len: 0 }
     }
 
     /// Live ids.
@@ -50,14 +57,38 @@ impl IdMap {
     #[inline]
     pub(crate) fn get(&self, id: u64) -> Option<u32> {
         let (c, i) = Self::split(id);
-        let k = usize::try_from(c.checked_sub(self.base)?).ok()?;
-        let s = self.chunks.get(k)?.as_ref()?.slots[i];
-        (s != NONE).then_some(s)
+        let dense = c
+            .checked_sub(self.base)
+            .and_then(|k| usize::try_from(k).ok())
+            .and_then(|k| self.chunks.get(k))
+            .and_then(|ch| ch.as_ref())
+            .map(|ch| ch.slots[i])
+            .filter(|&s| s != NONE);
+        if dense.is_none() && !self.far.is_empty() {
+            return self.far.get(&id).copied();
+        }
+        dense
+    }
+
+    /// Whether chunk `c` is inside the window, or can join it.
+    fn fits(&self, c: u64) -> bool {
+        if self.chunks.is_empty() {
+            return true;
+        }
+        let lo = self.base.min(c);
+        let hi = (self.base + self.chunks.len() as u64 - 1).max(c);
+        hi - lo < MAX_CHUNKS
     }
 
     /// Maps `id` to `slot` (replacing any earlier slot of it).
     pub(crate) fn insert(&mut self, id: u64, slot: u32) {
         let (c, i) = Self::split(id);
+        if !self.fits(c) || self.far.contains_key(&id) {
+            if self.far.insert(id, slot).is_none() {
+                self.len += 1;
+            }
+            return;
+        }
         if self.chunks.is_empty() {
             self.base = c;
         }
@@ -82,6 +113,10 @@ impl IdMap {
 
     /// Unmaps `id`, returning its slot.
     pub(crate) fn remove(&mut self, id: u64) -> Option<u32> {
+        if let Some(s) = self.far.remove(&id) {
+            self.len -= 1;
+            return Some(s);
+        }
         let (c, i) = Self::split(id);
         let k = usize::try_from(c.checked_sub(self.base)?).ok()?;
         let entry = self.chunks.get_mut(k)?;
@@ -112,7 +147,7 @@ impl IdMap {
     /// Every (id, slot), in id order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
         let base = self.base;
-        self.chunks.iter().enumerate().flat_map(move |(k, ch)| {
+        let dense = self.chunks.iter().enumerate().flat_map(move |(k, ch)| {
             ch.iter().flat_map(move |ch| {
                 ch.slots
                     .iter()
@@ -120,7 +155,27 @@ impl IdMap {
                     .filter(|(_, &s)| s != NONE)
                     .map(move |(i, &s)| (((base + k as u64) << CHUNK_BITS) + i as u64, s))
             })
-        })
+        });
+        let mut far: Vec<(u64, u32)> = self.far.iter().map(|(&k, &v)| (k, v)).collect();
+        far.sort_unstable();
+        Merge { a: dense.peekable(), b: far.into_iter().peekable() }
+    }
+}
+
+/// Two id-ordered iterators merged in id order.
+struct Merge<A: Iterator<Item = (u64, u32)>, B: Iterator<Item = (u64, u32)>> {
+    a: std::iter::Peekable<A>,
+    b: std::iter::Peekable<B>,
+}
+
+impl<A: Iterator<Item = (u64, u32)>, B: Iterator<Item = (u64, u32)>> Iterator for Merge<A, B> {
+    type Item = (u64, u32);
+    fn next(&mut self) -> Option<(u64, u32)> {
+        match (self.a.peek(), self.b.peek()) {
+            (Some(x), Some(y)) if y.0 < x.0 => self.b.next(),
+            (Some(_), _) => self.a.next(),
+            (None, _) => self.b.next(),
+        }
     }
 }
 
@@ -161,6 +216,21 @@ mod tests {
         assert_eq!(m.len(), 0);
         assert!(m.chunks.is_empty(), "every chunk freed");
         assert_eq!(m.get(5), None);
+    }
+
+    #[test]
+    fn ids_far_apart_do_not_stretch_the_window() {
+        let mut m = IdMap::new();
+        m.insert(1, 1);
+        m.insert(u64::MAX, 2);
+        m.insert(1 << 40, 3);
+        m.insert(2, 4);
+        assert!(m.chunks.len() <= 1);
+        assert_eq!(m.get(u64::MAX), Some(2));
+        assert_eq!(m.get(1 << 40), Some(3));
+        assert_eq!(m.iter().collect::<Vec<_>>(), vec![(1, 1), (2, 4), (1 << 40, 3), (u64::MAX, 2)]);
+        assert_eq!(m.remove(u64::MAX), Some(2));
+        assert_eq!(m.len(), 3);
     }
 
     #[test]

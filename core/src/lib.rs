@@ -36,6 +36,7 @@
 
 #![deny(unsafe_code)]
 
+mod check;
 mod error;
 mod idmap;
 mod job;

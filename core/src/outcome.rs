@@ -129,9 +129,9 @@ impl Table {
             j.delay_s = u32::try_from(delay.as_secs()).unwrap_or(u32::MAX);
         }
         if delay.is_zero() {
-            self.to_ready(s, now, false);
+            self.make_ready(s, now, false);
         } else {
-            self.to_delayed(s, now.plus(delay));
+            self.make_delayed(s, now.plus(delay));
         }
         self.log_move(s, out);
         Ok(())
@@ -164,7 +164,7 @@ impl Table {
             if let Some(x) = self.q_mut(q) {
                 x.counters.buries += 1;
             }
-            self.to_buried(s, None);
+            self.make_buried(s, None);
             self.log_move(s, out);
             return Ok(Failed::Buried { attempts });
         }
@@ -178,9 +178,9 @@ impl Table {
             x.counters.retries += 1;
         }
         if delay.is_zero() {
-            self.to_ready(s, now, false);
+            self.make_ready(s, now, false);
         } else {
-            self.to_delayed(s, now.plus(delay));
+            self.make_delayed(s, now.plus(delay));
         }
         self.log_move(s, out);
         Ok(Failed::Retry { attempts, delay })
@@ -212,7 +212,7 @@ impl Table {
         if let Some(x) = self.q_mut(q) {
             x.counters.buries += 1;
         }
-        self.to_buried(s, None);
+        self.make_buried(s, None);
         self.log_move(s, out);
         Ok(())
     }
@@ -256,9 +256,9 @@ impl Table {
             if let Some(x) = self.q_mut(q) {
                 x.counters.buries += 1;
             }
-            self.to_buried(s, None);
+            self.make_buried(s, None);
         } else {
-            self.to_ready(s, now, false);
+            self.make_ready(s, now, false);
         }
         self.log_move(s, out);
     }
@@ -304,7 +304,7 @@ impl Table {
         self.unplace(s);
         let j = self.slab.get_mut(s);
         j.counts.kicks = j.counts.kicks.saturating_add(1);
-        self.to_ready(s, now, false);
+        self.make_ready(s, now, false);
         self.log_move(s, out);
     }
 

@@ -86,13 +86,16 @@ impl Table {
     fn replay_put(&mut self, p: &PutRec<'_>) {
         self.replay_delete(p.id);
         let Ok(q) = self.queue(p.queue) else { return };
-        let extra = (p.unique.is_some() || p.error.is_some()).then(|| {
-            Box::new(Extra { unique: p.unique.map(Into::into), error: p.error.map(Into::into) })
+        // A key another live job holds (only in a damaged log) stays with
+        // that job.
+        let unique = p.unique.filter(|k| self.q(q.0).is_some_and(|x| !x.uniques.contains_key(*k)));
+        let extra = (unique.is_some() || p.error.is_some()).then(|| {
+            Box::new(Extra { unique: unique.map(Into::into), error: p.error.map(Into::into) })
         });
         if let Some(x) = self.q_mut(q.0) {
             x.jobs += 1;
             x.counters.puts += 1;
-            if let Some(k) = p.unique {
+            if let Some(k) = unique {
                 x.uniques.insert(k.into(), p.id);
             }
         }
@@ -119,7 +122,7 @@ impl Table {
         });
         self.ids.insert(p.id, s);
         self.bytes += p.payload.len() as u64;
-        self.next_id = self.next_id.max(p.id + 1);
+        self.next_id = self.next_id.max(p.id.saturating_add(1));
     }
 
     fn replay_move(&mut self, m: &MoveRec<'_>) {
@@ -159,15 +162,15 @@ impl Table {
                 (j.state, j.at)
             };
             match state {
-                State::Ready => self.to_ready(s, now, true),
-                State::Delayed => self.to_delayed(s, Time(at)),
+                State::Ready => self.make_ready(s, now, true),
+                State::Delayed => self.make_delayed(s, Time(at)),
                 State::Buried => buried.push((at, s)),
                 State::Reserved => running.push(s),
             }
         }
         buried.sort_unstable();
         for (seq, s) in buried {
-            self.to_buried(s, Some(seq));
+            self.make_buried(s, Some(seq));
         }
         for s in running {
             r.interrupted += 1;
@@ -181,9 +184,9 @@ impl Table {
                 let j = self.slab.get_mut(s);
                 j.set_error(Some(poison_text(attempts, interrupted).into()));
                 j.counts.buries = j.counts.buries.saturating_add(1);
-                self.to_buried(s, None);
+                self.make_buried(s, None);
             } else {
-                self.to_ready(s, now, false);
+                self.make_ready(s, now, false);
             }
             self.log_move(s, out);
         }

@@ -147,7 +147,7 @@ impl Table {
     /// Leases the job in slot `s` to `holder` and logs the reservation.
     fn take(&mut self, s: u32, holder: u32, now: Time, out: &mut Records) -> Lease {
         self.unplace(s);
-        let (id, token) = self.to_reserved(s, holder, now);
+        let (id, token) = self.make_reserved(s, holder, now);
         out.id_only(kind::RESERVE, id);
         Lease { id, token }
     }

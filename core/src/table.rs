@@ -366,14 +366,14 @@ impl Table {
             live: true,
         };
         let fresh = id >= self.next_id;
-        self.next_id = self.next_id.max(id + 1);
+        self.next_id = self.next_id.max(id.saturating_add(1));
         self.bytes += len as u64;
         let s = self.slab.insert(job);
         self.ids.insert(id, s);
         if delayed {
-            self.to_delayed(s, due);
+            self.make_delayed(s, due);
         } else {
-            self.to_ready(s, now, fresh);
+            self.make_ready(s, now, fresh);
         }
         if out.enabled() {
             let j = self.slab.get(s);
@@ -471,7 +471,7 @@ impl Table {
 
     /// Makes a job ready (`fresh`: its id is the highest yet, so it can go
     /// to its priority's FIFO).
-    pub(crate) fn to_ready(&mut self, s: u32, now: Time, fresh: bool) {
+    pub(crate) fn make_ready(&mut self, s: u32, now: Time, fresh: bool) {
         let q = {
             let j = self.slab.get_mut(s);
             j.state = State::Ready;
@@ -490,7 +490,7 @@ impl Table {
         }
     }
 
-    pub(crate) fn to_delayed(&mut self, s: u32, due: Time) {
+    pub(crate) fn make_delayed(&mut self, s: u32, due: Time) {
         let (q, id) = {
             let j = self.slab.get_mut(s);
             j.state = State::Delayed;
@@ -504,8 +504,8 @@ impl Table {
         }
     }
 
-    pub(crate) fn to_buried(&mut self, s: u32, seq: Option<u64>) {
-        let seq = seq.unwrap_or(self.bury_seq + 1);
+    pub(crate) fn make_buried(&mut self, s: u32, seq: Option<u64>) {
+        let seq = seq.unwrap_or(self.bury_seq.saturating_add(1));
         self.bury_seq = self.bury_seq.max(seq);
         let q = {
             let j = self.slab.get_mut(s);
@@ -519,7 +519,7 @@ impl Table {
         }
     }
 
-    pub(crate) fn to_reserved(&mut self, s: u32, holder: u32, now: Time) -> (u64, u32) {
+    pub(crate) fn make_reserved(&mut self, s: u32, holder: u32, now: Time) -> (u64, u32) {
         let (q, id, token, waited, deadline) = {
             let j = self.slab.get_mut(s);
             j.state = State::Reserved;

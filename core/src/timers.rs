@@ -22,7 +22,7 @@ impl Table {
             match self.slot(id) {
                 Some(s) => {
                     self.unplace(s);
-                    self.to_ready(s, now, false);
+                    self.make_ready(s, now, false);
                 }
                 None => {
                     self.delayed.remove(&(at, id));
