@@ -25,6 +25,14 @@ pub enum PutError {
         /// The id.
         id: u64,
     },
+    /// The unique key is over [`MAX_UNIQUE_KEY`] bytes.
+    #[error("unique key of {len} bytes is over the {max}-byte limit")]
+    KeyTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// No such queue (its id is stale).
     #[error("no queue with id {0}")]
     NoQueue(u32),
@@ -73,6 +81,9 @@ pub enum NameError {
         reason: &'static str,
     },
 }
+
+/// Longest unique key, in bytes (a record keeps up to 65,535).
+pub const MAX_UNIQUE_KEY: usize = 4096;
 
 /// Longest queue name (beanstalkd's tube name limit).
 pub const MAX_QUEUE_NAME: usize = 200;

@@ -113,9 +113,12 @@ impl IdMap {
 
     /// Unmaps `id`, returning its slot.
     pub(crate) fn remove(&mut self, id: u64) -> Option<u32> {
-        if let Some(s) = self.far.remove(&id) {
-            self.len -= 1;
-            return Some(s);
+        // `HashMap::remove` hashes the key even when the map is empty.
+        if !self.far.is_empty() {
+            if let Some(s) = self.far.remove(&id) {
+                self.len -= 1;
+                return Some(s);
+            }
         }
         let (c, i) = Self::split(id);
         let k = usize::try_from(c.checked_sub(self.base)?).ok()?;

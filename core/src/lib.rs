@@ -53,7 +53,9 @@ mod view;
 
 pub(crate) use idmap::IdMap;
 
-pub use error::{validate_queue_name, JobError, NameError, PutError, MAX_QUEUE_NAME};
+pub use error::{
+    validate_queue_name, JobError, NameError, PutError, MAX_QUEUE_NAME, MAX_UNIQUE_KEY,
+};
 pub use job::{Counts, State, INLINE};
 pub use outcome::{By, Failed, MAX_ERROR_TEXT};
 pub use queue::{QueueCounters, QueueId, URGENT};

@@ -204,8 +204,13 @@ impl Table {
             j.counts.buries = j.counts.buries.saturating_add(1);
             j.counts.interrupted = 0;
             if let Some(r) = reason {
-                let tail = &r[r.len().saturating_sub(MAX_ERROR_TEXT)..];
-                j.set_error(Some(tail.into()));
+                // The end that fits, cut at a character (slicing a str
+                // inside one panics).
+                let mut at = r.len().saturating_sub(MAX_ERROR_TEXT);
+                while !r.is_char_boundary(at) {
+                    at += 1;
+                }
+                j.set_error(Some(r[at..].into()));
             }
         }
         let q = self.slab.get(s).queue;

@@ -48,6 +48,7 @@ impl Table {
 
     /// Applies one record (step 1).
     pub fn apply(&mut self, rec: Record<'_>) {
+        self.replayed += 1;
         match rec {
             Record::Put(p) => self.replay_put(&p),
             Record::Reserve { id } => {
@@ -152,7 +153,11 @@ impl Table {
     /// Places every replayed job (step 2); logs the new state of jobs that
     /// were running at the crash.
     pub fn finish_replay(&mut self, now: Time, out: &mut Records) -> Recovered {
-        let mut r = Recovered { jobs: self.ids.len() as u64, ..Recovered::default() };
+        let mut r = Recovered {
+            records: self.replayed,
+            jobs: self.ids.len() as u64,
+            ..Recovered::default()
+        };
         let all: Vec<(u64, u32)> = self.ids.iter().collect();
         let mut buried: Vec<(u64, u32)> = Vec::new();
         let mut running: Vec<u32> = Vec::new();

@@ -117,6 +117,8 @@ pub struct Table {
     pub(crate) delayed_n: u64,
     pub(crate) buried_n: u64,
     pub(crate) timeouts: u64,
+    /// Records applied by [`Table::apply`] (what `finish_replay` reports).
+    pub(crate) replayed: u64,
     /// Waiting reservations (see `reserve.rs`).
     pub(crate) waits: crate::reserve::Waits,
 }
@@ -155,6 +157,7 @@ impl Table {
             delayed_n: 0,
             buried_n: 0,
             timeouts: 0,
+            replayed: 0,
             waits: crate::reserve::Waits::default(),
         }
     }
@@ -317,8 +320,17 @@ impl Table {
         out: &mut Records,
     ) -> Result<Put, PutError> {
         let len = payload.len();
+        if let Some(k) = spec.unique.filter(|k| k.len() > crate::error::MAX_UNIQUE_KEY) {
+            return Err(PutError::KeyTooLong { len: k.len(), max: crate::error::MAX_UNIQUE_KEY });
+        }
         if len > self.cfg.max_payload as usize {
             return Err(PutError::TooBig { len, max: self.cfg.max_payload });
+        }
+        // A duplicate makes nothing, so no limit refuses it (the daemon's
+        // `put-unique` answered so before the table).
+        let x = self.q(q.0).ok_or(PutError::NoQueue(q.0))?;
+        if let Some(&existing) = spec.unique.and_then(|key| x.uniques.get(key)) {
+            return Ok(Put::Duplicate(existing));
         }
         if self.ids.len() as u64 >= self.cfg.max_jobs {
             return Err(PutError::Full { what: "jobs", limit: self.cfg.max_jobs });
@@ -331,9 +343,6 @@ impl Table {
         }
         let x = self.q_mut(q.0).ok_or(PutError::NoQueue(q.0))?;
         if let Some(key) = spec.unique {
-            if let Some(&existing) = x.uniques.get(key) {
-                return Ok(Put::Duplicate(existing));
-            }
             x.uniques.insert(key.into(), id);
         }
         x.jobs += 1;
@@ -591,6 +600,12 @@ impl Table {
         }
         let j = self.slab.get(s);
         let reserved = j.state == State::Reserved;
+        // A running job is written as it was before this reservation: the
+        // `Reserve` that follows adds the reservation back on replay.
+        let mut counts = j.counts;
+        if reserved {
+            counts.reserves = counts.reserves.saturating_sub(1);
+        }
         out.put(&PutRec {
             id: j.id,
             queue: self.q(j.queue).map_or("", |x| &x.name),
@@ -601,7 +616,7 @@ impl Table {
             state: if reserved { State::Ready } else { j.state },
             at: if reserved { 0 } else { j.at },
             created: j.created,
-            counts: j.counts,
+            counts,
             unique: j.unique(),
             error: j.error(),
             payload: j.payload.bytes(),

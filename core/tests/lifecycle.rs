@@ -264,3 +264,13 @@ fn unused_queues_go_only_when_asked_and_held_ones_stay() {
     assert_eq!(t.find_queue("q"), None, "beanstalkd drops an unused tube");
     assert_eq!(t.queues().count(), 0);
 }
+
+#[test]
+fn a_unique_key_over_the_limit_is_refused() {
+    let (mut t, mut log) = table();
+    let q = t.queue("q").unwrap();
+    let key = "k".repeat(spindle_core::MAX_UNIQUE_KEY + 1);
+    let spec = PutSpec { unique: Some(&key), ..PutSpec::default() };
+    assert!(matches!(t.put(T0, 1, q, &spec, b"", &mut log), Err(PutError::KeyTooLong { .. })));
+    assert_eq!(t.totals().jobs, 0);
+}
