@@ -175,51 +175,63 @@ impl Job {
     }
 }
 
-/// The slots.
+/// Slots per page of the slab.
+const PAGE_BITS: u32 = 12;
+const PAGE: usize = 1 << PAGE_BITS;
+
+/// The slots, in pages of 4,096: growing the slab allocates a page and
+/// never moves the jobs already in it (a `Vec` of a million 128-byte jobs
+/// would copy 128 MB when it doubles, a stall every holder would see).
 pub(crate) struct Slab {
-    jobs: Vec<Job>,
+    pages: Vec<Vec<Job>>,
     free: u32,
 }
 
 impl Slab {
     pub(crate) fn new() -> Slab {
-        Slab { jobs: Vec::new(), free: NIL }
+        Slab { pages: Vec::new(), free: NIL }
     }
 
     /// Stores `job`, returning its slot.
     pub(crate) fn insert(&mut self, job: Job) -> u32 {
         if self.free != NIL {
             let s = self.free;
-            let slot = &mut self.jobs[s as usize];
-            self.free = slot.next;
+            let slot = self.get_mut(s);
+            let next = slot.next;
             *slot = job;
-            s
-        } else {
-            self.jobs.push(job);
-            (self.jobs.len() - 1) as u32
+            self.free = next;
+            return s;
         }
+        if self.pages.last().is_none_or(|p| p.len() == PAGE) {
+            self.pages.push(Vec::with_capacity(PAGE));
+        }
+        let n = self.pages.len() - 1;
+        let page = &mut self.pages[n];
+        page.push(job);
+        ((n << PAGE_BITS) + page.len() - 1) as u32
     }
 
     /// Frees a slot, returning its job's payload and extra.
     pub(crate) fn remove(&mut self, s: u32) -> (Payload, Option<Box<Extra>>) {
         let free = self.free;
-        let slot = &mut self.jobs[s as usize];
+        let slot = self.get_mut(s);
         slot.live = false;
         slot.next = free;
         slot.prev = NIL;
-        self.free = s;
         let payload = std::mem::replace(&mut slot.payload, Payload::Inline(0, [0; INLINE]));
-        (payload, slot.extra.take())
+        let extra = slot.extra.take();
+        self.free = s;
+        (payload, extra)
     }
 
     #[inline]
     pub(crate) fn get(&self, s: u32) -> &Job {
-        &self.jobs[s as usize]
+        &self.pages[(s >> PAGE_BITS) as usize][s as usize & (PAGE - 1)]
     }
 
     #[inline]
     pub(crate) fn get_mut(&mut self, s: u32) -> &mut Job {
-        &mut self.jobs[s as usize]
+        &mut self.pages[(s >> PAGE_BITS) as usize][s as usize & (PAGE - 1)]
     }
 }
 
