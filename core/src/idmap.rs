@@ -147,6 +147,26 @@ impl IdMap {
         Some(s)
     }
 
+    /// Every (id, slot) with id at least `start`, in id order.
+    pub(crate) fn iter_from(&self, start: u64) -> impl Iterator<Item = (u64, u32)> + '_ {
+        let first = (start >> CHUNK_BITS).saturating_sub(self.base);
+        let skip = usize::try_from(first).unwrap_or(usize::MAX);
+        let base = self.base;
+        let dense = self.chunks.iter().enumerate().skip(skip).flat_map(move |(k, ch)| {
+            ch.iter().flat_map(move |ch| {
+                ch.slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &s)| s != NONE)
+                    .map(move |(i, &s)| (((base + k as u64) << CHUNK_BITS) + i as u64, s))
+            })
+        });
+        let mut far: Vec<(u64, u32)> =
+            self.far.iter().filter(|(&k, _)| k >= start).map(|(&k, &v)| (k, v)).collect();
+        far.sort_unstable();
+        Merge { a: dense.peekable(), b: far.into_iter().peekable() }.filter(move |x| x.0 >= start)
+    }
+
     /// Every (id, slot), in id order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
         let base = self.base;

@@ -195,6 +195,11 @@ impl Table {
             }
             self.log_move(s, out);
         }
+        // Counters start again: a queue's puts are the jobs that came back
+        // (beanstalkd's `total-jobs` after a restart), not its log's records.
+        for x in self.queues.iter_mut().flatten() {
+            x.counters = crate::QueueCounters { puts: x.jobs, ..Default::default() };
+        }
         let queues: Vec<u32> = self.names.values().copied().collect();
         for q in queues {
             self.maybe_drop_queue(q);

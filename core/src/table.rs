@@ -121,6 +121,8 @@ pub struct Table {
     pub(crate) replayed: u64,
     /// Waiting reservations (see `reserve.rs`).
     pub(crate) waits: crate::reserve::Waits,
+    /// Names of queues dropped since [`Table::take_dropped_queues`].
+    pub(crate) dropped: Vec<Box<str>>,
 }
 
 impl std::fmt::Debug for Table {
@@ -159,6 +161,7 @@ impl Table {
             timeouts: 0,
             replayed: 0,
             waits: crate::reserve::Waits::default(),
+            dropped: Vec::new(),
         }
     }
 
@@ -224,12 +227,19 @@ impl Table {
         if unused {
             if let Some(x) = self.queues[q as usize].take() {
                 self.names.remove(&x.name);
+                self.dropped.push(x.name.clone());
                 if let Some(at) = x.paused_until {
                     self.pauses.remove(&(at, q));
                 }
                 self.free_queues.push(q);
             }
         }
+    }
+
+    /// The names of queues dropped (with [`Config::drop_unused_queues`])
+    /// since the last call, in the order they went.
+    pub fn take_dropped_queues(&mut self) -> Vec<Box<str>> {
+        std::mem::take(&mut self.dropped)
     }
 
     /// Sets a queue's retry policy (logged; a configured queue stays).

@@ -193,6 +193,12 @@ impl Table {
         }
     }
 
+    /// Live job ids from `start` on, in id order (compaction walks the
+    /// table with this, a batch at a time).
+    pub fn job_ids_from(&self, start: u64) -> impl Iterator<Item = u64> + '_ {
+        self.ids.iter_from(start).map(|(id, _)| id)
+    }
+
     /// Every live job id, in id order.
     pub fn job_ids(&self) -> impl Iterator<Item = u64> + '_ {
         self.ids.iter().map(|(id, _)| id)

@@ -274,3 +274,19 @@ fn a_unique_key_over_the_limit_is_refused() {
     assert!(matches!(t.put(T0, 1, q, &spec, b"", &mut log), Err(PutError::KeyTooLong { .. })));
     assert_eq!(t.totals().jobs, 0);
 }
+
+#[test]
+fn ids_from_a_point_and_dropped_queue_names() {
+    let mut t = Table::new(Config { drop_unused_queues: true, ..Config::default() });
+    let mut log = Records::new();
+    let q = t.queue("q").unwrap();
+    for id in [1u64, 5, 2000, 5000] {
+        t.put(T0, id, q, &PutSpec::default(), b"", &mut log).unwrap();
+    }
+    assert_eq!(t.job_ids_from(2).collect::<Vec<_>>(), vec![5, 2000, 5000]);
+    assert_eq!(t.job_ids_from(2001).collect::<Vec<_>>(), vec![5000]);
+    assert_eq!(t.job_ids_from(0).count(), 4);
+    assert!(t.take_dropped_queues().is_empty());
+    t.clear(q, &[State::Ready], &mut log);
+    assert_eq!(t.take_dropped_queues(), vec![Box::<str>::from("q")]);
+}

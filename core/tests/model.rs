@@ -1010,13 +1010,14 @@ impl Model {
         // Not durable: the expired-lease total, pauses, queue counters.
         self.timeouts = 0;
         for q in 0..self.queues.len() {
+            let live = self.jobs.values().filter(|j| j.q == q).count() as u64;
             let survives = self.queues[q].in_log
                 && (!self.cfg.drop_unused_queues || self.has_jobs(q) || self.queues[q].configured);
             let x = &mut self.queues[q];
             x.exists = survives;
             x.paused_until = None;
             x.pause_s = 0;
-            x.counters = QueueCounters { puts: x.puts_logged, ..QueueCounters::default() };
+            x.counters = QueueCounters { puts: live, ..QueueCounters::default() };
             if !survives {
                 x.policy = self.cfg.policy;
                 x.configured = false;
