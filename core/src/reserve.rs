@@ -66,6 +66,9 @@ pub(crate) struct Waits {
 pub struct Grant {
     /// The holder.
     pub holder: u32,
+    /// How many jobs its wait asked for (a front-end may answer a batch
+    /// request differently even when one job was ready).
+    pub batch: u32,
     /// Its new leases, most urgent first (one unless it asked for a batch).
     pub leases: Vec<Lease>,
 }
@@ -278,7 +281,7 @@ impl Table {
                 bytes += self.slab.get(more).payload.bytes().len();
                 leases.push(self.take(more, holder, now, out));
             }
-            self.waits.grants.push(Grant { holder, leases });
+            self.waits.grants.push(Grant { holder, batch, leases });
         }
     }
 

@@ -640,13 +640,20 @@ impl Table {
     /// mark: what a fresh log needs to rebuild this table (compaction
     /// writes this, or the part of it for the jobs of released segments).
     pub fn snapshot(&self, out: &mut Records) {
+        for (_, s) in self.ids.iter() {
+            self.log_full(s, out);
+        }
+        self.snapshot_meta(out);
+    }
+
+    /// Logs what a snapshot holds besides jobs: each configured queue's
+    /// policy and the id mark (a compaction that rewrote the jobs itself
+    /// ends with this).
+    pub fn snapshot_meta(&self, out: &mut Records) {
         for x in self.queues.iter().flatten() {
             if x.configured {
                 out.queue(&x.name, &x.policy);
             }
-        }
-        for (_, s) in self.ids.iter() {
-            self.log_full(s, out);
         }
         out.id_only(kind::ID_MARK, self.next_id);
     }

@@ -135,6 +135,11 @@ impl Table {
         Some(self.view(s))
     }
 
+    /// The live job of queue `q` that holds unique key `key`.
+    pub fn unique(&self, q: QueueId, key: &str) -> Option<u64> {
+        self.q(q.0)?.uniques.get(key).copied()
+    }
+
     /// The delayed job of `q` due soonest.
     pub fn peek_delayed(&self, q: QueueId) -> Option<JobView<'_>> {
         let &(_, id) = self.q(q.0)?.delayed.first()?;
