@@ -8,10 +8,12 @@
 //! spindle-bench latency --rate R --seconds S [--durability MODE] [--json]
 //! spindle-bench burst [--seconds S] [--seeds K] [--plot FILE.svg] [--json]
 //! spindle-bench peer beanstalkd [--seconds S] [--spindled PATH] [--json]
+//! spindle-bench table [--seconds S | --cycles N] [--repeat N] [--json]
 //! ```
 
 #![deny(unsafe_code)]
 
+mod alloc_count;
 mod append;
 mod args;
 mod burst;
@@ -34,11 +36,17 @@ mod report;
 mod setup;
 mod strategy;
 mod system;
+mod table;
 mod throughput;
 mod wal;
 
 use args::Args;
 use report::Report;
+
+/// The system allocator, counting allocations for the scenarios that ask
+/// (`table`).
+#[global_allocator]
+static GLOBAL: alloc_count::Counting = alloc_count::Counting;
 
 /// Errors of the harness: anything, with a message.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -62,6 +70,9 @@ scenarios:
   peer        `peer beanstalkd`: spindled vs Debian's beanstalkd over Unix
               sockets, durable and in memory: cycles/s, open-loop cycle
               latency, put-batch
+  table       the job table (spindle-core) alone on one thread, no I/O:
+              put → reserve → complete cycles/s, hot and with a backlog, and
+              allocations per cycle
 
 `spindle-bench <scenario> --help` lists a scenario's options.";
 
@@ -110,6 +121,11 @@ fn run() -> BoxResult<()> {
         "peer" => {
             let opts = peer::PeerOpts::parse(args)?;
             print(&peer::run(&opts)?, opts.json)?;
+        }
+        "table" if help => println!("{}", table::USAGE),
+        "table" => {
+            let opts = table::TableOpts::parse(args)?;
+            print(&table::run(&opts)?, opts.json)?;
         }
         "help" | "--help" | "-h" => println!("{USAGE}"),
         other => return Err(format!("unknown scenario {other:?}\n{USAGE}").into()),
