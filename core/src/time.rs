@@ -72,6 +72,14 @@ impl Clock {
         Clock { wall: Time(wall), mono: Instant::now() }
     }
 
+    /// A clock whose reading at `at` (an instant of this process, now or
+    /// earlier) is the wall time then.
+    pub fn starting_at(at: Instant) -> Clock {
+        let c = Clock::new();
+        let back = c.mono.saturating_duration_since(at);
+        Clock { wall: Time(c.wall.0.saturating_sub(back.as_nanos() as u64)), mono: at }
+    }
+
     /// Now.
     pub fn now(&self) -> Time {
         self.wall.plus(self.mono.elapsed())
@@ -108,6 +116,14 @@ mod tests {
         assert_eq!(Time(u64::MAX).plus_millis(5), Time(u64::MAX));
         assert_eq!(Time::from_secs(1).since(Time::from_secs(2)), Duration::ZERO);
         assert_eq!(Time::from_secs(3).since(Time::from_secs(1)), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_clock_can_start_at_an_earlier_instant() {
+        let at = Instant::now();
+        let c = Clock::starting_at(at);
+        let later = at + Duration::from_secs(2);
+        assert_eq!(c.at(later).since(c.at(at)), Duration::from_secs(2));
     }
 
     #[test]

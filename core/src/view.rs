@@ -174,6 +174,18 @@ impl Table {
         })
     }
 
+    /// Queue `q`'s ready→reserved wait at p50, p99 and p99.9, in
+    /// microseconds (None before its first reservation).
+    pub fn wait_quantiles(&self, q: QueueId) -> Option<(u64, u64, u64)> {
+        let h = self.q(q.0)?.wait_us.as_ref().filter(|h| !h.is_empty())?;
+        Some((h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.value_at_quantile(0.999)))
+    }
+
+    /// Reservations recorded in queue `q`'s wait histogram.
+    pub fn wait_count(&self, q: QueueId) -> Option<u64> {
+        Some(self.q(q.0)?.wait_us.as_ref()?.len())
+    }
+
     /// Every queue, in id order.
     pub fn queues(&self) -> impl Iterator<Item = (QueueId, &str)> + '_ {
         self.queues

@@ -270,7 +270,7 @@ impl Conn {
     /// beanstalkd (it made the job first); call when closing.
     pub(crate) fn abandon(&self, store: &mut Store) {
         if let In::Body { cmd: Cmd::Put { .. }, .. } = self.state {
-            store.next_id += 1;
+            store.skip_ids(1);
         }
     }
 
@@ -506,7 +506,7 @@ impl Conn {
             if let Cmd::Put { .. } = cmd {
                 // beanstalkd made the job (using an id) before it read the
                 // body.
-                store.next_id += 1;
+                store.skip_ids(1);
             }
             self.out.extend_from_slice(b"EXPECTED_CRLF\r\n");
             return;

@@ -49,7 +49,6 @@ pub mod proto;
 mod reactor;
 mod remote;
 mod report;
-mod stamp;
 mod store;
 
 use std::path::PathBuf;

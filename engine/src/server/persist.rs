@@ -1,5 +1,9 @@
-//! What `spindled` writes to its write-ahead log (`-b DIR`), and how a
-//! restart reads it back.
+//! The log formats that `spindled` wrote before the job table moved to
+//! `spindle-core` (formats 1 and 2), kept so that those logs still open:
+//! recovery decodes them here and applies them as the table's records
+//! (`store.rs`, `apply_old`). Nothing writes them any more, except tests
+//! that make old logs; compaction rewrites their jobs in the table's
+//! format (`docs/record-format.md`), after which their segments go.
 //!
 //! One rkyv-archived record per WAL frame, in one log (shard 0) under the
 //! data directory. The frame's kind byte says which record it is (format
@@ -47,7 +51,7 @@
 //! delay or delayed until `created_ms + delay_s` seconds. A `PutBatch`
 //! stands for one such `Put` per body, all with the same tube, priority,
 //! delay, TTR and creation time: a `put-batch` logs its jobs in records of
-//! up to [`BATCH_BYTES`] of bodies (ids consecutive from `first_id`, `ids`
+//! up to 256 KiB of bodies (ids consecutive from `first_id`, `ids`
 //! empty), so a job costs its body plus 8 bytes of log instead of a frame
 //! of its own; compaction rewrites such jobs the same way, with their ids
 //! listed (8 bytes more each, as deletes leave gaps).
@@ -70,15 +74,6 @@ const KIND_TUBE_CONFIG: u8 = 9;
 const KIND_BATCH: u8 = 10;
 /// The highest kind this version reads.
 pub(crate) const KIND_MAX: u8 = KIND_BATCH;
-
-/// Bytes per `PutBatch` record, at most, counting each job as its body plus
-/// [`BATCH_JOB_BYTES`] (a record holds at least one job, whatever its
-/// size). Large enough that 1 000 small jobs share one frame; writers also
-/// keep it to a quarter of a segment.
-pub(crate) const BATCH_BYTES: usize = 256 << 10;
-/// What a job adds to a `PutBatch` besides its body, at most: its body's
-/// offset and length (8 bytes) and its id when listed (8 more).
-pub(crate) const BATCH_JOB_BYTES: usize = 16;
 
 /// A job's state as logged (`reserved` is never logged: it is `ready`).
 pub(crate) const ST_READY: u8 = 0;

@@ -161,10 +161,10 @@ impl Server {
             // A job takes at least 8 bytes of log (in a `PutBatch`, an empty
             // body's offset and length), so this skips at least as many ids
             // as the cut could hold.
-            store.next_id += bytes / 8 + 1;
+            store.skip_ids(bytes / 8 + 1);
         }
         if cfg.data_dir.is_some() {
-            tracing::info!(jobs = rep.jobs, next_id = store.next_id, "recovered");
+            tracing::info!(jobs = rep.jobs, next_id = store.next_id(), "recovered");
         }
 
         let poll = Poll::new()?;

@@ -8,7 +8,9 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use super::store::{Job, State, Store, Tube};
+use spindle_core::{JobView, QueueId, State, Time};
+
+use super::store::{state_name, Store};
 
 /// A quoted YAML string, as beanstalkd 1.13 prints `version`, `hostname`,
 /// `os`, `platform`, tube `name` and job `tube`.
@@ -20,25 +22,21 @@ fn secs(d: std::time::Duration) -> u64 {
     d.as_secs()
 }
 
-pub(crate) fn job_yaml(id: u64, j: &Job, now: Instant, ext: bool) -> String {
-    let (state, left) = match j.state {
-        State::Ready => ("ready", 0),
-        State::Delayed(at) => ("delayed", secs(at.saturating_duration_since(now))),
-        State::Reserved { deadline, .. } => {
-            ("reserved", secs(deadline.saturating_duration_since(now)))
-        }
-        State::Buried(_) => ("buried", 0),
+pub(crate) fn job_yaml(j: &JobView<'_>, now: Time, ext: bool) -> String {
+    let left = match j.state {
+        State::Delayed | State::Reserved => j.due.map_or(0, |d| secs(d.since(now))),
+        _ => 0,
     };
     let mut s = String::with_capacity(256);
     let _ = write!(
         s,
         "---\nid: {}\ntube: {}\nstate: {}\npri: {}\nage: {}\ndelay: {}\nttr: {}\ntime-left: {}\n\
          file: 0\nreserves: {}\ntimeouts: {}\nreleases: {}\nburies: {}\nkicks: {}\n",
-        id,
-        q(&j.tube),
-        state,
+        j.id,
+        q(j.queue_name),
+        state_name(j),
         j.pri,
-        secs(j.created.elapsed_at(now)),
+        secs(now.since(j.created)),
         j.delay_s,
         j.ttr_s,
         left,
@@ -53,8 +51,8 @@ pub(crate) fn job_yaml(id: u64, j: &Job, now: Instant, ext: bool) -> String {
             s,
             "attempts: {}\nunique-key: {}\nlast-error: {}\n",
             j.counts.reserves,
-            q(&yaml_escape(j.unique().unwrap_or(""))),
-            q(&yaml_escape(j.last_error().unwrap_or(""))),
+            q(&yaml_escape(j.unique.unwrap_or(""))),
+            q(&yaml_escape(j.error.unwrap_or(""))),
         );
     }
     s
@@ -77,8 +75,11 @@ fn yaml_escape(s: &str) -> String {
     o
 }
 
-pub(crate) fn tube_yaml(st: &Store, t: &Tube, now: Instant, ext: bool) -> String {
-    let pause_left = t.unpause_at.map_or(0, |u| secs(u.saturating_duration_since(now)));
+pub(crate) fn tube_yaml(st: &Store, qid: QueueId, now: Time, ext: bool) -> String {
+    let name = st.table.queue_name(qid).unwrap_or("");
+    let v = st.table.queue_view(qid).unwrap_or_default();
+    let f = st.front(qid).cloned().unwrap_or_default();
+    let pause_left = v.paused_until.map_or(0, |u| secs(u.since(now)));
     let mut s = String::with_capacity(512);
     let _ = write!(
         s,
@@ -86,49 +87,48 @@ pub(crate) fn tube_yaml(st: &Store, t: &Tube, now: Instant, ext: bool) -> String
          current-jobs-reserved: {}\ncurrent-jobs-delayed: {}\ncurrent-jobs-buried: {}\n\
          total-jobs: {}\ncurrent-using: {}\ncurrent-watching: {}\ncurrent-waiting: {}\n\
          cmd-delete: {}\ncmd-pause-tube: {}\npause: {}\npause-time-left: {}\n",
-        q(&t.name),
-        t.urgent,
-        t.ready.len(),
-        t.reserved,
-        t.delayed.len(),
-        t.buried.len(),
-        t.total_jobs,
-        t.using,
-        t.watching,
-        t.waiting_ct,
-        t.cmd_delete,
-        t.cmd_pause,
-        secs(t.pause),
+        q(name),
+        v.urgent,
+        v.ready,
+        v.reserved,
+        v.delayed,
+        v.buried,
+        v.counters.puts,
+        f.using,
+        f.watching,
+        v.waiting,
+        v.counters.deletes,
+        v.counters.pauses,
+        v.pause_s,
         pause_left,
     );
     if ext {
-        let (p50, p99, p999) = match &t.wait_us {
-            Some(h) if !h.is_empty() => {
-                (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.value_at_quantile(0.999))
-            }
-            _ => (0, 0, 0),
-        };
+        let (p50, p99, p999) = st.table.wait_quantiles(qid).unwrap_or((0, 0, 0));
         let holding = st
             .conns
-            .values()
-            .filter(|c| {
-                c.reserved.iter().any(|id| st.jobs.get(id).is_some_and(|j| j.tube == t.name))
+            .keys()
+            .filter(|&&c| {
+                st.table
+                    .held(u32::try_from(c).unwrap_or(u32::MAX))
+                    .iter()
+                    .any(|&id| st.table.job(id).is_some_and(|j| j.queue == qid))
             })
             .count();
+        let p = st.table.policy(qid).unwrap_or_default();
         let _ = write!(
             s,
             "max-attempts: {}\nbackoff-ms: {}\nbackoff-max-ms: {}\nwait-p50-us: {}\n\
              wait-p99-us: {}\nwait-p999-us: {}\nworkers-waiting: {}\nworkers-holding: {}\n\
              desired-workers: {}\n",
-            t.policy.max_attempts,
-            t.policy.backoff_ms,
-            t.policy.backoff_max_ms,
+            p.max_attempts,
+            p.backoff_base.as_millis(),
+            p.backoff_cap.as_millis(),
             p50,
             p99,
             p999,
-            t.waiting_ct,
+            v.waiting,
             holding,
-            desired_workers(st, t),
+            desired_workers(st, qid),
         );
     }
     s
@@ -139,15 +139,17 @@ pub(crate) fn tube_yaml(st: &Store, t: &Tube, now: Instant, ext: bool) -> String
 /// the ready jobs and `D` the latency target (the same law as the engine's
 /// lag controller, `lag.rs`). A tube with ready jobs but no history asks
 /// for one worker.
-pub(crate) fn desired_workers(st: &Store, t: &Tube) -> u64 {
-    let q = t.ready.len() as f64;
+pub(crate) fn desired_workers(st: &Store, qid: QueueId) -> u64 {
+    let v = st.table.queue_view(qid).unwrap_or_default();
+    let f = st.front(qid).cloned().unwrap_or_default();
+    let q = v.ready as f64;
     let d = st.cfg.latency_target.as_secs_f64().max(1e-6);
-    let busy = t.rate * t.service_s;
-    let n = busy + busy.sqrt() + q * t.service_s / d;
+    let busy = f.rate * f.service_s;
+    let n = busy + busy.sqrt() + q * f.service_s / d;
     let n = n.ceil();
     if n.is_finite() && n >= 1.0 {
         n as u64
-    } else if q > 0.0 || t.reserved > 0 {
+    } else if q > 0.0 || v.reserved > 0 {
         1
     } else {
         0
@@ -177,9 +179,11 @@ fn rusage() -> (String, String) {
 
 pub(crate) fn stats_yaml(st: &Store, now: Instant) -> String {
     let c = &st.ct;
+    let tot = st.table.totals();
     let producers = st.conns.values().filter(|x| x.producer).count();
     let workers = st.conns.values().filter(|x| x.worker).count();
-    let waiting = st.conns.values().filter(|x| x.wait.is_some()).count();
+    let waiting =
+        st.conns.keys().filter(|&&x| st.table.is_waiting(u32::try_from(x).unwrap_or(0))).count();
     let (ut, stime) = rusage();
     let (oldest, current, max_size) = match &st.log {
         Some(l) => {
@@ -209,11 +213,11 @@ pub(crate) fn stats_yaml(st: &Store, now: Instant) -> String {
          rusage-utime: {}\nrusage-stime: {}\nuptime: {}\nbinlog-oldest-index: {}\n\
          binlog-current-index: {}\nbinlog-records-migrated: {}\nbinlog-records-written: {}\n\
          binlog-max-size: {}\ndraining: {}\nid: {}\nhostname: {}\nos: {}\nplatform: {}\n",
-        st.urgent_ct,
-        st.ready_ct,
-        st.reserved_ct,
-        st.delayed_ct,
-        st.buried_ct,
+        tot.urgent,
+        tot.ready,
+        tot.reserved,
+        tot.delayed,
+        tot.buried,
         c.put,
         c.peek,
         c.peek_ready,
@@ -236,10 +240,10 @@ pub(crate) fn stats_yaml(st: &Store, now: Instant) -> String {
         c.list_tube_used,
         c.list_tubes_watched,
         c.pause_tube,
-        c.job_timeouts,
+        tot.timeouts,
         c.total_jobs,
         st.cfg.max_job_size,
-        st.tubes.len(),
+        tot.queues,
         st.conns.len(),
         producers,
         workers,
@@ -270,54 +274,57 @@ pub(crate) fn prometheus(st: &Store, now: Instant) -> String {
     let g = |s: &mut String, name: &str, help: &str, kind: &str| {
         let _ = write!(s, "# HELP spindle_{name} {help}\n# TYPE spindle_{name} {kind}\n");
     };
+    let tubes: Vec<(QueueId, &str)> =
+        st.tube_order.iter().filter_map(|n| st.table.find_queue(n).map(|q| (q, &**n))).collect();
     g(&mut s, "jobs", "Jobs by tube and state.", "gauge");
-    for t in st.tube_order.iter().filter_map(|n| st.tubes.get(n)) {
-        for (state, v) in [
-            ("ready", t.ready.len() as u64),
-            ("reserved", t.reserved),
-            ("delayed", t.delayed.len() as u64),
-            ("buried", t.buried.len() as u64),
+    for &(qid, name) in &tubes {
+        let v = st.table.queue_view(qid).unwrap_or_default();
+        for (state, n) in [
+            ("ready", v.ready),
+            ("reserved", v.reserved),
+            ("delayed", v.delayed),
+            ("buried", v.buried),
         ] {
-            let _ = writeln!(s, "spindle_jobs{{tube=\"{}\",state=\"{state}\"}} {v}", t.name);
+            let _ = writeln!(s, "spindle_jobs{{tube=\"{name}\",state=\"{state}\"}} {n}");
         }
     }
     g(&mut s, "tube_jobs_total", "Jobs created per tube.", "counter");
-    for t in st.tube_order.iter().filter_map(|n| st.tubes.get(n)) {
-        let _ = writeln!(s, "spindle_tube_jobs_total{{tube=\"{}\"}} {}", t.name, t.total_jobs);
+    for &(qid, name) in &tubes {
+        let v = st.table.queue_view(qid).unwrap_or_default();
+        let _ = writeln!(s, "spindle_tube_jobs_total{{tube=\"{name}\"}} {}", v.counters.puts);
     }
     g(&mut s, "wait_seconds", "Time from ready to reserved (quantiles).", "summary");
-    for t in st.tube_order.iter().filter_map(|n| st.tubes.get(n)) {
-        if let Some(h) = t.wait_us.as_ref().filter(|h| !h.is_empty()) {
-            for qn in [0.5, 0.99, 0.999] {
+    for &(qid, name) in &tubes {
+        if let (Some((p50, p99, p999)), Some(n)) =
+            (st.table.wait_quantiles(qid), st.table.wait_count(qid))
+        {
+            for (qn, v) in [(0.5, p50), (0.99, p99), (0.999, p999)] {
                 let _ = writeln!(
                     s,
-                    "spindle_wait_seconds{{tube=\"{}\",quantile=\"{qn}\"}} {:.6}",
-                    t.name,
-                    h.value_at_quantile(qn) as f64 / 1e6
+                    "spindle_wait_seconds{{tube=\"{name}\",quantile=\"{qn}\"}} {:.6}",
+                    v as f64 / 1e6
                 );
             }
-            let _ = writeln!(s, "spindle_wait_seconds_count{{tube=\"{}\"}} {}", t.name, h.len());
+            let _ = writeln!(s, "spindle_wait_seconds_count{{tube=\"{name}\"}} {n}");
         }
     }
     g(&mut s, "workers_waiting", "Connections waiting in reserve, per tube.", "gauge");
-    for t in st.tube_order.iter().filter_map(|n| st.tubes.get(n)) {
-        let _ = writeln!(s, "spindle_workers_waiting{{tube=\"{}\"}} {}", t.name, t.waiting_ct);
+    for &(qid, name) in &tubes {
+        let v = st.table.queue_view(qid).unwrap_or_default();
+        let _ = writeln!(s, "spindle_workers_waiting{{tube=\"{name}\"}} {}", v.waiting);
     }
     g(&mut s, "desired_workers", "Workers each tube needs (Little's law).", "gauge");
-    for t in st.tube_order.iter().filter_map(|n| st.tubes.get(n)) {
-        let _ = writeln!(
-            s,
-            "spindle_desired_workers{{tube=\"{}\"}} {}",
-            t.name,
-            desired_workers(st, t)
-        );
+    for &(qid, name) in &tubes {
+        let _ =
+            writeln!(s, "spindle_desired_workers{{tube=\"{name}\"}} {}", desired_workers(st, qid));
     }
+    let tot = st.table.totals();
     g(&mut s, "job_timeouts_total", "Reservations that passed their TTR.", "counter");
-    let _ = writeln!(s, "spindle_job_timeouts_total {}", st.ct.job_timeouts);
+    let _ = writeln!(s, "spindle_job_timeouts_total {}", tot.timeouts);
     g(&mut s, "connections", "Open connections.", "gauge");
     let _ = writeln!(s, "spindle_connections {}", st.conns.len());
     g(&mut s, "bytes", "Bytes of job bodies held.", "gauge");
-    let _ = writeln!(s, "spindle_bytes {}", st.bytes);
+    let _ = writeln!(s, "spindle_bytes {}", tot.bytes);
     g(&mut s, "uptime_seconds", "Seconds since start.", "gauge");
     let _ =
         writeln!(s, "spindle_uptime_seconds {}", secs(now.saturating_duration_since(st.started)));
