@@ -183,13 +183,40 @@ const PAGE: usize = 1 << PAGE_BITS;
 /// never moves the jobs already in it (a `Vec` of a million 128-byte jobs
 /// would copy 128 MB when it doubles, a stall every holder would see).
 pub(crate) struct Slab {
-    pages: Vec<Vec<Job>>,
+    /// Fixed-size pages: indexing one by a masked slot needs no bounds
+    /// check, so a lookup is one checked index and two loads.
+    pages: Vec<Box<[Job; PAGE]>>,
+    /// Slots handed out (the rest of the last page is unused).
+    len: u32,
     free: u32,
 }
 
+/// What an unused slot holds.
+const FREE: Job = Job {
+    id: 0,
+    created: Time(0),
+    since: Time(0),
+    at: 0,
+    payload: Payload::Inline(0, [0; INLINE]),
+    extra: None,
+    prev: NIL,
+    next: NIL,
+    queue: 0,
+    pri: 0,
+    ttr_s: 0,
+    delay_s: 0,
+    holder: 0,
+    max_attempts: 0,
+    epoch: 0,
+    counts: Counts { reserves: 0, timeouts: 0, releases: 0, buries: 0, kicks: 0, interrupted: 0 },
+    state: State::Ready,
+    place: Place::None,
+    live: false,
+};
+
 impl Slab {
     pub(crate) fn new() -> Slab {
-        Slab { pages: Vec::new(), free: NIL }
+        Slab { pages: Vec::new(), len: 0, free: NIL }
     }
 
     /// Stores `job`, returning its slot.
@@ -202,13 +229,17 @@ impl Slab {
             self.free = next;
             return s;
         }
-        if self.pages.last().is_none_or(|p| p.len() == PAGE) {
-            self.pages.push(Vec::with_capacity(PAGE));
+        if self.len as usize == self.pages.len() * PAGE {
+            let page: Box<[Job]> = vec![FREE; PAGE].into_boxed_slice();
+            match page.try_into() {
+                Ok(p) => self.pages.push(p),
+                Err(_) => unreachable!("a page has PAGE slots"),
+            }
         }
-        let n = self.pages.len() - 1;
-        let page = &mut self.pages[n];
-        page.push(job);
-        ((n << PAGE_BITS) + page.len() - 1) as u32
+        let s = self.len;
+        self.len += 1;
+        *self.get_mut(s) = job;
+        s
     }
 
     /// Frees a slot, returning its job's payload and extra.

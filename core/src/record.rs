@@ -135,22 +135,33 @@ impl Records {
         if self.off {
             return;
         }
-        let start = self.begin(kind::PUT);
-        self.u64(p.id);
-        self.u64(p.created.0);
-        self.u64(p.at);
-        self.u32(p.pri);
-        self.u32(p.ttr_s);
-        self.u32(p.delay_s);
-        self.u32(p.max_attempts);
-        self.u8(p.state.code());
         let counts = p.counts != Counts::default();
         let flags = (if counts { F_COUNTS } else { 0 })
             | (if p.unique.is_some() { F_UNIQUE } else { 0 })
             | (if p.error.is_some() { F_ERROR } else { 0 });
-        self.u8(flags);
         let q = &p.queue.as_bytes()[..p.queue.len().min(255)];
-        self.u8(q.len() as u8);
+        let t16 = |s: Option<&str>| s.map_or(0, |s| 2 + s.len().min(u16::MAX as usize));
+        let body = 43
+            + q.len()
+            + if counts { 24 } else { 0 }
+            + t16(p.unique)
+            + t16(p.error)
+            + p.payload.len();
+        let mut h = [0u8; HEADER + 43];
+        h[0] = kind::PUT;
+        h[1..5].copy_from_slice(&(body as u32).to_le_bytes());
+        h[5..13].copy_from_slice(&p.id.to_le_bytes());
+        h[13..21].copy_from_slice(&p.created.0.to_le_bytes());
+        h[21..29].copy_from_slice(&p.at.to_le_bytes());
+        h[29..33].copy_from_slice(&p.pri.to_le_bytes());
+        h[33..37].copy_from_slice(&p.ttr_s.to_le_bytes());
+        h[37..41].copy_from_slice(&p.delay_s.to_le_bytes());
+        h[41..45].copy_from_slice(&p.max_attempts.to_le_bytes());
+        h[45] = p.state.code();
+        h[46] = flags;
+        h[47] = q.len() as u8;
+        self.buf.reserve(HEADER + body);
+        self.buf.extend_from_slice(&h);
         self.buf.extend_from_slice(q);
         if counts {
             self.counts(&p.counts);
@@ -162,16 +173,19 @@ impl Records {
             self.text16(e);
         }
         self.buf.extend_from_slice(p.payload);
-        self.end(start);
+        self.count += 1;
     }
 
     pub(crate) fn id_only(&mut self, k: u8, id: u64) {
         if self.off {
             return;
         }
-        let start = self.begin(k);
-        self.u64(id);
-        self.end(start);
+        let mut h = [0u8; HEADER + 8];
+        h[0] = k;
+        h[1..5].copy_from_slice(&8u32.to_le_bytes());
+        h[5..].copy_from_slice(&id.to_le_bytes());
+        self.buf.extend_from_slice(&h);
+        self.count += 1;
     }
 
     pub(crate) fn moved(&mut self, m: &MoveRec<'_>) {
