@@ -131,6 +131,18 @@ impl Records {
         self.buf.extend_from_slice(b);
     }
 
+    /// Appends a `Put` record (a runtime whose producers log new jobs
+    /// themselves, before the table sees them).
+    pub fn push_put(&mut self, p: &PutRec<'_>) {
+        self.put(p);
+    }
+
+    /// Appends a `Reserve` record (a runtime that logs a reservation when
+    /// its run starts rather than when the job was taken).
+    pub fn push_reserve(&mut self, id: u64) {
+        self.id_only(kind::RESERVE, id);
+    }
+
     pub(crate) fn put(&mut self, p: &PutRec<'_>) {
         if self.off {
             return;

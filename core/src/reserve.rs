@@ -128,6 +128,50 @@ impl Table {
         Some(self.take(s, holder, now, out))
     }
 
+    /// Reserves the most urgent ready job among the unpaused queues of
+    /// `queues` for `holder`, without waiting (a runtime that pulls work).
+    pub fn reserve_from(
+        &mut self,
+        now: Time,
+        queues: &[QueueId],
+        holder: u32,
+        out: &mut Records,
+    ) -> Option<Lease> {
+        let mut best: Option<(u32, u64, u32)> = None;
+        for q in queues {
+            let Some(x) = self.queues.get_mut(q.0 as usize).and_then(|x| x.as_mut()) else {
+                continue;
+            };
+            if x.paused(now) {
+                continue;
+            }
+            if let Some(c) = x.ready.best(&self.slab) {
+                if best.is_none_or(|b| (c.0, c.1) < (b.0, b.1)) {
+                    best = Some(c);
+                }
+            }
+        }
+        let (_, _, s) = best?;
+        Some(self.take(s, holder, now, out))
+    }
+
+    /// Undoes a reservation whose run never started (the job was handed
+    /// back unrun): it is ready again and the reservation is not counted.
+    pub fn unreserve(&mut self, now: Time, id: u64, holder: u32) -> Result<(), crate::JobError> {
+        let s = self.slot(id).ok_or(crate::JobError::NotFound(id))?;
+        {
+            let j = self.slab.get(s);
+            if j.state != crate::State::Reserved || j.holder != u64::from(holder) {
+                return Err(crate::JobError::NotHolder(id));
+            }
+        }
+        self.unplace(s);
+        let j = self.slab.get_mut(s);
+        j.counts.reserves = j.counts.reserves.saturating_sub(1);
+        self.make_ready(s, now, false);
+        Ok(())
+    }
+
     /// The most urgent ready job among the unpaused queues of `queues`.
     fn best_of(&mut self, now: Time, queues: &[u32]) -> Option<u32> {
         let mut best: Option<(u32, u64, u32)> = None;

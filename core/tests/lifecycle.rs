@@ -290,3 +290,23 @@ fn ids_from_a_point_and_dropped_queue_names() {
     t.clear(q, &[State::Ready], &mut log);
     assert_eq!(t.take_dropped_queues(), vec![Box::<str>::from("q")]);
 }
+
+#[test]
+fn reserve_from_takes_the_most_urgent_of_several_queues_and_unreserve_undoes_it() {
+    let (mut t, mut log) = table();
+    let a = t.queue("a").unwrap();
+    let b = t.queue("b").unwrap();
+    let c = t.queue("c").unwrap();
+    put(&mut t, &mut log, a, 5, b"a");
+    let urgent = put(&mut t, &mut log, b, 1, b"b");
+    put(&mut t, &mut log, c, 0, b"c");
+    let l = t.reserve_from(T0, &[a, b], 4, &mut log).unwrap();
+    assert_eq!(l.id, urgent, "queue c is not asked");
+    assert_eq!(t.job(urgent).unwrap().counts.reserves, 1);
+    assert_eq!(t.unreserve(T0, urgent, 5), Err(JobError::NotHolder(urgent)));
+    t.unreserve(T0, urgent, 4).unwrap();
+    let j = t.job(urgent).unwrap();
+    assert_eq!((j.state, j.counts.reserves), (State::Ready, 0));
+    assert_eq!(t.reserve_from(T0, &[a, b], 4, &mut log).unwrap().id, urgent);
+    t.check().unwrap();
+}
