@@ -137,6 +137,18 @@ impl Table {
         holder: u32,
         out: &mut Records,
     ) -> Option<Lease> {
+        let s = self.best_slot(now, queues)?;
+        Some(self.take(s, holder, now, out))
+    }
+
+    /// The job [`Table::reserve_from`] would take now, without taking it.
+    pub fn peek_from(&mut self, now: Time, queues: &[QueueId]) -> Option<crate::JobView<'_>> {
+        let s = self.best_slot(now, queues)?;
+        let id = self.slab.get(s).id;
+        self.job(id)
+    }
+
+    fn best_slot(&mut self, now: Time, queues: &[QueueId]) -> Option<u32> {
         let mut best: Option<(u32, u64, u32)> = None;
         for q in queues {
             let Some(x) = self.queues.get_mut(q.0 as usize).and_then(|x| x.as_mut()) else {
@@ -151,8 +163,7 @@ impl Table {
                 }
             }
         }
-        let (_, _, s) = best?;
-        Some(self.take(s, holder, now, out))
+        best.map(|b| b.2)
     }
 
     /// Undoes a reservation whose run never started (the job was handed

@@ -63,10 +63,6 @@ pub struct QueueView {
     pub pause_s: u64,
     /// Counters.
     pub counters: QueueCounters,
-    /// Ready→reserved wait, p50 and p99, microseconds.
-    pub wait_p50_us: u64,
-    /// See `wait_p50_us`.
-    pub wait_p99_us: u64,
 }
 
 /// The whole table's gauges.
@@ -152,13 +148,10 @@ impl Table {
         (head != crate::job::NIL).then(|| self.view(head))
     }
 
-    /// Queue `q`'s gauges and counters.
+    /// Queue `q`'s gauges and counters (cheap: no histogram is read; see
+    /// [`Table::wait_quantiles`]).
     pub fn queue_view(&self, q: QueueId) -> Option<QueueView> {
         let x = self.q(q.0)?;
-        let (p50, p99) = x
-            .wait_us
-            .as_ref()
-            .map_or((0, 0), |h| (h.value_at_quantile(0.5), h.value_at_quantile(0.99)));
         Some(QueueView {
             ready: x.ready.n,
             urgent: x.ready.urgent,
@@ -169,8 +162,6 @@ impl Table {
             paused_until: x.paused_until,
             pause_s: x.pause_s,
             counters: x.counters,
-            wait_p50_us: p50,
-            wait_p99_us: p99,
         })
     }
 

@@ -21,10 +21,12 @@ use crate::error::{BuildError, ShutdownError, SubmitError};
 use crate::job::{validate_queue, Job, JobId, JobRef, Outcome};
 use crate::park::Parker;
 use crate::record::{self, Rec, KIND_REC};
-use crate::shard::{self, Msg, NewJob, Recovered, Shard, ShardShared, UniqueReply};
+use crate::shard::{Msg, NewJob, Shard, ShardShared, UniqueReply};
 use crate::stats::{self, Stats};
 use crossbeam_deque::Worker;
 use crossbeam_queue::{ArrayQueue, SegQueue};
+use spindle_core::record::{MoveRec, PutRec, Record};
+use spindle_core::{Counts, RetryPolicy, State as JobState, Table, Time};
 use spindle_wal::{SyncPolicy, Wal, WalOptions};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -74,8 +76,6 @@ where
 #[derive(Debug)]
 pub(crate) struct Config {
     pub(crate) durability: Durability,
-    pub(crate) retry_base: Duration,
-    pub(crate) retry_cap: Duration,
     pub(crate) compact_after_segments: usize,
     pub(crate) stealing: bool,
     pub(crate) idle_spin: Duration,
@@ -83,6 +83,11 @@ pub(crate) struct Config {
     pub(crate) stall_min: Duration,
     pub(crate) max_blocking: usize,
     pub(crate) epoch: Instant,
+    /// The table's clock, and its reading at `epoch`.
+    pub(crate) clock: spindle_core::Clock,
+    pub(crate) clock_epoch: Time,
+    /// The retry policy of every queue (jobs carry their own attempts).
+    pub(crate) policy: RetryPolicy,
     pub(crate) close_errors: Mutex<Option<(usize, String)>>,
 }
 
@@ -145,89 +150,137 @@ fn shard_dir(dir: &std::path::Path, i: usize) -> PathBuf {
     dir.join(format!("shard-{i:03}"))
 }
 
-/// Replays one shard's log into its live jobs; returns them and the highest
-/// id seen (ids never go backwards).
-fn replay(wal: &Wal, shard: usize, poison_after: u32) -> Result<(Vec<Recovered>, u64), BuildError> {
-    let mut jobs: HashMap<u64, Recovered> = HashMap::new();
-    let mut next_id = 1u64;
+/// A shard's job table, with its retry policy and no limits of its own
+/// (the engine-wide counters hold the limits).
+fn new_table(cfg: &Config, shard: usize) -> Table {
+    Table::new(spindle_core::Config {
+        max_jobs: u64::MAX,
+        max_bytes: u64::MAX,
+        max_payload: u32::MAX,
+        policy: cfg.policy,
+        seed: 0x9E37_79B9_7F4A_7C15 ^ (shard as u64 + 1),
+        batch_bytes: 4 << 20,
+        drop_unused_queues: false,
+    })
+}
+
+/// Replays one shard's log into its job table; returns the table and the
+/// highest id seen (ids never go backwards). Reads the table's records
+/// (WAL kind 16) and the engine's older format (kind 1, `record.rs`).
+fn replay(wal: &Wal, shard: usize, cfg: &Config) -> Result<(Table, u64), BuildError> {
+    let mut table = new_table(cfg, shard);
     let mut bad: Option<BuildError> = None;
+    // Old-format records name no priority on `Retry`/`Bury`: keep each job's.
+    let mut pri: HashMap<u64, u32> = HashMap::new();
     wal.replay(|r| {
-        if bad.is_some() || r.kind != KIND_REC {
+        if bad.is_some() {
             return;
         }
-        let rec = match record::decode(r.payload) {
-            Ok(rec) => rec,
-            Err(e) => {
+        if r.kind == spindle_core::record::WAL_KIND {
+            if let Err(e) = table.replay(r.payload) {
                 bad = Some(BuildError::BadRecord { shard, lsn: r.lsn, reason: e.to_string() });
-                return;
             }
-        };
-        match rec {
-            Rec::Put { id, .. } => {
-                next_id = next_id.max(id + 1);
-                if let Some(j) = Recovered::from_put(rec, r.lsn) {
-                    jobs.insert(id, j);
-                }
+            return;
+        }
+        if r.kind != KIND_REC {
+            return;
+        }
+        match record::decode(r.payload) {
+            Ok(rec) => apply_old(&mut table, &mut pri, rec),
+            Err(e) => {
+                bad = Some(BuildError::BadRecord { shard, lsn: r.lsn, reason: e.to_string() })
             }
-            Rec::Start { id } => {
-                if let Some(j) = jobs.get_mut(&id) {
-                    j.entry.attempts += 1;
-                    j.interruptions += 1;
-                }
-            }
-            Rec::Retry { id, attempts, run_at_ms } => {
-                if let Some(j) = jobs.get_mut(&id) {
-                    j.entry.attempts = attempts;
-                    j.entry.run_at_ms = run_at_ms;
-                    j.interruptions = 0;
-                }
-            }
-            Rec::Bury { id, attempts, .. } => {
-                if let Some(j) = jobs.get_mut(&id) {
-                    j.entry.attempts = attempts;
-                    j.buried = true;
-                }
-            }
-            Rec::Done { id } => {
-                jobs.remove(&id);
-            }
-            Rec::Dones { ids } => {
-                for id in ids {
-                    jobs.remove(&id);
-                }
-            }
-            Rec::IdMark { next_id: n } => next_id = next_id.max(n),
         }
     })
     .map_err(|source| BuildError::Wal { shard, source })?;
     if let Some(e) = bad {
         return Err(e);
     }
-    let mut v: Vec<Recovered> = jobs.into_values().collect();
-    v.sort_by_key(|j| j.id);
-    for j in &mut v {
-        if j.buried || j.interruptions == 0 {
-            continue;
-        }
-        // A run was under way at the crash: it counts as an attempt.
-        if j.interruptions >= poison_after {
-            tracing::warn!(
-                shard,
-                job = j.id,
-                interruptions = j.interruptions,
-                "job interrupted by a crash too many times in a row: buried as a poison pill"
-            );
-            j.buried = true;
-        } else if j.entry.attempts >= j.entry.max_attempts {
-            tracing::warn!(
-                shard,
-                job = j.id,
-                "job's last attempt was interrupted by a crash: buried"
-            );
-            j.buried = true;
-        }
+    let now = cfg.clock.now();
+    let mut out = spindle_core::Records::disabled();
+    let rec = table.finish_replay(now, &mut out);
+    if rec.poisoned > 0 {
+        tracing::warn!(
+            shard,
+            jobs = rec.poisoned,
+            "jobs interrupted by crashes too often (or on their last attempt): buried as poison pills"
+        );
     }
-    Ok((v, next_id))
+    let next = table.next_id();
+    Ok((table, next))
+}
+
+/// One record of the engine's older log format, applied as the table's.
+fn apply_old(table: &mut Table, pri: &mut HashMap<u64, u32>, rec: Rec) {
+    let due = |run_at_ms: u64| Time::from_millis(run_at_ms).0;
+    let attempts = |a: u32| Counts { reserves: a, ..Counts::default() };
+    match rec {
+        Rec::Put {
+            id,
+            queue,
+            priority,
+            payload,
+            run_at_ms,
+            attempts: a,
+            max_attempts,
+            unique_key,
+            buried,
+        } => {
+            pri.insert(id, priority);
+            let state = if buried {
+                JobState::Buried
+            } else if run_at_ms > 0 {
+                JobState::Delayed
+            } else {
+                JobState::Ready
+            };
+            table.apply(Record::Put(PutRec {
+                id,
+                queue: &queue,
+                pri: priority,
+                ttr_s: 0,
+                delay_s: 0,
+                max_attempts,
+                state,
+                at: if state == JobState::Delayed { due(run_at_ms) } else { 0 },
+                created: Time::from_millis(run_at_ms),
+                counts: attempts(a),
+                unique: unique_key.as_deref(),
+                error: None,
+                payload: &payload,
+            }));
+        }
+        Rec::Start { id } => table.apply(Record::Reserve { id }),
+        Rec::Retry { id, attempts: a, run_at_ms } => table.apply(Record::Move(MoveRec {
+            id,
+            at: if run_at_ms > 0 { due(run_at_ms) } else { 0 },
+            pri: pri.get(&id).copied().unwrap_or(0),
+            delay_s: 0,
+            state: if run_at_ms > 0 { JobState::Delayed } else { JobState::Ready },
+            counts: attempts(a),
+            error: None,
+        })),
+        Rec::Bury { id, attempts: a, reason } => table.apply(Record::Move(MoveRec {
+            id,
+            at: 0,
+            pri: pri.get(&id).copied().unwrap_or(0),
+            delay_s: 0,
+            state: JobState::Buried,
+            counts: attempts(a),
+            error: Some(&reason),
+        })),
+        Rec::Done { id } => {
+            pri.remove(&id);
+            table.apply(Record::Delete { id });
+        }
+        Rec::Dones { ids } => {
+            for id in ids {
+                pri.remove(&id);
+                table.apply(Record::Delete { id });
+            }
+        }
+        Rec::IdMark { next_id } => table.apply(Record::IdMark { next_id }),
+    }
 }
 
 impl Engine {
@@ -269,17 +322,26 @@ impl Engine {
             Durability::Sync => SyncPolicy::Always,
             _ => SyncPolicy::Interval(b.flush_interval),
         };
+        let epoch = Instant::now();
+        let clock = spindle_core::Clock::starting_at(epoch);
         let cfg = Arc::new(Config {
             durability,
-            retry_base: b.retry_base,
-            retry_cap: b.retry_cap,
             compact_after_segments: b.compact_after_segments.max(2),
             stealing: b.stealing,
             idle_spin: b.idle_spin,
             stall_factor: b.stall_factor,
             stall_min: b.stall_min,
             max_blocking: b.max_blocking,
-            epoch: Instant::now(),
+            epoch,
+            clock,
+            clock_epoch: clock.at(epoch),
+            policy: RetryPolicy {
+                max_attempts: crate::job::DEFAULT_MAX_ATTEMPTS,
+                backoff_base: b.retry_base,
+                backoff_cap: b.retry_cap,
+                poison_after: b.poison_after,
+                interruptions_use_attempts: true,
+            },
             close_errors: Mutex::new(None),
         });
 
@@ -308,16 +370,17 @@ impl Engine {
                         // takes at least 32 bytes), so none is reused.
                         id_gap += t.bytes_dropped / MIN_RECORD_BYTES + 1;
                     }
-                    let (jobs, hi) = replay(&wal, i, b.poison_after)?;
+                    let (table, hi) = replay(&wal, i, &cfg)?;
                     next_id = next_id.max(hi);
-                    live += jobs.len() as u64;
-                    bytes += jobs.iter().map(|j| j.entry.payload.len() as u64).sum::<u64>();
+                    let tot = table.totals();
+                    live += tot.jobs;
+                    bytes += tot.bytes;
                     wals.push(Some(Arc::new(wal)));
-                    recovered.push(jobs);
+                    recovered.push(table);
                 }
                 None => {
                     wals.push(None);
-                    recovered.push(Vec::new());
+                    recovered.push(new_table(&cfg, i));
                 }
             }
         }
@@ -383,14 +446,14 @@ impl Engine {
             );
         }
         let mut threads = Vec::with_capacity(n);
-        for (i, (worker, jobs)) in workers.into_iter().zip(recovered).enumerate() {
+        for (i, (worker, table)) in workers.into_iter().zip(recovered).enumerate() {
             let shard = Shard::new(
                 all[i].clone(),
                 all.clone(),
                 cfg.clone(),
                 counters.clone(),
                 worker,
-                jobs,
+                table,
                 ctl.clone(),
             );
             let core = if pin { cores.get(i).copied() } else { None };
@@ -496,31 +559,16 @@ impl Engine {
     }
 
     fn new_job(&self, job: Job, id: u64) -> NewJob {
-        let run_at_ms = if job.delay.is_zero() { 0 } else { shard::run_at_after(job.delay) };
+        let created = self.inner.cfg.clock.now();
         NewJob {
             id,
             queue: self.queue_name(&job.queue),
             priority: job.priority,
-            payload: job.payload.into(),
-            run_at_ms,
+            payload: job.payload,
+            created,
+            due: (!job.delay.is_zero()).then(|| created.plus(job.delay)),
             max_attempts: job.max_attempts,
             unique_key: job.unique_key.map(Into::into),
-            lsn: 0,
-            submitted_ns: self.inner.cfg.epoch.elapsed().as_nanos() as u64,
-        }
-    }
-
-    fn put_rec(j: &NewJob) -> Rec {
-        Rec::Put {
-            id: j.id,
-            queue: j.queue.to_string(),
-            priority: j.priority,
-            payload: j.payload.to_vec(),
-            run_at_ms: j.run_at_ms,
-            attempts: 0,
-            max_attempts: j.max_attempts,
-            unique_key: j.unique_key.as_ref().map(|k| k.to_string()),
-            buried: false,
         }
     }
 
@@ -572,7 +620,7 @@ impl Engine {
         let shard = &self.inner.shards[self.pick_shard(&job)];
         let id = self.inner.counters.next_id.fetch_add(1, Ordering::AcqRel);
         let unique = job.unique_key.is_some();
-        let mut nj = self.new_job(job, id);
+        let nj = self.new_job(job, id);
         if unique {
             let reply: Arc<UniqueReply> = Arc::new(ArrayQueue::new(1));
             shard.send(Msg::Unique(nj, reply.clone(), std::thread::current()));
@@ -596,14 +644,14 @@ impl Engine {
         // compaction never releases a record the shard has not seen yet.
         let _inflight = shard.enter();
         if let Some(wal) = &shard.wal {
-            match shard.append(wal, &Self::put_rec(&nj)) {
-                Ok(lsn) => nj.lsn = lsn,
+            let lsn = match shard.log_puts(wal, std::slice::from_ref(&nj)) {
+                Ok(lsn) => lsn,
                 Err(e) => {
                     self.inner.counters.release(1, len);
                     return Err(e);
                 }
-            }
-            if let Err(e) = self.wait_durable(shard, nj.lsn) {
+            };
+            if let Err(e) = self.wait_durable(shard, lsn) {
                 // The record is in the log and the job will run; report the
                 // sync failure (the log is failed from now on).
                 shard.send(Msg::Job(nj));
@@ -641,33 +689,25 @@ impl Engine {
             let shard = &self.inner.shards[self.next_active_shard()];
             let first = self.inner.counters.next_id.fetch_add(n, Ordering::AcqRel);
             let _inflight = shard.enter();
-            let mut batch = Vec::with_capacity(plain.len());
+            let batch: Vec<NewJob> = plain
+                .into_iter()
+                .enumerate()
+                .map(|(k, job)| self.new_job(job, first + k as u64))
+                .collect();
             let mut last_lsn = 0;
-            for (k, job) in plain.into_iter().enumerate() {
-                let mut nj = self.new_job(job, first + k as u64);
-                if let Some(wal) = &shard.wal {
-                    match shard.append(wal, &Self::put_rec(&nj)) {
-                        Ok(lsn) => {
-                            nj.lsn = lsn;
-                            last_lsn = lsn;
-                        }
-                        Err(e) => {
-                            // Release what was reserved for the unlogged rest.
-                            let rest = n - k as u64;
-                            let logged: u64 =
-                                batch.iter().map(|b: &NewJob| b.payload.len() as u64).sum();
-                            let rest_bytes = bytes - logged;
-                            self.inner.counters.release(rest, rest_bytes);
-                            if !batch.is_empty() {
-                                shard.send(Msg::Jobs(batch));
-                            }
-                            return Err(e);
-                        }
+            if let Some(wal) = &shard.wal {
+                match shard.log_puts(wal, &batch) {
+                    Ok(lsn) => last_lsn = lsn,
+                    Err(e) => {
+                        // Frames of the batch may be in the log: those jobs
+                        // would come back after a restart; the engine does
+                        // not take any of them now (at-least-once).
+                        self.inner.counters.release(n, bytes);
+                        return Err(e);
                     }
                 }
-                ids.push(JobId(nj.id));
-                batch.push(nj);
             }
+            ids.extend(batch.iter().map(|j| JobId(j.id)));
             let synced = self.wait_durable(shard, last_lsn);
             shard.send(Msg::Jobs(batch));
             synced?;

@@ -26,7 +26,6 @@
 
 #![deny(unsafe_code)]
 
-mod backoff;
 mod blocking;
 mod builder;
 pub mod client;

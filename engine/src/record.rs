@@ -1,5 +1,8 @@
-//! What the engine writes to a shard's log: one rkyv-archived [`Rec`] per
-//! WAL record (WAL kind [`KIND_REC`]).
+//! The format the engine's shards wrote before they moved onto the job
+//! table (`spindle-core`): one rkyv-archived [`Rec`] per WAL record (WAL
+//! kind [`KIND_REC`]). Shards now write the table's records (kind 16,
+//! `docs/record-format.md`); logs in this format are still read, and
+//! applied as the table's records (`engine.rs`, `apply_old`).
 //!
 //! Replaying a shard's records in LSN order rebuilds its jobs:
 //! `Put` creates or replaces a job with its full state (compaction rewrites
@@ -53,42 +56,6 @@ pub(crate) fn encode(rec: &Rec) -> Result<rkyv::util::AlignedVec, rkyv::rancor::
     rkyv::to_bytes::<rkyv::rancor::Error>(rec)
 }
 
-/// Largest encode buffer a thread keeps for reuse (a record with a 64 KiB
-/// payload needs a little more than that).
-const KEEP_BUFFER: usize = 1 << 20;
-
-thread_local! {
-    /// Each thread's reusable encode buffer: encoding a record allocates
-    /// nothing once the buffer has grown to the thread's largest record.
-    static BUFFER: std::cell::RefCell<rkyv::util::AlignedVec> =
-        std::cell::RefCell::new(rkyv::util::AlignedVec::new());
-}
-
-/// Encodes a record into this thread's reusable buffer and passes the bytes
-/// to `f` (used to append them to a log).
-pub(crate) fn encode_with<R>(
-    rec: &Rec,
-    f: impl FnOnce(&[u8]) -> R,
-) -> Result<R, rkyv::rancor::Error> {
-    BUFFER.with(|cell| {
-        // A nested call (impossible today) would find the buffer borrowed
-        // and simply use a fresh one.
-        let mut buf = match cell.try_borrow_mut() {
-            Ok(mut b) => std::mem::take(&mut *b),
-            Err(_) => rkyv::util::AlignedVec::new(),
-        };
-        buf.clear();
-        let buf = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(rec, buf)?;
-        let out = f(&buf);
-        if buf.capacity() <= KEEP_BUFFER {
-            if let Ok(mut b) = cell.try_borrow_mut() {
-                *b = buf;
-            }
-        }
-        Ok(out)
-    })
-}
-
 /// Decodes a record read from the log (validated: a damaged or foreign
 /// payload is an error, never undefined behaviour).
 pub(crate) fn decode(bytes: &[u8]) -> Result<Rec, rkyv::rancor::Error> {
@@ -123,9 +90,6 @@ mod tests {
         for r in recs {
             let bytes = encode(&r).unwrap();
             assert_eq!(decode(&bytes).unwrap(), r);
-            // The reusable-buffer path encodes the same bytes.
-            let again = encode_with(&r, |b| b.to_vec()).unwrap();
-            assert_eq!(&again[..], &bytes[..]);
         }
     }
 

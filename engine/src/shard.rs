@@ -24,27 +24,25 @@
 //!    parks until a message, a timer, or stealable work with a free search
 //!    slot; an inactive one parks at once (`park.rs`).
 
-use crate::backoff::{retry_delay, Rng};
 use crate::blocking::{self, BlockingDone, PoolGauges};
 use crate::builder::Durability;
 use crate::control::{self, Gauges};
 use crate::engine::{Config, Counters, Handler};
-use crate::idhash::IdBuild;
 use crate::job::{JobId, JobRef, Outcome};
 use crate::park::Parker;
-use crate::record::{self, Rec, KIND_REC};
 use crate::stats::{self, QueueCounts, QueueStats, Snapshot};
 use crate::steal::{Task, TaskOutcome};
 use crossbeam_deque::{Steal, Stealer, Worker};
 use crossbeam_queue::{ArrayQueue, SegQueue};
 use hdrhistogram::Histogram;
+use spindle_core::record::{self as core_record, PutRec};
+use spindle_core::{By, Failed, Put, PutSpec, QueueId, Records, State as JobState, Table, Time};
 use spindle_wal::{Appender, Wal};
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Messages handled per loop iteration before running a job, so a flood of
 /// submissions cannot starve dispatch.
@@ -52,19 +50,17 @@ const INBOX_BATCH: usize = 256;
 /// Longest a shutting-down shard waits for the outcomes of its jobs that
 /// other shards stole and still run (beyond it they rerun after restart).
 const SHUTDOWN_WAIT_MAX: Duration = Duration::from_secs(30);
-/// Completed jobs whose `Done` records are written as one `Dones` record:
-/// one append instead of 64. They are also written before the shard parks
-/// and when it stops; a crash before that runs them again (at least once,
-/// as for any job whose outcome was not logged).
-const DONE_BATCH: usize = 64;
 /// Longest park without a timer: a safety net, not a correctness need.
 const MAX_PARK: Duration = Duration::from_millis(100);
-
-/// Decrements a gauge without ever wrapping (a miscount must not kill a
-/// shard).
-fn dec(gauge: &mut u64) {
-    *gauge = gauge.saturating_sub(1);
-}
+/// Live jobs rewritten per compaction step.
+const COMPACT_BATCH: usize = 1024;
+/// Largest WAL frame of table records a shard writes (a bigger single
+/// record is a frame of its own).
+const FRAME_BYTES: usize = 256 << 10;
+/// The shard itself, as the table's holder of every job it runs, offers,
+/// lends to its blocking pool or sees stolen: the outcome always comes back
+/// to it.
+const HOLDER: u32 = 0;
 
 /// Runs a handler; a panic is a failed attempt carrying the panic message.
 pub(crate) fn call_handler(h: &dyn Handler, job: &JobRef<'_>) -> Outcome {
@@ -81,40 +77,41 @@ pub(crate) fn call_handler(h: &dyn Handler, job: &JobRef<'_>) -> Outcome {
     }
 }
 
-/// Wall-clock milliseconds since the Unix epoch (for run_at, which must
-/// survive restarts).
-pub(crate) fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-/// The wall-clock millisecond at or after which a job delayed by `delay`
-/// from now may run. `wall_ms` truncates, so one millisecond is added and the
-/// delay is rounded up: a job never runs early.
-pub(crate) fn run_at_after(delay: Duration) -> u64 {
-    let ms = delay.as_nanos().div_ceil(1_000_000) as u64;
-    wall_ms() + ms + 1
-}
-
-/// Estimated bytes of a job's `Put` record in the log (frame header, rkyv
-/// overhead and fields), for compaction's live-size estimate.
-fn record_size(e: &Entry) -> u64 {
-    (e.payload.len() + e.queue.len() + e.unique_key.as_ref().map_or(0, |k| k.len()) + 96) as u64
-}
-
 /// A job handed to a shard by a producer.
 #[derive(Debug)]
 pub(crate) struct NewJob {
     pub(crate) id: u64,
     pub(crate) queue: Arc<str>,
     pub(crate) priority: u32,
-    pub(crate) payload: Arc<[u8]>,
-    pub(crate) run_at_ms: u64,
+    pub(crate) payload: Vec<u8>,
+    /// When it was submitted (the table's time).
+    pub(crate) created: Time,
+    /// When it may run, if delayed.
+    pub(crate) due: Option<Time>,
     pub(crate) max_attempts: u32,
     pub(crate) unique_key: Option<Box<str>>,
-    /// LSN of its `Put` record (0 in Memory mode).
-    pub(crate) lsn: u64,
-    /// Engine clock, nanoseconds.
-    pub(crate) submitted_ns: u64,
+}
+
+impl NewJob {
+    /// The `Put` record of this job as submitted.
+    pub(crate) fn put_rec(&self) -> PutRec<'_> {
+        let delay = self.due.map_or(Duration::ZERO, |d| d.since(self.created));
+        PutRec {
+            id: self.id,
+            queue: &self.queue,
+            pri: self.priority,
+            ttr_s: 0,
+            delay_s: u32::try_from(delay.as_secs()).unwrap_or(u32::MAX),
+            max_attempts: self.max_attempts,
+            state: if self.due.is_some() { JobState::Delayed } else { JobState::Ready },
+            at: self.due.map_or(0, |d| d.0),
+            created: self.created,
+            counts: Default::default(),
+            unique: self.unique_key.as_deref(),
+            error: None,
+            payload: &self.payload,
+        }
+    }
 }
 
 /// Reply to a unique-key submission: the id and the LSN to wait on.
@@ -180,6 +177,11 @@ impl Drop for InFlight<'_> {
     }
 }
 
+thread_local! {
+    /// Each producer thread's reusable record buffer.
+    static RECORDS: std::cell::RefCell<Records> = std::cell::RefCell::new(Records::new());
+}
+
 impl ShardShared {
     /// Enters the current submit epoch (before appending a `Put`); hold the
     /// guard until the job is in the inbox.
@@ -220,108 +222,66 @@ impl ShardShared {
         }
     }
 
-    /// Appends a record through a pooled appender.
-    pub(crate) fn append(&self, wal: &Wal, rec: &Rec) -> Result<u64, crate::SubmitError> {
+    /// Appends records (table format) through a pooled appender, as frames
+    /// of at most [`FRAME_BYTES`]; returns the last frame's LSN.
+    pub(crate) fn append(&self, wal: &Wal, recs: &Records) -> Result<u64, crate::SubmitError> {
         let mut app = self.appenders.pop().unwrap_or_else(|| wal.appender());
-        let res = record::encode_with(rec, |bytes| app.append(KIND_REC, bytes));
+        let res = append_frames(&mut app, wal, recs);
         let _ = self.appenders.push(app);
-        let res = res.map_err(|e| {
-            crate::SubmitError::Io(spindle_wal::WalError::Config(format!("encode: {e}")))
-        })?;
         res.map_err(|e| match e {
             spindle_wal::WalError::Closed => crate::SubmitError::ShuttingDown,
             e => crate::SubmitError::Io(e),
         })
     }
-}
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Ready,
-    Delayed,
-    Running,
-    Buried,
-}
+    /// Logs the `Put`s of `jobs` from the calling (producer) thread.
+    pub(crate) fn log_puts(&self, wal: &Wal, jobs: &[NewJob]) -> Result<u64, crate::SubmitError> {
+        RECORDS.with(|cell| {
+            let mut fresh = Records::new();
+            let mut held = cell.try_borrow_mut();
+            let recs = match held.as_deref_mut() {
+                Ok(r) => r,
+                Err(_) => &mut fresh,
+            };
+            recs.clear();
+            for j in jobs {
+                recs.push_put(&j.put_rec());
+            }
+            self.append(wal, recs)
+        })
+    }
 
-#[derive(Debug)]
-pub(crate) struct Entry {
-    pub(crate) queue: Arc<str>,
-    pub(crate) priority: u32,
-    pub(crate) payload: Arc<[u8]>,
-    pub(crate) attempts: u32,
-    pub(crate) max_attempts: u32,
-    pub(crate) unique_key: Option<Box<str>>,
-    state: State,
-    pub(crate) run_at_ms: u64,
-    lsn: u64,
-    submitted_ns: u64,
-    ready_ns: u64,
-}
-
-impl Entry {
-    /// The state of a job just submitted (not yet run).
-    fn from_new(j: NewJob) -> Entry {
-        Entry {
-            queue: j.queue,
-            priority: j.priority,
-            payload: j.payload,
-            attempts: 0,
-            max_attempts: j.max_attempts,
-            unique_key: j.unique_key,
-            state: State::Ready,
-            run_at_ms: j.run_at_ms,
-            lsn: j.lsn,
-            submitted_ns: j.submitted_ns,
-            ready_ns: 0,
+    /// Logs that job `id` (owned by this shard) starts a run on another
+    /// thread: a crash during the run then counts as an interruption.
+    fn log_start(&self, id: u64) {
+        let Some(wal) = &self.wal else { return };
+        let mut recs = Records::new();
+        recs.push_reserve(id);
+        if let Err(e) = self.append(wal, &recs) {
+            tracing::error!(shard = self.idx, error = %e, "cannot log job start");
         }
     }
 }
 
-/// A job recovered from the log, before the shard starts.
-#[derive(Debug)]
-pub(crate) struct Recovered {
-    pub(crate) id: u64,
-    pub(crate) entry: Entry,
-    pub(crate) buried: bool,
-    /// Runs started and not finished before a crash, in a row.
-    pub(crate) interruptions: u32,
+/// Appends `recs` as frames of table records.
+fn append_frames(
+    app: &mut Appender,
+    wal: &Wal,
+    recs: &Records,
+) -> Result<u64, spindle_wal::WalError> {
+    let max = FRAME_BYTES.min(usize::try_from(wal.max_payload()).unwrap_or(usize::MAX));
+    let mut last = 0;
+    for chunk in recs.chunks(max) {
+        last = app.append(core_record::WAL_KIND, chunk)?;
+    }
+    Ok(last)
 }
 
-impl Recovered {
-    pub(crate) fn from_put(rec: Rec, lsn: u64) -> Option<Recovered> {
-        let Rec::Put {
-            id,
-            queue,
-            priority,
-            payload,
-            run_at_ms,
-            attempts,
-            max_attempts,
-            unique_key,
-            buried,
-        } = rec
-        else {
-            return None;
-        };
-        Some(Recovered {
-            id,
-            buried,
-            interruptions: 0,
-            entry: Entry {
-                queue: queue.into(),
-                priority,
-                payload: payload.into(),
-                attempts,
-                max_attempts,
-                unique_key: unique_key.map(Into::into),
-                state: State::Ready,
-                run_at_ms,
-                lsn,
-                submitted_ns: 0,
-                ready_ns: 0,
-            },
-        })
-    }
+/// What the shard remembers of a job its table holds, for latency figures.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// Engine-clock nanoseconds of submission.
+    submitted_ns: u64,
 }
 
 /// The shard thread's own state.
@@ -330,16 +290,19 @@ pub(crate) struct Shard {
     all: Arc<[Arc<ShardShared>]>,
     cfg: Arc<Config>,
     counters: Arc<Counters>,
-    jobs: HashMap<u64, Entry, IdBuild>,
-    /// Runnable jobs: (priority, FIFO sequence, id), most urgent first.
-    ready: BinaryHeap<Reverse<(u32, u64, u64)>>,
-    /// Ready jobs of queues with no handler here yet.
-    waiting: HashMap<Arc<str>, Vec<(u32, u64, u64)>>,
-    delayed: BinaryHeap<Reverse<(u64, u64)>>,
+    /// The job table: every job this shard owns.
+    table: Table,
+    /// This shard's records, written to its log before a handler runs,
+    /// before parking and at shutdown (disabled in Memory mode).
+    recs: Records,
+    /// Queue name -> id in the table, and back.
+    qids: HashMap<Arc<str>, QueueId>,
+    qnames: Vec<Arc<str>>,
     /// Handlers, and whether they block (run on the pool).
     handlers: HashMap<Arc<str>, (Arc<dyn Handler>, bool)>,
-    /// Ready jobs of blocking queues, for the pool (`blocking.rs`).
-    ready_blocking: BinaryHeap<Reverse<(u32, u64, u64)>>,
+    /// Queues with a core (non-blocking) handler, and with a blocking one.
+    core_qs: Vec<QueueId>,
+    blocking_qs: Vec<QueueId>,
     blocking: Option<blocking::Pool>,
     /// Jobs in the blocking pool's hands.
     blocking_out: u64,
@@ -353,14 +316,11 @@ pub(crate) struct Shard {
     gb_busy_ns: u64,
     /// The queue last stored in `ctl.running_queue`.
     running_queue: Arc<str>,
-    unique: HashMap<(Arc<str>, Box<str>), u64>,
-    /// Live jobs by the LSN of their latest `Put` (compaction's index).
-    by_lsn: BTreeMap<u64, u64>,
+    seen: HashMap<u64, Seen, crate::idhash::IdBuild>,
     worker: Worker<Task>,
     appender: Option<Appender>,
-    seq: u64,
-    rng: Rng,
-    queues: HashMap<Arc<str>, (QueueStats, QueueCounts)>,
+    /// Completed and failed runs per queue, and run times.
+    queues: HashMap<Arc<str>, (u64, u64, QueueCounts)>,
     dispatch: Histogram<u64>,
     run_time: Histogram<u64>,
     end_to_end: Histogram<u64>,
@@ -369,10 +329,9 @@ pub(crate) struct Shard {
     pinned_core: Option<usize>,
     published_at: Instant,
     shutting_down: bool,
-    /// Compaction step 2-3 in progress: (cut, epoch to wait for).
+    /// Compaction: (cut, epoch to wait for) before the pass, then the pass.
     pending_cut: Option<(u64, usize)>,
-    /// Estimated log bytes of the live jobs' records.
-    live_log_bytes: u64,
+    pass: Option<Pass>,
     shutdown_at: Option<Instant>,
     /// The last snapshot request served.
     served: u64,
@@ -385,8 +344,15 @@ pub(crate) struct Shard {
     offered_best: u32,
     /// Holds one of the pool's search slots (`control::Pool::try_search`).
     searching: bool,
-    /// Completed jobs whose `Done` is not logged yet ([`DONE_BATCH`]).
-    pending_done: Vec<u64>,
+}
+
+/// A compaction pass: live jobs are rewritten at the tail, walking ids up
+/// to `end_id`; then the segments below `cut` go.
+#[derive(Debug, Clone, Copy)]
+struct Pass {
+    cut: u64,
+    end_id: u64,
+    cursor: u64,
 }
 
 impl Shard {
@@ -396,22 +362,23 @@ impl Shard {
         cfg: Arc<Config>,
         counters: Arc<Counters>,
         worker: Worker<Task>,
-        recovered: Vec<Recovered>,
+        table: Table,
         ctl: Arc<control::Pool>,
     ) -> Shard {
         let appender = sh.wal.as_ref().map(|w| w.appender());
+        let recs = if sh.wal.is_some() { Records::new() } else { Records::disabled() };
         let mut shard = Shard {
-            rng: Rng::new(0x9E37_79B9_7F4A_7C15 ^ (sh.idx as u64 + 1)),
             sh,
             all,
             cfg,
             counters,
-            jobs: HashMap::default(),
-            ready: BinaryHeap::new(),
-            waiting: HashMap::new(),
-            delayed: BinaryHeap::new(),
+            table,
+            recs,
+            qids: HashMap::new(),
+            qnames: Vec::new(),
             handlers: HashMap::new(),
-            ready_blocking: BinaryHeap::new(),
+            core_qs: Vec::new(),
+            blocking_qs: Vec::new(),
             blocking: None,
             blocking_out: 0,
             ctl,
@@ -422,11 +389,9 @@ impl Shard {
             gb_completions: 0,
             gb_busy_ns: 0,
             running_queue: Arc::from(""),
-            unique: HashMap::new(),
-            by_lsn: BTreeMap::new(),
+            seen: HashMap::default(),
             worker,
             appender,
-            seq: 0,
             queues: HashMap::new(),
             dispatch: stats::histogram(),
             run_time: stats::histogram(),
@@ -437,29 +402,24 @@ impl Shard {
             published_at: Instant::now(),
             shutting_down: false,
             pending_cut: None,
+            pass: None,
             shutdown_at: None,
             served: 0,
-            live_log_bytes: 0,
             out: 0,
             pending_release: None,
             offered_best: u32::MAX,
             searching: false,
-            pending_done: Vec::new(),
         };
+        // Queues the log brought back.
+        let names: Vec<(QueueId, Arc<str>)> =
+            shard.table.queues().map(|(q, n)| (q, Arc::from(n))).collect();
+        for (q, n) in names {
+            shard.name_queue(q, n);
+        }
         let now = shard.now_ns();
-        for r in recovered {
-            let mut e = r.entry;
-            e.submitted_ns = now;
-            let id = r.id;
-            let (buried, run_at) = (r.buried, e.run_at_ms);
-            let q = e.queue.clone();
-            shard.admit(id, e);
-            if buried {
-                shard.set_state(id, State::Buried);
-                shard.stat(&q).buried += 1;
-            } else {
-                shard.schedule(id, run_at, now);
-            }
+        let ids: Vec<u64> = shard.table.job_ids().collect();
+        for id in ids {
+            shard.seen.insert(id, Seen { submitted_ns: now });
         }
         shard
     }
@@ -468,80 +428,113 @@ impl Shard {
         self.cfg.epoch.elapsed().as_nanos() as u64
     }
 
-    fn stat(&mut self, q: &Arc<str>) -> &mut QueueStats {
-        &mut self.queues.entry(q.clone()).or_default().0
+    /// The table's time now.
+    fn now_t(&self) -> Time {
+        self.cfg.clock.now()
+    }
+
+    /// Engine-clock nanoseconds of a table time.
+    fn ns_of(&self, t: Time) -> u64 {
+        t.0.saturating_sub(self.cfg.clock_epoch.0)
+    }
+
+    fn name_queue(&mut self, q: QueueId, name: Arc<str>) {
+        let i = q.0 as usize;
+        if self.qnames.len() <= i {
+            self.qnames.resize(i + 1, Arc::from(""));
+        }
+        self.qnames[i] = name.clone();
+        self.qids.insert(name, q);
+    }
+
+    /// The table's id of queue `name` (made if new).
+    fn qid(&mut self, name: &Arc<str>) -> Option<QueueId> {
+        if let Some(&q) = self.qids.get(name) {
+            return Some(q);
+        }
+        let q = self.table.queue(name).ok()?;
+        self.name_queue(q, name.clone());
+        Some(q)
     }
 
     fn counts(&mut self, q: &Arc<str>) -> &mut QueueCounts {
-        &mut self.queues.entry(q.clone()).or_default().1
+        &mut self.queues.entry(q.clone()).or_default().2
     }
 
-    fn set_state(&mut self, id: u64, s: State) {
-        if let Some(e) = self.jobs.get_mut(&id) {
-            e.state = s;
-        }
-    }
-
-    /// Makes a job ready now or delays it until `run_at_ms` (gauges updated).
-    fn schedule(&mut self, id: u64, run_at_ms: u64, now_ns: u64) {
-        let Some(e) = self.jobs.get_mut(&id) else { return };
-        let q = e.queue.clone();
-        if run_at_ms > 0 && run_at_ms > wall_ms() {
-            e.state = State::Delayed;
-            e.run_at_ms = run_at_ms;
-            self.delayed.push(Reverse((run_at_ms, id)));
-            self.stat(&q).delayed += 1;
-        } else {
-            e.state = State::Ready;
-            e.run_at_ms = 0;
-            e.ready_ns = now_ns;
-            let prio = e.priority;
-            self.seq += 1;
-            let key = (prio, self.seq, id);
-            self.push_ready(&q, key, now_ns);
-            let s = self.queues.entry(q).or_default();
-            s.0.ready += 1;
-            s.1.arrived += 1;
-        }
-    }
-
-    /// Queues a ready job where its handler kind runs it, counting the
-    /// arrival for the controller.
-    fn push_ready(&mut self, q: &Arc<str>, key: (u32, u64, u64), now_ns: u64) {
-        match self.handlers.get(q) {
-            Some((_, false)) => {
-                if self.ready.is_empty() && self.worker.is_empty() {
-                    self.sh.gauges.head_ready_ns.store(now_ns.max(1), Ordering::Relaxed);
-                }
-                self.ready.push(Reverse(key));
-                self.g_arrivals += 1;
-                self.sh.gauges.arrivals.store(self.g_arrivals, Ordering::Relaxed);
-            }
+    /// Counts a job becoming ready for the controller's arrival rate.
+    fn arrived(&mut self, q: QueueId, now_ns: u64) {
+        let name = self.qnames.get(q.0 as usize).cloned().unwrap_or_else(|| Arc::from(""));
+        match self.handlers.get(&name) {
             Some((_, true)) => {
-                if self.ready_blocking.is_empty() {
-                    self.sh.gauges.b_head_ready_ns.store(now_ns.max(1), Ordering::Relaxed);
-                }
-                self.ready_blocking.push(Reverse(key));
                 self.gb_arrivals += 1;
                 self.sh.gauges.b_arrivals.store(self.gb_arrivals, Ordering::Relaxed);
             }
-            None => self.waiting.entry(q.clone()).or_default().push(key),
+            _ => {
+                if self.core_ready() == 1 && self.worker.is_empty() {
+                    self.sh.gauges.head_ready_ns.store(now_ns.max(1), Ordering::Relaxed);
+                }
+                self.g_arrivals += 1;
+                self.sh.gauges.arrivals.store(self.g_arrivals, Ordering::Relaxed);
+            }
         }
+        self.counts(&name).arrived += 1;
     }
 
-    fn log(&mut self, rec: &Rec) -> Option<u64> {
-        let app = self.appender.as_mut()?;
-        let appended = match record::encode_with(rec, |bytes| app.append(KIND_REC, bytes)) {
-            Ok(r) => r,
+    /// Ready jobs of queues with a core handler.
+    fn core_ready(&self) -> u64 {
+        self.core_qs.iter().filter_map(|&q| self.table.queue_view(q)).map(|v| v.ready).sum()
+    }
+
+    fn blocking_ready(&self) -> u64 {
+        self.blocking_qs.iter().filter_map(|&q| self.table.queue_view(q)).map(|v| v.ready).sum()
+    }
+
+    /// Puts a job into the table. `logged`: its `Put` is in the log already
+    /// (its producer wrote it); otherwise the shard logs it.
+    fn insert(&mut self, j: NewJob, logged: bool) -> Option<Put> {
+        let q = self.qid(&j.queue)?;
+        let spec = PutSpec {
+            pri: j.priority,
+            delay: j.due.map_or(Duration::ZERO, |d| d.since(j.created)),
+            ttr_s: 0,
+            max_attempts: j.max_attempts,
+            unique: j.unique_key.as_deref(),
+        };
+        let mut off = Records::disabled();
+        let out = if logged { &mut off } else { &mut self.recs };
+        let put = match self.table.put_owned(j.created, j.id, q, &spec, j.payload, out) {
+            Ok(p) => p,
             Err(e) => {
-                tracing::error!(shard = self.sh.idx, error = %e, "cannot encode log record");
+                tracing::error!(shard = self.sh.idx, job = j.id, error = %e, "job not taken");
                 return None;
             }
         };
-        match appended {
+        if let Put::Created(id) = put {
+            let submitted_ns = self.ns_of(j.created);
+            self.seen.insert(id, Seen { submitted_ns });
+            if j.due.is_none() {
+                let now = self.now_ns();
+                self.arrived(q, now);
+            }
+        }
+        Some(put)
+    }
+
+    /// Writes this shard's pending records to its log; the last LSN.
+    fn flush(&mut self) -> Option<u64> {
+        if self.recs.is_empty() {
+            return None;
+        }
+        let (Some(app), Some(wal)) = (self.appender.as_mut(), self.sh.wal.as_ref()) else {
+            self.recs.clear();
+            return None;
+        };
+        let res = append_frames(app, wal, &self.recs);
+        self.recs.clear();
+        match res {
             Ok(lsn) => Some(lsn),
             Err(e) => {
-                // The job's state changes in memory regardless; if the log is
+                // The table changed in memory regardless; if the log is
                 // failed the process must restart, and recovery replays what
                 // was durable (at-least-once: the job may run again).
                 tracing::error!(shard = self.sh.idx, error = %e, "cannot log job state change");
@@ -550,81 +543,43 @@ impl Shard {
         }
     }
 
-    fn put_record(&self, id: u64, e: &Entry) -> Rec {
-        Rec::Put {
-            id,
-            queue: e.queue.to_string(),
-            priority: e.priority,
-            payload: e.payload.to_vec(),
-            run_at_ms: e.run_at_ms,
-            attempts: e.attempts,
-            max_attempts: e.max_attempts,
-            unique_key: e.unique_key.as_ref().map(|k| k.to_string()),
-            buried: e.state == State::Buried,
-        }
-    }
-
-    /// Takes ownership of a job: indexes its unique key and log position,
-    /// counts its record size, and stores it (not yet scheduled).
-    fn admit(&mut self, id: u64, e: Entry) {
-        if let Some(k) = &e.unique_key {
-            self.unique.insert((e.queue.clone(), k.clone()), id);
-        }
-        if self.sh.wal.is_some() {
-            self.by_lsn.insert(e.lsn, id);
-        }
-        self.live_log_bytes += record_size(&e);
-        self.jobs.insert(id, e);
-    }
-
-    fn insert_new(&mut self, j: NewJob) {
-        let (id, run_at) = (j.id, j.run_at_ms);
-        self.admit(id, Entry::from_new(j));
-        let now = self.now_ns();
-        self.schedule(id, run_at, now);
-    }
-
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Job(j) => self.insert_new(j),
+            Msg::Job(j) => {
+                self.insert(j, true);
+            }
             Msg::Jobs(jobs) => {
                 for j in jobs {
-                    self.insert_new(j);
+                    self.insert(j, true);
                 }
             }
             Msg::Unique(j, reply, waiter) => {
-                let key = j.unique_key.clone().map(|k| (j.queue.clone(), k));
-                let res = match key.as_ref().and_then(|k| self.unique.get(k)) {
-                    Some(&existing) => {
-                        self.counters.release(1, j.payload.len() as u64);
+                let len = j.payload.len() as u64;
+                let res = match self.insert(j, false) {
+                    Some(Put::Duplicate(existing)) => {
+                        self.counters.release(1, len);
                         Err(crate::SubmitError::Duplicate { existing: JobId(existing) })
                     }
-                    None => {
-                        let (id, run_at, len) = (j.id, j.run_at_ms, j.payload.len() as u64);
-                        let mut e = Entry::from_new(j);
-                        let logged = if self.sh.wal.is_some() {
-                            let rec = self.put_record(id, &e);
-                            self.log(&rec).ok_or_else(|| {
-                                crate::SubmitError::Io(spindle_wal::WalError::Failed(
-                                    "the shard could not log the job".into(),
-                                ))
-                            })
-                        } else {
-                            Ok(0)
-                        };
-                        match logged {
-                            Ok(lsn) => {
-                                e.lsn = lsn;
-                                self.admit(id, e);
-                                let now = self.now_ns();
-                                self.schedule(id, run_at, now);
-                                Ok((JobId(id), lsn))
-                            }
-                            Err(err) => {
+                    Some(Put::Created(id)) => {
+                        let logged = self.sh.wal.is_none() || !self.recs.enabled();
+                        match self.flush() {
+                            Some(lsn) => Ok((JobId(id), lsn)),
+                            None if logged => Ok((JobId(id), 0)),
+                            None => {
+                                // Not logged: the job must not run either.
+                                self.forget(id);
                                 self.counters.release(1, len);
-                                Err(err)
+                                Err(crate::SubmitError::Io(spindle_wal::WalError::Failed(
+                                    "the shard could not log the job".into(),
+                                )))
                             }
                         }
+                    }
+                    None => {
+                        self.counters.release(1, len);
+                        Err(crate::SubmitError::Io(spindle_wal::WalError::Failed(
+                            "the shard could not take the job".into(),
+                        )))
                     }
                 };
                 let _ = reply.push(res);
@@ -636,10 +591,14 @@ impl Shard {
                     self.blocking =
                         Some(blocking::Pool::new(self.cfg.max_blocking, self.cfg.epoch));
                 }
-                if let Some(keys) = self.waiting.remove(&q) {
-                    let now = self.now_ns();
-                    for key in keys {
-                        self.push_ready(&q, key, now);
+                if let Some(id) = self.qid(&q) {
+                    self.table.hold_queue(id);
+                    self.core_qs.retain(|&x| x != id);
+                    self.blocking_qs.retain(|&x| x != id);
+                    if blocking {
+                        self.blocking_qs.push(id);
+                    } else {
+                        self.core_qs.push(id);
                     }
                 }
             }
@@ -661,11 +620,12 @@ impl Shard {
                 let c = self.counts(&d.task.queue);
                 c.runs += 1;
                 c.run_ns += run;
-                self.finish(d.task.id, d.outcome);
+                self.finish(d.task.id, &d.task.queue, d.outcome);
             }
             Msg::Outcome(o) => {
                 self.out = self.out.saturating_sub(1);
-                self.finish(o.id, o.outcome);
+                let q = self.queue_of(o.id);
+                self.finish(o.id, &q, o.outcome);
             }
             Msg::Return(t) => {
                 self.out = self.out.saturating_sub(1);
@@ -673,10 +633,12 @@ impl Shard {
             }
             Msg::Rescued(done) => {
                 for (j, outcome) in done {
-                    let id = j.id;
-                    self.insert_new(j);
-                    if self.take(id).is_some() {
-                        self.finish(id, outcome);
+                    let (id, q) = (j.id, j.queue.clone());
+                    self.insert(j, true);
+                    let t = self.now_t();
+                    if self.table.reserve_id(t, id, HOLDER, &mut Records::disabled()).is_some() {
+                        self.recs.push_reserve(id);
+                        self.finish(id, &q, outcome);
                     }
                 }
             }
@@ -684,8 +646,8 @@ impl Shard {
                 self.shutting_down = true;
                 self.shutdown_at = Some(Instant::now());
                 // Jobs handed to the pool that no thread has taken yet come
-                // back (logged as not run), so shutdown waits only for the
-                // handlers already running.
+                // back unrun, so shutdown waits only for the handlers already
+                // running.
                 let queued: Vec<Task> = match &self.blocking {
                     Some(pool) => pool.drain(),
                     None => Vec::new(),
@@ -695,7 +657,7 @@ impl Shard {
                     self.untake(&t);
                 }
                 // Take back what is still offered: own jobs become ready
-                // again (logged as they were), others go home to their owner.
+                // again, others go home to their owner.
                 while let Some(t) = self.worker.pop() {
                     if t.owner == self.sh.idx {
                         self.out = self.out.saturating_sub(1);
@@ -708,87 +670,83 @@ impl Shard {
         }
     }
 
+    fn queue_of(&self, id: u64) -> Arc<str> {
+        self.table
+            .job(id)
+            .and_then(|j| self.qnames.get(j.queue.0 as usize).cloned())
+            .unwrap_or_else(|| Arc::from(""))
+    }
+
+    /// Removes a job without logging (its `Put` never reached the log).
+    fn forget(&mut self, id: u64) {
+        let _ = self.table.delete(id, Some(By::holder(HOLDER)), &mut Records::disabled());
+        self.seen.remove(&id);
+    }
+
     /// Undoes `take` for a task that did not run.
     fn untake(&mut self, t: &Task) {
-        if let Some(e) = self.jobs.get_mut(&t.id) {
-            if e.state != State::Running {
-                return;
+        let now = self.now_t();
+        if self.table.unreserve(now, t.id, HOLDER).is_ok() {
+            if let Some(q) = self.qids.get(&t.queue).copied() {
+                let ns = self.now_ns();
+                self.arrived(q, ns);
             }
-            e.attempts = e.attempts.saturating_sub(1);
-            let attempts = e.attempts;
-            let q = e.queue.clone();
-            dec(&mut self.stat(&q).running);
-            // Cancel the logged Start: the run never happened.
-            self.log(&Rec::Retry { id: t.id, attempts, run_at_ms: 0 });
-            let now = self.now_ns();
-            self.schedule(t.id, 0, now);
         }
     }
 
+    /// Step 2: due delayed jobs become ready.
     fn fire_timers(&mut self) -> bool {
-        let Some(Reverse((first, _))) = self.delayed.peek() else { return false };
-        let now_ms = wall_ms();
-        if *first > now_ms {
+        let now = self.now_t();
+        if self.table.next_due().is_none_or(|d| d > now) {
             return false;
         }
-        let now = self.now_ns();
-        let mut fired = false;
-        while let Some(Reverse((at, id))) = self.delayed.peek().copied() {
-            if at > now_ms {
-                break;
-            }
-            self.delayed.pop();
-            let Some(e) = self.jobs.get(&id) else { continue };
-            if e.state != State::Delayed || e.run_at_ms != at {
-                continue; // stale timer
-            }
-            let q = e.queue.clone();
-            dec(&mut self.stat(&q).delayed);
-            self.schedule(id, 0, now);
-            fired = true;
+        let before = self.table.totals().ready;
+        self.table.tick(now, &mut self.recs);
+        let after = self.table.totals().ready;
+        let ns = self.now_ns();
+        for _ in before..after {
+            self.g_arrivals += 1;
         }
-        fired
+        if after > before {
+            self.sh.gauges.arrivals.store(self.g_arrivals, Ordering::Relaxed);
+            if before == 0 {
+                self.sh.gauges.head_ready_ns.store(ns.max(1), Ordering::Relaxed);
+            }
+        }
+        after > before
     }
 
-    /// Turns a ready job into a task (state Running).
-    fn take(&mut self, id: u64) -> Option<Task> {
-        let e = self.jobs.get_mut(&id)?;
-        if e.state != State::Ready {
-            return None;
-        }
-        e.state = State::Running;
-        e.attempts += 1;
-        let t = Task {
+    /// Reserves the most urgent ready job of the core (or blocking) queues
+    /// as a task. The reservation is logged when its run starts, so a job
+    /// offered to thieves and never run does not count as interrupted.
+    fn take_from(&mut self, blocking: bool) -> Option<Task> {
+        let now = self.now_t();
+        let qs = if blocking { &self.blocking_qs } else { &self.core_qs };
+        let (id, ready) = {
+            let j = self.table.peek_from(now, qs)?;
+            (j.id, j.since)
+        };
+        let lease = self.table.reserve_id(now, id, HOLDER, &mut Records::disabled())?;
+        let j = self.table.job(id)?;
+        Some(Task {
             id,
             owner: self.sh.idx,
-            queue: e.queue.clone(),
-            payload: e.payload.clone(),
-            attempt: e.attempts,
-            priority: e.priority,
-            ready_ns: e.ready_ns,
-            submitted_ns: e.submitted_ns,
-        };
-        let q = e.queue.clone();
-        let s = self.stat(&q);
-        dec(&mut s.ready);
-        s.running += 1;
-        Some(t)
+            queue: self.qnames.get(j.queue.0 as usize).cloned().unwrap_or_else(|| Arc::from("")),
+            payload: Arc::from(j.payload),
+            attempt: lease.token,
+            priority: j.pri,
+            ready_ns: self.ns_of(ready),
+            submitted_ns: self.seen.get(&id).map_or(0, |s| s.submitted_ns),
+        })
     }
 
-    fn pop_ready(&mut self) -> Option<Task> {
-        while let Some(Reverse((_, _, id))) = self.ready.pop() {
-            if let Some(t) = self.take(id) {
-                return Some(t);
-            }
-        }
-        None
-    }
-
-    /// Step 3: the next local task; offers the backlog to thieves first.
+    /// Step 4: the next local task; offers the backlog to thieves first.
     fn next_local(&mut self) -> Option<Task> {
         // A job more urgent than everything offered arrived since the offer:
         // run it first (strict priority for local work).
-        let heap_first = self.ready.peek().is_some_and(|Reverse((p, _, _))| *p < self.offered_best);
+        let now = self.now_t();
+        let best = self.table.peek_from(now, &self.core_qs).map(|j| j.pri);
+        let heap_first = best.is_some_and(|p| p < self.offered_best);
         if !heap_first {
             if let Some(t) = self.worker.pop() {
                 if t.owner == self.sh.idx {
@@ -797,17 +755,16 @@ impl Shard {
                 return Some(t);
             }
         }
-        let t = self.pop_ready()?;
+        let t = self.take_from(false)?;
         self.offer();
         Some(t)
     }
 
-    /// Moves every ready job of the private heap into the steal deque (the
+    /// Moves every ready job of the core queues into the steal deque (the
     /// most urgent first) and wakes one parked active shard. The whole
     /// backlog, so a handler that blocks this shard strands none of it.
-    /// Costs one deque push and pop per job: tens of ns against ~1.5 µs.
     fn offer(&mut self) -> bool {
-        if self.ready.is_empty() || self.all.len() < 2 || !self.cfg.stealing || self.shutting_down {
+        if self.all.len() < 2 || !self.cfg.stealing || self.shutting_down {
             return false;
         }
         // Jobs still offered from before stay ahead of these; the most
@@ -816,7 +773,7 @@ impl Shard {
         let mut best = u32::MAX;
         let mut oldest = u64::MAX;
         let mut moved = 0u64;
-        while let Some(o) = self.pop_ready() {
+        while let Some(o) = self.take_from(false) {
             best = best.min(o.priority);
             oldest = oldest.min(o.ready_ns);
             self.worker.push(o);
@@ -835,7 +792,8 @@ impl Shard {
         true
     }
 
-    /// Hands ready jobs of blocking queues to the pool, up to its target.
+    /// Step 3: hands ready jobs of blocking queues to the pool, up to its
+    /// target.
     fn dispatch_blocking(&mut self) -> bool {
         // Shutting down with a log: waiting jobs stay in it for the next
         // start (only Memory mode runs them now).
@@ -846,10 +804,13 @@ impl Shard {
         let target = pool.target(&self.sh) as u64;
         let mut any = false;
         while self.blocking_out < target {
-            let Some(Reverse((_, _, id))) = self.ready_blocking.pop() else { break };
-            let Some(t) = self.take(id) else { continue };
-            let Some((h, _)) = self.handlers.get(&t.queue).cloned() else { continue };
-            self.log(&Rec::Start { id });
+            let Some(t) = self.take_from(true) else { break };
+            let Some((h, _)) = self.handlers.get(&t.queue).cloned() else {
+                self.untake(&t);
+                break;
+            };
+            self.recs.push_reserve(t.id);
+            self.flush();
             self.blocking_out += 1;
             self.sh.gauges.b_head_ready_ns.store(t.ready_ns.max(1), Ordering::Relaxed);
             pool.submit(&self.sh, t, h);
@@ -876,6 +837,7 @@ impl Shard {
             return false;
         }
         let now = self.now_ns();
+        let now_t = self.now_t();
         let all = self.all.clone();
         for o in all.iter() {
             let since = o.handler_since.load(Ordering::Relaxed);
@@ -889,7 +851,7 @@ impl Shard {
             let _inflight = o.enter();
             let Some(msg) = o.inbox.pop() else { continue };
             let runnable = |j: &NewJob| {
-                (j.run_at_ms == 0 || j.run_at_ms <= wall_ms())
+                j.due.is_none_or(|d| d <= now_t)
                     && self.handlers.get(&j.queue).is_some_and(|h| !h.1)
             };
             let jobs = match msg {
@@ -939,13 +901,13 @@ impl Shard {
         }
     }
 
-    /// Step 4: steal a batch from the busiest-looking other shard.
+    /// Step 5: steal a batch from the busiest-looking other shard.
     fn steal(&mut self) -> Option<Task> {
         if self.shutting_down || self.all.len() < 2 || !self.cfg.stealing {
             return None;
         }
         let n = self.all.len();
-        let start = (self.rng.next_u64() as usize) % n;
+        let start = (self.now_ns() as usize ^ self.sh.idx.wrapping_mul(0x9E37)) % n;
         for k in 0..n {
             let victim = &self.all[(start + k) % n];
             if victim.idx == self.sh.idx {
@@ -988,12 +950,15 @@ impl Shard {
         let Some((h, blocks)) = handler else {
             if t.owner != self.sh.idx {
                 self.all[t.owner].send(Msg::Return(t));
+            } else {
+                self.untake(&t);
             }
             return;
         };
         // Re-registered as blocking after the job was queued: to the pool.
         if blocks && t.owner == self.sh.idx && self.blocking.is_some() {
-            self.log(&Rec::Start { id: t.id });
+            self.recs.push_reserve(t.id);
+            self.flush();
             self.blocking_out += 1;
             if let Some(pool) = &self.blocking {
                 pool.submit(&self.sh, t, h);
@@ -1003,11 +968,10 @@ impl Shard {
         // Log the start in the owner's log (a thief appends there too), so a
         // crash during the run counts as an interruption on recovery.
         if t.owner == self.sh.idx {
-            self.log(&Rec::Start { id: t.id });
-        } else if let Some(wal) = &self.all[t.owner].wal {
-            if let Err(e) = self.all[t.owner].append(wal, &Rec::Start { id: t.id }) {
-                tracing::error!(shard = self.sh.idx, error = %e, "cannot log job start");
-            }
+            self.recs.push_reserve(t.id);
+            self.flush();
+        } else {
+            self.all[t.owner].log_start(t.id);
         }
         // Stall deadline (`control.rs` step 2) and what the controller
         // reports; the queue's name is stored only when it changes.
@@ -1051,101 +1015,72 @@ impl Shard {
         let _ = self.dispatch.record(start.saturating_sub(t.ready_ns).max(1));
         let _ = self.run_time.record(run.max(1));
         self.jobs_run += 1;
+        if outcome == Outcome::Done {
+            let _ = self.end_to_end.record(end.saturating_sub(t.submitted_ns).max(1));
+        }
         if t.owner == self.sh.idx {
-            if outcome == Outcome::Done {
-                let _ = self.end_to_end.record(end.saturating_sub(t.submitted_ns).max(1));
-            }
-            self.finish(t.id, outcome);
+            self.finish(t.id, &t.queue, outcome);
         } else {
             self.jobs_stolen += 1;
-            if outcome == Outcome::Done {
-                let _ = self.end_to_end.record(end.saturating_sub(t.submitted_ns).max(1));
-            }
             self.all[t.owner].send(Msg::Outcome(TaskOutcome { id: t.id, outcome }));
         }
     }
 
     /// Applies a handler's outcome to a job this shard owns.
-    fn finish(&mut self, id: u64, outcome: Outcome) {
-        let Some(e) = self.jobs.get(&id) else { return };
-        if e.state != State::Running {
-            return;
-        }
-        let q = e.queue.clone();
-        let (attempts, max) = (e.attempts, e.max_attempts);
-        dec(&mut self.stat(&q).running);
+    fn finish(&mut self, id: u64, q: &Arc<str>, outcome: Outcome) {
+        let by = By::holder(HOLDER);
+        let now = self.now_t();
+        let len = self.table.job(id).map_or(0, |j| j.payload.len() as u64);
         match outcome {
             Outcome::Done => {
-                if self.sh.wal.is_some() {
-                    self.pending_done.push(id);
-                    if self.pending_done.len() >= DONE_BATCH {
-                        self.flush_done();
-                    }
+                if self.table.complete(id, by, &mut self.recs).is_ok() {
+                    self.seen.remove(&id);
+                    self.counters.release(1, len);
+                    self.queues.entry(q.clone()).or_default().0 += 1;
                 }
-                self.remove(id);
-                self.stat(&q).completed += 1;
             }
-            Outcome::Retry(reason) if attempts < max => {
-                self.stat(&q).failed += 1;
-                let delay = retry_delay(
-                    self.cfg.retry_base,
-                    self.cfg.retry_cap,
-                    attempts,
-                    self.rng.next_u64(),
-                );
-                let run_at = run_at_after(delay);
-                tracing::debug!(job = id, attempt = attempts, %reason, "job failed; retrying");
-                self.log(&Rec::Retry { id, attempts, run_at_ms: run_at });
-                let now = self.now_ns();
-                self.schedule(id, run_at, now);
+            Outcome::Retry(reason) => {
+                self.queues.entry(q.clone()).or_default().1 += 1;
+                match self.table.fail(now, id, by, reason.as_bytes(), &mut self.recs) {
+                    Ok(Failed::Retry { attempts, delay }) => {
+                        tracing::debug!(job = id, attempt = attempts, ?delay, %reason, "job failed; retrying");
+                        if delay.is_zero() {
+                            if let Some(qid) = self.qids.get(q).copied() {
+                                let ns = self.now_ns();
+                                self.arrived(qid, ns);
+                            }
+                        }
+                    }
+                    Ok(Failed::Buried { attempts }) => {
+                        tracing::info!(job = id, attempt = attempts, %reason, "job buried");
+                    }
+                    Err(_) => {}
+                }
             }
-            Outcome::Retry(reason) | Outcome::Bury(reason) => {
-                self.stat(&q).failed += 1;
-                tracing::info!(job = id, attempt = attempts, %reason, "job buried");
-                self.log(&Rec::Bury { id, attempts, reason });
-                self.set_state(id, State::Buried);
-                self.stat(&q).buried += 1;
+            Outcome::Bury(reason) => {
+                self.queues.entry(q.clone()).or_default().1 += 1;
+                let pri = self.table.job(id).map_or(0, |j| j.pri);
+                if self.table.bury(id, by, pri, Some(&reason), &mut self.recs).is_ok() {
+                    tracing::info!(job = id, %reason, "job buried");
+                }
             }
-        }
-    }
-
-    /// Logs the pending `Done`s as one record.
-    fn flush_done(&mut self) {
-        match self.pending_done.len() {
-            0 => {}
-            1 => {
-                let id = self.pending_done[0];
-                self.log(&Rec::Done { id });
-            }
-            _ => {
-                let ids = std::mem::take(&mut self.pending_done);
-                self.log(&Rec::Dones { ids });
-            }
-        }
-        self.pending_done.clear();
-    }
-
-    fn remove(&mut self, id: u64) {
-        if let Some(e) = self.jobs.remove(&id) {
-            self.live_log_bytes = self.live_log_bytes.saturating_sub(record_size(&e));
-            if let Some(k) = e.unique_key {
-                self.unique.remove(&(e.queue.clone(), k));
-            }
-            self.by_lsn.remove(&e.lsn);
-            self.counters.release(1, e.payload.len() as u64);
         }
     }
 
     /// Keeps the log bounded (`docs/architecture.md`, Compaction):
     ///
     /// 1. When the log is larger than `compact_after_segments` segments and
-    ///    more than twice the live jobs' records, pick the cut `C`: the end of
-    ///    the newest segment the log has finished, and flip the submit epoch.
+    ///    more than twice the live jobs' estimated records, pick the cut
+    ///    `C`: the end of the newest segment the log has finished, and flip
+    ///    the submit epoch.
     /// 2. Wait until no producer of the old epoch is between appending a
     ///    `Put` and handing the job to this shard (`ShardShared::enter`),
-    ///    then drain the inbox: every job logged below `C` is now known here.
-    /// 3. Rewrite the live jobs logged below `C` at the tail (1024 per call).
-    /// 4. Log an `IdMark` after them and ask for a sync without waiting.
+    ///    then drain the inbox: every job logged below `C` is now in the
+    ///    table.
+    /// 3. Rewrite every live job of the table at the tail, its complete
+    ///    state, [`COMPACT_BATCH`] per call, walking ids upwards (jobs put
+    ///    later have their records above `C`).
+    /// 4. Log the id mark after them and ask for a sync without waiting.
     /// 5. Once the mark is durable (so are the rewrites), release below `C`.
     fn compact(&mut self) {
         let Some(wal) = self.sh.wal.clone() else { return };
@@ -1163,63 +1098,100 @@ impl Shard {
             }
             return;
         }
-        let (cut, epoch) = match self.pending_cut {
+        let mut pass = match self.pass {
             Some(p) => p,
             None => {
-                let segs = wal.segments();
-                let log_bytes: u64 = segs.iter().map(|s| s.1 - s.0).sum();
-                if segs.len() <= self.cfg.compact_after_segments
-                    || log_bytes <= 2 * self.live_log_bytes
-                {
+                let (cut, epoch) = match self.pending_cut {
+                    Some(p) => p,
+                    None => {
+                        let segs = wal.segments();
+                        let log_bytes: u64 = segs.iter().map(|s| s.1 - s.0).sum();
+                        let tot = self.table.totals();
+                        let live = tot.bytes + 96 * tot.jobs;
+                        if segs.len() <= self.cfg.compact_after_segments || log_bytes <= 2 * live {
+                            return;
+                        }
+                        let published = wal.stats().published_lsn;
+                        let Some(cut) = segs.iter().map(|s| s.1).filter(|&e| e <= published).max()
+                        else {
+                            return;
+                        };
+                        let old = self.sh.flip_epoch();
+                        self.pending_cut = Some((cut, old));
+                        (cut, old)
+                    }
+                };
+                if !self.sh.epoch_quiet(epoch) {
                     return;
                 }
-                let published = wal.stats().published_lsn;
-                let Some(cut) = segs.iter().map(|s| s.1).filter(|&e| e <= published).max() else {
-                    return;
-                };
-                let old = self.sh.flip_epoch();
-                self.pending_cut = Some((cut, old));
-                (cut, old)
+                while let Some(m) = self.sh.inbox.pop() {
+                    self.handle(m);
+                }
+                self.pending_cut = None;
+                Pass { cut, end_id: self.table.next_id(), cursor: 0 }
             }
         };
-        if !self.sh.epoch_quiet(epoch) {
-            return;
+        let batch: Vec<u64> = self
+            .table
+            .job_ids_from(pass.cursor)
+            .take_while(|&id| id < pass.end_id)
+            .take(COMPACT_BATCH)
+            .collect();
+        for &id in &batch {
+            self.table.rewrite(id, &mut self.recs);
         }
-        while let Some(m) = self.sh.inbox.pop() {
-            self.handle(m);
-        }
-        let below: Vec<(u64, u64)> =
-            self.by_lsn.range(..cut).take(1024).map(|(&l, &i)| (l, i)).collect();
-        for (lsn, id) in below {
-            let Some(e) = self.jobs.get(&id) else { continue };
-            let rec = self.put_record(id, e);
-            let Some(new) = self.log(&rec) else { return };
-            self.by_lsn.remove(&lsn);
-            self.by_lsn.insert(new, id);
-            if let Some(e) = self.jobs.get_mut(&id) {
-                e.lsn = new;
+        let done = batch.len() < COMPACT_BATCH;
+        pass.cursor = batch.last().map_or(pass.end_id, |&id| id + 1);
+        if done {
+            self.table.mark_ids(&mut self.recs);
+            // The engine-wide counter may be ahead of this shard's ids.
+            let next = self.counters.next_id.load(Ordering::Relaxed);
+            if next > self.table.next_id() {
+                self.table.skip_ids(next - self.table.next_id());
+                self.table.mark_ids(&mut self.recs);
             }
         }
-        if self.by_lsn.range(..cut).next().is_some() {
+        let Some(lsn) = self.flush() else {
+            self.pass = None;
             return;
-        }
-        let mark = Rec::IdMark { next_id: self.counters.next_id.load(Ordering::Relaxed) };
-        if let Some(lsn) = self.log(&mark) {
-            self.pending_cut = None;
-            self.pending_release = Some((cut, lsn));
+        };
+        if done {
+            self.pass = None;
+            self.pending_release = Some((pass.cut, lsn));
             wal.request_sync();
+        } else {
+            self.pass = Some(pass);
         }
     }
 
     fn publish(&mut self) {
+        let mut queues = std::collections::BTreeMap::new();
+        let mut counts = std::collections::BTreeMap::new();
+        for (name, &q) in &self.qids {
+            let v = self.table.queue_view(q).unwrap_or_default();
+            let (completed, failed, c) = self.queues.get(name).cloned().unwrap_or_default();
+            queues.insert(
+                name.to_string(),
+                QueueStats {
+                    ready: v.ready,
+                    delayed: v.delayed,
+                    running: v.reserved,
+                    buried: v.buried,
+                    completed,
+                    failed,
+                    desired_workers: 0,
+                },
+            );
+            counts.insert(name.to_string(), c);
+        }
         let snap = Snapshot {
-            queues: self.queues.iter().map(|(k, v)| (k.to_string(), v.0.clone())).collect(),
-            counts: self.queues.iter().map(|(k, v)| (k.to_string(), v.1)).collect(),
+            queues,
+            counts,
             shard: crate::stats::ShardStats {
                 pinned_core: self.pinned_core,
                 jobs_run: self.jobs_run,
                 jobs_stolen: self.jobs_stolen,
-                jobs_owned: self.jobs.len() as u64,
+                jobs_owned: self.table.totals().jobs,
             },
             dispatch: self.dispatch.clone(),
             run_time: self.run_time.clone(),
@@ -1257,10 +1229,8 @@ impl Shard {
     }
 
     fn park_timeout(&self) -> Duration {
-        match self.delayed.peek() {
-            Some(Reverse((at, _))) => {
-                Duration::from_millis(at.saturating_sub(wall_ms())).min(MAX_PARK)
-            }
+        match self.table.next_due() {
+            Some(at) => at.since(self.now_t()).min(MAX_PARK),
             None => MAX_PARK,
         }
     }
@@ -1282,9 +1252,7 @@ impl Shard {
         }
         (self.out == 0 && self.blocking_out == 0 || waited_enough)
             && (self.cfg.durability != Durability::Memory
-                || (self.ready.is_empty()
-                    && self.worker.is_empty()
-                    && self.ready_blocking.is_empty()))
+                || (self.core_ready() == 0 && self.worker.is_empty() && self.blocking_ready() == 0))
     }
 
     fn start_searching(&mut self) -> bool {
@@ -1355,11 +1323,9 @@ impl Shard {
                     progress = true;
                 }
             }
-            self.sh
-                .gauges
-                .ready
-                .store((self.ready.len() + self.worker.len()) as u64, Ordering::Relaxed);
-            self.sh.gauges.b_ready.store(self.ready_blocking.len() as u64, Ordering::Relaxed);
+            let ready = self.core_ready() + self.worker.len() as u64;
+            self.sh.gauges.ready.store(ready, Ordering::Relaxed);
+            self.sh.gauges.b_ready.store(self.blocking_ready(), Ordering::Relaxed);
             since_compact += 1;
             if since_compact >= 256 || (!progress && since_compact > 64) {
                 since_compact = 0;
@@ -1392,9 +1358,9 @@ impl Shard {
                 continue;
             }
             idle_since = None;
-            self.flush_done();
-            // 6: a searcher giving up its slot while work is on offer wakes
-            // one parked active worker to take over the search.
+            self.flush();
+            // A searcher giving up its slot while work is on offer wakes one
+            // parked active worker to take over the search.
             if self.searching {
                 self.stop_searching();
                 if self.all.iter().any(|o| o.idx != sh.idx && !o.stealer.is_empty()) {
@@ -1409,7 +1375,7 @@ impl Shard {
             let was_active = flag;
             // Blocking jobs wait and the controller raised the pool's target
             // since: hand them over rather than sleep.
-            let blocking_waiting = !self.ready_blocking.is_empty() && self.blocking.is_some();
+            let blocking_waiting = self.blocking_ready() > 0 && self.blocking.is_some();
             let blocking_out = self.blocking_out;
             if let Some(p) = sh.parker.get() {
                 let served = self.served;
@@ -1422,7 +1388,7 @@ impl Shard {
             }
         }
         self.stop_searching();
-        self.flush_done();
+        self.flush();
         sh.exited.store(true, Ordering::Release);
         self.served = sh.snapshot_req.load(Ordering::Acquire);
         self.publish();
