@@ -844,3 +844,82 @@ impl Drop for Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// A shard log written by the engine before it moved onto the job
+    /// table (format 1, WAL kind 1) still opens: its jobs come back with
+    /// their attempts, burials and deletions, and new jobs follow them.
+    #[test]
+    fn a_log_of_the_older_engine_format_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let opts = WalOptions { shard: 0, ..WalOptions::default() };
+            let (wal, _) = Wal::open(shard_dir(dir.path(), 0), opts).unwrap();
+            let mut app = wal.appender();
+            let put = |id: u64, priority: u32, run_at_ms: u64| Rec::Put {
+                id,
+                queue: "old".into(),
+                priority,
+                payload: format!("job {id}").into_bytes(),
+                run_at_ms,
+                attempts: 0,
+                max_attempts: 3,
+                unique_key: (id == 4).then(|| "key".to_string()),
+                buried: false,
+            };
+            let far = u64::MAX / 2_000_000;
+            for rec in [
+                put(1, 5, 0),
+                put(2, 1, 0),
+                put(3, 0, 0),
+                put(4, 2, far),
+                put(5, 0, 0),
+                Rec::Start { id: 1 },
+                Rec::Retry { id: 1, attempts: 1, run_at_ms: 0 },
+                Rec::Start { id: 2 },
+                Rec::Bury { id: 2, attempts: 1, reason: "boom".into() },
+                Rec::Dones { ids: vec![3] },
+                // Job 5 was running when the process died.
+                Rec::Start { id: 5 },
+                Rec::IdMark { next_id: 10 },
+            ] {
+                app.append(KIND_REC, &record::encode(&rec).unwrap()).unwrap();
+            }
+            wal.shutdown().unwrap();
+        }
+        let engine = Engine::builder()
+            .data_dir(dir.path())
+            .durability(Durability::Process)
+            .shards(1)
+            .build()
+            .unwrap();
+        let st = engine.stats();
+        let q = &st.queues["old"];
+        // 1 and 5 ready (5 interrupted once), 2 buried, 4 delayed, 3 gone.
+        assert_eq!((q.ready, q.buried, q.delayed), (2, 1, 1), "{q:?}");
+        // The unique key came back with job 4.
+        let dup = engine.submit(Job::new("old", b"x".to_vec()).unique_key("key"));
+        assert!(matches!(dup, Err(SubmitError::Duplicate { existing }) if existing.get() == 4));
+        let id = engine.submit(Job::new("old", b"new".to_vec())).unwrap();
+        assert!(id.get() >= 10, "ids continue after the old mark: {id}");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = Mutex::new(tx);
+        engine
+            .register("old", move |j: &JobRef<'_>| {
+                tx.lock().unwrap().send((j.id().get(), j.attempt())).unwrap();
+                Outcome::Done
+            })
+            .unwrap();
+        let mut ran: Vec<(u64, u32)> =
+            (0..3).map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap()).collect();
+        ran.sort_unstable();
+        // Attempts: job 1 retried once (its second run), job 5's interrupted
+        // run counted.
+        assert_eq!(ran, vec![(1, 2), (5, 2), (id.get(), 1)]);
+        engine.shutdown().unwrap();
+    }
+}
