@@ -2622,6 +2622,7 @@ mod tests {
             sync: spindle_wal::SyncPolicy::Never,
             recovery: spindle_wal::RecoveryMode::Truncate,
             prepare_ahead: 1,
+            access: spindle_wal::FileAccess::Private,
         };
         let (wal, _) = Wal::open(dir, opts).unwrap();
         Log::inline(wal)
