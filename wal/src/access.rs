@@ -17,7 +17,8 @@ use std::path::Path;
 ///
 /// An existing directory is brought to exactly the mode and group when it
 /// belongs to the process's effective user and is not a shared directory
-/// (sticky bit, like `/tmp`); otherwise it is left as it is, with a warning
+/// (sticky bit, like `/tmp`), with a `tracing` warning saying what changed;
+/// otherwise it is left as it is, with a warning
 /// when it is wider than asked. Files the log writes (segments, `LOCK`) are
 /// always set exactly, on creation and on every open, so a log written
 /// before files were private is tightened the next time it is opened.
@@ -98,7 +99,8 @@ impl FileAccess {
         }
         if meta.uid() == effective_uid() && mode & STICKY == 0 {
             self.set_dir(dir)?;
-            tracing::info!(
+            // Once, when an existing directory is changed: say so.
+            tracing::warn!(
                 dir = %dir.display(),
                 "directory mode {mode:04o} set to {:04o}{}",
                 self.dir_mode(),
