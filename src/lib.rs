@@ -21,7 +21,7 @@
 
 pub use spindle_engine as engine;
 pub use spindle_engine::{
-    BuildError, Durability, Engine, EngineBuilder, Handler, Job, JobId, JobRef, Latency, Outcome,
-    QueueStats, ShutdownError, Stats, SubmitError, WorkerStats, Workers,
+    BuildError, Durability, Engine, EngineBuilder, FileAccess, Handler, Job, JobId, JobRef,
+    Latency, Outcome, QueueStats, ShutdownError, Stats, SubmitError, WorkerStats, Workers,
 };
 pub use spindle_wal as wal;

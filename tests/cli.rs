@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::Value;
-use spindle::engine::client::Client;
+use spindle::engine::client::{Client, ConnectOptions};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -340,4 +340,132 @@ fn errors_name_the_socket_and_what_to_do() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains(&sock.display().to_string()));
     assert!(Path::new(env!("CARGO_BIN_EXE_spindle")).exists());
+}
+
+/// A server that another local user started: it runs as `nobody` (uid
+/// 65534) on a socket in a fresh world-writable sticky directory, as
+/// anyone could bind `/tmp/spindled-0.sock` before root's spindled does.
+/// Only root can start a process as another user: elsewhere `start`
+/// prints a notice and returns `None` (CI runs as root).
+struct Squatter {
+    child: Child,
+    sock: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Squatter {
+    fn start() -> Option<Squatter> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+            eprintln!(
+                "notice: not root, so no server can be started as a second user; \
+                 the foreign-socket test is skipped (CI runs it as root)"
+            );
+            return None;
+        }
+        let setpriv = Command::new("setpriv").arg("--version").output();
+        assert!(
+            setpriv.is_ok_and(|o| o.status.success()),
+            "this test runs a server as `nobody` with setpriv: `apt-get install -y util-linux`"
+        );
+        let dir = tempfile::Builder::new().prefix("squat").tempdir_in("/tmp").unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        // `nobody` may not be able to reach the build directory: run a copy.
+        let mut bin = std::env::var("SPINDLE_TEST_SERVER")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_spindled").into());
+        if bin.contains('/') {
+            let copy = dir.path().join("server");
+            std::fs::copy(&bin, &copy).unwrap();
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+            bin = copy.to_str().unwrap().to_string();
+        }
+        let sock = dir.path().join("spindled-0.sock");
+        let child = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", &bin, "-l"])
+            .arg(format!("unix:{}", sock.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut sq = Squatter { child, sock, _dir: dir };
+        let deadline = Instant::now() + START_LIMIT;
+        while std::os::unix::net::UnixStream::connect(&sq.sock).is_err() {
+            if let Some(status) = sq.child.try_wait().unwrap() {
+                panic!("the squatter `{bin}` exited with {status} before listening");
+            }
+            assert!(Instant::now() < deadline, "the squatter did not listen");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(std::fs::metadata(&sq.sock).unwrap().uid(), 65534);
+        Some(sq)
+    }
+
+    /// Total jobs the squatter has received, asked with the override.
+    fn total_jobs(&self) -> u64 {
+        let opts = ConnectOptions::default().allow_foreign_socket(true);
+        let mut c = Client::connect_unix_with(&self.sock, opts).unwrap();
+        c.stats().unwrap().get_u64("total-jobs").unwrap()
+    }
+}
+
+impl Drop for Squatter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spindle_at(sock: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spindle"))
+        .arg("--socket")
+        .arg(sock)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_socket_another_user_bound_gets_nothing_unless_allowed() {
+    let Some(sq) = Squatter::start() else { return };
+    for args in [&["put", "secret"][..], &["stats"], &["work", "--", "true"]] {
+        let out = spindle_at(&sq.sock, args);
+        assert!(!out.status.success(), "{args:?}: {}", describe(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&sq.sock.display().to_string()), "{err}");
+        assert!(err.contains("uid 65534 (nobody)"), "{err}");
+        assert!(err.contains("--allow-foreign-socket"), "{err}");
+    }
+    // The environment's socket (as the default under /tmp would be) too.
+    let out = Command::new(env!("CARGO_BIN_EXE_spindle"))
+        .env("SPINDLE_SOCKET", &sq.sock)
+        .args(["put", "secret"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to uid 65534"));
+    assert_eq!(sq.total_jobs(), 0, "the squatter received a job");
+    // Named explicitly, it is used.
+    let out = spindle_at(&sq.sock, &["--allow-foreign-socket", "put", "trusted"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(sq.total_jobs(), 1);
+}
+
+#[test]
+fn a_socket_in_a_directory_anyone_may_write_is_refused_unless_allowed() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start();
+    let dir = server.dir.path();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = server.spindle(&["put", "x"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("may be written by any user") && err.contains("0777"), "{err}");
+    assert!(err.contains("--allow-foreign-socket"), "{err}");
+    let trusting = ConnectOptions::default().allow_foreign_socket(true);
+    let mut c = Client::connect_unix_with(&server.sock, trusting).unwrap();
+    assert_eq!(c.stats().unwrap().get_u64("total-jobs"), Some(0));
+    server.ok(&["put", "--allow-foreign-socket", "x"]);
+    // With the sticky bit (like /tmp) nobody can replace another's socket.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    server.ok(&["put", "y"]);
+    assert_eq!(c.stats().unwrap().get_u64("total-jobs"), Some(2));
 }

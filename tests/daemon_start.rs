@@ -1,5 +1,7 @@
 //! spindled's start and stop: socket mode, stale and live socket files,
-//! the peer-uid allowlist, SIGTERM with nothing lost, flag errors.
+//! anything else at the socket path refused and left alone, the data
+//! directory's and log files' modes (and `--data-group`), the peer-uid
+//! allowlist, SIGTERM with nothing lost, flag errors.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -19,12 +21,23 @@ struct Daemon {
 
 impl Daemon {
     fn start(sock: &Path, args: &[&str]) -> Daemon {
+        Daemon::spawn(sock, Command::new(SPINDLED), args)
+    }
+
+    /// Starts spindled under `umask` (through `sh`, which sets it and execs).
+    fn start_with_umask(sock: &Path, umask: &str, args: &[&str]) -> Daemon {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "umask \"$0\" && exec \"$@\"", umask, SPINDLED]);
+        Daemon::spawn(sock, cmd, args)
+    }
+
+    fn spawn(sock: &Path, mut cmd: Command, args: &[&str]) -> Daemon {
         // `SPINDLE_TEST_SHARDS=N` (see tests/common) spreads connections.
         let shards: Vec<String> = match std::env::var("SPINDLE_TEST_SHARDS") {
             Ok(n) if !args.contains(&"--shards") => vec!["--shards".into(), n],
             _ => Vec::new(),
         };
-        let child = Command::new(SPINDLED)
+        let child = cmd
             .arg("--socket")
             .arg(sock)
             .args(args)
@@ -133,6 +146,160 @@ fn a_stale_socket_is_replaced_and_a_live_one_refused() {
     assert!(err.contains("already listening") && err.contains("s.sock"), "{err}");
     // ... and the first keeps serving.
     assert_eq!(cmd(&mut c, "use u\r\n"), "USING u\r\n");
+}
+
+#[test]
+fn anything_but_a_socket_at_the_socket_path_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_s = data.to_str().unwrap();
+    let file = dir.path().join("file.sock");
+    std::fs::write(&file, b"precious\n").unwrap();
+    let sub = dir.path().join("dir.sock");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(sub.join("inside"), b"x").unwrap();
+    let link = dir.path().join("link.sock");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let cases = [(&file, "a regular file"), (&sub, "a directory"), (&link, "a symbolic link")];
+    for (path, what) in cases {
+        let p = path.to_str().unwrap();
+        let unix = format!("unix:{p}");
+        for args in [["--socket", p, "-b", data_s], ["-l", &unix, "-b", data_s]] {
+            let out = run_refused(&args, path);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{args:?} started: {err}");
+            assert!(err.contains(p) && err.contains(what), "{args:?}: {err}");
+            assert!(err.contains("refusing to replace it"), "{args:?}: {err}");
+        }
+    }
+    // Untouched, and refused before the data directory was created.
+    assert_eq!(std::fs::read(&file).unwrap(), b"precious\n");
+    assert_eq!(std::fs::read(sub.join("inside")).unwrap(), b"x");
+    assert_eq!(std::fs::read_link(&link).unwrap(), file);
+    assert!(!data.exists(), "the data directory was created");
+}
+
+/// Runs spindled, which must exit without ever putting a socket at
+/// `path`; fails at once if it does (as it did, replacing the file).
+fn run_refused(args: &[&str], path: &Path) -> Output {
+    use std::os::unix::fs::FileTypeExt;
+    let mut child = Command::new(SPINDLED)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + LIMIT;
+    while child.try_wait().unwrap().is_none() {
+        let replaced = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+        if replaced || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            match replaced {
+                true => panic!("{args:?}: spindled replaced {} with its socket", path.display()),
+                false => panic!("{args:?}: spindled neither exited nor listened"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// The mode and gid of `dir` and of every file in it.
+fn modes(dir: &Path) -> Vec<(String, u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dir).unwrap();
+    let mut out = vec![(".".to_string(), m.mode() & 0o7777, m.gid())];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        out.push((e.file_name().to_string_lossy().into_owned(), m.mode() & 0o7777, m.gid()));
+    }
+    out.sort();
+    out
+}
+
+/// The data directory is `dir_mode`, every file in it `file_mode`, and
+/// all of them in group `gid` if given.
+fn assert_modes(dir: &Path, dir_mode: u32, file_mode: u32, gid: Option<u32>) {
+    let all = modes(dir);
+    assert!(all.iter().any(|e| e.0 == "LOCK") && all.iter().any(|e| e.0.ends_with(".wal")));
+    for (name, mode, g) in &all {
+        let want = if name == "." { dir_mode } else { file_mode };
+        assert_eq!(*mode, want, "{name} in {} is {mode:04o}: {all:?}", dir.display());
+        if let Some(gid) = gid {
+            assert_eq!(*g, gid, "{name}'s group: {all:?}");
+        }
+    }
+}
+
+/// Puts a few jobs, reserves and deletes one: the log is written.
+fn write_some(sock: &Path) {
+    let mut c = connect(sock);
+    for _ in 0..10 {
+        assert!(cmd(&mut c, "put 0 0 60 4\r\nbody\r\n").starts_with("INSERTED"));
+    }
+    let reserved = cmd(&mut c, "reserve\r\n");
+    let id = reserved.split(' ').nth(1).expect(&reserved);
+    let mut body = String::new();
+    c.read_line(&mut body).unwrap();
+    assert_eq!(cmd(&mut c, &format!("delete {id}\r\n")), "DELETED\r\n");
+}
+
+#[test]
+fn the_data_directory_and_log_files_are_private_to_spindled() {
+    let dir = tempfile::tempdir().unwrap();
+    // Missing parents are created too.
+    let data = dir.path().join("var/lib/spindled");
+    let data_s = data.to_str().unwrap();
+    let sock = dir.path().join("p.sock");
+    let mut d = Daemon::start(&sock, &["-b", data_s]);
+    write_some(&sock);
+    assert_modes(&data, 0o700, 0o600, None);
+    assert!(d.term().success());
+    assert_modes(&data, 0o700, 0o600, None);
+
+    // A data directory left world-readable (as spindled made it before) is
+    // tightened at the next start, its files too.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for e in std::fs::read_dir(&data).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let _d = Daemon::start(&sock, &["-b", data_s]);
+    write_some(&sock);
+    assert_modes(&data, 0o700, 0o600, None);
+}
+
+#[test]
+fn data_group_gives_a_group_read_access_whatever_the_umask() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    // Root may give the data to a group it is not in (`nogroup`, by name);
+    // anyone else to their own group (by number).
+    let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+    let (group, gid) = if root {
+        ("nogroup".to_string(), 65534)
+    } else {
+        let gid = std::fs::metadata(dir.path()).unwrap().gid();
+        (gid.to_string(), gid)
+    };
+    let data = dir.path().join("data");
+    let data_s = data.to_str().unwrap();
+    let sock = dir.path().join("g.sock");
+    // umask 077 would make the files 0600 if the modes were not set
+    // explicitly after creation.
+    let mut d = Daemon::start_with_umask(&sock, "077", &["-b", data_s, "--data-group", &group]);
+    write_some(&sock);
+    assert_modes(&data, 0o750, 0o640, Some(gid));
+    assert!(d.term().success());
+    assert_modes(&data, 0o750, 0o640, Some(gid));
+    // An unknown group is refused, naming it.
+    let out = run(&["-b", data_s, "--data-group", "no-such-group-spindle"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no group named \"no-such-group-spindle\""), "{err}");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use crate::engine::Engine;
 use crate::error::BuildError;
-use spindle_wal::RecoveryMode;
+use spindle_wal::{FileAccess, RecoveryMode};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ pub enum Durability {
 pub struct EngineBuilder {
     pub(crate) shards: Option<usize>,
     pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) data_access: FileAccess,
     pub(crate) durability: Option<Durability>,
     pub(crate) max_jobs: u64,
     pub(crate) max_bytes: u64,
@@ -64,6 +65,9 @@ impl Default for EngineBuilder {
         EngineBuilder {
             shards: None,
             data_dir: None,
+            // Job payloads are in the logs: private to this user (0700
+            // directories, 0600 files), like spindled's socket.
+            data_access: FileAccess::Private,
             durability: None,
             // 10 M jobs / 1 GiB of payload: room for bursts on a small
             // machine while staying far below its memory.
@@ -125,6 +129,18 @@ impl EngineBuilder {
     /// and `Sync` durability.
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Who may read the data directory, the shard directories and the
+    /// log files in them (default [`FileAccess::Private`]: 0700 directories,
+    /// 0600 files; [`FileAccess::Group`]: 0750 and 0640, given to the
+    /// group). Modes are exact whatever the umask; an existing directory is
+    /// set to them when it belongs to this user and is not shared (sticky,
+    /// like `/tmp`), else left as it is with a warning, and log files
+    /// written before are tightened when their log is opened.
+    pub fn data_access(mut self, access: FileAccess) -> Self {
+        self.data_access = access;
         self
     }
 

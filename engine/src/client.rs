@@ -9,7 +9,11 @@
 //!
 //! 1. Connect. [`Client::connect_default`] uses the socket `spindled` listens
 //!    on by default ([`default_socket`]); [`Client::connect`] takes
-//!    `unix:PATH`, a path containing `/`, or `HOST:PORT`.
+//!    `unix:PATH`, a path containing `/`, or `HOST:PORT`. A Unix socket
+//!    must belong to this process's user or root, in a directory not every
+//!    user may write to, or the client refuses it before sending anything
+//!    (another user may have bound it first);
+//!    [`ConnectOptions::allow_foreign_socket`] trusts it anyway.
 //! 2. Produce: [`Client::use_tube`] picks the tube (queue) that puts go to,
 //!    then [`Client::put`] returns the new job's id.
 //! 3. Consume: [`Client::watch`] adds a tube to the set reserves take jobs
@@ -97,6 +101,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+mod trust;
+pub use trust::ConnectOptions;
+
 /// The most commands [`Client::execute`] has in flight before it reads
 /// their replies. Replies to pipelined commands are at most a few dozen
 /// bytes, so a window's replies fit in the socket buffers and neither side
@@ -158,6 +165,46 @@ pub enum ClientError {
         /// The operating system's error.
         #[source]
         source: io::Error,
+    },
+    /// The Unix socket belongs to a user who is neither this process's
+    /// user nor root: any user can bind a socket where spindled's should be
+    /// (under `/tmp` for one), and a job sent there goes to that user's
+    /// server. Nothing was sent. Connect with
+    /// [`ConnectOptions::allow_foreign_socket`] to trust it.
+    #[error(
+        "refusing to connect to {path}: the socket belongs to {}, not to {}, so the server \
+         behind it may be another user's; if you trust it, connect anyway with \
+         `spindle --allow-foreign-socket` (Rust client: ConnectOptions::allow_foreign_socket)",
+        trust::describe_user(.owner, .owner_name),
+        trust::describe_trusted(.caller)
+    )]
+    ForeignSocket {
+        /// The socket path.
+        path: PathBuf,
+        /// The uid that owns the socket file (or a symbolic link to it).
+        owner: u32,
+        /// That user's login name, when known.
+        owner_name: Option<String>,
+        /// This process's effective uid.
+        caller: u32,
+    },
+    /// The Unix socket lies in a directory any user may write to (without
+    /// the sticky bit), so anyone could have put it there or may swap it.
+    /// Nothing was sent. Connect with
+    /// [`ConnectOptions::allow_foreign_socket`] to trust it.
+    #[error(
+        "refusing to connect to {path}: its directory {dir} may be written by any user (mode \
+         {mode:04o}, no sticky bit), so anyone could have put the socket there; move the socket \
+         to a private directory, or connect anyway with `spindle --allow-foreign-socket` (Rust \
+         client: ConnectOptions::allow_foreign_socket)"
+    )]
+    OpenSocketDir {
+        /// The socket path.
+        path: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
+        /// The directory's mode.
+        mode: u32,
     },
     /// Reading or writing the connection failed, or the server closed it.
     /// The connection is unusable afterwards.
@@ -723,9 +770,19 @@ impl Client {
     /// Connects to `addr`: `unix:PATH` or a path containing `/` for a Unix
     /// socket; `HOST:PORT` (or `tcp:HOST[:PORT]`) for TCP. Anything else is
     /// taken as a socket path.
+    ///
+    /// A Unix socket must belong to this process's user or to root, in a
+    /// directory not every user may write to; anything else is refused
+    /// ([`ClientError::ForeignSocket`], [`ClientError::OpenSocketDir`])
+    /// unless [`Client::connect_with`] allows it.
     pub fn connect(addr: &str) -> Result<Client> {
+        Client::connect_with(addr, ConnectOptions::default())
+    }
+
+    /// [`Client::connect`] with options.
+    pub fn connect_with(addr: &str, opts: ConnectOptions) -> Result<Client> {
         match parse_addr(addr) {
-            Addr::Unix(path) => Client::connect_unix(path),
+            Addr::Unix(path) => Client::connect_unix_with(path, opts),
             Addr::Tcp(hostport) => match TcpStream::connect(&hostport) {
                 Ok(s) => {
                     // Small commands must not wait for Nagle's timer.
@@ -743,9 +800,18 @@ impl Client {
         }
     }
 
-    /// Connects to the Unix socket at `path`.
+    /// Connects to the Unix socket at `path`, which must belong to this
+    /// process's user or root (see [`Client::connect`]).
     pub fn connect_unix(path: impl AsRef<Path>) -> Result<Client> {
+        Client::connect_unix_with(path, ConnectOptions::default())
+    }
+
+    /// [`Client::connect_unix`] with options; with
+    /// [`ConnectOptions::allow_foreign_socket`] the socket's owner and
+    /// directory are not checked.
+    pub fn connect_unix_with(path: impl AsRef<Path>, opts: ConnectOptions) -> Result<Client> {
         let path = path.as_ref();
+        trust::check(path, opts)?;
         let addr = format!("socket {}", path.display());
         match UnixStream::connect(path) {
             Ok(s) => Ok(Client::from_stream(Stream::Unix(s), addr)),

@@ -308,8 +308,9 @@ impl Engine {
         // Never strand a shard directory written by a run with more shards.
         let dir = if durability == Durability::Memory { None } else { b.data_dir.clone() };
         if let Some(dir) = &dir {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| BuildError::Config(format!("{}: {e}", dir.display())))?;
+            b.data_access
+                .prepare_dir(dir)
+                .map_err(|source| BuildError::DataDir { dir: dir.clone(), source })?;
             while shard_dir(dir, n).join("LOCK").exists() || has_segments(&shard_dir(dir, n)) {
                 tracing::warn!(
                     shard = n,
@@ -358,6 +359,7 @@ impl Engine {
                         segment_size: b.segment_size,
                         sync: policy,
                         recovery: b.recovery,
+                        access: b.data_access,
                         ..WalOptions::default()
                     };
                     let (wal, report) = Wal::open(shard_dir(dir, i), opts)

@@ -53,6 +53,16 @@ pub enum BuildError {
     /// The settings cannot work together.
     #[error("invalid engine configuration: {0}")]
     Config(String),
+    /// The data directory could not be created or given its access
+    /// ([`crate::EngineBuilder::data_access`]).
+    #[error("data directory {dir}: {source}")]
+    DataDir {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// The error.
+        #[source]
+        source: WalError,
+    },
     /// A shard's log could not be opened or recovered.
     #[error("shard {shard}: {source}")]
     Wal {

@@ -49,6 +49,7 @@ pub use engine::{Engine, Handler};
 pub use error::{BuildError, ShutdownError, SubmitError};
 pub use job::{Job, JobId, JobRef, Outcome, DEFAULT_MAX_ATTEMPTS, MAX_QUEUE_NAME};
 pub use spindle_wal as wal;
+pub use spindle_wal::FileAccess;
 pub use stats::{
     ControllerInputs, Latency, QueueStats, ShardStats, StallReport, Stats, WorkerStats,
 };

@@ -562,3 +562,75 @@ fn default_socket_follows_the_environment_rules() {
         }
     }
 }
+
+/// The owner check, as a second user: a server run as `nobody` (uid
+/// 65534) on a socket in a world-writable sticky directory, as anyone
+/// could bind `/tmp/spindled-0.sock` first. Only root can start a process
+/// as another user; elsewhere this prints a notice and returns (CI runs
+/// as root).
+#[test]
+fn a_socket_another_user_bound_is_refused_unless_trusted() {
+    use spindle_engine::client::ConnectOptions;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+        eprintln!(
+            "notice: not root, so no server can be started as a second user; \
+             the foreign-socket test is skipped (CI runs it as root)"
+        );
+        return;
+    }
+    let setpriv = Command::new("setpriv").arg("--version").output();
+    assert!(
+        setpriv.is_ok_and(|o| o.status.success()),
+        "this test runs a server as `nobody` with setpriv: `apt-get install -y util-linux`"
+    );
+    let dir = tempfile::Builder::new().prefix("squat").tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let mut bin = std::env::var("SPINDLE_TEST_SERVER").unwrap_or_else(|_| "beanstalkd".into());
+    if bin.contains('/') {
+        // `nobody` may not be able to reach the build directory: run a copy.
+        let copy = dir.path().join("server");
+        std::fs::copy(&bin, &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        bin = copy.to_str().unwrap().to_string();
+    }
+    let sock = dir.path().join("spindled-0.sock");
+    let listen = format!("unix:{}", sock.display());
+    let child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", &bin, "-l", &listen])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut squatter = Server { child, sock: sock.clone(), _dir: dir };
+    let deadline = Instant::now() + START_LIMIT;
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        if let Some(status) = squatter.child.try_wait().unwrap() {
+            panic!("the squatter `{bin}` exited with {status} before listening");
+        }
+        assert!(Instant::now() < deadline, "the squatter `{bin}` did not listen");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(std::fs::metadata(&sock).unwrap().uid(), 65534);
+
+    for result in [Client::connect_unix(&sock), Client::connect(&listen)] {
+        match result {
+            Err(ClientError::ForeignSocket { path, owner, owner_name, caller }) => {
+                assert_eq!(
+                    (path, owner, owner_name.as_deref(), caller),
+                    (sock.clone(), 65534, Some("nobody"), 0)
+                );
+            }
+            other => panic!("connected to another user's socket: {other:?}"),
+        }
+    }
+    let err = Client::connect_unix(&sock).unwrap_err().to_string();
+    assert!(err.contains("uid 65534 (nobody)") && err.contains("allow_foreign_socket"), "{err}");
+    let trusting = ConnectOptions::default().allow_foreign_socket(true);
+    let mut c = Client::connect_unix_with(&sock, trusting).unwrap();
+    assert_eq!(c.stats().unwrap().get_u64("total-jobs"), Some(0), "nothing was delivered");
+    c.put(0, NOW, TTR, b"trusted").unwrap();
+    let mut c2 = Client::connect_with(&listen, trusting).unwrap();
+    assert_eq!(c2.stats().unwrap().get_u64("total-jobs"), Some(1));
+    drop(squatter);
+}

@@ -11,12 +11,16 @@
 //! ```
 //!
 //! Every command talks to `--socket` (or `$SPINDLE_SOCKET`, else the default
-//! socket spindled listens on). Errors go to stderr and exit non-zero.
+//! socket spindled listens on). A Unix socket owned by another user (not
+//! the caller, not root), or in a directory anyone may write to, is refused
+//! unless `--allow-foreign-socket` is given. Errors go to stderr and exit
+//! non-zero.
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Map, Value};
 use spindle::engine::client::{
-    default_socket, Client, ClientError, FailOutcome, Job, JobState, PutUnique, StatsMap,
+    default_socket, Client, ClientError, ConnectOptions, FailOutcome, Job, JobState, PutUnique,
+    StatsMap,
 };
 use std::error::Error;
 use std::io::{Read, Write};
@@ -40,6 +44,11 @@ struct Cli {
         default_value_t = default_socket().display().to_string()
     )]
     socket: String,
+    /// Connect even when the Unix socket belongs to another user (not you,
+    /// not root) or lies in a directory anyone may write to. Without it
+    /// such a socket is refused: another user may have bound it first.
+    #[arg(long, global = true)]
+    allow_foreign_socket: bool,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -201,12 +210,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn connect(addr: &str) -> CliResult<Client> {
-    Ok(Client::connect(addr)?)
+/// The server to talk to and how (`--socket`, `--allow-foreign-socket`).
+#[derive(Clone, Copy)]
+struct Server<'a> {
+    addr: &'a str,
+    opts: ConnectOptions,
+}
+
+impl std::fmt::Display for Server<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.addr)
+    }
+}
+
+fn connect(server: Server<'_>) -> CliResult<Client> {
+    Ok(Client::connect_with(server.addr, server.opts)?)
 }
 
 fn run(cli: Cli) -> CliResult<ExitCode> {
-    let addr = cli.socket.as_str();
+    let opts = ConnectOptions::default().allow_foreign_socket(cli.allow_foreign_socket);
+    let addr = Server { addr: cli.socket.as_str(), opts };
     match cli.command {
         Cmd::Put(args) => put(addr, args),
         Cmd::Stats { queue, job, json } => stats(addr, queue, job, json),
@@ -311,7 +334,7 @@ fn clear_by_peeking(c: &mut Client, queue: &str, states: &[JobState]) -> CliResu
 
 // ----- put -----
 
-fn put(addr: &str, a: PutArgs) -> CliResult<ExitCode> {
+fn put(addr: Server<'_>, a: PutArgs) -> CliResult<ExitCode> {
     let body = match a.data {
         Some(d) => d.into_bytes(),
         None => {
@@ -378,7 +401,12 @@ fn print_stats(s: &StatsMap) {
     }
 }
 
-fn stats(addr: &str, queue: Option<String>, job: Option<u64>, json: bool) -> CliResult<ExitCode> {
+fn stats(
+    addr: Server<'_>,
+    queue: Option<String>,
+    job: Option<u64>,
+    json: bool,
+) -> CliResult<ExitCode> {
     let mut c = connect(addr)?;
     let ext = c.supports_extensions()?;
     let s = match (queue, job) {
@@ -424,7 +452,7 @@ fn queue_rows(c: &mut Client, ext: bool) -> CliResult<Vec<QueueRow>> {
     Ok(rows)
 }
 
-fn queues(addr: &str, json: bool) -> CliResult<ExitCode> {
+fn queues(addr: Server<'_>, json: bool) -> CliResult<ExitCode> {
     let mut c = connect(addr)?;
     let rows = queue_rows(&mut c, false)?;
     if json {
@@ -466,7 +494,7 @@ fn queues(addr: &str, json: bool) -> CliResult<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn peek(addr: &str, a: PeekArgs) -> CliResult<ExitCode> {
+fn peek(addr: Server<'_>, a: PeekArgs) -> CliResult<ExitCode> {
     let mut c = connect(addr)?;
     let (job, what) = match a.id {
         Some(id) => (c.peek(id)?, format!("no job {id}")),
@@ -533,7 +561,7 @@ const IDLE_RESERVE: Duration = Duration::from_secs(1);
 /// The most stderr kept as a failed job's error.
 const ERROR_TAIL: usize = 2048;
 
-fn work(addr: &str, a: WorkArgs) -> CliResult<ExitCode> {
+fn work(addr: Server<'_>, a: WorkArgs) -> CliResult<ExitCode> {
     if a.concurrency == 0 {
         return Err("--concurrency must be at least 1".into());
     }
@@ -802,7 +830,7 @@ fn spawn_and_wait(c: &mut Client, s: &Shared, job: Job) -> std::io::Result<(Ran,
 
 // ----- top -----
 
-fn top(addr: &str, once: bool, json: bool, interval: f64) -> CliResult<ExitCode> {
+fn top(addr: Server<'_>, once: bool, json: bool, interval: f64) -> CliResult<ExitCode> {
     let interval = Duration::try_from_secs_f64(interval)
         .ok()
         .filter(|d| *d >= Duration::from_millis(100))

@@ -22,6 +22,7 @@ use spindle::engine::server::{
     Listen, Recovery, Server, ServerConfig, SyncMode, DEFAULT_MAX_JOB_SIZE, DEFAULT_SEGMENT_SIZE,
     MAX_JOB_SIZE_LIMIT,
 };
+use spindle::FileAccess;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 enum Durability {
@@ -49,6 +50,11 @@ struct Args {
     /// without it, jobs live in memory only.
     #[arg(short = 'b', long = "data-dir", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Let this group (a name or a gid) read the data directory: it is
+    /// made 0750 and its log files 0640, all given to the group. Without
+    /// it they are private to spindled's user (0700 and 0600).
+    #[arg(long, value_name = "GROUP", requires = "data_dir")]
+    data_group: Option<String>,
     /// fsync at most every MS milliseconds (default 50); -f0 syncs before
     /// every reply that changed state.
     #[arg(short = 'f', value_name = "MS")]
@@ -180,6 +186,9 @@ fn config(a: &Args) -> Result<ServerConfig, String> {
         }
     }
     cfg.data_dir = a.data_dir.clone();
+    if let Some(g) = &a.data_group {
+        cfg.data_access = FileAccess::group_named(g).map_err(|e| format!("--data-group: {e}"))?;
+    }
     cfg.sync = if durability == Durability::Sync || a.fsync_ms == Some(0) {
         SyncMode::Always
     } else if a.never_fsync {

@@ -112,6 +112,7 @@ mod fuzz_one {
             sync: SyncPolicy::Never,
             recovery,
             prepare_ahead: 1,
+            access: spindle_wal::FileAccess::Private,
         }
     }
 

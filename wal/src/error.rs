@@ -87,6 +87,12 @@ pub enum WalError {
     /// The options cannot work.
     #[error("invalid WAL configuration: {0}")]
     Config(String),
+    /// [`crate::FileAccess::group_named`] found no such group.
+    #[error("no group named {name:?}: create it (groupadd) or give a gid")]
+    UnknownGroup {
+        /// The name looked up.
+        name: String,
+    },
 }
 
 impl WalError {

@@ -38,6 +38,7 @@
 
 #![deny(unsafe_code)]
 
+mod access;
 mod cursor;
 mod error;
 mod log;
@@ -49,6 +50,7 @@ mod segment;
 pub mod storage;
 mod sync;
 
+pub use access::FileAccess;
 pub use error::WalError;
 pub use log::{Appender, SyncPolicy, Wal, WalOptions, WalStats};
 pub use record::{

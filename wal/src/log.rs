@@ -21,7 +21,7 @@ use crate::record::{frame_len, Record, FRAME_HEADER, KIND_PADDING, MAX_PAYLOAD};
 use crate::recovery::{self, Kept, RecoveryMode, RecoveryReport};
 use crate::segment::{Header, Segment, SEGMENT_HEADER};
 use crate::storage::{FsStorage, Storage};
-use crate::WalError;
+use crate::{FileAccess, WalError};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -64,6 +64,10 @@ pub struct WalOptions {
     pub recovery: RecoveryMode,
     /// Segments kept ready beyond the one being written (at least 1).
     pub prepare_ahead: u64,
+    /// Who may read the log's directory and files (default: only the
+    /// owner, 0700/0600). Used by [`Wal::open`]; with [`Wal::open_with`]
+    /// the [`Storage`] decides (for files, [`FsStorage::with_access`]).
+    pub access: FileAccess,
 }
 
 /// Default segment size: 64 MiB (large enough that segment switches are rare
@@ -78,6 +82,7 @@ impl Default for WalOptions {
             sync: SyncPolicy::default(),
             recovery: RecoveryMode::default(),
             prepare_ahead: 1,
+            access: FileAccess::Private,
         }
     }
 }
@@ -343,7 +348,7 @@ impl Wal {
         dir: impl AsRef<Path>,
         opts: WalOptions,
     ) -> Result<(Wal, RecoveryReport), WalError> {
-        Self::open_with(Arc::new(FsStorage::new(dir)?), opts)
+        Self::open_with(Arc::new(FsStorage::with_access(dir, opts.access)?), opts)
     }
 
     /// Opens the log on any [`Storage`].

@@ -98,6 +98,10 @@ pub struct ServerConfig {
     pub listen: Vec<Listen>,
     /// The write-ahead log's directory (`-b`); `None` keeps jobs in memory.
     pub data_dir: Option<PathBuf>,
+    /// Who may read the data directory and its log files (default: only
+    /// this user, 0700/0600; `--data-group` gives a group 0750/0640). See
+    /// [`FileAccess`](spindle_wal::FileAccess).
+    pub data_access: spindle_wal::FileAccess,
     /// When the log is synced.
     pub sync: SyncMode,
     /// Damaged tails.
@@ -147,6 +151,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: vec![Listen::Unix(crate::client::default_socket())],
             data_dir: None,
+            data_access: spindle_wal::FileAccess::Private,
             sync: SyncMode::Interval(Duration::from_millis(50)),
             recovery: Recovery::Truncate,
             max_job_size: DEFAULT_MAX_JOB_SIZE,
@@ -176,6 +181,18 @@ pub enum ServerError {
     SocketInUse {
         /// The socket path.
         path: PathBuf,
+    },
+    /// Something that is not a socket is at the socket path; it is left
+    /// untouched.
+    #[error(
+        "{path} exists and is {what}, not a socket: refusing to replace it; move it away or \
+         choose another --socket path"
+    )]
+    SocketPathTaken {
+        /// The socket path.
+        path: PathBuf,
+        /// What is there ("a regular file", "a directory", ...).
+        what: &'static str,
     },
     /// Binding or configuring a listener failed.
     #[error("cannot listen on {addr}: {source}")]

@@ -115,6 +115,12 @@ impl Server {
             latency_target: cfg.latency_target,
             version: cfg.version.clone(),
         };
+        // Refuse an occupied socket path before touching the data directory.
+        for l in &cfg.listen {
+            if let Listen::Unix(path) = l {
+                check_socket_path(path)?;
+            }
+        }
         let mut dropped = None;
         let log = match &cfg.data_dir {
             None => None,
@@ -134,9 +140,12 @@ impl Server {
                         Recovery::Strict => RecoveryMode::Strict,
                     },
                     prepare_ahead: 1,
+                    access: cfg.data_access,
                 };
                 let wal_err = |source| ServerError::Wal { dir: dir.clone(), source };
-                let storage = FsStorage::new(dir).map_err(wal_err)?.with_prefault(cfg.log_prefault);
+                let storage = FsStorage::with_access(dir, cfg.data_access)
+                    .map_err(wal_err)?
+                    .with_prefault(cfg.log_prefault);
                 let (wal, report) = Wal::open_with(Arc::new(storage), opts).map_err(wal_err)?;
                 if let Some(t) = &report.truncated {
                     tracing::warn!(
@@ -618,13 +627,12 @@ impl Server {
 }
 
 /// Binds a Unix socket: a stale socket file is replaced, a live one is an
-/// error; the socket gets `mode` before anyone can connect.
+/// error, and so is anything else at the path (a regular file, a directory,
+/// a symbolic link...: it is never removed). The socket gets `mode` before
+/// anyone can connect.
 fn bind_unix(path: &PathBuf, mode: u32) -> Result<UnixListener, ServerError> {
     let err = |source| ServerError::Listen { addr: format!("unix:{}", path.display()), source };
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(ServerError::SocketInUse { path: path.clone() });
-        }
+    if check_socket_path(path)? {
         std::fs::remove_file(path).map_err(err)?;
     }
     // Bind under a private temporary name, set the mode, then rename into
@@ -635,6 +643,42 @@ fn bind_unix(path: &PathBuf, mode: u32) -> Result<UnixListener, ServerError> {
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)?;
     Ok(l)
+}
+
+/// What is at a socket path we are to listen on: `Ok(false)` nothing,
+/// `Ok(true)` a stale socket (connecting is refused: nobody listens).
+/// A live socket, anything that is not a socket, and a socket whose state
+/// cannot be told are errors.
+pub(super) fn check_socket_path(path: &std::path::Path) -> Result<bool, ServerError> {
+    use std::os::unix::fs::FileTypeExt;
+    let err = |source| ServerError::Listen { addr: format!("unix:{}", path.display()), source };
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(err(e)),
+    };
+    let ft = meta.file_type();
+    if !ft.is_socket() {
+        let what = if ft.is_file() {
+            "a regular file"
+        } else if ft.is_dir() {
+            "a directory"
+        } else if ft.is_symlink() {
+            "a symbolic link"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_block_device() || ft.is_char_device() {
+            "a device file"
+        } else {
+            "not a socket"
+        };
+        return Err(ServerError::SocketPathTaken { path: path.to_path_buf(), what });
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(ServerError::SocketInUse { path: path.to_path_buf() }),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(true),
+        Err(e) => Err(err(e)),
+    }
 }
 
 /// The peer's uid (SO_PEERCRED).

@@ -44,6 +44,7 @@ pub(super) fn open_log(dir: &std::path::Path) -> Log {
         sync: spindle_wal::SyncPolicy::Never,
         recovery: spindle_wal::RecoveryMode::Truncate,
         prepare_ahead: 1,
+        ..WalOptions::default()
     };
     let (wal, _) = Wal::open(dir, opts).unwrap();
     Log::inline(wal)

@@ -1,7 +1,7 @@
 //! [`FsStorage`]: segment files in a directory, preallocated and mmapped.
 
 use super::{SegmentMap, Storage};
-use crate::WalError;
+use crate::{FileAccess, WalError};
 use memmap2::MmapRaw;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -29,21 +29,28 @@ pub struct FsStorage {
     sync: SyncMethod,
     zero_fill: bool,
     prefault: bool,
+    access: FileAccess,
 }
 
 impl FsStorage {
-    /// Uses (and creates if needed) `dir`.
+    /// Uses (and creates if needed) `dir`, private to this process's user
+    /// ([`FileAccess::Private`]).
     pub fn new(dir: impl AsRef<Path>) -> Result<Self, WalError> {
+        Self::with_access(dir, FileAccess::Private)
+    }
+
+    /// Uses (and creates if needed) `dir`, giving it and every file in it
+    /// `access` (see [`FileAccess`] for what happens to an existing
+    /// directory and to files written before).
+    pub fn with_access(dir: impl AsRef<Path>, access: FileAccess) -> Result<Self, WalError> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|e| WalError::io("create directory", &dir, e))?;
+        access.prepare_dir(&dir)?;
         let lock_path = dir.join("LOCK");
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(|e| WalError::io("open lock file", &lock_path, e))?;
+        let lock = access.open_file(
+            "open lock file",
+            &lock_path,
+            OpenOptions::new().read(true).write(true).create(true).truncate(false),
+        )?;
         // SAFETY: flock on a descriptor we own; it only reads its arguments.
         let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
@@ -59,6 +66,7 @@ impl FsStorage {
             sync: SyncMethod::default(),
             zero_fill: false,
             prefault: false,
+            access,
         })
     }
 
@@ -101,6 +109,11 @@ impl FsStorage {
     /// The directory holding the segments.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Who may read the directory and its files.
+    pub fn access(&self) -> FileAccess {
+        self.access
     }
 
     fn path(&self, base: u64) -> PathBuf {
@@ -158,13 +171,12 @@ impl Storage for FsStorage {
         let path = self.path(base);
         let tmp = path.with_extension("wal.tmp");
         let result = (|| {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .map_err(|e| WalError::io("create segment", &tmp, e))?;
+            // Private before the first byte of it is written.
+            let file = self.access.open_file(
+                "create segment",
+                &tmp,
+                OpenOptions::new().read(true).write(true).create(true).truncate(true),
+            )?;
             let len_off = libc::off_t::try_from(len)
                 .map_err(|_| WalError::Config(format!("segment size {len} too large")))?;
             // SAFETY: `file` is an open descriptor we own; posix_fallocate only
@@ -213,11 +225,12 @@ impl Storage for FsStorage {
 
     fn open(&self, base: u64) -> Result<Arc<dyn SegmentMap>, WalError> {
         let path = self.path(base);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| WalError::io("open segment", &path, e))?;
+        // A segment written before files were private is tightened here.
+        let file = self.access.open_file(
+            "open segment",
+            &path,
+            OpenOptions::new().read(true).write(true),
+        )?;
         // Existing segments are read front to back by recovery.
         self.map(file, &path, memmap2::Advice::Sequential)
     }
