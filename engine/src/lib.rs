@@ -32,7 +32,6 @@ pub mod client;
 mod control;
 mod engine;
 mod error;
-mod idhash;
 mod job;
 mod lag;
 mod park;

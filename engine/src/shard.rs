@@ -277,13 +277,6 @@ fn append_frames(
     Ok(last)
 }
 
-/// What the shard remembers of a job its table holds, for latency figures.
-#[derive(Debug, Clone, Copy)]
-struct Seen {
-    /// Engine-clock nanoseconds of submission.
-    submitted_ns: u64,
-}
-
 /// The shard thread's own state.
 pub(crate) struct Shard {
     sh: Arc<ShardShared>,
@@ -316,7 +309,6 @@ pub(crate) struct Shard {
     gb_busy_ns: u64,
     /// The queue last stored in `ctl.running_queue`.
     running_queue: Arc<str>,
-    seen: HashMap<u64, Seen, crate::idhash::IdBuild>,
     worker: Worker<Task>,
     appender: Option<Appender>,
     /// Completed and failed runs per queue, and run times.
@@ -389,7 +381,6 @@ impl Shard {
             gb_completions: 0,
             gb_busy_ns: 0,
             running_queue: Arc::from(""),
-            seen: HashMap::default(),
             worker,
             appender,
             queues: HashMap::new(),
@@ -415,11 +406,6 @@ impl Shard {
             shard.table.queues().map(|(q, n)| (q, Arc::from(n))).collect();
         for (q, n) in names {
             shard.name_queue(q, n);
-        }
-        let now = shard.now_ns();
-        let ids: Vec<u64> = shard.table.job_ids().collect();
-        for id in ids {
-            shard.seen.insert(id, Seen { submitted_ns: now });
         }
         shard
     }
@@ -509,9 +495,7 @@ impl Shard {
                 return None;
             }
         };
-        if let Put::Created(id) = put {
-            let submitted_ns = self.ns_of(j.created);
-            self.seen.insert(id, Seen { submitted_ns });
+        if let Put::Created(_) = put {
             if j.due.is_none() {
                 let now = self.now_ns();
                 self.arrived(q, now);
@@ -680,7 +664,6 @@ impl Shard {
     /// Removes a job without logging (its `Put` never reached the log).
     fn forget(&mut self, id: u64) {
         let _ = self.table.delete(id, Some(By::holder(HOLDER)), &mut Records::disabled());
-        self.seen.remove(&id);
     }
 
     /// Undoes `take` for a task that did not run.
@@ -696,8 +679,9 @@ impl Shard {
 
     /// Step 2: due delayed jobs become ready.
     fn fire_timers(&mut self) -> bool {
+        let Some(due) = self.table.next_due() else { return false };
         let now = self.now_t();
-        if self.table.next_due().is_none_or(|d| d > now) {
+        if due > now {
             return false;
         }
         let before = self.table.totals().ready;
@@ -736,7 +720,9 @@ impl Shard {
             attempt: lease.token,
             priority: j.pri,
             ready_ns: self.ns_of(ready),
-            submitted_ns: self.seen.get(&id).map_or(0, |s| s.submitted_ns),
+            // The table's creation time is the submission (the producer's
+            // clock reading, passed as the put's time).
+            submitted_ns: self.ns_of(j.created),
         })
     }
 
@@ -1034,7 +1020,6 @@ impl Shard {
         match outcome {
             Outcome::Done => {
                 if self.table.complete(id, by, &mut self.recs).is_ok() {
-                    self.seen.remove(&id);
                     self.counters.release(1, len);
                     self.queues.entry(q.clone()).or_default().0 += 1;
                 }
