@@ -169,19 +169,7 @@ impl IdMap {
 
     /// Every (id, slot), in id order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
-        let base = self.base;
-        let dense = self.chunks.iter().enumerate().flat_map(move |(k, ch)| {
-            ch.iter().flat_map(move |ch| {
-                ch.slots
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, &s)| s != NONE)
-                    .map(move |(i, &s)| (((base + k as u64) << CHUNK_BITS) + i as u64, s))
-            })
-        });
-        let mut far: Vec<(u64, u32)> = self.far.iter().map(|(&k, &v)| (k, v)).collect();
-        far.sort_unstable();
-        Merge { a: dense.peekable(), b: far.into_iter().peekable() }
+        self.iter_from(0)
     }
 }
 

@@ -37,6 +37,7 @@
 #![deny(unsafe_code)]
 
 mod check;
+pub mod compact;
 mod error;
 mod idmap;
 mod job;

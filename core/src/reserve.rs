@@ -149,9 +149,14 @@ impl Table {
     }
 
     fn best_slot(&mut self, now: Time, queues: &[QueueId]) -> Option<u32> {
+        self.best_in(now, queues.iter().map(|q| q.0))
+    }
+
+    /// The slot of the most urgent ready job among the unpaused `queues`.
+    fn best_in(&mut self, now: Time, queues: impl Iterator<Item = u32>) -> Option<u32> {
         let mut best: Option<(u32, u64, u32)> = None;
         for q in queues {
-            let Some(x) = self.queues.get_mut(q.0 as usize).and_then(|x| x.as_mut()) else {
+            let Some(x) = self.queues.get_mut(q as usize).and_then(|x| x.as_mut()) else {
                 continue;
             };
             if x.paused(now) {
@@ -185,21 +190,7 @@ impl Table {
 
     /// The most urgent ready job among the unpaused queues of `queues`.
     fn best_of(&mut self, now: Time, queues: &[u32]) -> Option<u32> {
-        let mut best: Option<(u32, u64, u32)> = None;
-        for &q in queues {
-            let Some(x) = self.queues.get_mut(q as usize).and_then(|x| x.as_mut()) else {
-                continue;
-            };
-            if x.paused(now) {
-                continue;
-            }
-            if let Some(c) = x.ready.best(&self.slab) {
-                if best.is_none_or(|b| (c.0, c.1) < (b.0, b.1)) {
-                    best = Some(c);
-                }
-            }
-        }
-        best.map(|b| b.2)
+        self.best_in(now, queues.iter().copied())
     }
 
     /// Leases the job in slot `s` to `holder` and logs the reservation.

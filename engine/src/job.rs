@@ -124,26 +124,16 @@ pub enum Outcome {
 }
 
 /// Longest queue name (beanstalkd's tube name limit).
-pub const MAX_QUEUE_NAME: usize = 200;
+pub const MAX_QUEUE_NAME: usize = spindle_core::MAX_QUEUE_NAME;
 
-/// Checks a queue name against DESIGN.md's rules: 1-200 bytes of
-/// `A-Za-z0-9-+/;.$_()`, not starting with `-`.
+/// Checks a queue name against DESIGN.md's rules (the table's rule:
+/// [`spindle_core::validate_queue_name`]).
 pub(crate) fn validate_queue(name: &str) -> Result<(), SubmitError> {
-    let bad =
-        |reason: &'static str| SubmitError::InvalidQueueName { name: name.to_string(), reason };
-    if name.is_empty() {
-        return Err(bad("empty"));
-    }
-    if name.len() > MAX_QUEUE_NAME {
-        return Err(bad("longer than 200 bytes"));
-    }
-    if name.starts_with('-') {
-        return Err(bad("starts with '-'"));
-    }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-+/;.$_()".contains(&b)) {
-        return Err(bad("only A-Z a-z 0-9 and - + / ; . $ _ ( ) are allowed"));
-    }
-    Ok(())
+    spindle_core::validate_queue_name(name).map_err(|e| match e {
+        spindle_core::NameError::Invalid { name, reason } => {
+            SubmitError::InvalidQueueName { name, reason }
+        }
+    })
 }
 
 #[cfg(test)]

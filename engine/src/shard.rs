@@ -35,6 +35,7 @@ use crate::steal::{Task, TaskOutcome};
 use crossbeam_deque::{Steal, Stealer, Worker};
 use crossbeam_queue::{ArrayQueue, SegQueue};
 use hdrhistogram::Histogram;
+use spindle_core::compact::{self, Pass};
 use spindle_core::record::{self as core_record, PutRec};
 use spindle_core::{By, Failed, Put, PutSpec, QueueId, Records, State as JobState, Table, Time};
 use spindle_wal::{Appender, Wal};
@@ -336,15 +337,6 @@ pub(crate) struct Shard {
     offered_best: u32,
     /// Holds one of the pool's search slots (`control::Pool::try_search`).
     searching: bool,
-}
-
-/// A compaction pass: live jobs are rewritten at the tail, walking ids up
-/// to `end_id`; then the segments below `cut` go.
-#[derive(Debug, Clone, Copy)]
-struct Pass {
-    cut: u64,
-    end_id: u64,
-    cursor: u64,
 }
 
 impl Shard {
@@ -1090,15 +1082,9 @@ impl Shard {
                     Some(p) => p,
                     None => {
                         let segs = wal.segments();
-                        let log_bytes: u64 = segs.iter().map(|s| s.1 - s.0).sum();
-                        let tot = self.table.totals();
-                        let live = tot.bytes + 96 * tot.jobs;
-                        if segs.len() <= self.cfg.compact_after_segments || log_bytes <= 2 * live {
-                            return;
-                        }
                         let published = wal.stats().published_lsn;
-                        let Some(cut) = segs.iter().map(|s| s.1).filter(|&e| e <= published).max()
-                        else {
+                        let min = self.cfg.compact_after_segments;
+                        let Some(cut) = compact::cut_for(&self.table, &segs, published, min) else {
                             return;
                         };
                         let old = self.sh.flip_epoch();
@@ -1113,29 +1099,16 @@ impl Shard {
                     self.handle(m);
                 }
                 self.pending_cut = None;
-                Pass { cut, end_id: self.table.next_id(), cursor: 0 }
+                // The engine-wide counter may be ahead of this shard's ids:
+                // the pass's id mark covers every id handed out.
+                let next = self.counters.next_id.load(Ordering::Relaxed);
+                if next > self.table.next_id() {
+                    self.table.skip_ids(next - self.table.next_id());
+                }
+                Pass::new(&self.table, cut)
             }
         };
-        let batch: Vec<u64> = self
-            .table
-            .job_ids_from(pass.cursor)
-            .take_while(|&id| id < pass.end_id)
-            .take(COMPACT_BATCH)
-            .collect();
-        for &id in &batch {
-            self.table.rewrite(id, &mut self.recs);
-        }
-        let done = batch.len() < COMPACT_BATCH;
-        pass.cursor = batch.last().map_or(pass.end_id, |&id| id + 1);
-        if done {
-            self.table.mark_ids(&mut self.recs);
-            // The engine-wide counter may be ahead of this shard's ids.
-            let next = self.counters.next_id.load(Ordering::Relaxed);
-            if next > self.table.next_id() {
-                self.table.skip_ids(next - self.table.next_id());
-                self.table.mark_ids(&mut self.recs);
-            }
-        }
+        let (_, done) = pass.step(&self.table, COMPACT_BATCH, &mut self.recs);
         let Some(lsn) = self.flush() else {
             self.pass = None;
             return;

@@ -19,6 +19,7 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use spindle_core::compact::{self, Pass};
 use spindle_core::record::{self, MoveRec, PutRec, QueueRec, Record};
 use spindle_core::{
     By, Clock, Config, Counts, Failed, JobView, Put, PutSpec, QueueId, Records, Reserved,
@@ -119,26 +120,9 @@ pub(crate) enum Flow {
 /// the loop for long.
 const COMPACT_BATCH: usize = 4096;
 
-/// What a live job is counted as in the log, besides its body, when
-/// deciding whether to compact (its `Put` record's fixed part and queue
-/// name, roughly).
-const JOB_LOG_BYTES: u64 = 80;
-
 /// Largest WAL frame the store writes (a bigger single record, a large
 /// job, is a frame of its own).
 const FRAME_BYTES: usize = 256 << 10;
-
-/// A compaction pass: every live job put before it began is rewritten at
-/// the tail, then the segments below `cut` go.
-#[derive(Debug, Clone, Copy)]
-struct Pass {
-    /// The end of the newest finished segment when the pass began.
-    cut: u64,
-    /// Jobs with ids below this were put before the pass began.
-    end_id: u64,
-    /// The next id to rewrite.
-    cursor: u64,
-}
 
 /// The write-ahead log, when the daemon has a data directory.
 pub(crate) struct Log {
@@ -859,13 +843,7 @@ impl Store {
             conn.producer = true;
         }
         let t = self.time(now);
-        let spec = PutSpec {
-            pri,
-            delay: Duration::from_secs(u64::from(delay)),
-            ttr_s: ttr.max(1),
-            max_attempts: 0,
-            unique,
-        };
+        let spec = put_spec(pri, delay, ttr, unique);
         if let Some(k) = unique {
             // A duplicate is answered before anything else, and uses no id.
             if let Some(existing) = self.table.unique(q, k) {
@@ -928,13 +906,7 @@ impl Store {
         }
         let q = self.conn_use(c);
         let t = self.time(now);
-        let spec = PutSpec {
-            pri,
-            delay: Duration::from_secs(u64::from(delay)),
-            ttr_s: ttr.max(1),
-            max_attempts: 0,
-            unique: None,
-        };
+        let spec = put_spec(pri, delay, ttr, None);
         let first = self.table.next_id();
         let n = bodies.len() as u64;
         for body in bodies {
@@ -1086,35 +1058,15 @@ impl Store {
             Some(p) => p,
             None => {
                 let segs = log.wal.segments();
-                let log_bytes: u64 = segs.iter().map(|s| s.1 - s.0).sum();
-                let tot = self.table.totals();
-                let live = tot.bytes + JOB_LOG_BYTES * tot.jobs + 128 * tot.queues;
-                if segs.len() <= 4 || log_bytes <= 2 * live {
-                    return;
-                }
                 let published = log.wal.stats().published_lsn;
-                let Some(cut) = segs.iter().map(|s| s.1).filter(|&e| e <= published).max() else {
+                let Some(cut) = compact::cut_for(&self.table, &segs, published, 4) else {
                     return;
                 };
-                Pass { cut, end_id: self.table.next_id(), cursor: 0 }
+                Pass::new(&self.table, cut)
             }
         };
-        let batch: Vec<u64> = self
-            .table
-            .job_ids_from(pass.cursor)
-            .take_while(|&id| id < pass.end_id)
-            .take(COMPACT_BATCH)
-            .collect();
-        for &id in &batch {
-            self.table.rewrite(id, &mut self.recs);
-        }
-        self.ct.records_migrated += batch.len() as u64;
-        let done = batch.len() < COMPACT_BATCH;
-        pass.cursor = batch.last().map_or(pass.end_id, |&id| id + 1);
-        if done {
-            // Tube configurations and the id mark: a snapshot of no jobs.
-            self.table.snapshot_meta(&mut self.recs);
-        }
+        let (n, done) = pass.step(&self.table, COMPACT_BATCH, &mut self.recs);
+        self.ct.records_migrated += n as u64;
         let n = self.recs.len() as u64;
         let Some(log) = &mut self.log else { return };
         let appended = log.append(&self.recs).is_ok();
@@ -1307,6 +1259,18 @@ fn daemon_policy(max_attempts: u32, backoff_ms: u64, backoff_max_ms: u64) -> Ret
         backoff_cap: Duration::from_millis(backoff_max_ms),
         poison_after: 0,
         interruptions_use_attempts: true,
+    }
+}
+
+/// A put's settings from the protocol's numbers (beanstalkd makes a TTR of
+/// 0 one second).
+fn put_spec(pri: u32, delay: u32, ttr: u32, unique: Option<&str>) -> PutSpec<'_> {
+    PutSpec {
+        pri,
+        delay: Duration::from_secs(u64::from(delay)),
+        ttr_s: ttr.max(1),
+        max_attempts: 0,
+        unique,
     }
 }
 
