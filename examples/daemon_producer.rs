@@ -13,7 +13,7 @@
 //! Each chunk of 1,000 puts is one write; the replies are read afterwards
 //! in order, so the producer pays one round trip per chunk, not per job.
 
-use spindle::engine::client::{default_socket, Client};
+use spindle::client::{default_socket, Client};
 use std::error::Error;
 use std::time::{Duration, Instant};
 

@@ -11,7 +11,7 @@
 //! `reserve-batch` and deletes them in one pipelined write; on plain
 //! beanstalkd it does one `reserve` and one `delete` per job.
 
-use spindle::engine::client::{default_socket, Client};
+use spindle::client::{default_socket, Client};
 use std::error::Error;
 use std::time::{Duration, Instant};
 

@@ -19,9 +19,12 @@
 
 #![deny(unsafe_code)]
 
+pub use spindle_client as client;
+pub use spindle_core as table;
 pub use spindle_engine as engine;
 pub use spindle_engine::{
     BuildError, Durability, Engine, EngineBuilder, FileAccess, Handler, Job, JobId, JobRef,
     Latency, Outcome, QueueStats, ShutdownError, Stats, SubmitError, WorkerStats, Workers,
 };
+pub use spindle_server as server;
 pub use spindle_wal as wal;

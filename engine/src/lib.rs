@@ -28,20 +28,20 @@
 
 mod blocking;
 mod builder;
-pub mod client;
 mod control;
 mod engine;
 mod error;
 mod job;
 mod lag;
-mod park;
 mod pin;
 mod record;
-pub mod server;
 mod shard;
 mod stats;
 mod steal;
-mod sync;
+mod sync {
+    //! The loom shim (`spindle-park`), for the engine's atomics.
+    pub(crate) use spindle_park::sync::*;
+}
 
 pub use builder::{Durability, EngineBuilder, Workers};
 pub use engine::{Engine, Handler};

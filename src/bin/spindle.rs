@@ -18,7 +18,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Map, Value};
-use spindle::engine::client::{
+use spindle::client::{
     default_socket, Client, ClientError, ConnectOptions, FailOutcome, Job, JobState, PutUnique,
     StatsMap,
 };

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
-use spindle::engine::server::{
+use spindle::server::{
     Listen, Recovery, Server, ServerConfig, SyncMode, DEFAULT_MAX_JOB_SIZE, DEFAULT_SEGMENT_SIZE,
     MAX_JOB_SIZE_LIMIT,
 };

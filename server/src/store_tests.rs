@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
-use crate::server::persist::{Counts as OldCounts, V1Rec, ST_READY};
-use crate::server::proto::parse;
+use crate::persist::{Counts as OldCounts, V1Rec, ST_READY};
+use crate::proto::parse;
 use spindle_wal::WalOptions;
 
 pub(super) fn cfg() -> StoreConfig {

@@ -70,6 +70,6 @@ fn random_sessions_keep_the_job_table_consistent() {
                 _ => data.extend_from_slice(WORDS[rng.random_range(0..WORDS.len())].as_bytes()),
             }
         }
-        spindle_engine::server::fuzz_session(&data);
+        spindle_server::fuzz_session(&data);
     }
 }

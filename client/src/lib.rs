@@ -24,9 +24,9 @@
 //! 4. Inspect: `peek*`, `stats*`, `list_*`.
 //!
 //! ```no_run
-//! use spindle_engine::client::Client;
+//! use spindle_client::Client;
 //! use std::time::Duration;
-//! # fn main() -> Result<(), spindle_engine::client::ClientError> {
+//! # fn main() -> Result<(), spindle_client::ClientError> {
 //! let mut client = Client::connect_default()?;
 //! client.use_tube("emails")?;
 //! let id = client.put(0, Duration::ZERO, Duration::from_secs(60), b"hello")?;
@@ -49,9 +49,9 @@
 //! the others.
 //!
 //! ```no_run
-//! use spindle_engine::client::{Client, Pipeline};
+//! use spindle_client::{Client, Pipeline};
 //! use std::time::Duration;
-//! # fn main() -> Result<(), spindle_engine::client::ClientError> {
+//! # fn main() -> Result<(), spindle_client::ClientError> {
 //! let mut client = Client::connect("unix:/run/spindled.sock")?;
 //! let bodies: Vec<Vec<u8>> = (0..10_000).map(|i| format!("job {i}").into_bytes()).collect();
 //! let ids = client.put_many(0, Duration::ZERO, Duration::from_secs(60), &bodies)?;
@@ -101,7 +101,12 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+mod error;
+mod reply;
 mod trust;
+pub use error::{ClientError, Result};
+use reply::parse_list;
+pub use reply::{FailOutcome, Job, JobState, PutUnique, Reply, StatsMap};
 pub use trust::ConnectOptions;
 
 /// The most commands [`Client::execute`] has in flight before it reads
@@ -149,342 +154,6 @@ pub fn default_socket() -> PathBuf {
     // of ours.
     let uid = unsafe { libc::getuid() };
     PathBuf::from(format!("/tmp/spindled-{uid}.sock"))
-}
-
-/// Everything that can go wrong talking to the server.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// No connection could be made.
-    #[error("cannot connect to {addr}: {source}; {hint}")]
-    Connect {
-        /// The address tried.
-        addr: String,
-        /// What to do about it.
-        hint: String,
-        /// The operating system's error.
-        #[source]
-        source: io::Error,
-    },
-    /// The Unix socket belongs to a user who is neither this process's
-    /// user nor root: any user can bind a socket where spindled's should be
-    /// (under `/tmp` for one), and a job sent there goes to that user's
-    /// server. Nothing was sent. Connect with
-    /// [`ConnectOptions::allow_foreign_socket`] to trust it.
-    #[error(
-        "refusing to connect to {path}: the socket belongs to {}, not to {}, so the server \
-         behind it may be another user's; if you trust it, connect anyway with \
-         `spindle --allow-foreign-socket` (Rust client: ConnectOptions::allow_foreign_socket)",
-        trust::describe_user(.owner, .owner_name),
-        trust::describe_trusted(.caller)
-    )]
-    ForeignSocket {
-        /// The socket path.
-        path: PathBuf,
-        /// The uid that owns the socket file (or a symbolic link to it).
-        owner: u32,
-        /// That user's login name, when known.
-        owner_name: Option<String>,
-        /// This process's effective uid.
-        caller: u32,
-    },
-    /// The Unix socket lies in a directory any user may write to (without
-    /// the sticky bit), so anyone could have put it there or may swap it.
-    /// Nothing was sent. Connect with
-    /// [`ConnectOptions::allow_foreign_socket`] to trust it.
-    #[error(
-        "refusing to connect to {path}: its directory {dir} may be written by any user (mode \
-         {mode:04o}, no sticky bit), so anyone could have put the socket there; move the socket \
-         to a private directory, or connect anyway with `spindle --allow-foreign-socket` (Rust \
-         client: ConnectOptions::allow_foreign_socket)"
-    )]
-    OpenSocketDir {
-        /// The socket path.
-        path: PathBuf,
-        /// Its directory.
-        dir: PathBuf,
-        /// The directory's mode.
-        mode: u32,
-    },
-    /// Reading or writing the connection failed, or the server closed it.
-    /// The connection is unusable afterwards.
-    #[error("connection to {addr} failed: {source}")]
-    Io {
-        /// The server's address.
-        addr: String,
-        /// The operating system's error.
-        #[source]
-        source: io::Error,
-    },
-    /// `NOT_FOUND`: the job or tube does not exist, or is not in a state
-    /// that allows the command (for example reserved by another connection).
-    #[error("not found: {0}")]
-    NotFound(String),
-    /// `JOB_TOO_BIG`: the body exceeds the server's maximum job size.
-    #[error(
-        "job too big: the body exceeds the server's max-job-size (shown by `spindle stats`; \
-         raise it with `spindled -z BYTES`)"
-    )]
-    JobTooBig,
-    /// `DRAINING`: the server is in drain mode and takes no new jobs.
-    #[error("the server is draining and accepts no new jobs; try again later or another server")]
-    Draining,
-    /// `DEADLINE_SOON`: a job this connection holds is within a second of
-    /// its time-to-run; delete, release or touch it.
-    #[error("a job reserved by this connection is about to time out: delete, release or touch it")]
-    DeadlineSoon,
-    /// `TIMED_OUT` where no timeout was asked for (the connection is
-    /// half-closed). Reserves with a timeout return `None` instead.
-    #[error("the reserve timed out")]
-    TimedOut,
-    /// `EXPECTED_CRLF`: the server did not find `\r\n` after a body. The
-    /// connection is unusable afterwards.
-    #[error(
-        "the server expected \\r\\n after the job body (client and server disagree on framing)"
-    )]
-    ExpectedCrlf,
-    /// `NOT_IGNORED`: a connection must watch at least one tube.
-    #[error("cannot ignore tube {0:?}: it is the only tube this connection watches")]
-    NotIgnored(String),
-    /// `BURIED <id>` to a put, or `BURIED` to a release: the server ran out
-    /// of memory growing a queue and buried the job instead.
-    #[error("the server is short of memory and buried job {id}; kick it later")]
-    Buried {
-        /// The job.
-        id: u64,
-    },
-    /// A fenced command (`*-lease`) named a lease that has ended: the job
-    /// was released, timed out, or reserved again since.
-    #[error(
-        "the lease on job {id} has ended (TTR passed, its holder closed, or it was reserved \
-         again); another worker may be running it: drop this result"
-    )]
-    StaleLease {
-        /// The job.
-        id: u64,
-    },
-    /// The server does not know this extension command (plain beanstalkd).
-    #[error(
-        "the server does not support `{command}`: it is a spindled extension, unknown to this \
-         server (plain beanstalkd?)"
-    )]
-    Unsupported {
-        /// The command.
-        command: &'static str,
-    },
-    /// An error reply with no variant of its own (`BAD_FORMAT`,
-    /// `OUT_OF_MEMORY`, `INTERNAL_ERROR`, `UNKNOWN_COMMAND`).
-    #[error("the server answered {reply} to `{command}`")]
-    Server {
-        /// The command line sent (without any body).
-        command: String,
-        /// The reply line.
-        reply: String,
-    },
-    /// A reply that does not fit the protocol. The connection is unusable
-    /// afterwards.
-    #[error("protocol error after `{command}`: {detail}")]
-    Protocol {
-        /// The command line sent.
-        command: String,
-        /// What was wrong.
-        detail: String,
-    },
-    /// An argument the server would reject; nothing was sent.
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
-    /// An earlier error left the connection out of step with the server.
-    #[error("the connection to {addr} is unusable after an earlier error ({reason}); reconnect")]
-    Broken {
-        /// The server's address.
-        addr: String,
-        /// The earlier error.
-        reason: String,
-    },
-}
-
-/// Result of client calls.
-pub type Result<T, E = ClientError> = std::result::Result<T, E>;
-
-/// A job as returned by reserve and peek commands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Job {
-    /// The job's id.
-    pub id: u64,
-    /// The body, exactly as put.
-    pub body: Vec<u8>,
-}
-
-/// The states a job can be in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum JobState {
-    /// Waiting to be reserved.
-    Ready,
-    /// Waiting for its delay (or retry backoff) to pass.
-    Delayed,
-    /// Leased to a worker.
-    Reserved,
-    /// Dead-lettered; only a kick brings it back.
-    Buried,
-}
-
-impl JobState {
-    /// The protocol's name for the state.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Ready => "ready",
-            JobState::Delayed => "delayed",
-            JobState::Reserved => "reserved",
-            JobState::Buried => "buried",
-        }
-    }
-}
-
-impl fmt::Display for JobState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for JobState {
-    type Err = ClientError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "ready" => Ok(JobState::Ready),
-            "delayed" => Ok(JobState::Delayed),
-            "reserved" => Ok(JobState::Reserved),
-            "buried" => Ok(JobState::Buried),
-            _ => Err(ClientError::InvalidArgument(format!(
-                "unknown job state {s:?} (expected ready, delayed, reserved or buried)"
-            ))),
-        }
-    }
-}
-
-/// What [`Client::put_unique`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PutUnique {
-    /// A new job was created.
-    Inserted(u64),
-    /// A live job of the tube already holds the key; nothing was created.
-    Duplicate(u64),
-}
-
-impl PutUnique {
-    /// The new or existing job's id.
-    pub fn id(self) -> u64 {
-        match self {
-            PutUnique::Inserted(id) | PutUnique::Duplicate(id) => id,
-        }
-    }
-}
-
-/// What [`Client::fail`] did with the job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailOutcome {
-    /// The job will be retried after `delay` (it is `delayed` until then).
-    Retrying {
-        /// Attempts so far, this one included.
-        attempts: u32,
-        /// Backoff before the next attempt.
-        delay: Duration,
-    },
-    /// Attempts are exhausted; the job is buried with the error kept.
-    Buried {
-        /// Attempts made.
-        attempts: u32,
-    },
-}
-
-/// A stats reply: the YAML dictionary's `key: value` pairs in the server's
-/// order, quotes removed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StatsMap {
-    entries: Vec<(String, String)>,
-}
-
-impl StatsMap {
-    /// Parses the simple YAML dictionaries beanstalkd sends (`---` then one
-    /// `key: value` per line). Lines without a colon are skipped.
-    pub fn parse(yaml: &str) -> StatsMap {
-        let entries = yaml
-            .lines()
-            .filter(|l| *l != "---")
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_owned(), unquote(v.trim()).to_owned()))
-            .collect();
-        StatsMap { entries }
-    }
-
-    /// The value of `key`.
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-    }
-
-    /// The value of `key` as an unsigned number.
-    pub fn get_u64(&self, key: &str) -> Option<u64> {
-        self.get(key).and_then(|v| v.parse().ok())
-    }
-
-    /// The pairs, in the server's order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
-
-    /// Number of keys.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether there are no keys.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
-
-impl IntoIterator for StatsMap {
-    type Item = (String, String);
-    type IntoIter = std::vec::IntoIter<(String, String)>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.entries.into_iter()
-    }
-}
-
-fn unquote(v: &str) -> &str {
-    if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') {
-        &v[1..v.len() - 1]
-    } else {
-        v
-    }
-}
-
-/// Parses a YAML list (`---` then one `- item` per line).
-fn parse_list(yaml: &str) -> Vec<String> {
-    yaml.lines()
-        .filter_map(|l| l.strip_prefix("- "))
-        .map(|s| unquote(s.trim()).to_owned())
-        .collect()
-}
-
-/// The reply to one pipelined command.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    /// `put`: the new job's id.
-    Inserted(u64),
-    /// `delete` succeeded.
-    Deleted,
-    /// `use`: the tube now used.
-    Using(String),
-    /// `watch`/`ignore`: how many tubes are watched now.
-    Watching(u32),
-    /// `release` succeeded.
-    Released,
-    /// `bury` succeeded.
-    Buried,
-    /// `touch` succeeded.
-    Touched,
-    /// `kick`: jobs kicked (`kick-job`: always 1).
-    Kicked(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,7 +22,7 @@ use super::{
     Listen, Recovery, ServerConfig, ServerError, ServerHandle, SyncMode, DRAIN, MAX_JOB_SIZE_LIMIT,
     RUN, STOP,
 };
-use crate::park::Parker;
+use spindle_park::Parker;
 
 const WAKER: Token = Token(0);
 

@@ -25,7 +25,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::conn::{Stream, READ_CHUNK};
 use super::remote::{FromIo, Link, PollWaker, ToIo, IN_WINDOW, MSG_COST, OUT_WINDOW};
-use crate::park::Parker;
+use spindle_park::Parker;
 
 /// The waker's token; connections use their key (keys start at 1).
 const WAKER: Token = Token(0);

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use crossbeam_channel::Sender;
 
 use super::conn::Stream;
-use crate::park::{Parker, Unpark};
+use spindle_park::{Parker, Unpark};
 
 /// Bytes the I/O loop reads ahead of what the owner has consumed.
 pub(crate) const IN_WINDOW: usize = 256 << 10;

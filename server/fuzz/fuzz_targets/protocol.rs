@@ -7,5 +7,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    spindle_engine::server::fuzz_session(data);
+    spindle_server::fuzz_session(data);
 });

@@ -6,5 +6,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    spindle_engine::server::fuzz_record(data);
+    spindle_server::fuzz_record(data);
 });

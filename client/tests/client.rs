@@ -4,9 +4,7 @@
 //! server on a socket in a private temporary directory.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use spindle_engine::client::{
-    Client, ClientError, FailOutcome, JobState, Pipeline, PutUnique, Reply,
-};
+use spindle_client::{Client, ClientError, FailOutcome, JobState, Pipeline, PutUnique, Reply};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -333,7 +331,7 @@ fn too_big_job_is_refused_and_the_connection_carries_on() {
     assert!(err.to_string().contains("max-job-size"), "{err}");
     assert!(!c.is_broken());
     let id = c.put(0, NOW, TTR, &vec![b'y'; 65535]).unwrap();
-    assert_eq!(c.reserve().unwrap(), spindle_engine::client::Job { id, body: vec![b'y'; 65535] });
+    assert_eq!(c.reserve().unwrap(), spindle_client::Job { id, body: vec![b'y'; 65535] });
 }
 
 #[test]
@@ -552,7 +550,7 @@ fn tcp_addresses_work_too() {
 fn default_socket_follows_the_environment_rules() {
     // Read-only check of the documented order; the environment is shared
     // by all tests, so only the variables' current values are used.
-    let path = spindle_engine::client::default_socket();
+    let path = spindle_client::default_socket();
     match (std::env::var_os("SPINDLE_SOCKET"), std::env::var_os("XDG_RUNTIME_DIR")) {
         (Some(s), _) if !s.is_empty() => assert_eq!(path, PathBuf::from(s)),
         (_, Some(d)) if !d.is_empty() => assert_eq!(path, PathBuf::from(d).join("spindled.sock")),
@@ -570,7 +568,7 @@ fn default_socket_follows_the_environment_rules() {
 /// as root).
 #[test]
 fn a_socket_another_user_bound_is_refused_unless_trusted() {
-    use spindle_engine::client::ConnectOptions;
+    use spindle_client::ConnectOptions;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
         eprintln!(

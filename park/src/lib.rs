@@ -16,6 +16,8 @@
 //! the state is not already `RUNNING`-and-known-awake, so a busy shard costs
 //! a producer one load.
 
+pub mod sync;
+
 use crate::sync::{fence, AtomicU8, Ordering};
 use std::time::Duration;
 
@@ -24,7 +26,8 @@ const PARKED: u8 = 1;
 const NOTIFIED: u8 = 2;
 
 /// Something that can wake a parked thread (std's or loom's `Thread`).
-pub(crate) trait Unpark {
+pub trait Unpark {
+    /// Wakes the thread.
     fn unpark(&self);
 }
 
@@ -43,20 +46,20 @@ impl Unpark for loom::thread::Thread {
 
 /// One shard's parking spot.
 #[derive(Debug)]
-pub(crate) struct Parker<T: Unpark = std::thread::Thread> {
+pub struct Parker<T: Unpark = std::thread::Thread> {
     state: AtomicU8,
     thread: T,
 }
 
 impl<T: Unpark> Parker<T> {
     /// A parker whose `notify` wakes `thread`.
-    pub(crate) fn new(thread: T) -> Self {
+    pub fn new(thread: T) -> Self {
         Parker { state: AtomicU8::new(RUNNING), thread }
     }
 
     /// Steps 1-2 and 4: `has_work` is the re-check. Returns once woken,
     /// timed out, or work was found on re-check.
-    pub(crate) fn park(&self, timeout: Duration, has_work: impl Fn() -> bool) {
+    pub fn park(&self, timeout: Duration, has_work: impl Fn() -> bool) {
         self.prepare();
         if !has_work() {
             crate::sync::park_timeout(timeout);
@@ -69,7 +72,7 @@ impl<T: Unpark> Parker<T> {
     /// `mio::Waker`): call, re-check for work, sleep, then [`awake`].
     ///
     /// [`awake`]: Parker::awake
-    pub(crate) fn prepare(&self) {
+    pub fn prepare(&self) {
         self.state.store(PARKED, Ordering::SeqCst);
         // Orders the store before the re-check's loads (Dekker pattern with
         // the fence in `notify`).
@@ -77,13 +80,13 @@ impl<T: Unpark> Parker<T> {
     }
 
     /// Step 4.
-    pub(crate) fn awake(&self) {
+    pub fn awake(&self) {
         self.state.store(RUNNING, Ordering::SeqCst);
     }
 
     /// Step 3, after the producer's message is visible. Returns whether the
     /// thread was parked (and so was unparked).
-    pub(crate) fn notify(&self) -> bool {
+    pub fn notify(&self) -> bool {
         // Orders the producer's push before this load.
         fence(Ordering::SeqCst);
         if self.state.load(Ordering::SeqCst) == RUNNING {
@@ -99,7 +102,7 @@ impl<T: Unpark> Parker<T> {
     }
 
     /// Whether the thread is parked now (a hint, for choosing whom to wake).
-    pub(crate) fn is_parked(&self) -> bool {
+    pub fn is_parked(&self) -> bool {
         self.state.load(Ordering::Relaxed) == PARKED
     }
 }

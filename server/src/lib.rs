@@ -7,7 +7,7 @@
 //! service can embed the same server:
 //!
 //! ```no_run
-//! use spindle_engine::server::{Listen, Server, ServerConfig};
+//! use spindle_server::{Listen, Server, ServerConfig};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut cfg = ServerConfig::default();
 //! cfg.listen = vec![Listen::Unix("/tmp/my.sock".into())];
@@ -149,7 +149,7 @@ pub const DEFAULT_SEGMENT_SIZE: u64 = 10 << 20;
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            listen: vec![Listen::Unix(crate::client::default_socket())],
+            listen: vec![Listen::Unix(spindle_client::default_socket())],
             data_dir: None,
             data_access: spindle_wal::FileAccess::Private,
             sync: SyncMode::Interval(Duration::from_millis(50)),
