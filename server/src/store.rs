@@ -50,9 +50,10 @@ pub(crate) struct StoreConfig {
     pub version: String,
 }
 
-/// A connection's protocol state.
+/// A connection's protocol session: the tube it uses, the tubes it
+/// watches, whether it produced or reserved (`conn.rs` has its bytes).
 #[derive(Debug)]
-pub(crate) struct Conn {
+pub(crate) struct Session {
     pub use_q: QueueId,
     pub watch: Vec<QueueId>,
     pub producer: bool,
@@ -207,7 +208,7 @@ pub(crate) struct Store {
     pub cfg: StoreConfig,
     pub table: Table,
     pub clock: Clock,
-    pub conns: HashMap<ConnId, Conn>,
+    pub conns: HashMap<ConnId, Session>,
     /// Per tube, indexed by queue id (reset when a tube is made).
     pub fronts: Vec<Front>,
     /// `list-tubes` order: creation order with beanstalkd's swap-remove.
@@ -350,7 +351,7 @@ impl Store {
         f.using += 1;
         f.watching += 1;
         self.ct.total_connections += 1;
-        self.conns.insert(c, Conn { use_q: d, watch: vec![d], producer: false, worker: false });
+        self.conns.insert(c, Session { use_q: d, watch: vec![d], producer: false, worker: false });
     }
 
     /// The connection is gone: its wait ends and its reservations return
