@@ -83,7 +83,7 @@ impl IdMap {
     /// Maps `id` to `slot` (replacing any earlier slot of it).
     pub(crate) fn insert(&mut self, id: u64, slot: u32) {
         let (c, i) = Self::split(id);
-        if !self.fits(c) || self.far.contains_key(&id) {
+        if !self.fits(c) || (!self.far.is_empty() && self.far.contains_key(&id)) {
             if self.far.insert(id, slot).is_none() {
                 self.len += 1;
             }

@@ -39,6 +39,8 @@
 mod check;
 pub mod compact;
 mod error;
+mod fifos;
+mod histogram;
 mod idmap;
 mod job;
 mod outcome;

@@ -11,9 +11,9 @@
 //! `epoch` matches it.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 
-use hdrhistogram::Histogram;
+use crate::histogram::Histogram;
 
 use crate::job::{List, Place, Slab, State, NIL};
 use crate::retry::RetryPolicy;
@@ -21,8 +21,6 @@ use crate::time::Time;
 
 /// beanstalkd's `URGENT_THRESHOLD`: ready jobs below it count as urgent.
 pub const URGENT: u32 = 1024;
-/// Empty FIFOs kept in the priority map before they are dropped at once.
-const KEEP_EMPTY: usize = 16;
 
 /// A queue's interned id: an index into the table's queues, stable while
 /// the queue exists.
@@ -32,7 +30,7 @@ pub struct QueueId(pub u32);
 /// The ready jobs of one queue.
 #[derive(Debug, Default)]
 pub(crate) struct Ready {
-    fifos: BTreeMap<u32, List>,
+    fifos: crate::fifos::Fifos,
     heap: BinaryHeap<Reverse<(u32, u64, u32, u32)>>,
     heap_live: usize,
     pub n: u64,
@@ -48,7 +46,7 @@ impl Ready {
             (j.pri, j.id)
         };
         if fresh {
-            self.fifos.entry(pri).or_insert(List::EMPTY).push_back(slab, s);
+            self.fifos.entry(pri).push_back(slab, s);
             slab.get_mut(s).place = Place::Fifo;
         } else {
             let j = slab.get_mut(s);
@@ -69,10 +67,10 @@ impl Ready {
         };
         match place {
             Place::Fifo => {
-                if let Some(l) = self.fifos.get_mut(&pri) {
+                if let Some(l) = self.fifos.get_mut(pri) {
                     l.unlink(slab, s);
-                    if l.len == 0 && self.fifos.len() > KEEP_EMPTY {
-                        self.fifos.remove(&pri);
+                    if l.len == 0 {
+                        self.fifos.drop_empty(pri);
                     }
                 }
             }
@@ -98,11 +96,7 @@ impl Ready {
             self.heap.pop();
         }
         let h = self.heap.peek().map(|Reverse((p, id, s, _))| (*p, *id, *s));
-        let f = self
-            .fifos
-            .iter()
-            .find(|(_, l)| l.len > 0)
-            .map(|(&p, l)| (p, slab.get(l.head).id, l.head));
+        let f = self.fifos.first().map(|(p, l)| (p, slab.get(l.head).id, l.head));
         match (h, f) {
             (Some(a), Some(b)) => Some(if (a.0, a.1) < (b.0, b.1) { a } else { b }),
             (a, b) => a.or(b),
@@ -166,7 +160,7 @@ pub(crate) struct Queue {
     /// Microseconds from ready to reserved; made at the first reservation
     /// (~27 KB each, and clients may make many queues they never reserve
     /// from).
-    pub wait_us: Option<Histogram<u64>>,
+    pub wait_us: Option<Histogram>,
     /// Front-end references (a connection using or watching it, a
     /// registered handler): a queue with none and no jobs or waiters goes.
     pub refs: u64,
@@ -208,11 +202,10 @@ impl Queue {
 
     pub(crate) fn record_wait(&mut self, waited_us: u64) {
         if self.wait_us.is_none() {
-            // 1 µs .. 1 hour, 2 significant digits.
-            self.wait_us = Histogram::new_with_bounds(1, 3_600_000_000, 2).ok();
+            self.wait_us = Some(Histogram::new());
         }
         if let Some(h) = &mut self.wait_us {
-            let _ = h.record(waited_us.clamp(1, 3_600_000_000));
+            h.record(waited_us);
         }
     }
 }
