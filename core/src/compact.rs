@@ -114,3 +114,32 @@ mod tests {
         assert_eq!(cut_for(&t, &segs, 50, 2), None);
     }
 }
+
+#[cfg(test)]
+mod unlogged_tests {
+    use super::*;
+    use crate::{Config, PutSpec, Time};
+
+    /// The library reserves jobs it only offers to thieves (or queues for
+    /// its blocking pool) without logging a `Reserve` (`Shard::take_from`),
+    /// so that a crash does not count them as interrupted. A compaction
+    /// pass rewrites such a job with a `Reserve` after its `Put`
+    /// (`log_full`), so after a crash it counts an attempt and an
+    /// interruption it never had.
+    #[test]
+    fn a_pass_logs_no_reserve_for_a_reservation_not_logged_yet() {
+        let mut t = Table::new(Config::default());
+        let q = t.queue("q").unwrap_or(crate::QueueId(0));
+        let mut log = Records::new();
+        let _ = t.put(Time(1), 1, q, &PutSpec::default(), b"x", &mut log);
+        // Offered, not run: reserved without a record.
+        assert!(t.reserve_id(Time(2), 1, 0, &mut Records::disabled()).is_some());
+        let mut pass = Pass::new(&t, 99);
+        let mut out = Records::new();
+        let _ = pass.step(&t, 16, &mut out);
+        let mut r = Table::new(Config::default());
+        r.replay(out.bytes()).unwrap();
+        let rec = r.finish_replay(Time(3), &mut Records::disabled());
+        assert_eq!(rec.interrupted, 0, "a job that never ran came back interrupted");
+    }
+}

@@ -149,6 +149,9 @@ pub(crate) struct Job {
     pub place: Place,
     /// The slot holds a job (free slots chain through `next`).
     pub live: bool,
+    /// Reserved: the reservation's `Reserve` record was written (a runtime
+    /// may reserve a job it only offers, and log the run when it starts).
+    pub logged: bool,
 }
 
 impl Job {
@@ -212,6 +215,7 @@ const FREE: Job = Job {
     state: State::Ready,
     place: Place::None,
     live: false,
+    logged: false,
 };
 
 impl Slab {

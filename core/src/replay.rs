@@ -120,6 +120,7 @@ impl Table {
             state: p.state,
             place: Place::None,
             live: true,
+            logged: false,
         });
         self.ids.insert(p.id, s);
         self.bytes += p.payload.len() as u64;

@@ -198,7 +198,20 @@ impl Table {
         self.unplace(s);
         let (id, token) = self.make_reserved(s, holder, now);
         out.id_only(kind::RESERVE, id);
+        self.slab.get_mut(s).logged = out.enabled();
         Lease { id, token }
+    }
+
+    /// Logs the `Reserve` of job `id`'s current reservation, taken earlier
+    /// without it (a runtime that logs a run when it starts: a job it only
+    /// offered and handed back never counts as interrupted).
+    pub fn log_start(&mut self, id: u64, out: &mut Records) {
+        let Some(s) = self.slot(id) else { return };
+        let j = self.slab.get_mut(s);
+        if j.state == crate::State::Reserved && !j.logged {
+            out.id_only(kind::RESERVE, id);
+            j.logged = out.enabled();
+        }
     }
 
     /// Reserves for `holder` from `queues`, waiting if nothing is ready:

@@ -383,6 +383,7 @@ impl Table {
             state: State::Ready,
             place: Place::None,
             live: true,
+            logged: false,
         };
         let fresh = id >= self.next_id;
         self.next_id = self.next_id.max(id.saturating_add(1));
@@ -584,6 +585,20 @@ impl Table {
         self.maybe_drop_queue(q);
     }
 
+    /// Takes back a put whose record never reached the log (the front-end
+    /// could not write it): the job goes as if never put, counters too.
+    /// Nothing is logged.
+    pub fn unput(&mut self, id: u64) -> bool {
+        let Some(s) = self.slot(id) else { return false };
+        let q = self.slab.get(s).queue;
+        self.destroy(s);
+        if let Some(x) = self.q_mut(q) {
+            x.counters.deletes -= 1;
+            x.counters.puts = x.counters.puts.saturating_sub(1);
+        }
+        true
+    }
+
     /// Logs a job's current state, priority and counters.
     pub(crate) fn log_move(&self, s: u32, out: &mut Records) {
         if !out.enabled() {
@@ -631,7 +646,9 @@ impl Table {
             error: j.error(),
             payload: j.payload.bytes(),
         });
-        if reserved {
+        // Only a logged reservation: one a runtime took without logging
+        // (offered, never run yet) must not come back as interrupted.
+        if reserved && j.logged {
             out.id_only(kind::RESERVE, j.id);
         }
     }

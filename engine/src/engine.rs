@@ -197,8 +197,13 @@ fn replay(wal: &Wal, shard: usize, cfg: &Config) -> Result<(Table, u64), BuildEr
         return Err(e);
     }
     let now = cfg.clock.now();
-    let mut out = spindle_core::Records::disabled();
+    // What recovery decides (a job interrupted once more, or buried as a
+    // poison pill) is logged, so the next start sees it as decided.
+    let mut out = spindle_core::Records::new();
     let rec = table.finish_replay(now, &mut out);
+    if !out.is_empty() {
+        append_now(wal, &out).map_err(|source| BuildError::Wal { shard, source })?;
+    }
     if rec.poisoned > 0 {
         tracing::warn!(
             shard,
@@ -208,6 +213,16 @@ fn replay(wal: &Wal, shard: usize, cfg: &Config) -> Result<(Table, u64), BuildEr
     }
     let next = table.next_id();
     Ok((table, next))
+}
+
+/// Appends records to a shard's log before its shard runs.
+fn append_now(wal: &Wal, recs: &spindle_core::Records) -> Result<(), spindle_wal::WalError> {
+    let mut app = wal.appender();
+    let max = usize::try_from(wal.max_payload()).unwrap_or(usize::MAX).min(256 << 10);
+    for chunk in recs.chunks(max) {
+        app.append(spindle_core::record::WAL_KIND, chunk)?;
+    }
+    Ok(())
 }
 
 /// One record of the engine's older log format, applied as the table's.
@@ -387,6 +402,17 @@ impl Engine {
             }
         }
         let next_id = next_id.saturating_add(id_gap);
+        if id_gap > 0 {
+            // Ids a cut tail may have held are skipped; the mark makes the
+            // skip survive the next start too.
+            for (i, (table, wal)) in recovered.iter_mut().zip(&wals).enumerate() {
+                let Some(wal) = wal else { continue };
+                table.skip_ids(next_id.saturating_sub(table.next_id()));
+                let mut out = spindle_core::Records::new();
+                table.mark_ids(&mut out);
+                append_now(wal, &out).map_err(|source| BuildError::Wal { shard: i, source })?;
+            }
+        }
         let counters = Arc::new(Counters {
             next_id: AtomicU64::new(next_id),
             jobs: AtomicU64::new(live),

@@ -613,7 +613,7 @@ impl Shard {
                     self.insert(j, true);
                     let t = self.now_t();
                     if self.table.reserve_id(t, id, HOLDER, &mut Records::disabled()).is_some() {
-                        self.recs.push_reserve(id);
+                        self.table.log_start(id, &mut self.recs);
                         self.finish(id, &q, outcome);
                     }
                 }
@@ -745,6 +745,9 @@ impl Shard {
         if self.all.len() < 2 || !self.cfg.stealing || self.shutting_down {
             return false;
         }
+        // Outcomes not yet logged go first: a thief logs its run's `Reserve`
+        // in this shard's log directly, which must not come before them.
+        self.flush();
         // Jobs still offered from before stay ahead of these; the most
         // urgent offered priority covers both.
         let earlier = if self.worker.is_empty() { u32::MAX } else { self.offered_best };
@@ -787,7 +790,7 @@ impl Shard {
                 self.untake(&t);
                 break;
             };
-            self.recs.push_reserve(t.id);
+            self.table.log_start(t.id, &mut self.recs);
             self.flush();
             self.blocking_out += 1;
             self.sh.gauges.b_head_ready_ns.store(t.ready_ns.max(1), Ordering::Relaxed);
@@ -935,7 +938,7 @@ impl Shard {
         };
         // Re-registered as blocking after the job was queued: to the pool.
         if blocks && t.owner == self.sh.idx && self.blocking.is_some() {
-            self.recs.push_reserve(t.id);
+            self.table.log_start(t.id, &mut self.recs);
             self.flush();
             self.blocking_out += 1;
             if let Some(pool) = &self.blocking {
@@ -946,7 +949,7 @@ impl Shard {
         // Log the start in the owner's log (a thief appends there too), so a
         // crash during the run counts as an interruption on recovery.
         if t.owner == self.sh.idx {
-            self.recs.push_reserve(t.id);
+            self.table.log_start(t.id, &mut self.recs);
             self.flush();
         } else {
             self.all[t.owner].log_start(t.id);

@@ -171,6 +171,7 @@ impl Server {
             // body's offset and length), so this skips at least as many ids
             // as the cut could hold.
             store.skip_ids(bytes / 8 + 1);
+            store.mark_ids();
         }
         if cfg.data_dir.is_some() {
             tracing::info!(jobs = rep.jobs, next_id = store.next_id(), "recovered");

@@ -97,7 +97,7 @@ pub(crate) fn tube_yaml(st: &Store, qid: QueueId, now: Time, ext: bool) -> Strin
         f.using,
         f.watching,
         v.waiting,
-        v.counters.deletes,
+        f.cmd_delete,
         v.counters.pauses,
         v.pause_s,
         pause_left,

@@ -66,6 +66,8 @@ pub(crate) struct Session {
 pub(crate) struct Front {
     pub using: u64,
     pub watching: u64,
+    /// `delete` commands that deleted a job (beanstalkd's `cmd-delete`).
+    pub cmd_delete: u64,
     /// Runs that ended with an outcome this window, and their service
     /// time.
     pub done_window: u64,
@@ -294,6 +296,13 @@ impl Store {
     /// a cut log tail may have held.
     pub(crate) fn skip_ids(&mut self, n: u64) {
         self.table.skip_ids(n);
+    }
+
+    /// Logs the id mark now (after skipping the ids a cut log tail may have
+    /// held, so the skip survives the next start too).
+    pub(crate) fn mark_ids(&mut self) {
+        self.table.mark_ids(&mut self.recs);
+        self.flush_log();
     }
 
     // ---------------------------------------------------------------- tubes
@@ -525,9 +534,13 @@ impl Store {
             Cmd::Delete(id) => {
                 self.ct.delete += 1;
                 let held = self.held(c, id);
+                let q = self.table.job(id).map(|j| j.queue);
                 match self.table.delete(id, Some(By::holder(holder(c))), &mut self.recs) {
                     Ok(()) => {
                         self.service_done(held, t);
+                        if let Some(q) = q {
+                            self.front_mut(q).cmd_delete += 1;
+                        }
                         if self.flush_log() {
                             w.extend_from_slice(b"DELETED\r\n");
                         } else {
@@ -862,7 +875,7 @@ impl Store {
             Ok(Put::Created(id)) => {
                 if !self.flush_log() {
                     // Not durable: undo quietly, tell the client.
-                    let _ = self.table.delete(id, None, &mut Records::disabled());
+                    self.table.unput(id);
                     return b"INTERNAL_ERROR\r\n".to_vec();
                 }
                 self.ct.total_jobs += 1;

@@ -570,3 +570,24 @@ fn idle_tubes_cost_little_and_serve_waiters() {
     assert!(!s.table.is_waiting(1));
     s.check();
 }
+
+/// `cmd-delete` of `stats-tube` counts `delete` commands (old
+/// store: `t.cmd_delete += 1` in `Cmd::Delete` only). The table counts every
+/// destroyed job, so `clear-tube` and a refused put's undo count too, and a
+/// refused put counts in the tube's `total-jobs`.
+#[test]
+fn stats_tube_counts_only_delete_commands_and_accepted_puts() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let mut s = Store::new(big_cfg(), Some(open_log(dir.path())), t0);
+    s.connect(1);
+    for _ in 0..3 {
+        assert!(run(&mut s, 1, "put 0 0 60 1", b"a", t0).starts_with("INSERTED"));
+    }
+    assert_eq!(run(&mut s, 1, "clear-tube default ready", b"", t0), "CLEARED 3\r\n");
+    let big = vec![b'x'; 100 << 10];
+    assert_eq!(run(&mut s, 1, "put 0 0 60 102400", &big, t0), "INTERNAL_ERROR\r\n");
+    let y = run(&mut s, 1, "stats-tube default", b"", t0);
+    assert!(y.contains("\ncmd-delete: 0\n"), "{y}");
+    assert!(y.contains("\ntotal-jobs: 3\n"), "{y}");
+}
