@@ -179,26 +179,34 @@ impl Server {
 
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let mut listeners = Vec::new();
-        for (i, l) in cfg.listen.iter().enumerate() {
-            let tok = Token(1 + i);
-            if 1 + i >= FIRST_CONN {
-                return Err(ServerError::Config("too many listeners".into()));
-            }
-            match l {
-                Listen::Unix(path) => {
-                    let mut ul = bind_unix(path, cfg.socket_mode)?;
-                    poll.registry().register(&mut ul, tok, Interest::READABLE)?;
-                    listeners.push(Listener::Unix(ul, path.clone()));
+        // TCP listeners first: a Unix socket appearing in the file system
+        // (what scripts and tests wait for) then means every listener is
+        // bound.
+        let mut bound: Vec<Option<Listener>> = cfg.listen.iter().map(|_| None).collect();
+        for unix_pass in [false, true] {
+            for (i, l) in cfg.listen.iter().enumerate() {
+                let tok = Token(1 + i);
+                if 1 + i >= FIRST_CONN {
+                    return Err(ServerError::Config("too many listeners".into()));
                 }
-                Listen::Tcp(addr) => {
-                    let mut tl = TcpListener::bind(*addr)
-                        .map_err(|source| ServerError::Listen { addr: addr.to_string(), source })?;
-                    poll.registry().register(&mut tl, tok, Interest::READABLE)?;
-                    listeners.push(Listener::Tcp(tl));
+                match l {
+                    Listen::Unix(path) if unix_pass => {
+                        let mut ul = bind_unix(path, cfg.socket_mode)?;
+                        poll.registry().register(&mut ul, tok, Interest::READABLE)?;
+                        bound[i] = Some(Listener::Unix(ul, path.clone()));
+                    }
+                    Listen::Tcp(addr) if !unix_pass => {
+                        let mut tl = TcpListener::bind(*addr).map_err(|source| {
+                            ServerError::Listen { addr: addr.to_string(), source }
+                        })?;
+                        poll.registry().register(&mut tl, tok, Interest::READABLE)?;
+                        bound[i] = Some(Listener::Tcp(tl));
+                    }
+                    _ => {}
                 }
             }
         }
+        let listeners: Vec<Listener> = bound.into_iter().flatten().collect();
         Ok(Server {
             poll,
             listeners,
