@@ -3,7 +3,7 @@
 //! parser, the body/skip/batch state machine and the job table, whose
 //! counters are checked after every read.
 //!
-//! `cargo +nightly fuzz run protocol` from `engine/fuzz`.
+//! `cargo +nightly fuzz run protocol` from `server/fuzz`.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
