@@ -23,6 +23,10 @@ use std::time::Duration;
 /// The WAL frame kind whose payload is a sequence of table records.
 pub const WAL_KIND: u8 = 16;
 
+/// The largest frame of records a front-end writes ([`Records::frames`]);
+/// a single larger record is a frame of its own.
+pub const FRAME_BYTES: usize = 256 << 10;
+
 /// Record kinds.
 pub mod kind {
     /// A job with its complete state.
@@ -91,6 +95,12 @@ impl Records {
     pub fn clear(&mut self) {
         self.buf.clear();
         self.count = 0;
+    }
+
+    /// The records as WAL frame payloads: pieces of at most
+    /// [`FRAME_BYTES`], and at most `max_payload` (the log's own limit).
+    pub fn frames(&self, max_payload: u64) -> Chunks<'_> {
+        self.chunks(FRAME_BYTES.min(usize::try_from(max_payload).unwrap_or(usize::MAX)))
     }
 
     /// The records in pieces of at most `max` bytes, split between records

@@ -104,12 +104,7 @@ impl Table {
         holder: u32,
         out: &mut Records,
     ) -> Option<Lease> {
-        let x = self.queues.get_mut(q.0 as usize)?.as_mut()?;
-        if x.paused(now) {
-            return None;
-        }
-        let (_, _, s) = x.ready.best(&self.slab)?;
-        Some(self.take(s, holder, now, out))
+        self.reserve_from(now, &[q], holder, out)
     }
 
     /// Reserves job `id` (beanstalkd's `reserve-job`): from any state but

@@ -217,12 +217,7 @@ fn replay(wal: &Wal, shard: usize, cfg: &Config) -> Result<(Table, u64), BuildEr
 
 /// Appends records to a shard's log before its shard runs.
 fn append_now(wal: &Wal, recs: &spindle_core::Records) -> Result<(), spindle_wal::WalError> {
-    let mut app = wal.appender();
-    let max = usize::try_from(wal.max_payload()).unwrap_or(usize::MAX).min(256 << 10);
-    for chunk in recs.chunks(max) {
-        app.append(spindle_core::record::WAL_KIND, chunk)?;
-    }
-    Ok(())
+    crate::shard::append_frames(&mut wal.appender(), wal, recs).map(drop)
 }
 
 /// One record of the engine's older log format, applied as the table's.

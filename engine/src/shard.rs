@@ -55,9 +55,6 @@ const SHUTDOWN_WAIT_MAX: Duration = Duration::from_secs(30);
 const MAX_PARK: Duration = Duration::from_millis(100);
 /// Live jobs rewritten per compaction step.
 const COMPACT_BATCH: usize = 1024;
-/// Largest WAL frame of table records a shard writes (a bigger single
-/// record is a frame of its own).
-const FRAME_BYTES: usize = 256 << 10;
 /// The shard itself, as the table's holder of every job it runs, offers,
 /// lends to its blocking pool or sees stolen: the outcome always comes back
 /// to it.
@@ -224,7 +221,7 @@ impl ShardShared {
     }
 
     /// Appends records (table format) through a pooled appender, as frames
-    /// of at most [`FRAME_BYTES`]; returns the last frame's LSN.
+    /// (`Records::frames`); returns the last frame's LSN.
     pub(crate) fn append(&self, wal: &Wal, recs: &Records) -> Result<u64, crate::SubmitError> {
         let mut app = self.appenders.pop().unwrap_or_else(|| wal.appender());
         let res = append_frames(&mut app, wal, recs);
@@ -265,14 +262,13 @@ impl ShardShared {
 }
 
 /// Appends `recs` as frames of table records.
-fn append_frames(
+pub(crate) fn append_frames(
     app: &mut Appender,
     wal: &Wal,
     recs: &Records,
 ) -> Result<u64, spindle_wal::WalError> {
-    let max = FRAME_BYTES.min(usize::try_from(wal.max_payload()).unwrap_or(usize::MAX));
     let mut last = 0;
-    for chunk in recs.chunks(max) {
+    for chunk in recs.frames(wal.max_payload()) {
         last = app.append(core_record::WAL_KIND, chunk)?;
     }
     Ok(last)
@@ -679,13 +675,11 @@ impl Shard {
         let before = self.table.totals().ready;
         self.table.tick(now, &mut self.recs);
         let after = self.table.totals().ready;
-        let ns = self.now_ns();
-        for _ in before..after {
-            self.g_arrivals += 1;
-        }
         if after > before {
+            self.g_arrivals += after - before;
             self.sh.gauges.arrivals.store(self.g_arrivals, Ordering::Relaxed);
             if before == 0 {
+                let ns = self.now_ns();
                 self.sh.gauges.head_ready_ns.store(ns.max(1), Ordering::Relaxed);
             }
         }

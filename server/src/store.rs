@@ -123,10 +123,6 @@ pub(crate) enum Flow {
 /// the loop for long.
 const COMPACT_BATCH: usize = 4096;
 
-/// Largest WAL frame the store writes (a bigger single record, a large
-/// job, is a frame of its own).
-const FRAME_BYTES: usize = 256 << 10;
-
 /// The write-ahead log, when the daemon has a data directory.
 pub(crate) struct Log {
     pub wal: Arc<Wal>,
@@ -184,15 +180,10 @@ impl Log {
     /// Appends `recs` as frames of table records. A single record over the
     /// log's limit fails this append and leaves the log usable; any other
     /// error fails the log.
-    fn append(&mut self, recs: &Records) -> Result<u64, WalError> {
-        let mut frames = 0;
-        let max = FRAME_BYTES.min(usize::try_from(self.wal.max_payload()).unwrap_or(usize::MAX));
-        for chunk in recs.chunks(max) {
+    fn append(&mut self, recs: &Records) -> Result<(), WalError> {
+        for chunk in recs.frames(self.wal.max_payload()) {
             match self.app.append(record::WAL_KIND, chunk) {
-                Ok(lsn) => {
-                    self.last_lsn = Some(lsn);
-                    frames += 1;
-                }
+                Ok(lsn) => self.last_lsn = Some(lsn),
                 Err(e @ WalError::RecordTooLarge { .. }) => return Err(e),
                 Err(e) => {
                     self.failed = Some(e.to_string());
@@ -200,7 +191,7 @@ impl Log {
                 }
             }
         }
-        Ok(frames)
+        Ok(())
     }
 }
 
@@ -408,7 +399,7 @@ impl Store {
         }
         let ok = match &mut self.log {
             Some(log) if log.failed.is_none() => match log.append(&self.recs) {
-                Ok(_) => {
+                Ok(()) => {
                     self.ct.records_written += self.recs.len() as u64;
                     true
                 }
@@ -527,7 +518,7 @@ impl Store {
                     conn.worker = true;
                 }
                 match self.table.reserve_id(t, id, holder(c), &mut self.recs) {
-                    Some(l) => self.write_job(w, b"RESERVED", l.id, now),
+                    Some(l) => self.write_job(w, b"RESERVED", l.id),
                     None => w.extend_from_slice(b"NOT_FOUND\r\n"),
                 }
             }
@@ -620,25 +611,25 @@ impl Store {
             }
             Cmd::Peek(id) => {
                 self.ct.peek += 1;
-                self.write_job(w, b"FOUND", id, now);
+                self.write_job(w, b"FOUND", id);
             }
             Cmd::PeekReady => {
                 self.ct.peek_ready += 1;
                 let q = self.conn_use(c);
                 let id = self.table.peek_ready(q).map(|j| j.id);
-                self.peek_reply(w, id, now);
+                self.peek_reply(w, id);
             }
             Cmd::PeekDelayed => {
                 self.ct.peek_delayed += 1;
                 let q = self.conn_use(c);
                 let id = self.table.peek_delayed(q).map(|j| j.id);
-                self.peek_reply(w, id, now);
+                self.peek_reply(w, id);
             }
             Cmd::PeekBuried => {
                 self.ct.peek_buried += 1;
                 let q = self.conn_use(c);
                 let id = self.table.peek_buried(q).map(|j| j.id);
-                self.peek_reply(w, id, now);
+                self.peek_reply(w, id);
             }
             Cmd::Kick(bound) => {
                 self.ct.kick += 1;
@@ -803,14 +794,14 @@ impl Store {
         self.conns.get(&c).map_or(self.default_q, |conn| conn.use_q)
     }
 
-    fn peek_reply(&self, w: &mut Vec<u8>, id: Option<u64>, now: Instant) {
+    fn peek_reply(&self, w: &mut Vec<u8>, id: Option<u64>) {
         match id {
-            Some(id) => self.write_job(w, b"FOUND", id, now),
+            Some(id) => self.write_job(w, b"FOUND", id),
             None => w.extend_from_slice(b"NOT_FOUND\r\n"),
         }
     }
 
-    fn write_job(&self, w: &mut Vec<u8>, word: &[u8], id: u64, _now: Instant) {
+    fn write_job(&self, w: &mut Vec<u8>, word: &[u8], id: u64) {
         let Some(j) = self.table.job(id) else {
             w.extend_from_slice(b"NOT_FOUND\r\n");
             return;
@@ -826,7 +817,7 @@ impl Store {
     fn write_reserved(&self, w: &mut Vec<u8>, ids: &[u64], batch: bool) {
         if !batch {
             if let Some(&id) = ids.first() {
-                self.write_job(w, b"RESERVED", id, self.started);
+                self.write_job(w, b"RESERVED", id);
             }
             return;
         }
@@ -1012,7 +1003,7 @@ impl Store {
                 f.service_ns_window = 0;
             }
         }
-        self.compact(now);
+        self.compact();
         self.next_due()
     }
 
@@ -1045,8 +1036,7 @@ impl Store {
     ///    Replay then finds, for every live job, a complete record after
     ///    the cut (records of it before its rewrite refer to no job and are
     ///    skipped).
-    fn compact(&mut self, now: Instant) {
-        let _ = now;
+    fn compact(&mut self) {
         let Some(log) = &mut self.log else { return };
         if log.failed.is_some() {
             return;
@@ -1215,29 +1205,12 @@ fn apply_old(table: &mut Table, d: DRec) {
             payload: &body,
         })),
         DRec::PutBatch { first_id, ids, tube, pri, delay_s, ttr_s, created_ms, bodies } => {
+            // One `Put` per body, as the format defines it (`DRec::new_put`).
             let ids: Vec<u64> =
                 if ids.is_empty() { (first_id..).take(bodies.len()).collect() } else { ids };
-            let delayed = delay_s > 0;
             for (id, body) in ids.into_iter().zip(bodies) {
-                table.apply(Record::Put(PutRec {
-                    id,
-                    queue: &tube,
-                    pri,
-                    ttr_s,
-                    delay_s,
-                    max_attempts: 0,
-                    state: if delayed { State::Delayed } else { State::Ready },
-                    at: if delayed {
-                        Time::from_millis(created_ms).plus_secs(u64::from(delay_s)).0
-                    } else {
-                        0
-                    },
-                    created: Time::from_millis(created_ms),
-                    counts: Counts::default(),
-                    unique: None,
-                    error: None,
-                    payload: &body,
-                }));
+                let put = DRec::new_put(id, tube.clone(), pri, delay_s, ttr_s, body, created_ms);
+                apply_old(table, put);
             }
         }
         DRec::Move { id, pri, delay_s, state: s, run_at_ms, bury_seq, counts: c, last_error } => {

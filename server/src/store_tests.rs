@@ -71,9 +71,8 @@ fn compact_now(s: &mut Store) {
     let log = s.log.as_mut().unwrap();
     let cut = log.wal.segments().last().unwrap().0;
     log.pass = Some(Pass::new(&s.table, cut));
-    let now = Instant::now();
     while s.log.as_ref().unwrap().pass.is_some() {
-        s.compact(now);
+        s.compact();
     }
 }
 
