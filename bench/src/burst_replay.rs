@@ -505,7 +505,7 @@ fn sample(
 /// User + system CPU seconds of the process (`RUSAGE_SELF`) or the calling
 /// thread (`RUSAGE_THREAD`).
 #[allow(unsafe_code)]
-fn cpu_seconds(who: libc::c_int) -> BoxResult<f64> {
+pub(crate) fn cpu_seconds(who: libc::c_int) -> BoxResult<f64> {
     let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: `ru` is a valid, writable, properly aligned `rusage`;
     // getrusage only writes through the pointer.

@@ -31,6 +31,7 @@ mod io_counters;
 mod latency;
 mod open_loop;
 mod peer;
+mod peers;
 mod probe_storage;
 mod report;
 mod setup;
@@ -70,6 +71,9 @@ scenarios:
   peer        `peer beanstalkd`: spindled vs Debian's beanstalkd over Unix
               sockets, durable and in memory: cycles/s, open-loop cycle
               latency, put-batch
+  peers       what a Rust user would link instead (tokio spawn, a crossbeam
+              channel feeding workers, rayon spawn) next to Spindle's
+              Memory and Process modes: no-op jobs/s, interleaved rounds
   table       the job table (spindle-core) alone on one thread, no I/O:
               put → reserve → complete cycles/s, hot and with a backlog, and
               allocations per cycle
@@ -121,6 +125,11 @@ fn run() -> BoxResult<()> {
         "peer" => {
             let opts = peer::PeerOpts::parse(args)?;
             print(&peer::run(&opts)?, opts.json)?;
+        }
+        "peers" if help => println!("{}", peers::USAGE),
+        "peers" => {
+            let o = peers::PeersOpts::parse(args)?;
+            print(&peers::run(&o)?, o.json)?;
         }
         "table" if help => println!("{}", table::USAGE),
         "table" => {

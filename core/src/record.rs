@@ -153,6 +153,12 @@ impl Records {
         self.id_only(kind::RESERVE, id);
     }
 
+    /// Appends a `Delete` record (a runtime that completes a job the table
+    /// never held: its `Put` and `Reserve` are in the log).
+    pub fn push_delete(&mut self, id: u64) {
+        self.id_only(kind::DELETE, id);
+    }
+
     pub(crate) fn put(&mut self, p: &PutRec<'_>) {
         if self.off {
             return;

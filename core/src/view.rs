@@ -165,6 +165,12 @@ impl Table {
         })
     }
 
+    /// Ready jobs of queue `q` (0 for an unknown queue): the cheap part of
+    /// [`Table::queue_view`].
+    pub fn ready_in(&self, q: QueueId) -> u64 {
+        self.q(q.0).map_or(0, |x| x.ready.n)
+    }
+
     /// Queue `q`'s ready→reserved wait at p50, p99 and p99.9, in
     /// microseconds (None before its first reservation).
     pub fn wait_quantiles(&self, q: QueueId) -> Option<(u64, u64, u64)> {

@@ -127,7 +127,7 @@ fn run(sh: &ShardShared, epoch: &Instant, task: Task, h: Arc<dyn Handler>) {
     let job = crate::job::JobRef {
         id: crate::job::JobId(task.id),
         queue: &task.queue,
-        payload: &task.payload,
+        payload: task.payload.bytes(),
         attempt: task.attempt,
         priority: task.priority,
     };

@@ -43,6 +43,7 @@ pub struct EngineBuilder {
     pub(crate) max_workers: Option<usize>,
     pub(crate) tick: Duration,
     pub(crate) stealing: bool,
+    pub(crate) lane: bool,
     pub(crate) idle_spin: Duration,
     pub(crate) stall_factor: u32,
     pub(crate) stall_min: Duration,
@@ -102,6 +103,7 @@ impl Default for EngineBuilder {
             // against the latency target, and cheap (a few µs per tick).
             tick: Duration::from_millis(10),
             stealing: true,
+            lane: true,
             // 30 µs: parked wake-ups cost 7-20 µs p50 and up to 130 µs p99
             // on this VM (DESIGN.md), so spinning a little longer than a
             // typical wake-up covers the gap between jobs of a busy stream.
@@ -242,6 +244,15 @@ impl EngineBuilder {
     /// parked shard's jobs to an active one).
     pub fn work_stealing(mut self, on: bool) -> Self {
         self.stealing = on;
+        self
+    }
+
+    /// Whether new ready jobs may run straight from their batch without
+    /// entering the shard's job table (default true; `docs/architecture.md`,
+    /// "The lane"). Order, retries, durability and recovery are the same
+    /// either way; off, every job goes through the table (for comparison).
+    pub fn lane(mut self, on: bool) -> Self {
+        self.lane = on;
         self
     }
 

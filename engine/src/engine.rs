@@ -78,6 +78,8 @@ pub(crate) struct Config {
     pub(crate) durability: Durability,
     pub(crate) compact_after_segments: usize,
     pub(crate) stealing: bool,
+    /// New ready jobs may skip the table (`lane.rs`).
+    pub(crate) lane: bool,
     pub(crate) idle_spin: Duration,
     pub(crate) stall_factor: u32,
     pub(crate) stall_min: Duration,
@@ -339,6 +341,7 @@ impl Engine {
             durability,
             compact_after_segments: b.compact_after_segments.max(2),
             stealing: b.stealing,
+            lane: b.lane,
             idle_spin: b.idle_spin,
             stall_factor: b.stall_factor,
             stall_min: b.stall_min,
@@ -434,6 +437,7 @@ impl Engine {
                 epoch: AtomicUsize::new(0),
                 inflight: [AtomicUsize::new(0), AtomicUsize::new(0)],
                 handler_since: AtomicU64::new(0),
+                lane: crate::lane::Lane::new(),
                 active: AtomicBool::new(true),
                 gauges: Default::default(),
                 pool: Default::default(),
@@ -583,9 +587,15 @@ impl Engine {
 
     fn new_job(&self, job: Job, id: u64) -> NewJob {
         let created = self.inner.cfg.clock.now();
+        let queue = self.queue_name(&job.queue);
+        Self::new_job_at(job, id, created, queue)
+    }
+
+    /// A job submitted at `created` to the queue named `queue`.
+    fn new_job_at(job: Job, id: u64, created: Time, queue: Arc<str>) -> NewJob {
         NewJob {
             id,
-            queue: self.queue_name(&job.queue),
+            queue,
             priority: job.priority,
             payload: job.payload,
             created,
@@ -700,10 +710,23 @@ impl Engine {
     /// returned so far are accepted, the rest are not.
     pub fn submit_batch(&self, jobs: Vec<Job>) -> Result<Vec<JobId>, SubmitError> {
         let mut ids = Vec::with_capacity(jobs.len());
-        let (plain, unique): (Vec<Job>, Vec<Job>) =
-            jobs.into_iter().partition(|j| j.unique_key.is_none());
+        let (plain, unique): (Vec<Job>, Vec<Job>) = if jobs.iter().all(|j| j.unique_key.is_none()) {
+            (jobs, Vec::new())
+        } else {
+            jobs.into_iter().partition(|j| j.unique_key.is_none())
+        };
+        // Checked once per run of jobs to the same queue.
+        let mut checked: Option<&str> = None;
         for j in &plain {
-            self.check(j)?;
+            if checked != Some(j.queue.as_str()) {
+                self.check(j)?;
+                checked = Some(j.queue.as_str());
+            } else if j.payload.len() > self.inner.max_payload {
+                return Err(SubmitError::PayloadTooLarge {
+                    len: j.payload.len(),
+                    max: self.inner.max_payload,
+                });
+            }
         }
         if !plain.is_empty() {
             let bytes: u64 = plain.iter().map(|j| j.payload.len() as u64).sum();
@@ -712,10 +735,19 @@ impl Engine {
             let shard = &self.inner.shards[self.next_active_shard()];
             let first = self.inner.counters.next_id.fetch_add(n, Ordering::AcqRel);
             let _inflight = shard.enter();
+            // One clock reading and one name lookup per run of a queue.
+            let created = self.inner.cfg.clock.now();
+            let mut name: Option<Arc<str>> = None;
             let batch: Vec<NewJob> = plain
                 .into_iter()
                 .enumerate()
-                .map(|(k, job)| self.new_job(job, first + k as u64))
+                .map(|(k, job)| {
+                    let q = match &name {
+                        Some(n) if **n == *job.queue => n.clone(),
+                        _ => name.insert(self.queue_name(&job.queue)).clone(),
+                    };
+                    Self::new_job_at(job, first + k as u64, created, q)
+                })
                 .collect();
             let mut last_lsn = 0;
             if let Some(wal) = &shard.wal {

@@ -33,6 +33,7 @@ mod engine;
 mod error;
 mod job;
 mod lag;
+mod lane;
 mod pin;
 mod record;
 mod shard;

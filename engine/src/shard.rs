@@ -30,7 +30,7 @@ use crate::control::{self, Gauges};
 use crate::engine::{Config, Counters, Handler};
 use crate::job::{JobId, JobRef, Outcome};
 use crate::stats::{self, QueueCounts, QueueStats, Snapshot};
-use crate::steal::{Task, TaskOutcome};
+use crate::steal::{Payload, Task, TaskOutcome};
 use crossbeam_deque::{Steal, Stealer, Worker};
 use crossbeam_queue::{ArrayQueue, SegQueue};
 use hdrhistogram::Histogram;
@@ -55,6 +55,8 @@ const SHUTDOWN_WAIT_MAX: Duration = Duration::from_secs(30);
 const MAX_PARK: Duration = Duration::from_millis(100);
 /// Live jobs rewritten per compaction step.
 const COMPACT_BATCH: usize = 1024;
+/// Completed jobs whose engine-wide counts a shard gives back at once.
+const RELEASE_BATCH: u64 = 64;
 /// The shard itself, as the table's holder of every job it runs, offers,
 /// lends to its blocking pool or sees stolen: the outcome always comes back
 /// to it.
@@ -125,8 +127,9 @@ pub(crate) enum Msg {
     Outcome(TaskOutcome),
     Return(Task),
     /// Jobs another shard took from this shard's inbox while this shard was
-    /// stuck in a handler, ran, and hands back with their outcomes.
-    Rescued(Vec<(NewJob, Outcome)>),
+    /// stuck in a handler (false), or from its lane (true), ran, and hands
+    /// back with their outcomes.
+    Rescued(Vec<(NewJob, Outcome)>, bool),
     /// A job this shard's blocking pool ran.
     Blocking(BlockingDone),
     Shutdown,
@@ -156,6 +159,8 @@ pub(crate) struct ShardShared {
     /// Engine-clock nanoseconds at which the running handler started (0:
     /// none). Producers route around a shard stuck in one handler.
     pub(crate) handler_since: AtomicU64,
+    /// New jobs that run without entering the table (`lane.rs`).
+    pub(crate) lane: crate::lane::Lane,
     /// In the controller's active set: may run handlers (`control.rs`).
     pub(crate) active: AtomicBool,
     /// Counters the controller samples.
@@ -274,6 +279,40 @@ pub(crate) fn append_frames(
     Ok(last)
 }
 
+/// What a shard keeps per queue of its table.
+struct QState {
+    /// This shard's own copy of the name (no reference count shared with
+    /// other threads).
+    name: Arc<str>,
+    handler: Option<Arc<dyn Handler>>,
+    /// The handler blocks: its jobs run on the blocking pool.
+    blocking: bool,
+    completed: u64,
+    failed: u64,
+    counts: QueueCounts,
+}
+
+impl QState {
+    fn new(name: Arc<str>) -> QState {
+        QState {
+            name,
+            handler: None,
+            blocking: false,
+            completed: 0,
+            failed: 0,
+            counts: QueueCounts::default(),
+        }
+    }
+}
+
+/// The next job a shard runs.
+enum Next {
+    /// From the steal deque or just taken from the table.
+    Task(Task),
+    /// From the lane, with its queue.
+    Lane(NewJob, QueueId),
+}
+
 /// The shard thread's own state.
 pub(crate) struct Shard {
     sh: Arc<ShardShared>,
@@ -285,11 +324,10 @@ pub(crate) struct Shard {
     /// This shard's records, written to its log before a handler runs,
     /// before parking and at shutdown (disabled in Memory mode).
     recs: Records,
-    /// Queue name -> id in the table, and back.
+    /// Queue name -> id in the table.
     qids: HashMap<Arc<str>, QueueId>,
-    qnames: Vec<Arc<str>>,
-    /// Handlers, and whether they block (run on the pool).
-    handlers: HashMap<Arc<str>, (Arc<dyn Handler>, bool)>,
+    /// Per queue, indexed by its id in the table: name, handler, counters.
+    qs: Vec<QState>,
     /// Queues with a core (non-blocking) handler, and with a blocking one.
     core_qs: Vec<QueueId>,
     blocking_qs: Vec<QueueId>,
@@ -308,8 +346,6 @@ pub(crate) struct Shard {
     running_queue: Arc<str>,
     worker: Worker<Task>,
     appender: Option<Appender>,
-    /// Completed and failed runs per queue, and run times.
-    queues: HashMap<Arc<str>, (u64, u64, QueueCounts)>,
     dispatch: Histogram<u64>,
     run_time: Histogram<u64>,
     end_to_end: Histogram<u64>,
@@ -327,6 +363,11 @@ pub(crate) struct Shard {
     /// Own tasks offered in the deque and not yet back (run here, outcome
     /// received from a thief, or returned).
     out: u64,
+    /// The end of the last handler run, while no message came in since: the
+    /// time the next iteration starts at.
+    clock_hint: Option<Time>,
+    /// Completed jobs and their bytes not yet given back to `counters`.
+    released: (u64, u64),
     /// A release waiting for its mark to be durable: (below, mark lsn).
     pending_release: Option<(u64, u64)>,
     /// Priority of the most urgent job in the latest offer to thieves.
@@ -355,8 +396,7 @@ impl Shard {
             table,
             recs,
             qids: HashMap::new(),
-            qnames: Vec::new(),
-            handlers: HashMap::new(),
+            qs: Vec::new(),
             core_qs: Vec::new(),
             blocking_qs: Vec::new(),
             blocking: None,
@@ -371,7 +411,6 @@ impl Shard {
             running_queue: Arc::from(""),
             worker,
             appender,
-            queues: HashMap::new(),
             dispatch: stats::histogram(),
             run_time: stats::histogram(),
             end_to_end: stats::histogram(),
@@ -385,6 +424,8 @@ impl Shard {
             shutdown_at: None,
             served: 0,
             out: 0,
+            clock_hint: None,
+            released: (0, 0),
             pending_release: None,
             offered_best: u32::MAX,
             searching: false,
@@ -414,11 +455,28 @@ impl Shard {
 
     fn name_queue(&mut self, q: QueueId, name: Arc<str>) {
         let i = q.0 as usize;
-        if self.qnames.len() <= i {
-            self.qnames.resize(i + 1, Arc::from(""));
+        while self.qs.len() <= i {
+            self.qs.push(QState::new(Arc::from("")));
         }
-        self.qnames[i] = name.clone();
+        let name: Arc<str> = Arc::from(&*name);
+        self.qs[i].name = name.clone();
         self.qids.insert(name, q);
+    }
+
+    /// The state of queue `q` (a table id this shard named).
+    fn q(&mut self, q: QueueId) -> &mut QState {
+        let i = q.0 as usize;
+        while self.qs.len() <= i {
+            self.qs.push(QState::new(Arc::from("")));
+        }
+        &mut self.qs[i]
+    }
+
+    /// The handler of the queue named `name`, and whether it blocks.
+    fn handler_of(&self, name: &str) -> Option<(Arc<dyn Handler>, bool)> {
+        let q = self.qids.get(name)?;
+        let x = self.qs.get(q.0 as usize)?;
+        Some((x.handler.clone()?, x.blocking))
     }
 
     /// The table's id of queue `name` (made if new).
@@ -431,42 +489,53 @@ impl Shard {
         Some(q)
     }
 
-    fn counts(&mut self, q: &Arc<str>) -> &mut QueueCounts {
-        &mut self.queues.entry(q.clone()).or_default().2
-    }
-
     /// Counts a job becoming ready for the controller's arrival rate.
     fn arrived(&mut self, q: QueueId, now_ns: u64) {
-        let name = self.qnames.get(q.0 as usize).cloned().unwrap_or_else(|| Arc::from(""));
-        match self.handlers.get(&name) {
-            Some((_, true)) => {
-                self.gb_arrivals += 1;
-                self.sh.gauges.b_arrivals.store(self.gb_arrivals, Ordering::Relaxed);
+        let blocking = {
+            let x = self.q(q);
+            x.counts.arrived += 1;
+            x.handler.is_some() && x.blocking
+        };
+        if blocking {
+            self.gb_arrivals += 1;
+            self.sh.gauges.b_arrivals.store(self.gb_arrivals, Ordering::Relaxed);
+        } else {
+            if self.worker.is_empty() && self.table.ready_in(q) == 1 && self.core_ready() == 1 {
+                self.sh.gauges.head_ready_ns.store(now_ns.max(1), Ordering::Relaxed);
             }
-            _ => {
-                if self.core_ready() == 1 && self.worker.is_empty() {
-                    self.sh.gauges.head_ready_ns.store(now_ns.max(1), Ordering::Relaxed);
-                }
-                self.g_arrivals += 1;
-                self.sh.gauges.arrivals.store(self.g_arrivals, Ordering::Relaxed);
-            }
+            self.g_arrivals += 1;
+            self.sh.gauges.arrivals.store(self.g_arrivals, Ordering::Relaxed);
         }
-        self.counts(&name).arrived += 1;
     }
 
     /// Ready jobs of queues with a core handler.
     fn core_ready(&self) -> u64 {
-        self.core_qs.iter().filter_map(|&q| self.table.queue_view(q)).map(|v| v.ready).sum()
+        self.core_qs.iter().map(|&q| self.table.ready_in(q)).sum()
     }
 
     fn blocking_ready(&self) -> u64 {
-        self.blocking_qs.iter().filter_map(|&q| self.table.queue_view(q)).map(|v| v.ready).sum()
+        self.blocking_qs.iter().map(|&q| self.table.ready_in(q)).sum()
     }
 
     /// Puts a job into the table. `logged`: its `Put` is in the log already
     /// (its producer wrote it); otherwise the shard logs it.
     fn insert(&mut self, j: NewJob, logged: bool) -> Option<Put> {
         let q = self.qid(&j.queue)?;
+        let now = self.now_ns();
+        self.insert_in(j, q, logged, now, true)
+    }
+
+    /// [`Shard::insert`] into queue `q` (the job's), `now_ns` being now;
+    /// `arrival`: count it as an arrival (not when it came from the lane,
+    /// which counted it).
+    fn insert_in(
+        &mut self,
+        j: NewJob,
+        q: QueueId,
+        logged: bool,
+        now_ns: u64,
+        arrival: bool,
+    ) -> Option<Put> {
         let spec = PutSpec {
             pri: j.priority,
             delay: j.due.map_or(Duration::ZERO, |d| d.since(j.created)),
@@ -484,12 +553,69 @@ impl Shard {
             }
         };
         if let Put::Created(_) = put {
-            if j.due.is_none() {
-                let now = self.now_ns();
-                self.arrived(q, now);
+            if j.due.is_none() && arrival {
+                self.arrived(q, now_ns);
             }
         }
         Some(put)
+    }
+
+    /// The queue of `jobs` if they may enter the lane (`lane.rs` step 1):
+    /// ready, without unique keys, one queue with a core handler here, one
+    /// priority.
+    fn lane_queue(&mut self, jobs: &[NewJob]) -> Option<QueueId> {
+        let first = jobs.first()?;
+        if !self.cfg.lane {
+            return None;
+        }
+        let plain = |j: &NewJob| {
+            j.due.is_none()
+                && j.unique_key.is_none()
+                && j.priority == first.priority
+                && (Arc::ptr_eq(&j.queue, &first.queue) || j.queue == first.queue)
+        };
+        if !jobs.iter().all(plain) {
+            return None;
+        }
+        let q = self.qid(&first.queue)?;
+        let x = self.qs.get(q.0 as usize)?;
+        (x.handler.is_some() && !x.blocking).then_some(q)
+    }
+
+    /// Puts `jobs` (of queue `q`) into the lane, counting their arrival;
+    /// gives them back if the lane's order does not allow it.
+    fn admit(&mut self, q: QueueId, jobs: Vec<NewJob>) -> Result<(), Vec<NewJob>> {
+        let n = jobs.len() as u64;
+        let name = self.q(q).name.clone();
+        let was_empty = self.sh.lane.len() == 0;
+        self.sh.lane.admit(q, &name, jobs)?;
+        self.q(q).counts.arrived += n;
+        self.g_arrivals += n;
+        self.sh.gauges.arrivals.store(self.g_arrivals, Ordering::Relaxed);
+        let table_ready = self.core_ready() + self.worker.len() as u64;
+        if was_empty && table_ready == 0 {
+            let ns = self.now_ns();
+            self.sh.gauges.head_ready_ns.store(ns.max(1), Ordering::Relaxed);
+        }
+        // Now, not after the next run: that run may block for long, and the
+        // controller must see the jobs waiting behind it.
+        let ready = table_ready + self.sh.lane.len() as u64;
+        self.sh.gauges.ready.store(ready, Ordering::Relaxed);
+        // A backlog: let an idle worker take half of it.
+        if self.sh.lane.len() >= 2 && self.cfg.stealing && self.all.len() > 1 {
+            self.wake_one_idle();
+        }
+        Ok(())
+    }
+
+    /// Moves the lane into the table, in order (`lane.rs` step 5).
+    fn spill_lane(&mut self) {
+        if let Some((q, jobs)) = self.sh.lane.drain() {
+            let now = self.now_ns();
+            for j in jobs {
+                self.insert_in(j, q, true, now, false);
+            }
+        }
     }
 
     /// Writes this shard's pending records to its log; the last LSN.
@@ -518,11 +644,40 @@ impl Shard {
     fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Job(j) => {
-                self.insert(j, true);
+                if let Some(q) = self.lane_queue(std::slice::from_ref(&j)) {
+                    match self.admit(q, vec![j]) {
+                        Ok(()) => {}
+                        Err(mut back) => {
+                            if let Some(j) = back.pop() {
+                                self.insert(j, true);
+                            }
+                        }
+                    }
+                } else {
+                    self.insert(j, true);
+                }
             }
             Msg::Jobs(jobs) => {
+                let jobs = match self.lane_queue(&jobs) {
+                    Some(q) => match self.admit(q, jobs) {
+                        Ok(()) => return,
+                        Err(back) => back,
+                    },
+                    None => jobs,
+                };
+                // One clock reading and one queue lookup per batch (its jobs
+                // share the producer's name).
+                let now = self.now_ns();
+                let mut last: Option<(Arc<str>, QueueId)> = None;
                 for j in jobs {
-                    self.insert(j, true);
+                    let q = match &last {
+                        Some((n, q)) if Arc::ptr_eq(n, &j.queue) => *q,
+                        _ => match self.qid(&j.queue) {
+                            Some(q) => last.insert((j.queue.clone(), q)).1,
+                            None => continue,
+                        },
+                    };
+                    self.insert_in(j, q, true, now, true);
                 }
             }
             Msg::Unique(j, reply, waiter) => {
@@ -558,12 +713,17 @@ impl Shard {
                 waiter.unpark();
             }
             Msg::Register(q, h, blocking) => {
-                self.handlers.insert(q.clone(), (h, blocking));
                 if blocking && self.blocking.is_none() {
                     self.blocking =
                         Some(blocking::Pool::new(self.cfg.max_blocking, self.cfg.epoch));
                 }
                 if let Some(id) = self.qid(&q) {
+                    let x = self.q(id);
+                    x.handler = Some(h);
+                    x.blocking = blocking;
+                    if blocking && self.sh.lane.count().is_some_and(|(lq, _)| lq == id) {
+                        self.spill_lane();
+                    }
                     self.table.hold_queue(id);
                     self.core_qs.retain(|&x| x != id);
                     self.blocking_qs.retain(|&x| x != id);
@@ -589,28 +749,44 @@ impl Shard {
                         self.end_to_end.record(d.end_ns.saturating_sub(d.task.submitted_ns).max(1));
                 }
                 self.jobs_run += 1;
-                let c = self.counts(&d.task.queue);
+                let c = &mut self.q(d.task.qid).counts;
                 c.runs += 1;
                 c.run_ns += run;
-                self.finish(d.task.id, &d.task.queue, d.outcome);
+                self.finish(d.task.id, d.task.qid, d.outcome);
             }
             Msg::Outcome(o) => {
                 self.out = self.out.saturating_sub(1);
-                let q = self.queue_of(o.id);
-                self.finish(o.id, &q, o.outcome);
+                if let Some(q) = self.table.job(o.id).map(|j| j.queue) {
+                    self.finish(o.id, q, o.outcome);
+                }
             }
             Msg::Return(t) => {
                 self.out = self.out.saturating_sub(1);
                 self.untake(&t);
             }
-            Msg::Rescued(done) => {
+            Msg::Rescued(done, from_lane) => {
+                if from_lane {
+                    self.sh.lane.returned(done.len());
+                }
                 for (j, outcome) in done {
-                    let (id, q) = (j.id, j.queue.clone());
+                    let id = j.id;
+                    if outcome == Outcome::Done {
+                        // Done elsewhere: the records of a run, nothing
+                        // more (the table never held it).
+                        if let Some(q) = self.qid(&j.queue) {
+                            self.recs.push_reserve(id);
+                            self.recs.push_delete(id);
+                            self.done_counts(q, j.payload.len() as u64);
+                            continue;
+                        }
+                    }
                     self.insert(j, true);
                     let t = self.now_t();
                     if self.table.reserve_id(t, id, HOLDER, &mut Records::disabled()).is_some() {
                         self.table.log_start(id, &mut self.recs);
-                        self.finish(id, &q, outcome);
+                        if let Some(q) = self.table.job(id).map(|j| j.queue) {
+                            self.finish(id, q, outcome);
+                        }
                     }
                 }
             }
@@ -642,13 +818,6 @@ impl Shard {
         }
     }
 
-    fn queue_of(&self, id: u64) -> Arc<str> {
-        self.table
-            .job(id)
-            .and_then(|j| self.qnames.get(j.queue.0 as usize).cloned())
-            .unwrap_or_else(|| Arc::from(""))
-    }
-
     /// Removes a job without logging (its `Put` never reached the log).
     fn forget(&mut self, id: u64) {
         let _ = self.table.delete(id, Some(By::holder(HOLDER)), &mut Records::disabled());
@@ -658,10 +827,8 @@ impl Shard {
     fn untake(&mut self, t: &Task) {
         let now = self.now_t();
         if self.table.unreserve(now, t.id, HOLDER).is_ok() {
-            if let Some(q) = self.qids.get(&t.queue).copied() {
-                let ns = self.now_ns();
-                self.arrived(q, ns);
-            }
+            let ns = self.ns_of(now);
+            self.arrived(t.qid, ns);
         }
     }
 
@@ -689,8 +856,7 @@ impl Shard {
     /// Reserves the most urgent ready job of the core (or blocking) queues
     /// as a task. The reservation is logged when its run starts, so a job
     /// offered to thieves and never run does not count as interrupted.
-    fn take_from(&mut self, blocking: bool) -> Option<Task> {
-        let now = self.now_t();
+    fn take_from(&mut self, blocking: bool, now: Time) -> Option<Task> {
         let qs = if blocking { &self.blocking_qs } else { &self.core_qs };
         let (id, ready) = {
             let j = self.table.peek_from(now, qs)?;
@@ -701,8 +867,12 @@ impl Shard {
         Some(Task {
             id,
             owner: self.sh.idx,
-            queue: self.qnames.get(j.queue.0 as usize).cloned().unwrap_or_else(|| Arc::from("")),
-            payload: Arc::from(j.payload),
+            qid: j.queue,
+            queue: self
+                .qs
+                .get(j.queue.0 as usize)
+                .map_or_else(|| Arc::from(""), |x| x.name.clone()),
+            payload: Payload::new(j.payload),
             attempt: lease.token,
             priority: j.pri,
             ready_ns: self.ns_of(ready),
@@ -712,30 +882,40 @@ impl Shard {
         })
     }
 
-    /// Step 4: the next local task; offers the backlog to thieves first.
-    fn next_local(&mut self) -> Option<Task> {
+    /// Step 4: the next local job: an offered task, the lane's front or
+    /// the table's best (`lane.rs` step 2); a task from the table offers
+    /// the table's backlog to thieves first.
+    fn next_local(&mut self, now: Time) -> Option<Next> {
         // A job more urgent than everything offered arrived since the offer:
         // run it first (strict priority for local work).
-        let now = self.now_t();
-        let best = self.table.peek_from(now, &self.core_qs).map(|j| j.pri);
-        let heap_first = best.is_some_and(|p| p < self.offered_best);
-        if !heap_first {
+        let best = self.table.peek_from(now, &self.core_qs).map(|j| (j.pri, j.id));
+        let urgent = best.map_or(u32::MAX, |b| b.0).min(self.sh.lane.pri());
+        if urgent >= self.offered_best {
             if let Some(t) = self.worker.pop() {
                 if t.owner == self.sh.idx {
                     self.out = self.out.saturating_sub(1);
                 }
-                return Some(t);
+                return Some(Next::Task(t));
             }
         }
-        let t = self.take_from(false)?;
-        self.offer();
-        Some(t)
+        if let Some((j, q)) = self.sh.lane.pop_before(best) {
+            return Some(Next::Lane(j, q));
+        }
+        let t = self.take_from(false, now)?;
+        self.offer_at(now);
+        Some(Next::Task(t))
     }
 
     /// Moves every ready job of the core queues into the steal deque (the
     /// most urgent first) and wakes one parked active shard. The whole
     /// backlog, so a handler that blocks this shard strands none of it.
     fn offer(&mut self) -> bool {
+        let now = self.now_t();
+        self.offer_at(now)
+    }
+
+    /// [`Shard::offer`] at the time `now`.
+    fn offer_at(&mut self, now: Time) -> bool {
         if self.all.len() < 2 || !self.cfg.stealing || self.shutting_down {
             return false;
         }
@@ -748,7 +928,7 @@ impl Shard {
         let mut best = u32::MAX;
         let mut oldest = u64::MAX;
         let mut moved = 0u64;
-        while let Some(o) = self.take_from(false) {
+        while let Some(o) = self.take_from(false, now) {
             best = best.min(o.priority);
             oldest = oldest.min(o.ready_ns);
             self.worker.push(o);
@@ -778,9 +958,10 @@ impl Shard {
         let Some(pool) = self.blocking.take() else { return false };
         let target = pool.target(&self.sh) as u64;
         let mut any = false;
+        let now = self.now_t();
         while self.blocking_out < target {
-            let Some(t) = self.take_from(true) else { break };
-            let Some((h, _)) = self.handlers.get(&t.queue).cloned() else {
+            let Some(t) = self.take_from(true, now) else { break };
+            let Some(h) = self.qs.get(t.qid.0 as usize).and_then(|x| x.handler.clone()) else {
                 self.untake(&t);
                 break;
             };
@@ -826,8 +1007,7 @@ impl Shard {
             let _inflight = o.enter();
             let Some(msg) = o.inbox.pop() else { continue };
             let runnable = |j: &NewJob| {
-                j.due.is_none_or(|d| d <= now_t)
-                    && self.handlers.get(&j.queue).is_some_and(|h| !h.1)
+                j.due.is_none_or(|d| d <= now_t) && self.handler_of(&j.queue).is_some_and(|h| !h.1)
             };
             let jobs = match msg {
                 Msg::Jobs(jobs) if jobs.iter().all(runnable) => jobs,
@@ -837,22 +1017,63 @@ impl Shard {
                     continue;
                 }
             };
-            let mut done = Vec::with_capacity(jobs.len());
-            for j in jobs {
-                let Some((h, _)) = self.handlers.get(&j.queue).cloned() else { continue };
-                let job = JobRef {
-                    id: JobId(j.id),
-                    queue: &j.queue,
-                    payload: &j.payload,
-                    attempt: 1,
-                    priority: j.priority,
-                };
-                let outcome = call_handler(h.as_ref(), &job);
-                self.jobs_run += 1;
-                self.jobs_stolen += 1;
-                done.push((j, outcome));
+            self.run_for(o, jobs, false);
+            return true;
+        }
+        false
+    }
+
+    /// Runs new jobs taken from shard `o` (its inbox or its lane; the caller
+    /// is in `o`'s submit epoch) and sends them back with their outcomes.
+    /// Each job's queue has a core handler here.
+    fn run_for(&mut self, o: &ShardShared, jobs: Vec<NewJob>, from_lane: bool) {
+        let mut done = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            let outcome = match self.handler_of(&j.queue) {
+                Some((h, _)) => {
+                    let job = JobRef {
+                        id: JobId(j.id),
+                        queue: &j.queue,
+                        payload: &j.payload,
+                        attempt: 1,
+                        priority: j.priority,
+                    };
+                    call_handler(h.as_ref(), &job)
+                }
+                // Registrations reach every shard before jobs exist; keep
+                // the job regardless (a retry, not a loss).
+                None => Outcome::Retry("no handler on the shard that took the job".into()),
+            };
+            self.jobs_run += 1;
+            self.jobs_stolen += 1;
+            done.push((j, outcome));
+        }
+        o.send(Msg::Rescued(done, from_lane));
+    }
+
+    /// Step 5, lanes: takes up to half of another shard's lane (`lane.rs`
+    /// step 4), runs the jobs and sends them back with their outcomes.
+    fn steal_lane(&mut self) -> bool {
+        let all = self.all.clone();
+        let n = all.len();
+        let start = (self.now_ns() as usize ^ self.sh.idx.wrapping_mul(0x9E37)) % n;
+        for k in 0..n {
+            let o = &all[(start + k) % n];
+            // All of it (up to the limit) while the owner is inside a
+            // handler, which may block for long; half of it otherwise.
+            let whole = o.handler_since.load(Ordering::Relaxed) != 0;
+            if o.idx == self.sh.idx || o.lane.len() < if whole { 1 } else { 2 } {
+                continue;
             }
-            o.send(Msg::Rescued(done));
+            let _inflight = o.enter();
+            let jobs = o.lane.steal(whole, |q| self.handler_of(q).is_some_and(|h| !h.1));
+            if jobs.is_empty() {
+                continue;
+            }
+            if o.lane.len() >= 2 {
+                self.wake_one_idle();
+            }
+            self.run_for(o, jobs, true);
             return true;
         }
         false
@@ -910,73 +1131,158 @@ impl Shard {
         None
     }
 
-    fn run_task(&mut self, t: Task) {
-        let start = self.now_ns();
-        let mut handler = self.handlers.get(&t.queue).cloned();
-        if handler.is_none() {
+    /// Runs a task; `start`: the engine-clock nanoseconds now, if known.
+    fn run_task(&mut self, t: Task, start: Option<u64>) {
+        let own = t.owner == self.sh.idx;
+        // The queue in this shard's table: the task's id if we own it,
+        // else by name (only a stolen task looks its queue up by name).
+        let mut q = if own { Some(t.qid) } else { self.qids.get(&*t.queue).copied() };
+        let has_handler = |s: &Self, q: Option<QueueId>| {
+            q.and_then(|q| s.qs.get(q.0 as usize)).is_some_and(|x| x.handler.is_some())
+        };
+        if !has_handler(self, q) {
             // Only a stolen task can lack a handler: the registration was
             // sent to every shard before the job existed, so it is in our
             // inbox. Take the inbox in and look again.
             while let Some(m) = self.sh.inbox.pop() {
                 self.handle(m);
             }
-            handler = self.handlers.get(&t.queue).cloned();
+            q = if own { Some(t.qid) } else { self.qids.get(&*t.queue).copied() };
         }
-        let Some((h, blocks)) = handler else {
-            if t.owner != self.sh.idx {
-                self.all[t.owner].send(Msg::Return(t));
-            } else {
+        let Some(q) = q.filter(|&q| has_handler(self, Some(q))) else {
+            if own {
                 self.untake(&t);
+            } else {
+                self.all[t.owner].send(Msg::Return(t));
             }
             return;
         };
+        let qi = q.0 as usize;
         // Re-registered as blocking after the job was queued: to the pool.
-        if blocks && t.owner == self.sh.idx && self.blocking.is_some() {
+        if self.qs[qi].blocking && own && self.blocking.is_some() {
             self.table.log_start(t.id, &mut self.recs);
             self.flush();
             self.blocking_out += 1;
-            if let Some(pool) = &self.blocking {
+            if let (Some(pool), Some(h)) = (&self.blocking, self.qs[qi].handler.clone()) {
                 pool.submit(&self.sh, t, h);
             }
             return;
         }
         // Log the start in the owner's log (a thief appends there too), so a
         // crash during the run counts as an interruption on recovery.
-        if t.owner == self.sh.idx {
+        if own {
             self.table.log_start(t.id, &mut self.recs);
             self.flush();
         } else {
             self.all[t.owner].log_start(t.id);
         }
-        // Stall deadline (`control.rs` step 2) and what the controller
-        // reports; the queue's name is stored only when it changes.
-        let mean = {
-            let c = self.counts(&t.queue);
-            c.run_ns.checked_div(c.runs).unwrap_or(0)
+        let start = match start {
+            Some(ns) => ns,
+            None => self.now_ns(),
         };
-        let limit = (mean.saturating_mul(u64::from(self.cfg.stall_factor)))
-            .max(self.cfg.stall_min.as_nanos() as u64);
-        self.ctl.check_lag(t.ready_ns, start);
-        let g = &self.sh.gauges;
-        g.head_ready_ns.store(t.ready_ns.max(1), Ordering::Relaxed);
-        g.job.store(t.id, Ordering::Relaxed);
-        g.stall_at.store(start.saturating_add(limit).max(1), Ordering::Relaxed);
-        if *self.running_queue != *t.queue {
-            self.running_queue = t.queue.clone();
-            if let Some(m) = self.ctl.running_queue.get(self.sh.idx) {
-                *m.lock().unwrap_or_else(|p| p.into_inner()) = t.queue.clone();
-            }
-        }
-        self.sh.handler_since.store(start.max(1), Ordering::Relaxed);
         let job = JobRef {
             id: JobId(t.id),
             queue: &t.queue,
-            payload: &t.payload,
+            payload: t.payload.bytes(),
             attempt: t.attempt,
             priority: t.priority,
         };
-        let outcome = call_handler(h.as_ref(), &job);
-        let end = self.now_ns();
+        let outcome = self.call(qi, &job, t.ready_ns, t.submitted_ns, start);
+        if own {
+            self.finish(t.id, q, outcome);
+        } else {
+            self.jobs_stolen += 1;
+            self.all[t.owner].send(Msg::Outcome(TaskOutcome { id: t.id, outcome }));
+        }
+    }
+
+    /// Runs a job from the lane (`lane.rs` step 3).
+    fn run_lane(&mut self, j: NewJob, q: QueueId, start: u64) {
+        let qi = q.0 as usize;
+        if self.qs.get(qi).is_none_or(|x| x.handler.is_none() || x.blocking) {
+            // No longer runnable here: through the table, with the rest.
+            self.insert_in(j, q, true, start, false);
+            self.spill_lane();
+            return;
+        }
+        // Log the start, so a crash during the run counts as an
+        // interruption on recovery (as for a run from the table).
+        if self.recs.enabled() {
+            self.recs.push_reserve(j.id);
+            self.flush();
+        }
+        let ready_ns = self.ns_of(j.created);
+        let job = JobRef {
+            id: JobId(j.id),
+            queue: &j.queue,
+            payload: &j.payload,
+            attempt: 1,
+            priority: j.priority,
+        };
+        match self.call(qi, &job, ready_ns, ready_ns, start) {
+            Outcome::Done => {
+                self.recs.push_delete(j.id);
+                self.done_counts(q, j.payload.len() as u64);
+            }
+            outcome => {
+                // Into the table, reserved by this shard with its `Reserve`
+                // logged above; the table applies the outcome.
+                let id = j.id;
+                let now = self.now_t();
+                let ns = self.ns_of(now);
+                self.insert_in(j, q, true, ns, false);
+                if self.table.reserve_id(now, id, HOLDER, &mut Records::disabled()).is_some() {
+                    // Marks the reservation as logged (the record went out
+                    // above; this copy is dropped).
+                    let mut logged = Records::new();
+                    self.table.log_start(id, &mut logged);
+                    self.finish(id, q, outcome);
+                }
+            }
+        }
+    }
+
+    /// Runs `job`'s handler (of queue index `qi`, which has one) on this
+    /// thread: the controller's gauges around it, then the run's counts and
+    /// latencies. `ready_ns`, `submitted_ns`, `start`: engine-clock
+    /// nanoseconds.
+    fn call(
+        &mut self,
+        qi: usize,
+        job: &JobRef<'_>,
+        ready_ns: u64,
+        submitted_ns: u64,
+        start: u64,
+    ) -> Outcome {
+        // Stall deadline (`control.rs` step 2) and what the controller
+        // reports; the queue's name is stored only when it changes.
+        let limit = {
+            let c = &self.qs[qi].counts;
+            let mean = c.run_ns.checked_div(c.runs).unwrap_or(0);
+            (mean.saturating_mul(u64::from(self.cfg.stall_factor)))
+                .max(self.cfg.stall_min.as_nanos() as u64)
+        };
+        self.ctl.check_lag(ready_ns, start);
+        let g = &self.sh.gauges;
+        g.head_ready_ns.store(ready_ns.max(1), Ordering::Relaxed);
+        g.job.store(job.id.0, Ordering::Relaxed);
+        g.stall_at.store(start.saturating_add(limit).max(1), Ordering::Relaxed);
+        if !Arc::ptr_eq(&self.running_queue, &self.qs[qi].name) {
+            self.running_queue = self.qs[qi].name.clone();
+            if let Some(m) = self.ctl.running_queue.get(self.sh.idx) {
+                *m.lock().unwrap_or_else(|p| p.into_inner()) = self.running_queue.clone();
+            }
+        }
+        self.sh.handler_since.store(start.max(1), Ordering::Relaxed);
+        let outcome = match self.qs[qi].handler.as_deref() {
+            Some(h) => call_handler(h, job),
+            None => Outcome::Retry("no handler".into()),
+        };
+        let end_t = self.now_t();
+        let end = self.ns_of(end_t);
+        // The next iteration starts now, unless it has messages to take in
+        // first (one clock reading per job on a busy shard).
+        self.clock_hint = Some(end_t);
         self.sh.handler_since.store(0, Ordering::Relaxed);
         self.sh.gauges.stall_at.store(0, Ordering::Relaxed);
         let run = end.saturating_sub(start);
@@ -984,45 +1290,37 @@ impl Shard {
         self.g_busy_ns += run;
         self.sh.gauges.completions.store(self.g_completions, Ordering::Relaxed);
         self.sh.gauges.busy_ns.store(self.g_busy_ns, Ordering::Relaxed);
-        let c = self.counts(&t.queue);
+        let c = &mut self.qs[qi].counts;
         c.runs += 1;
         c.run_ns += run;
-        let _ = self.dispatch.record(start.saturating_sub(t.ready_ns).max(1));
+        let _ = self.dispatch.record(start.saturating_sub(ready_ns).max(1));
         let _ = self.run_time.record(run.max(1));
         self.jobs_run += 1;
         if outcome == Outcome::Done {
-            let _ = self.end_to_end.record(end.saturating_sub(t.submitted_ns).max(1));
+            let _ = self.end_to_end.record(end.saturating_sub(submitted_ns).max(1));
         }
-        if t.owner == self.sh.idx {
-            self.finish(t.id, &t.queue, outcome);
-        } else {
-            self.jobs_stolen += 1;
-            self.all[t.owner].send(Msg::Outcome(TaskOutcome { id: t.id, outcome }));
-        }
+        outcome
     }
 
-    /// Applies a handler's outcome to a job this shard owns.
-    fn finish(&mut self, id: u64, q: &Arc<str>, outcome: Outcome) {
+    /// Applies a handler's outcome to a job this shard owns (of queue `q`).
+    fn finish(&mut self, id: u64, q: QueueId, outcome: Outcome) {
         let by = By::holder(HOLDER);
-        let now = self.now_t();
         let len = self.table.job(id).map_or(0, |j| j.payload.len() as u64);
         match outcome {
             Outcome::Done => {
                 if self.table.complete(id, by, &mut self.recs).is_ok() {
-                    self.counters.release(1, len);
-                    self.queues.entry(q.clone()).or_default().0 += 1;
+                    self.done_counts(q, len);
                 }
             }
             Outcome::Retry(reason) => {
-                self.queues.entry(q.clone()).or_default().1 += 1;
+                self.q(q).failed += 1;
+                let now = self.now_t();
                 match self.table.fail(now, id, by, reason.as_bytes(), &mut self.recs) {
                     Ok(Failed::Retry { attempts, delay }) => {
                         tracing::debug!(job = id, attempt = attempts, ?delay, %reason, "job failed; retrying");
                         if delay.is_zero() {
-                            if let Some(qid) = self.qids.get(q).copied() {
-                                let ns = self.now_ns();
-                                self.arrived(qid, ns);
-                            }
+                            let ns = self.ns_of(now);
+                            self.arrived(q, ns);
                         }
                     }
                     Ok(Failed::Buried { attempts }) => {
@@ -1032,12 +1330,31 @@ impl Shard {
                 }
             }
             Outcome::Bury(reason) => {
-                self.queues.entry(q.clone()).or_default().1 += 1;
+                self.q(q).failed += 1;
                 let pri = self.table.job(id).map_or(0, |j| j.pri);
                 if self.table.bury(id, by, pri, Some(&reason), &mut self.recs).is_ok() {
                     tracing::info!(job = id, %reason, "job buried");
                 }
             }
+        }
+    }
+
+    /// Counts a completed job of queue `q` holding `len` payload bytes.
+    fn done_counts(&mut self, q: QueueId, len: u64) {
+        self.released.0 += 1;
+        self.released.1 += len;
+        if self.released.0 >= RELEASE_BATCH {
+            self.release_counts();
+        }
+        self.q(q).completed += 1;
+    }
+
+    /// Gives the engine-wide job and byte counts of completed jobs back
+    /// (batched: two shared atomics per [`RELEASE_BATCH`] jobs, not per job).
+    fn release_counts(&mut self) {
+        let (jobs, bytes) = std::mem::take(&mut self.released);
+        if jobs > 0 {
+            self.counters.release(jobs, bytes);
         }
     }
 
@@ -1095,6 +1412,9 @@ impl Shard {
                 while let Some(m) = self.sh.inbox.pop() {
                     self.handle(m);
                 }
+                // Jobs in the lane are live: the pass rewrites them from
+                // the table.
+                self.spill_lane();
                 self.pending_cut = None;
                 // The engine-wide counter may be ahead of this shard's ids:
                 // the pass's id mark covers every id handed out.
@@ -1122,9 +1442,18 @@ impl Shard {
     fn publish(&mut self) {
         let mut queues = std::collections::BTreeMap::new();
         let mut counts = std::collections::BTreeMap::new();
+        self.release_counts();
+        let lane = self.sh.lane.count();
         for (name, &q) in &self.qids {
-            let v = self.table.queue_view(q).unwrap_or_default();
-            let (completed, failed, c) = self.queues.get(name).cloned().unwrap_or_default();
+            let mut v = self.table.queue_view(q).unwrap_or_default();
+            if let Some((_, n)) = lane.filter(|l| l.0 == q) {
+                v.ready += n as u64;
+            }
+            let (completed, failed, c) = self
+                .qs
+                .get(q.0 as usize)
+                .map(|x| (x.completed, x.failed, x.counts))
+                .unwrap_or_default();
             queues.insert(
                 name.to_string(),
                 QueueStats {
@@ -1180,7 +1509,9 @@ impl Shard {
                 && was_active
                 && 2 * ctl.search.searching.load(Ordering::SeqCst)
                     < ctl.search.active.load(Ordering::SeqCst)
-                && all.iter().any(|o| o.idx != sh.idx && !o.stealer.is_empty()))
+                && all
+                    .iter()
+                    .any(|o| o.idx != sh.idx && (!o.stealer.is_empty() || o.lane.len() > 0)))
     }
 
     fn park_timeout(&self) -> Duration {
@@ -1198,16 +1529,20 @@ impl Shard {
         // outcomes must be logged here before the log closes. A safety net
         // bounds the wait (a lost outcome only means the job runs again).
         let waited_enough = self.shutdown_at.is_some_and(|t| t.elapsed() >= SHUTDOWN_WAIT_MAX);
-        if (self.out > 0 || self.blocking_out > 0) && waited_enough {
+        if (self.out > 0 || self.blocking_out > 0 || self.sh.lane.lent() > 0) && waited_enough {
             tracing::warn!(
                 shard = self.sh.idx,
                 outstanding = self.out,
                 "shutting down with stolen jobs unreported; they will run again after restart"
             );
         }
-        (self.out == 0 && self.blocking_out == 0 || waited_enough)
+        let lent = self.sh.lane.lent();
+        (self.out == 0 && self.blocking_out == 0 && lent == 0 || waited_enough)
             && (self.cfg.durability != Durability::Memory
-                || (self.core_ready() == 0 && self.worker.is_empty() && self.blocking_ready() == 0))
+                || (self.core_ready() == 0
+                    && self.worker.is_empty()
+                    && self.sh.lane.len() == 0
+                    && self.blocking_ready() == 0))
     }
 
     fn start_searching(&mut self) -> bool {
@@ -1251,6 +1586,9 @@ impl Shard {
                     None => break,
                 }
             }
+            if progress {
+                self.clock_hint = None;
+            }
             progress |= self.fire_timers();
             progress |= self.dispatch_blocking();
             if self.shutting_down && self.may_exit() {
@@ -1263,22 +1601,34 @@ impl Shard {
             let active = flag || self.shutting_down || !self.cfg.stealing || self.all.len() < 2;
             if !active {
                 self.stop_searching();
+                // Not running handlers: the lane's jobs are offered too.
+                self.spill_lane();
                 progress |= self.offer();
-            } else if let Some(t) = self.next_local() {
+            } else if let Some((next, now)) = {
+                let now = match self.clock_hint.take() {
+                    Some(t) => t,
+                    None => self.now_t(),
+                };
+                self.next_local(now).map(|t| (t, now))
+            } {
                 self.stop_searching();
-                self.run_task(t);
+                let start = self.ns_of(now);
+                match next {
+                    Next::Task(t) => self.run_task(t, Some(start)),
+                    Next::Lane(j, q) => self.run_lane(j, q, start),
+                }
                 progress = true;
             } else if self.searching || self.start_searching() {
                 if let Some(t) = self.steal() {
                     self.stop_searching();
-                    self.run_task(t);
+                    self.run_task(t, None);
                     progress = true;
-                } else if self.rescue() {
+                } else if self.steal_lane() || self.rescue() {
                     self.stop_searching();
                     progress = true;
                 }
             }
-            let ready = self.core_ready() + self.worker.len() as u64;
+            let ready = self.core_ready() + self.worker.len() as u64 + self.sh.lane.len() as u64;
             self.sh.gauges.ready.store(ready, Ordering::Relaxed);
             self.sh.gauges.b_ready.store(self.blocking_ready(), Ordering::Relaxed);
             since_compact += 1;
@@ -1314,6 +1664,7 @@ impl Shard {
             }
             idle_since = None;
             self.flush();
+            self.release_counts();
             // A searcher giving up its slot while work is on offer wakes one
             // parked active worker to take over the search.
             if self.searching {

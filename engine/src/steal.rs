@@ -38,13 +38,47 @@
 use crate::job::Outcome;
 use std::sync::Arc;
 
+/// Payloads up to this many bytes travel inside the [`Task`].
+const INLINE: usize = 32;
+
+/// A task's payload: small ones inline (no allocation per job), larger ones
+/// shared.
+#[derive(Debug, Clone)]
+pub(crate) enum Payload {
+    Inline(u8, [u8; INLINE]),
+    Shared(Arc<[u8]>),
+}
+
+impl Payload {
+    /// A copy of `bytes`.
+    pub(crate) fn new(bytes: &[u8]) -> Payload {
+        if bytes.len() <= INLINE {
+            let mut b = [0u8; INLINE];
+            b[..bytes.len()].copy_from_slice(bytes);
+            Payload::Inline(bytes.len() as u8, b)
+        } else {
+            Payload::Shared(Arc::from(bytes))
+        }
+    }
+
+    /// The bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Payload::Inline(n, b) => &b[..usize::from(*n)],
+            Payload::Shared(a) => a,
+        }
+    }
+}
+
 /// A job offered to thieves (or run by its owner).
 #[derive(Debug)]
 pub(crate) struct Task {
     pub(crate) id: u64,
     pub(crate) owner: usize,
+    /// The queue's id in the owner's table.
+    pub(crate) qid: spindle_core::QueueId,
     pub(crate) queue: Arc<str>,
-    pub(crate) payload: Arc<[u8]>,
+    pub(crate) payload: Payload,
     pub(crate) attempt: u32,
     pub(crate) priority: u32,
     pub(crate) ready_ns: u64,

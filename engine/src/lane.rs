@@ -1,0 +1,316 @@
+//! A shard's lane: new jobs that run straight from their batch, without
+//! entering the shard's job table.
+//!
+//! Most jobs are submitted ready, run once and succeed. For those the table
+//! (put, reserve, complete: three index updates and a slot) is pure cost:
+//! the job is only ever in the table between its arrival and its run. The
+//! lane holds such jobs in the order they arrived, and the shard runs them
+//! from there; only a job whose run fails (retry or bury) enters the table,
+//! with its reservation, and from then on follows every rule of the table.
+//!
+//! The protocol, step by step:
+//!
+//! 1. **Admission** (the owner shard, taking a message from its inbox). A
+//!    batch enters the lane when all of its jobs are ready now (no delay,
+//!    no unique key), go to one queue whose handler runs on the shard
+//!    (`register`, not `register_blocking`), and have one priority; and when
+//!    the lane is empty, or holds jobs of that queue and priority whose ids
+//!    are all below the batch's. So the lane is always in (priority, id)
+//!    order, the table's ready order. Any other batch goes to the table.
+//! 2. **Choice** (the owner, before each run). The next job is the more
+//!    urgent of the lane's front and the table's best ready job, by
+//!    (priority, id): [`Lane::pop_before`] pops the front only if it comes
+//!    first. Jobs the shard offered to thieves from its table keep their
+//!    place as before (`shard.rs`).
+//! 3. **Run**. The owner logs the job's `Reserve` (durable modes), runs the
+//!    handler, and on success logs its `Delete`: the same records as a run
+//!    through the table, so recovery and the log format do not change. A
+//!    failed run puts the job into the table as reserved and applies the
+//!    outcome there (retry with backoff, bury).
+//! 4. **Stealing**. Another shard with nothing to run takes the newest
+//!    half of the lane ([`Lane::steal`]), or all of it while the owner is
+//!    inside a handler, so a handler that blocks the owner strands nothing
+//!    behind it. The thief first enters the
+//!    owner's submit epoch, runs the jobs, and sends them back with their
+//!    outcomes (`Msg::Rescued`); the owner logs the outcomes. Compaction
+//!    cannot release their `Put`s meanwhile (the epoch).
+//! 5. **Spill**. Before a compaction pass (which rewrites the live jobs of
+//!    the table), and when the lane's queue stops being runnable here (its
+//!    handler became blocking), the owner moves the lane into the table, in
+//!    order.
+//!
+//! The lane is a mutex around a queue of batches: the owner takes it once
+//! per job, uncontended unless a thief is taking half. `len` and `pri` are
+//! hints for readers that do not take the lock (the controller's gauges,
+//! idle shards deciding whether to steal).
+
+use crate::shard::NewJob;
+use crate::sync::{AtomicUsize, Ordering};
+use spindle_core::QueueId;
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Most jobs one steal takes.
+pub(crate) const STEAL_MAX: usize = 256;
+
+/// The lane of one shard.
+#[derive(Default)]
+pub(crate) struct Lane {
+    inner: Mutex<Inner>,
+    /// Jobs in the lane (a hint outside the lock).
+    len: AtomicUsize,
+    /// The lane's priority, `u32::MAX` when empty (a hint outside the lock).
+    pri: AtomicU32,
+    /// Jobs thieves took and whose outcomes the owner has not received.
+    lent: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// The queue, in the owner's table, and its name.
+    queue: Option<(QueueId, Arc<str>)>,
+    pri: u32,
+    /// Id of the newest job admitted.
+    last: u64,
+    /// Batches in arrival order; each holds its jobs newest first, so the
+    /// front job of the lane is the last element of the front batch.
+    batches: VecDeque<Vec<NewJob>>,
+    len: usize,
+}
+
+impl Lane {
+    pub(crate) fn new() -> Lane {
+        Lane { pri: AtomicU32::new(u32::MAX), ..Lane::default() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Jobs in the lane (may be stale by the time it is read).
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// The lane's priority, or `u32::MAX` when it is empty (a hint).
+    pub(crate) fn pri(&self) -> u32 {
+        self.pri.load(Ordering::Relaxed)
+    }
+
+    /// Jobs in thieves' hands (the owner keeps its log open for them).
+    pub(crate) fn lent(&self) -> usize {
+        self.lent.load(Ordering::Acquire)
+    }
+
+    /// The owner received the outcomes of `n` stolen jobs.
+    pub(crate) fn returned(&self, n: usize) {
+        self.lent.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    fn publish(&self, g: &Inner) {
+        self.len.store(g.len, Ordering::Relaxed);
+        let pri = if g.len == 0 { u32::MAX } else { g.pri };
+        self.pri.store(pri, Ordering::Relaxed);
+    }
+
+    /// Step 1: admits `jobs` (all of queue `q` named `name`, ready, of one
+    /// priority, ids increasing) if the lane's order allows; gives them back
+    /// otherwise.
+    pub(crate) fn admit(
+        &self,
+        q: QueueId,
+        name: &Arc<str>,
+        mut jobs: Vec<NewJob>,
+    ) -> Result<(), Vec<NewJob>> {
+        let (Some(first), Some(last)) = (jobs.first(), jobs.last()) else { return Ok(()) };
+        let (pri, first_id, last_id) = (first.priority, first.id, last.id);
+        let mut g = self.lock();
+        let fits = match &g.queue {
+            _ if g.len == 0 => true,
+            Some((lq, _)) => *lq == q && g.pri == pri && g.last < first_id,
+            None => false,
+        };
+        if !fits {
+            return Err(jobs);
+        }
+        if g.len == 0 {
+            g.queue = Some((q, name.clone()));
+            g.pri = pri;
+        }
+        g.last = last_id;
+        g.len += jobs.len();
+        jobs.reverse();
+        g.batches.push_back(jobs);
+        self.publish(&g);
+        Ok(())
+    }
+
+    /// Step 2: pops the front job if `(priority, id)` of it comes before
+    /// `other` (the table's best ready job; None: nothing there).
+    pub(crate) fn pop_before(&self, other: Option<(u32, u64)>) -> Option<(NewJob, QueueId)> {
+        if self.len() == 0 {
+            return None;
+        }
+        let mut g = self.lock();
+        let q = g.queue.as_ref()?.0;
+        let pri = g.pri;
+        let front = g.batches.front_mut()?;
+        let id = front.last()?.id;
+        if other.is_some_and(|o| o <= (pri, id)) {
+            return None;
+        }
+        let job = front.pop()?;
+        if front.is_empty() {
+            g.batches.pop_front();
+        }
+        g.len -= 1;
+        if g.len == 0 {
+            g.queue = None;
+        }
+        self.publish(&g);
+        Some((job, q))
+    }
+
+    /// Step 4: the newest half of the lane (`whole`: all of it), at most
+    /// [`STEAL_MAX`] jobs, oldest first, if its queue is `runnable` (by
+    /// name) for the thief.
+    pub(crate) fn steal(&self, whole: bool, runnable: impl Fn(&str) -> bool) -> Vec<NewJob> {
+        if self.len() < if whole { 1 } else { 2 } {
+            return Vec::new();
+        }
+        let mut g = self.lock();
+        let Some((_, name)) = &g.queue else { return Vec::new() };
+        if !runnable(name) {
+            return Vec::new();
+        }
+        let mut want = if whole { g.len } else { g.len / 2 }.min(STEAL_MAX);
+        let mut out = Vec::with_capacity(want);
+        while want > 0 {
+            let Some(back) = g.batches.back_mut() else { break };
+            // The back batch holds its newest jobs first.
+            let take = want.min(back.len());
+            out.extend(back.drain(..take));
+            if back.is_empty() {
+                g.batches.pop_back();
+            }
+            want -= take;
+            g.len -= take;
+        }
+        if g.len == 0 {
+            g.queue = None;
+        }
+        // Under the lock: the owner never sees the jobs in neither place.
+        self.lent.fetch_add(out.len(), Ordering::AcqRel);
+        self.publish(&g);
+        out.reverse();
+        out
+    }
+
+    /// Step 5: every job, oldest first, with the lane's queue.
+    pub(crate) fn drain(&self) -> Option<(QueueId, Vec<NewJob>)> {
+        let mut g = self.lock();
+        let (q, _) = g.queue.take()?;
+        let mut out = Vec::with_capacity(g.len);
+        for mut b in g.batches.drain(..) {
+            b.reverse();
+            out.append(&mut b);
+        }
+        g.len = 0;
+        self.publish(&g);
+        Some((q, out))
+    }
+
+    /// The lane's queue (in the owner's table) and its number of jobs.
+    pub(crate) fn count(&self) -> Option<(QueueId, usize)> {
+        let g = self.lock();
+        g.queue.as_ref().map(|(q, _)| (*q, g.len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spindle_core::Time;
+
+    fn job(id: u64, pri: u32) -> NewJob {
+        NewJob {
+            id,
+            queue: Arc::from("q"),
+            priority: pri,
+            payload: vec![id as u8],
+            created: Time(1),
+            due: None,
+            max_attempts: 5,
+            unique_key: None,
+        }
+    }
+
+    fn name() -> Arc<str> {
+        Arc::from("q")
+    }
+
+    #[test]
+    fn jobs_leave_in_priority_then_id_order_against_the_table() {
+        let lane = Lane::new();
+        lane.admit(QueueId(0), &name(), vec![job(1, 5), job(2, 5)]).unwrap();
+        lane.admit(QueueId(0), &name(), vec![job(3, 5)]).unwrap();
+        assert_eq!((lane.len(), lane.pri()), (3, 5));
+        // A more urgent table job goes first; an older one of the same
+        // priority too; a newer one does not.
+        assert!(lane.pop_before(Some((4, 100))).is_none());
+        assert!(lane.pop_before(Some((5, 0))).is_none());
+        let ids: Vec<u64> =
+            std::iter::from_fn(|| lane.pop_before(Some((5, 10))).map(|(j, _)| j.id)).collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+        assert_eq!((lane.len(), lane.pri()), (0, u32::MAX));
+    }
+
+    #[test]
+    fn a_batch_out_of_order_is_refused() {
+        let lane = Lane::new();
+        lane.admit(QueueId(0), &name(), vec![job(10, 5)]).unwrap();
+        // Older id, other priority, other queue: each would break the order.
+        assert!(lane.admit(QueueId(0), &name(), vec![job(9, 5)]).is_err());
+        assert!(lane.admit(QueueId(0), &name(), vec![job(11, 4)]).is_err());
+        assert!(lane.admit(QueueId(1), &name(), vec![job(11, 5)]).is_err());
+        assert!(lane.admit(QueueId(0), &name(), vec![job(11, 5)]).is_ok());
+        // Once empty, any batch starts a new lane.
+        lane.drain().unwrap();
+        assert!(lane.admit(QueueId(1), &name(), vec![job(3, 9)]).is_ok());
+        assert_eq!(lane.count(), Some((QueueId(1), 1)));
+    }
+
+    #[test]
+    fn thieves_take_half_from_the_back_and_the_owner_keeps_the_front() {
+        let lane = Lane::new();
+        lane.admit(QueueId(0), &name(), (1..=4).map(|i| job(i, 0)).collect()).unwrap();
+        lane.admit(QueueId(0), &name(), (5..=7).map(|i| job(i, 0)).collect()).unwrap();
+        assert!(lane.steal(false, |_| false).is_empty(), "no handler there: nothing taken");
+        let stolen: Vec<u64> = lane.steal(false, |n| n == "q").iter().map(|j| j.id).collect();
+        // Half of 7, across the two batches, oldest of them first.
+        assert_eq!(stolen, vec![5, 6, 7]);
+        assert_eq!(lane.lent(), 3);
+        lane.returned(3);
+        assert_eq!(lane.lent(), 0);
+        let left: Vec<u64> =
+            std::iter::from_fn(|| lane.pop_before(None).map(|(j, _)| j.id)).collect();
+        assert_eq!(left, vec![1, 2, 3, 4]);
+        // A single job is left to its owner, unless the owner is busy.
+        lane.admit(QueueId(0), &name(), vec![job(8, 0)]).unwrap();
+        assert!(lane.steal(false, |_| true).is_empty());
+        assert_eq!(lane.steal(true, |_| true).len(), 1);
+    }
+
+    #[test]
+    fn drain_returns_every_job_in_order() {
+        let lane = Lane::new();
+        lane.admit(QueueId(2), &name(), vec![job(1, 0), job(2, 0)]).unwrap();
+        lane.admit(QueueId(2), &name(), vec![job(3, 0)]).unwrap();
+        let (q, jobs) = lane.drain().unwrap();
+        assert_eq!(q, QueueId(2));
+        assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert!(lane.drain().is_none());
+        assert_eq!(lane.len(), 0);
+    }
+}
