@@ -3,38 +3,48 @@
 //! The loop, in order, every iteration:
 //!
 //! 1. **Inbox.** Drain up to [`INBOX_BATCH`] messages from the lock-free
-//!    inbox: new jobs (already logged by their producer), unique-key jobs
-//!    (checked and logged here), handler registrations, outcomes of jobs
-//!    other shards stole from us or our blocking pool ran, stats requests,
-//!    shutdown.
+//!    inbox: new jobs (already logged by their producer; ready batches of
+//!    one queue and priority enter the lane, `lane.rs`, the others the
+//!    table), unique-key jobs (checked and logged here), handler
+//!    registrations, outcomes of jobs other shards stole from us or our
+//!    blocking pool ran, stats requests, shutdown.
 //! 2. **Timers.** Move delayed jobs whose time has come to ready.
 //! 3. **Blocking pool.** Hand ready jobs of blocking queues to the shard's
 //!    pool, up to the controller's target (`blocking.rs`).
 //! 4. **Run** (active shards only, `control.rs`). Take the most urgent
-//!    ready job (priority, then FIFO) and run its handler on this thread.
-//!    Before that, if more jobs wait behind it, offer all of them to the
-//!    shard's work-stealing deque, so a long handler strands none
-//!    (`steal.rs`). A shard outside the active set only offers its ready
-//!    jobs and wakes an active one.
+//!    ready job (priority, then id) of the lane's front and the table, and
+//!    run its handler on this thread. Before running one from the table,
+//!    if more jobs wait behind it there, offer all of them to the shard's
+//!    work-stealing deque, so a long handler strands none (`steal.rs`;
+//!    the lane is open to thieves itself). A shard outside the active set
+//!    only moves its lane into the table, offers its ready jobs and wakes
+//!    an active one (`share.rs`).
 //! 5. **Steal.** With nothing of its own to run, and a search slot (at most
 //!    half the active workers search at once), take a batch from another
-//!    shard's deque, run them, and send each outcome back to the owner,
-//!    which logs it: a job's records always stay in its owner's log.
+//!    shard's deque or lane, run them, and send each outcome back to the
+//!    owner, which logs it: a job's records always stay in its owner's log.
 //! 6. **Idle.** An active shard spins for `idle_spin` (default 30 µs), then
 //!    parks until a message, a timer, or stealable work with a free search
 //!    slot; an inactive one parks at once (`park.rs`).
+//!
+//! Compaction (`compact.rs`) and the stats snapshot (`publish.rs`) run
+//! between iterations.
+
+mod compact;
+mod publish;
+mod share;
 
 use crate::blocking::{self, BlockingDone, PoolGauges};
 use crate::builder::Durability;
 use crate::control::{self, Gauges};
 use crate::engine::{Config, Counters, Handler};
 use crate::job::{JobId, JobRef, Outcome};
-use crate::stats::{self, QueueCounts, QueueStats, Snapshot};
+use crate::stats::{self, QueueCounts, Snapshot};
 use crate::steal::{Payload, Task, TaskOutcome};
-use crossbeam_deque::{Steal, Stealer, Worker};
+use crossbeam_deque::{Stealer, Worker};
 use crossbeam_queue::{ArrayQueue, SegQueue};
 use hdrhistogram::Histogram;
-use spindle_core::compact::{self, Pass};
+use spindle_core::compact::Pass;
 use spindle_core::record::{self as core_record, PutRec};
 use spindle_core::{By, Failed, Put, PutSpec, QueueId, Records, State as JobState, Table, Time};
 use spindle_park::Parker;
@@ -906,47 +916,6 @@ impl Shard {
         Some(Next::Task(t))
     }
 
-    /// Moves every ready job of the core queues into the steal deque (the
-    /// most urgent first) and wakes one parked active shard. The whole
-    /// backlog, so a handler that blocks this shard strands none of it.
-    fn offer(&mut self) -> bool {
-        let now = self.now_t();
-        self.offer_at(now)
-    }
-
-    /// [`Shard::offer`] at the time `now`.
-    fn offer_at(&mut self, now: Time) -> bool {
-        if self.all.len() < 2 || !self.cfg.stealing || self.shutting_down {
-            return false;
-        }
-        // Outcomes not yet logged go first: a thief logs its run's `Reserve`
-        // in this shard's log directly, which must not come before them.
-        self.flush();
-        // Jobs still offered from before stay ahead of these; the most
-        // urgent offered priority covers both.
-        let earlier = if self.worker.is_empty() { u32::MAX } else { self.offered_best };
-        let mut best = u32::MAX;
-        let mut oldest = u64::MAX;
-        let mut moved = 0u64;
-        while let Some(o) = self.take_from(false, now) {
-            best = best.min(o.priority);
-            oldest = oldest.min(o.ready_ns);
-            self.worker.push(o);
-            moved += 1;
-        }
-        if moved == 0 {
-            return false;
-        }
-        self.out += moved;
-        self.offered_best = earlier.min(best);
-        // The controller's age estimate: the oldest job now waiting here.
-        if earlier == u32::MAX {
-            self.sh.gauges.head_ready_ns.store(oldest.max(1), Ordering::Relaxed);
-        }
-        self.wake_one_idle();
-        true
-    }
-
     /// Step 3: hands ready jobs of blocking queues to the pool, up to its
     /// target.
     fn dispatch_blocking(&mut self) -> bool {
@@ -974,161 +943,6 @@ impl Shard {
         }
         self.blocking = Some(pool);
         any
-    }
-
-    /// Runs jobs waiting in the inbox of a shard stuck in one handler for
-    /// longer than [`STALLED`](crate::engine::STALLED) (they would otherwise
-    /// wait for the handler to return):
-    ///
-    /// 1. Enter the stuck shard's submit epoch, so its compaction cannot
-    ///    release the jobs' `Put` records while they are in our hands.
-    /// 2. Pop one message. Anything but new jobs that are due now, of a queue
-    ///    we have a handler for, goes back to the end of its inbox.
-    /// 3. Run the jobs here and send them back with their outcomes
-    ///    (`Msg::Rescued`); the owner records them and logs the outcomes
-    ///    when its handler returns. A crash before that reruns them, as for
-    ///    any job whose outcome was not logged.
-    fn rescue(&mut self) -> bool {
-        if self.shutting_down || self.all.len() < 2 || !self.cfg.stealing {
-            return false;
-        }
-        let now = self.now_ns();
-        let now_t = self.now_t();
-        let all = self.all.clone();
-        for o in all.iter() {
-            let since = o.handler_since.load(Ordering::Relaxed);
-            if o.idx == self.sh.idx
-                || since == 0
-                || now.saturating_sub(since) < crate::engine::STALLED.as_nanos() as u64
-                || o.inbox.is_empty()
-            {
-                continue;
-            }
-            let _inflight = o.enter();
-            let Some(msg) = o.inbox.pop() else { continue };
-            let runnable = |j: &NewJob| {
-                j.due.is_none_or(|d| d <= now_t) && self.handler_of(&j.queue).is_some_and(|h| !h.1)
-            };
-            let jobs = match msg {
-                Msg::Jobs(jobs) if jobs.iter().all(runnable) => jobs,
-                Msg::Job(j) if runnable(&j) => vec![j],
-                other => {
-                    o.send(other);
-                    continue;
-                }
-            };
-            self.run_for(o, jobs, false);
-            return true;
-        }
-        false
-    }
-
-    /// Runs new jobs taken from shard `o` (its inbox or its lane; the caller
-    /// is in `o`'s submit epoch) and sends them back with their outcomes.
-    /// Each job's queue has a core handler here.
-    fn run_for(&mut self, o: &ShardShared, jobs: Vec<NewJob>, from_lane: bool) {
-        let mut done = Vec::with_capacity(jobs.len());
-        for j in jobs {
-            let outcome = match self.handler_of(&j.queue) {
-                Some((h, _)) => {
-                    let job = JobRef {
-                        id: JobId(j.id),
-                        queue: &j.queue,
-                        payload: &j.payload,
-                        attempt: 1,
-                        priority: j.priority,
-                    };
-                    call_handler(h.as_ref(), &job)
-                }
-                // Registrations reach every shard before jobs exist; keep
-                // the job regardless (a retry, not a loss).
-                None => Outcome::Retry("no handler on the shard that took the job".into()),
-            };
-            self.jobs_run += 1;
-            self.jobs_stolen += 1;
-            done.push((j, outcome));
-        }
-        o.send(Msg::Rescued(done, from_lane));
-    }
-
-    /// Step 5, lanes: takes up to half of another shard's lane (`lane.rs`
-    /// step 4), runs the jobs and sends them back with their outcomes.
-    fn steal_lane(&mut self) -> bool {
-        let all = self.all.clone();
-        let n = all.len();
-        let start = (self.now_ns() as usize ^ self.sh.idx.wrapping_mul(0x9E37)) % n;
-        for k in 0..n {
-            let o = &all[(start + k) % n];
-            // All of it (up to the limit) while the owner is inside a
-            // handler, which may block for long; half of it otherwise.
-            let whole = o.handler_since.load(Ordering::Relaxed) != 0;
-            if o.idx == self.sh.idx || o.lane.len() < if whole { 1 } else { 2 } {
-                continue;
-            }
-            let _inflight = o.enter();
-            let jobs = o.lane.steal(whole, |q| self.handler_of(q).is_some_and(|h| !h.1));
-            if jobs.is_empty() {
-                continue;
-            }
-            if o.lane.len() >= 2 {
-                self.wake_one_idle();
-            }
-            self.run_for(o, jobs, true);
-            return true;
-        }
-        false
-    }
-
-    /// Wakes at most one parked active shard so it can steal.
-    fn wake_one_idle(&self) {
-        // Orders the deque push before the reads of the parkers' states (the
-        // other half of the Dekker pair is the fence in `Parker::park`);
-        // without it a shard could park on a deque that looks empty while
-        // we read it as running.
-        crate::sync::fence(Ordering::SeqCst);
-        for s in self.all.iter() {
-            if s.idx != self.sh.idx
-                && s.active.load(Ordering::Relaxed)
-                && s.parker.get().is_some_and(|p| p.is_parked())
-            {
-                s.notify();
-                return;
-            }
-        }
-    }
-
-    /// Step 5: steal a batch from the busiest-looking other shard.
-    fn steal(&mut self) -> Option<Task> {
-        if self.shutting_down || self.all.len() < 2 || !self.cfg.stealing {
-            return None;
-        }
-        let n = self.all.len();
-        let start = (self.now_ns() as usize ^ self.sh.idx.wrapping_mul(0x9E37)) % n;
-        for k in 0..n {
-            let victim = &self.all[(start + k) % n];
-            if victim.idx == self.sh.idx {
-                continue;
-            }
-            loop {
-                match victim.stealer.steal_batch_and_pop(&self.worker) {
-                    Steal::Success(t) => {
-                        // Our own offered job, back from another deque.
-                        if t.owner == self.sh.idx {
-                            self.out = self.out.saturating_sub(1);
-                        }
-                        // More left there: let one more worker help (at
-                        // most one wake per steal).
-                        if !victim.stealer.is_empty() {
-                            self.wake_one_idle();
-                        }
-                        return Some(t);
-                    }
-                    Steal::Empty => break,
-                    Steal::Retry => continue,
-                }
-            }
-        }
-        None
     }
 
     /// Runs a task; `start`: the engine-clock nanoseconds now, if known.
@@ -1356,137 +1170,6 @@ impl Shard {
         if jobs > 0 {
             self.counters.release(jobs, bytes);
         }
-    }
-
-    /// Keeps the log bounded (`docs/architecture.md`, Compaction):
-    ///
-    /// 1. When the log is larger than `compact_after_segments` segments and
-    ///    more than twice the live jobs' estimated records, pick the cut
-    ///    `C`: the end of the newest segment the log has finished, and flip
-    ///    the submit epoch.
-    /// 2. Wait until no producer of the old epoch is between appending a
-    ///    `Put` and handing the job to this shard (`ShardShared::enter`),
-    ///    then drain the inbox: every job logged below `C` is now in the
-    ///    table.
-    /// 3. Rewrite every live job of the table at the tail, its complete
-    ///    state, [`COMPACT_BATCH`] per call, walking ids upwards (jobs put
-    ///    later have their records above `C`).
-    /// 4. Log the id mark after them and ask for a sync without waiting.
-    /// 5. Once the mark is durable (so are the rewrites), release below `C`.
-    fn compact(&mut self) {
-        let Some(wal) = self.sh.wal.clone() else { return };
-        if let Some((below, mark)) = self.pending_release {
-            if wal.stats().durable_lsn > mark {
-                if wal.release_below(below).unwrap_or(0) > 0 {
-                    // Appenders cache the segment they last wrote; drop idle
-                    // ones so a released segment's file space is freed now.
-                    while self.sh.appenders.pop().is_some() {}
-                    self.appender = Some(wal.appender());
-                }
-                self.pending_release = None;
-            } else {
-                wal.request_sync();
-            }
-            return;
-        }
-        let mut pass = match self.pass {
-            Some(p) => p,
-            None => {
-                let (cut, epoch) = match self.pending_cut {
-                    Some(p) => p,
-                    None => {
-                        let segs = wal.segments();
-                        let published = wal.stats().published_lsn;
-                        let min = self.cfg.compact_after_segments;
-                        let Some(cut) = compact::cut_for(&self.table, &segs, published, min) else {
-                            return;
-                        };
-                        let old = self.sh.flip_epoch();
-                        self.pending_cut = Some((cut, old));
-                        (cut, old)
-                    }
-                };
-                if !self.sh.epoch_quiet(epoch) {
-                    return;
-                }
-                while let Some(m) = self.sh.inbox.pop() {
-                    self.handle(m);
-                }
-                // Jobs in the lane are live: the pass rewrites them from
-                // the table.
-                self.spill_lane();
-                self.pending_cut = None;
-                // The engine-wide counter may be ahead of this shard's ids:
-                // the pass's id mark covers every id handed out.
-                let next = self.counters.next_id.load(Ordering::Relaxed);
-                if next > self.table.next_id() {
-                    self.table.skip_ids(next - self.table.next_id());
-                }
-                Pass::new(&self.table, cut)
-            }
-        };
-        let (_, done) = pass.step(&self.table, COMPACT_BATCH, &mut self.recs);
-        let Some(lsn) = self.flush() else {
-            self.pass = None;
-            return;
-        };
-        if done {
-            self.pass = None;
-            self.pending_release = Some((pass.cut, lsn));
-            wal.request_sync();
-        } else {
-            self.pass = Some(pass);
-        }
-    }
-
-    fn publish(&mut self) {
-        let mut queues = std::collections::BTreeMap::new();
-        let mut counts = std::collections::BTreeMap::new();
-        self.release_counts();
-        let lane = self.sh.lane.count();
-        for (name, &q) in &self.qids {
-            let mut v = self.table.queue_view(q).unwrap_or_default();
-            if let Some((_, n)) = lane.filter(|l| l.0 == q) {
-                v.ready += n as u64;
-            }
-            let (completed, failed, c) = self
-                .qs
-                .get(q.0 as usize)
-                .map(|x| (x.completed, x.failed, x.counts))
-                .unwrap_or_default();
-            queues.insert(
-                name.to_string(),
-                QueueStats {
-                    ready: v.ready,
-                    delayed: v.delayed,
-                    running: v.reserved,
-                    buried: v.buried,
-                    completed,
-                    failed,
-                    desired_workers: 0,
-                },
-            );
-            counts.insert(name.to_string(), c);
-        }
-        let snap = Snapshot {
-            queues,
-            counts,
-            shard: crate::stats::ShardStats {
-                pinned_core: self.pinned_core,
-                jobs_run: self.jobs_run,
-                jobs_stolen: self.jobs_stolen,
-                jobs_owned: self.table.totals().jobs,
-            },
-            dispatch: self.dispatch.clone(),
-            run_time: self.run_time.clone(),
-            end_to_end: self.end_to_end.clone(),
-        };
-        let mut g = self.sh.snapshot.lock().unwrap_or_else(|p| p.into_inner());
-        g.0 = self.served;
-        g.1 = snap;
-        drop(g);
-        self.sh.snapshot_cv.notify_all();
-        self.published_at = Instant::now();
     }
 
     /// The re-check before parking: own messages, a stats request, or jobs
