@@ -29,6 +29,7 @@ mod handoff;
 mod handoff_floor;
 mod io_counters;
 mod latency;
+mod latency_floors;
 mod open_loop;
 mod peer;
 mod peers;
@@ -64,7 +65,9 @@ scenarios:
               one-way latency, the reference for the engine's figures
   throughput  no-op jobs/s through the engine per durability mode, with the
               same run's handoff floor
-  latency     open-loop fixed-rate load: dispatch and end-to-end latency
+  latency     open-loop fixed-rate load: submit→start latency beside three
+              same-run floors (crossbeam consumer parked, spinning, on the
+              producer's core), dispatch latency, cores used
   burst       one bursty trace of CPU-bound jobs replayed against four worker
               policies (static monolithic queue, static sharded, always-max,
               lag controller): queue latency, CPU, workers, drain, max rate

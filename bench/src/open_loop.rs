@@ -16,10 +16,19 @@
 //!    arrival schedule would see up to the handler's start.
 //! 4. **Dispatch** (ready → handler start) is the engine's own histogram,
 //!    `Stats::dispatch`, as DESIGN.md defines it.
+//! 5. **Floors** (`latency_floors.rs`): before the engine run, the same
+//!    producer feeds a bare crossbeam consumer parked on another core,
+//!    spinning on another core, and parked on the producer's own core; the
+//!    best floor's p50 and p99 are the reference for submit→start.
+//! 6. **Cores used**: the process's CPU time over the schedule (first due
+//!    time → last handler start), less the producer thread's own, divided by
+//!    that wall time.
 
 use crate::args::Args;
+use crate::burst_replay::cpu_seconds;
 use crate::engine_env::{self, BenchEngine, Completion, QUEUE};
 use crate::latency::Latency;
+use crate::latency_floors::{self, elapsed_ns, wait_until, Place};
 use crate::report::Report;
 use crate::system::Busy;
 use crate::BoxResult;
@@ -41,6 +50,8 @@ spindle-bench latency [options]
                      of the lag controller (default: lag)
   --wait spin|yield  how the producer waits for a due time under 200 µs
                      away: pure spin or spin + sched_yield (default yield)
+  --floor-seconds S  duration of each of the three floor runs (default 2;
+                     0 skips the floors)
   --dir PATH         parent directory for the logs (default: ./target, else
                      /var/tmp, else /tmp; sync refuses tmpfs)
   --json             print one JSON object instead of tables";
@@ -54,6 +65,7 @@ pub struct LatencyOpts {
     shards: Option<usize>,
     static_workers: Option<usize>,
     yield_wait: bool,
+    floor_seconds: f64,
     dir: Option<PathBuf>,
     /// Print JSON.
     pub json: bool,
@@ -75,6 +87,7 @@ impl LatencyOpts {
                 "spin" => false,
                 other => return Err(format!("--wait {other:?}: spin or yield").into()),
             },
+            floor_seconds: a.value_or("--floor-seconds", 2.0)?,
             dir: a.value("--dir")?,
             json: a.flag("--json"),
         };
@@ -100,10 +113,8 @@ struct ProducerResult {
     submit: Latency,
     /// Epoch → return of the last submit.
     last_submit_ns: u64,
-}
-
-fn elapsed_ns(epoch: Instant) -> u64 {
-    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    /// CPU seconds of the producer thread.
+    cpu_s: f64,
 }
 
 /// Step 1: submits `n` jobs on schedule.
@@ -121,20 +132,7 @@ fn produce(
     let mut last = 0;
     for i in 0..n {
         let due = t0_ns + (i as f64 * period) as u64;
-        loop {
-            let now = elapsed_ns(epoch);
-            if now >= due {
-                break;
-            }
-            let left = due - now;
-            if left > 200_000 {
-                std::thread::sleep(Duration::from_nanos(left - 100_000));
-            } else if yield_wait {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
-        }
+        wait_until(epoch, due, yield_wait);
         let before = elapsed_ns(epoch);
         let mut payload = Vec::with_capacity(16);
         payload.extend_from_slice(&i.to_le_bytes());
@@ -144,7 +142,8 @@ fn produce(
         late.record(Duration::from_nanos(before - due));
         submit.record(Duration::from_nanos(last - before));
     }
-    Ok(ProducerResult { late, submit, last_submit_ns: last })
+    let cpu_s = cpu_seconds(libc::RUSAGE_THREAD)?;
+    Ok(ProducerResult { late, submit, last_submit_ns: last, cpu_s })
 }
 
 /// Runs the scenario.
@@ -152,6 +151,17 @@ pub fn run(o: &LatencyOpts) -> BoxResult<Report> {
     let busy_start = Busy::now();
     let cores = engine_env::cores();
     let n = (o.rate * o.seconds).round() as u64;
+    // Step 5: the floors, before the engine exists.
+    let floor_n = (o.rate * o.floor_seconds).round() as u64;
+    let mut floors = Vec::new();
+    if floor_n > 0 {
+        for place in Place::ALL {
+            if !o.json {
+                eprintln!("… floor: {}", place.label());
+            }
+            floors.push((place, latency_floors::measure(place, o.rate, floor_n, o.yield_wait)?));
+        }
+    }
     let be = BenchEngine::build(o.durability, o.shards, o.static_workers, o.dir.as_deref())?;
     let engine = be.engine.clone();
     let epoch = Instant::now();
@@ -184,8 +194,10 @@ pub fn run(o: &LatencyOpts) -> BoxResult<Report> {
             .name("bench-producer".into())
             .spawn(move || produce(&engine, epoch, t0_ns, n, rate, yield_wait))?
     };
+    let cpu0 = cpu_seconds(libc::RUSAGE_SELF)?;
     let prod = producer.join().map_err(|_| "producer panicked")??;
     let finished = engine_env::wait_done(&done_rx, &done, Duration::from_secs(600))?;
+    let cpu1 = cpu_seconds(libc::RUSAGE_SELF)?;
     let last_done_ns = u64::try_from(finished.duration_since(epoch).as_nanos()).unwrap_or(0);
     let stats = engine_env::stats_when_completed(&engine, n);
     let shards = engine.shards();
@@ -210,6 +222,9 @@ pub fn run(o: &LatencyOpts) -> BoxResult<Report> {
     let submit = prod.submit.percentiles();
     let achieved = n as f64 / ((prod.last_submit_ns.saturating_sub(t0_ns)) as f64 / 1e9);
     let completed_rate = n as f64 / ((last_done_ns.saturating_sub(t0_ns)) as f64 / 1e9);
+    // Step 6 (the 20 ms before the schedule starts are idle and counted).
+    let wall_s = last_done_ns.saturating_sub(t0_ns.saturating_sub(20_000_000)) as f64 / 1e9;
+    let cores_used = ((cpu1 - cpu0 - prod.cpu_s) / wall_s).max(0.0);
     let mode = engine_env::durability_name(o.durability);
 
     let mut r = Report::new(format!(
@@ -229,6 +244,42 @@ pub fn run(o: &LatencyOpts) -> BoxResult<Report> {
         completed_rate,
         "jobs/s",
     );
+    let mut rows = vec![vec![
+        format!("Spindle, {mode}"),
+        format!("{:.1}", e2e.p50_us),
+        format!("{:.1}", e2e.p99_us),
+        format!("{:.1}", e2e.p999_us),
+    ]];
+    for (place, p) in &floors {
+        rows.push(vec![
+            place.label().to_string(),
+            format!("{:.1}", p.p50_us),
+            format!("{:.1}", p.p99_us),
+            format!("{:.1}", p.p999_us),
+        ]);
+        r.set(&format!("{}_p50_us", place.key()), p.p50_us);
+        r.set(&format!("{}_p99_us", place.key()), p.p99_us);
+        r.set(&format!("{}_p999_us", place.key()), p.p999_us);
+    }
+    r.table(
+        "submit→start (intended send time → handler start, µs), beside the same producer's floors",
+        &["system", "p50", "p99", "p99.9"],
+        rows,
+    );
+    r.section("against the floors");
+    r.set("submit_to_start_p50_us", e2e.p50_us);
+    r.set("submit_to_start_p99_us", e2e.p99_us);
+    r.set("submit_to_start_p999_us", e2e.p999_us);
+    if let (Some(b50), Some(b99)) = (
+        floors.iter().map(|f| f.1.p50_us).min_by(f64::total_cmp),
+        floors.iter().map(|f| f.1.p99_us).min_by(f64::total_cmp),
+    ) {
+        r.metric("floor_best_p50_us", "best floor p50", b50, "µs");
+        r.metric("floor_best_p99_us", "best floor p99", b99, "µs");
+        r.metric("p50_vs_best_floor", "Spindle p50 ÷ best floor p50", e2e.p50_us / b50, "x");
+        r.metric("p99_vs_best_floor", "Spindle p99 ÷ best floor p99", e2e.p99_us / b99, "x");
+    }
+    r.metric("cpu_cores_used", "cores used, producer thread excluded", cores_used, "cores");
     r.section("dispatch (engine stats: ready → handler start)");
     r.metric("dispatch_p50_us", "p50", stats.dispatch.p50_us, "µs");
     r.metric("dispatch_p99_us", "p99", stats.dispatch.p99_us, "µs");
