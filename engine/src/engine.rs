@@ -438,6 +438,7 @@ impl Engine {
                 inflight: [AtomicUsize::new(0), AtomicUsize::new(0)],
                 handler_since: AtomicU64::new(0),
                 lane: crate::lane::Lane::new(),
+                core: AtomicUsize::new(usize::MAX),
                 active: AtomicBool::new(true),
                 gauges: Default::default(),
                 pool: Default::default(),
@@ -613,8 +614,27 @@ impl Engine {
                 (&job.queue, k).hash(&mut h);
                 (h.finish() % n as u64) as usize
             }
-            None => self.next_active_shard(),
+            None => self.local_shard().unwrap_or_else(|| self.next_active_shard()),
         }
+    }
+
+    /// The active shard pinned to the core the caller runs on, unless it is
+    /// inside one handler for longer than [`STALLED`]: a single job handed
+    /// over on one core skips a cross-core wake-up (`docs/architecture.md`,
+    /// "Same-core submit"); its shard's idle peers can still steal it.
+    fn local_shard(&self) -> Option<usize> {
+        let shards = &self.inner.shards;
+        if shards.len() < 2 {
+            return None;
+        }
+        let cpu = crate::pin::current_cpu()?;
+        let s = shards.iter().find(|s| s.core.load(Ordering::Relaxed) == cpu)?;
+        if !s.active.load(Ordering::Relaxed) {
+            return None;
+        }
+        let since = s.handler_since.load(Ordering::Relaxed);
+        let now = self.inner.cfg.epoch.elapsed().as_nanos() as u64;
+        (since == 0 || now.saturating_sub(since) < STALLED.as_nanos() as u64).then_some(s.idx)
     }
 
     /// Round robin over the active shards (`control.rs`: producers never

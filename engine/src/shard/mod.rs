@@ -169,6 +169,8 @@ pub(crate) struct ShardShared {
     /// Engine-clock nanoseconds at which the running handler started (0:
     /// none). Producers route around a shard stuck in one handler.
     pub(crate) handler_since: AtomicU64,
+    /// The core this shard's thread is pinned to (`usize::MAX`: none).
+    pub(crate) core: AtomicUsize,
     /// New jobs that run without entering the table (`lane.rs`).
     pub(crate) lane: crate::lane::Lane,
     /// In the controller's active set: may run handlers (`control.rs`).
@@ -376,6 +378,10 @@ pub(crate) struct Shard {
     /// The end of the last handler run, while no message came in since: the
     /// time the next iteration starts at.
     clock_hint: Option<Time>,
+    /// When messages last came in, and the moving average (weight 1/8) of
+    /// the gaps between such arrivals, in engine-clock nanoseconds.
+    last_arrival_ns: u64,
+    arrival_gap_ns: u64,
     /// Completed jobs and their bytes not yet given back to `counters`.
     released: (u64, u64),
     /// A release waiting for its mark to be durable: (below, mark lsn).
@@ -435,6 +441,8 @@ impl Shard {
             served: 0,
             out: 0,
             clock_hint: None,
+            last_arrival_ns: 0,
+            arrival_gap_ns: 0,
             released: (0, 0),
             pending_release: None,
             offered_best: u32::MAX,
@@ -1247,6 +1255,7 @@ impl Shard {
         if let Some(c) = core {
             if crate::pin::pin_current(c) {
                 self.pinned_core = Some(c);
+                self.sh.core.store(c, Ordering::Relaxed);
             } else {
                 tracing::warn!(
                     shard = self.sh.idx,
@@ -1270,7 +1279,14 @@ impl Shard {
                 }
             }
             if progress {
-                self.clock_hint = None;
+                // Messages came in: the next job starts after them; and the
+                // gap between arrivals decides whether idling spins.
+                let now = self.now_t();
+                self.clock_hint = Some(now);
+                let ns = self.ns_of(now);
+                let gap = ns.saturating_sub(self.last_arrival_ns);
+                self.last_arrival_ns = ns;
+                self.arrival_gap_ns = self.arrival_gap_ns - self.arrival_gap_ns / 8 + gap / 8;
             }
             progress |= self.fire_timers();
             progress |= self.dispatch_blocking();
@@ -1337,10 +1353,15 @@ impl Shard {
                 idle_since = None;
                 continue;
             }
-            // Idle: an active worker spins for `idle_spin` first.
+            // Idle: an active worker spins for `idle_spin` first, if the
+            // next job is likely to come within it (jobs arrived at gaps
+            // shorter than the spin, on average); otherwise a spin only
+            // burns a core, and it parks at once.
             let since = *idle_since.get_or_insert_with(Instant::now);
+            let soon = self.arrival_gap_ns < self.cfg.idle_spin.as_nanos() as u64;
             if active
-                && (self.cfg.idle_spin == Duration::MAX || since.elapsed() < self.cfg.idle_spin)
+                && (self.cfg.idle_spin == Duration::MAX
+                    || (soon && since.elapsed() < self.cfg.idle_spin))
             {
                 std::hint::spin_loop();
                 continue;
