@@ -73,10 +73,36 @@ struct Inner {
     pri: u32,
     /// Id of the newest job admitted.
     last: u64,
-    /// Batches in arrival order; each holds its jobs newest first, so the
-    /// front job of the lane is the last element of the front batch.
-    batches: VecDeque<Vec<NewJob>>,
+    /// Batches in arrival order, each in id order: the lane's front job is
+    /// the front of the front batch.
+    batches: VecDeque<VecDeque<NewJob>>,
     len: usize,
+    /// An emptied batch kept for single jobs (no allocation per job).
+    spare: Option<VecDeque<NewJob>>,
+}
+
+impl Inner {
+    /// Whether a job of queue `q` (named `name`), priority `pri`, with ids
+    /// from `first_id`, keeps the lane in order; prepares an empty lane for
+    /// it.
+    fn fits(&mut self, q: QueueId, name: &Arc<str>, pri: u32, first_id: u64) -> bool {
+        if self.len == 0 {
+            self.queue = Some((q, name.clone()));
+            self.pri = pri;
+            return true;
+        }
+        matches!(&self.queue, Some((lq, _)) if *lq == q) && self.pri == pri && self.last < first_id
+    }
+
+    /// Drops the emptied front batch, keeping one for single jobs.
+    fn retire_front(&mut self) {
+        if let Some(mut b) = self.batches.pop_front() {
+            if self.spare.is_none() && b.capacity() <= 1024 {
+                b.clear();
+                self.spare = Some(b);
+            }
+        }
+    }
 }
 
 impl Lane {
@@ -121,27 +147,38 @@ impl Lane {
         &self,
         q: QueueId,
         name: &Arc<str>,
-        mut jobs: Vec<NewJob>,
+        jobs: Vec<NewJob>,
     ) -> Result<(), Vec<NewJob>> {
         let (Some(first), Some(last)) = (jobs.first(), jobs.last()) else { return Ok(()) };
         let (pri, first_id, last_id) = (first.priority, first.id, last.id);
         let mut g = self.lock();
-        let fits = match &g.queue {
-            _ if g.len == 0 => true,
-            Some((lq, _)) => *lq == q && g.pri == pri && g.last < first_id,
-            None => false,
-        };
-        if !fits {
+        if !g.fits(q, name, pri, first_id) {
             return Err(jobs);
-        }
-        if g.len == 0 {
-            g.queue = Some((q, name.clone()));
-            g.pri = pri;
         }
         g.last = last_id;
         g.len += jobs.len();
-        jobs.reverse();
-        g.batches.push_back(jobs);
+        g.batches.push_back(VecDeque::from(jobs));
+        self.publish(&g);
+        Ok(())
+    }
+
+    /// [`Lane::admit`] for a single job: appended to the newest batch, or
+    /// to a kept empty one (no allocation).
+    pub(crate) fn admit_one(&self, q: QueueId, name: &Arc<str>, job: NewJob) -> Result<(), NewJob> {
+        let mut g = self.lock();
+        if !g.fits(q, name, job.priority, job.id) {
+            return Err(job);
+        }
+        g.last = job.id;
+        g.len += 1;
+        match g.batches.back_mut() {
+            Some(b) => b.push_back(job),
+            None => {
+                let mut b = g.spare.take().unwrap_or_default();
+                b.push_back(job);
+                g.batches.push_back(b);
+            }
+        }
         self.publish(&g);
         Ok(())
     }
@@ -156,13 +193,13 @@ impl Lane {
         let q = g.queue.as_ref()?.0;
         let pri = g.pri;
         let front = g.batches.front_mut()?;
-        let id = front.last()?.id;
+        let id = front.front()?.id;
         if other.is_some_and(|o| o <= (pri, id)) {
             return None;
         }
-        let job = front.pop()?;
+        let job = front.pop_front()?;
         if front.is_empty() {
-            g.batches.pop_front();
+            g.retire_front();
         }
         g.len -= 1;
         if g.len == 0 {
@@ -188,9 +225,9 @@ impl Lane {
         let mut out = Vec::with_capacity(want);
         while want > 0 {
             let Some(back) = g.batches.back_mut() else { break };
-            // The back batch holds its newest jobs first.
+            // Newest first: from the back of the back batch.
             let take = want.min(back.len());
-            out.extend(back.drain(..take));
+            out.extend(back.drain(back.len() - take..).rev());
             if back.is_empty() {
                 g.batches.pop_back();
             }
@@ -212,9 +249,8 @@ impl Lane {
         let mut g = self.lock();
         let (q, _) = g.queue.take()?;
         let mut out = Vec::with_capacity(g.len);
-        for mut b in g.batches.drain(..) {
-            b.reverse();
-            out.append(&mut b);
+        for b in g.batches.drain(..) {
+            out.extend(b);
         }
         g.len = 0;
         self.publish(&g);
@@ -300,6 +336,23 @@ mod tests {
         lane.admit(QueueId(0), &name(), vec![job(8, 0)]).unwrap();
         assert!(lane.steal(false, |_| true).is_empty());
         assert_eq!(lane.steal(true, |_| true).len(), 1);
+    }
+
+    #[test]
+    fn single_jobs_join_the_newest_batch_in_order() {
+        let lane = Lane::new();
+        lane.admit_one(QueueId(0), &name(), job(1, 3)).unwrap();
+        lane.admit(QueueId(0), &name(), vec![job(2, 3), job(3, 3)]).unwrap();
+        lane.admit_one(QueueId(0), &name(), job(4, 3)).unwrap();
+        assert!(lane.admit_one(QueueId(0), &name(), job(4, 3)).is_err(), "not above the last");
+        assert!(lane.admit_one(QueueId(0), &name(), job(5, 2)).is_err(), "another priority");
+        let ids: Vec<u64> =
+            std::iter::from_fn(|| lane.pop_before(None).map(|(j, _)| j.id)).collect();
+        assert_eq!(ids, vec![1, 2, 3, 4]);
+        // Emptied, the lane takes single jobs of any queue and priority again.
+        lane.admit_one(QueueId(7), &name(), job(9, 0)).unwrap();
+        assert_eq!(lane.count(), Some((QueueId(7), 1)));
+        assert_eq!(lane.pri(), 0);
     }
 
     #[test]

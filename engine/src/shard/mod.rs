@@ -317,6 +317,12 @@ impl QState {
     }
 }
 
+/// Jobs offered to the lane: a single submit's job (no `Vec`) or a batch.
+enum Admit {
+    One(NewJob),
+    Many(Vec<NewJob>),
+}
+
 /// The next job a shard runs.
 enum Next {
     /// From the steal deque or just taken from the table.
@@ -602,11 +608,20 @@ impl Shard {
 
     /// Puts `jobs` (of queue `q`) into the lane, counting their arrival;
     /// gives them back if the lane's order does not allow it.
-    fn admit(&mut self, q: QueueId, jobs: Vec<NewJob>) -> Result<(), Vec<NewJob>> {
-        let n = jobs.len() as u64;
+    fn admit(&mut self, q: QueueId, jobs: Admit) -> Result<(), Admit> {
         let name = self.q(q).name.clone();
         let was_empty = self.sh.lane.len() == 0;
-        self.sh.lane.admit(q, &name, jobs)?;
+        let n = match jobs {
+            Admit::One(j) => {
+                self.sh.lane.admit_one(q, &name, j).map_err(Admit::One)?;
+                1
+            }
+            Admit::Many(jobs) => {
+                let n = jobs.len() as u64;
+                self.sh.lane.admit(q, &name, jobs).map_err(Admit::Many)?;
+                n
+            }
+        };
         self.q(q).counts.arrived += n;
         self.g_arrivals += n;
         self.sh.gauges.arrivals.store(self.g_arrivals, Ordering::Relaxed);
@@ -662,24 +677,22 @@ impl Shard {
     fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Job(j) => {
-                if let Some(q) = self.lane_queue(std::slice::from_ref(&j)) {
-                    match self.admit(q, vec![j]) {
-                        Ok(()) => {}
-                        Err(mut back) => {
-                            if let Some(j) = back.pop() {
-                                self.insert(j, true);
-                            }
-                        }
-                    }
-                } else {
-                    self.insert(j, true);
-                }
+                let j = match self.lane_queue(std::slice::from_ref(&j)) {
+                    Some(q) => match self.admit(q, Admit::One(j)) {
+                        Ok(()) => return,
+                        Err(Admit::One(j)) => j,
+                        Err(Admit::Many(_)) => return,
+                    },
+                    None => j,
+                };
+                self.insert(j, true);
             }
             Msg::Jobs(jobs) => {
                 let jobs = match self.lane_queue(&jobs) {
-                    Some(q) => match self.admit(q, jobs) {
+                    Some(q) => match self.admit(q, Admit::Many(jobs)) {
                         Ok(()) => return,
-                        Err(back) => back,
+                        Err(Admit::Many(back)) => back,
+                        Err(Admit::One(j)) => vec![j],
                     },
                     None => jobs,
                 };
