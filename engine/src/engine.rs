@@ -169,7 +169,16 @@ fn new_table(cfg: &Config, shard: usize) -> Table {
 /// Replays one shard's log into its job table; returns the table and the
 /// highest id seen (ids never go backwards). Reads the table's records
 /// (WAL kind 16) and the engine's older format (kind 1, `record.rs`).
-fn replay(wal: &Wal, shard: usize, cfg: &Config) -> Result<(Table, u64), BuildError> {
+///
+/// `running`: jobs the run markers name (running when the last run
+/// stopped); one of this shard's that is still live counts an interruption,
+/// as if its `Reserve` had been logged.
+fn replay(
+    wal: &Wal,
+    shard: usize,
+    cfg: &Config,
+    running: &[u64],
+) -> Result<(Table, u64), BuildError> {
     let mut table = new_table(cfg, shard);
     let mut bad: Option<BuildError> = None;
     // Old-format records name no priority on `Retry`/`Bury`: keep each job's.
@@ -197,6 +206,11 @@ fn replay(wal: &Wal, shard: usize, cfg: &Config) -> Result<(Table, u64), BuildEr
     .map_err(|source| BuildError::Wal { shard, source })?;
     if let Some(e) = bad {
         return Err(e);
+    }
+    for &id in running {
+        if table.job(id).is_some_and(|j| j.state == JobState::Ready) {
+            table.apply(Record::Reserve { id });
+        }
     }
     let now = cfg.clock.now();
     // What recovery decides (a job interrupted once more, or buried as a
@@ -360,10 +374,29 @@ impl Engine {
         });
 
         let mut wals = Vec::with_capacity(n);
+        let mut markers = Vec::with_capacity(n);
         let mut recovered = Vec::with_capacity(n);
         let mut next_id = 1u64;
         let mut id_gap = 0u64;
         let (mut live, mut bytes) = (0u64, 0u64);
+        // Each shard's run marker names the job it was running when the
+        // last run stopped (lane.rs step 3): possibly another shard's job,
+        // which it had stolen. All are read before any log is replayed.
+        let mut running: Vec<u64> = Vec::new();
+        if let Some(dir) = &dir {
+            for i in 0..n {
+                let sd = shard_dir(dir, i);
+                b.data_access
+                    .prepare_dir(&sd)
+                    .map_err(|source| BuildError::Wal { shard: i, source })?;
+                let (m, was) = spindle_wal::RunMarker::open(&sd, b.data_access)
+                    .map_err(|source| BuildError::Wal { shard: i, source })?;
+                if was != 0 {
+                    running.push(was);
+                }
+                markers.push(Some(m));
+            }
+        }
         for i in 0..n {
             match &dir {
                 Some(dir) => {
@@ -385,7 +418,7 @@ impl Engine {
                         // takes at least 32 bytes), so none is reused.
                         id_gap += t.bytes_dropped / MIN_RECORD_BYTES + 1;
                     }
-                    let (table, hi) = replay(&wal, i, &cfg)?;
+                    let (table, hi) = replay(&wal, i, &cfg, &running)?;
                     next_id = next_id.max(hi);
                     let tot = table.totals();
                     live += tot.jobs;
@@ -395,9 +428,15 @@ impl Engine {
                 }
                 None => {
                     wals.push(None);
+                    markers.push(None);
                     recovered.push(new_table(&cfg, i));
                 }
             }
+        }
+        // The recovery decisions (interruptions included) are in the logs:
+        // the markers have been read for good.
+        for m in markers.iter().flatten() {
+            m.set(0);
         }
         let next_id = next_id.saturating_add(id_gap);
         if id_gap > 0 {
@@ -421,7 +460,7 @@ impl Engine {
 
         let mut workers = Vec::with_capacity(n);
         let mut shared = Vec::with_capacity(n);
-        for (i, wal) in wals.into_iter().enumerate() {
+        for (i, (wal, marker)) in wals.into_iter().zip(markers).enumerate() {
             let worker = Worker::new_fifo();
             shared.push(Arc::new(ShardShared {
                 idx: i,
@@ -438,6 +477,7 @@ impl Engine {
                 inflight: [AtomicUsize::new(0), AtomicUsize::new(0)],
                 handler_since: AtomicU64::new(0),
                 lane: crate::lane::Lane::new(),
+                marker,
                 core: AtomicUsize::new(usize::MAX),
                 active: AtomicBool::new(true),
                 gauges: Default::default(),

@@ -22,11 +22,13 @@
 //!    (priority, id): [`Lane::pop_before`] pops the front only if it comes
 //!    first. Jobs the shard offered to thieves from its table keep their
 //!    place as before (`shard.rs`).
-//! 3. **Run**. The owner logs the job's `Reserve` (durable modes), runs the
-//!    handler, and on success logs its `Delete`: the same records as a run
-//!    through the table, so recovery and the log format do not change. A
-//!    failed run puts the job into the table as reserved and applies the
-//!    outcome there (retry with backoff, bury).
+//! 3. **Run**. The owner stores the job's id in its run marker (durable
+//!    modes, `spindle_wal::RunMarker`: a crash during the run counts an
+//!    interruption on recovery, as a logged `Reserve` would, for a store
+//!    instead of a log append), runs the handler, clears the marker, and on
+//!    success logs the job's `Delete` with its next frame. A failed run puts
+//!    the job into the table as reserved (logging its `Reserve`) and
+//!    applies the outcome there (retry with backoff, bury).
 //! 4. **Stealing**. Another shard with nothing to run takes the newest
 //!    half of the lane ([`Lane::steal`]), or all of it while the owner is
 //!    inside a handler, so a handler that blocks the owner strands nothing

@@ -42,6 +42,7 @@ mod access;
 mod cursor;
 mod error;
 mod log;
+mod marker;
 mod record;
 mod recovery;
 #[allow(unsafe_code)]
@@ -53,6 +54,7 @@ mod sync;
 pub use access::FileAccess;
 pub use error::WalError;
 pub use log::{Appender, SyncPolicy, Wal, WalOptions, WalStats};
+pub use marker::{RunMarker, MARKER_FILE};
 pub use record::{
     decode, encode_into, frame_len, Decoded, Invalid, Record, FRAME_ALIGN, MAX_PAYLOAD,
 };

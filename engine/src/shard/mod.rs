@@ -65,6 +65,9 @@ const SHUTDOWN_WAIT_MAX: Duration = Duration::from_secs(30);
 const MAX_PARK: Duration = Duration::from_millis(100);
 /// Live jobs rewritten per compaction step.
 const COMPACT_BATCH: usize = 1024;
+/// Pending record bytes past which a shard writes them out between runs
+/// (otherwise before parking, offering, or running from the table).
+const FLUSH_BYTES: usize = 16 << 10;
 /// Completed jobs whose engine-wide counts a shard gives back at once.
 const RELEASE_BATCH: u64 = 64;
 /// The shard itself, as the table's holder of every job it runs, offers,
@@ -173,6 +176,9 @@ pub(crate) struct ShardShared {
     pub(crate) core: AtomicUsize,
     /// New jobs that run without entering the table (`lane.rs`).
     pub(crate) lane: crate::lane::Lane,
+    /// The job this shard's thread runs now, where a crash cannot lose it
+    /// (durable modes; `lane.rs` step 3).
+    pub(crate) marker: Option<spindle_wal::RunMarker>,
     /// In the controller's active set: may run handlers (`control.rs`).
     pub(crate) active: AtomicBool,
     /// Counters the controller samples.
@@ -1040,11 +1046,11 @@ impl Shard {
             self.spill_lane();
             return;
         }
-        // Log the start, so a crash during the run counts as an
-        // interruption on recovery (as for a run from the table).
-        if self.recs.enabled() {
-            self.recs.push_reserve(j.id);
-            self.flush();
+        // Mark the start, so a crash during the run counts as an
+        // interruption on recovery (as a logged `Reserve` does for a run
+        // from the table), without a log append per job.
+        if let Some(m) = &self.sh.marker {
+            m.set(j.id);
         }
         let ready_ns = self.ns_of(j.created);
         let job = JobRef {
@@ -1054,15 +1060,26 @@ impl Shard {
             attempt: 1,
             priority: j.priority,
         };
-        match self.call(qi, &job, ready_ns, ready_ns, start) {
+        let outcome = self.call(qi, &job, ready_ns, ready_ns, start);
+        if let Some(m) = &self.sh.marker {
+            m.set(0);
+        }
+        match outcome {
             Outcome::Done => {
+                // Logged with the next frame (a crash before it reruns the
+                // job, as at-least-once allows).
                 self.recs.push_delete(j.id);
                 self.done_counts(q, j.payload.len() as u64);
+                if self.recs.len() >= FLUSH_BYTES {
+                    self.flush();
+                }
             }
             outcome => {
-                // Into the table, reserved by this shard with its `Reserve`
-                // logged above; the table applies the outcome.
+                // Into the table, reserved by this shard (its `Reserve`
+                // logged now, for the attempt count); the table applies the
+                // outcome.
                 let id = j.id;
+                self.recs.push_reserve(id);
                 let now = self.now_t();
                 let ns = self.ns_of(now);
                 self.insert_in(j, q, true, ns, false);

@@ -114,7 +114,17 @@ impl Shard {
                         attempt: 1,
                         priority: j.priority,
                     };
-                    call_handler(h.as_ref(), &job)
+                    // This shard's marker names the owner's job: recovery
+                    // counts a crash during the run against it wherever it
+                    // is logged (ids are engine-wide).
+                    if let Some(m) = &self.sh.marker {
+                        m.set(j.id);
+                    }
+                    let outcome = call_handler(h.as_ref(), &job);
+                    if let Some(m) = &self.sh.marker {
+                        m.set(0);
+                    }
+                    outcome
                 }
                 // Registrations reach every shard before jobs exist; keep
                 // the job regardless (a retry, not a loss).
