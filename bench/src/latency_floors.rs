@@ -13,9 +13,12 @@
 //! engine run's submit→start does, and the best of the three is the
 //! figure the engine is held against.
 
+use crate::engine_env::{self, Completion};
 use crate::latency::{Latency, Percentiles};
 use crate::BoxResult;
 use crossbeam_channel::{unbounded, TryRecvError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Where the floor's consumer runs.
@@ -129,4 +132,44 @@ pub fn measure(place: Place, rate: f64, n: u64, yield_wait: bool) -> BoxResult<P
         let lat = consumer.join().map_err(|_| "floor consumer panicked")??;
         Ok(lat.percentiles())
     })
+}
+
+/// The same schedule through `tokio::runtime::Handle::spawn` onto a
+/// multi-thread runtime with `workers` workers (parked when idle): each task
+/// records its start − intended send time.
+pub fn measure_tokio(
+    rate: f64,
+    n: u64,
+    workers: usize,
+    yield_wait: bool,
+) -> BoxResult<Percentiles> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).build()?;
+    let h = rt.handle().clone();
+    let slots: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+    let (done, done_rx) = Completion::new(n);
+    let done = Arc::new(done);
+    let epoch = Instant::now();
+    let period = 1e9 / rate;
+    let t0 = elapsed_ns(epoch) + 20_000_000;
+    for i in 0..n {
+        let due = t0 + (i as f64 * period) as u64;
+        wait_until(epoch, due, yield_wait);
+        let (slots, done) = (slots.clone(), done.clone());
+        h.spawn(async move {
+            if let Some(s) = slots.get(i as usize) {
+                s.store(elapsed_ns(epoch).saturating_sub(due).max(1), Ordering::Relaxed);
+            }
+            done.one();
+        });
+    }
+    engine_env::wait_done(&done_rx, &done, Duration::from_secs(600))?;
+    rt.shutdown_timeout(Duration::from_secs(5));
+    let mut lat = Latency::new()?;
+    for s in slots.iter() {
+        match s.load(Ordering::Relaxed) {
+            0 => return Err("a tokio task never ran".into()),
+            ns => lat.record(Duration::from_nanos(ns)),
+        }
+    }
+    Ok(lat.percentiles())
 }

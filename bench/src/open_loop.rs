@@ -27,7 +27,7 @@
 use crate::args::Args;
 use crate::burst_replay::cpu_seconds;
 use crate::engine_env::{self, BenchEngine, Completion, QUEUE};
-use crate::latency::Latency;
+use crate::latency::{Latency, Percentiles};
 use crate::latency_floors::{self, elapsed_ns, wait_until, Place};
 use crate::report::Report;
 use crate::system::Busy;
@@ -72,6 +72,22 @@ pub struct LatencyOpts {
 }
 
 impl LatencyOpts {
+    /// Options for another scenario's engine run (`peers --rate`): the
+    /// lag controller, one shard per core, the producer yielding.
+    pub fn new(rate: f64, seconds: f64, durability: Durability, dir: Option<PathBuf>) -> Self {
+        LatencyOpts {
+            rate,
+            seconds,
+            durability,
+            shards: None,
+            static_workers: None,
+            yield_wait: true,
+            floor_seconds: 0.0,
+            dir,
+            json: true,
+        }
+    }
+
     /// Reads the scenario's options.
     pub fn parse(mut a: Args) -> BoxResult<LatencyOpts> {
         let d: String = a.value_or("--durability", "process".to_string())?;
@@ -146,22 +162,25 @@ fn produce(
     Ok(ProducerResult { late, submit, last_submit_ns: last, cpu_s })
 }
 
-/// Runs the scenario.
-pub fn run(o: &LatencyOpts) -> BoxResult<Report> {
-    let busy_start = Busy::now();
-    let cores = engine_env::cores();
+/// One engine run of the schedule (steps 1-4 and 6).
+pub struct EngineRun {
+    /// Intended send time → handler start.
+    pub e2e: Percentiles,
+    late: Percentiles,
+    submit: Percentiles,
+    /// Jobs per second submitted and completed over the schedule.
+    pub achieved: f64,
+    pub completed_rate: f64,
+    /// Cores used, the producer thread excluded.
+    pub cores_used: f64,
+    stats: spindle_engine::Stats,
+    shards: usize,
+    fs_type: String,
+}
+
+/// Runs the engine part of the scenario with `o`'s settings.
+pub fn measure_engine(o: &LatencyOpts) -> BoxResult<EngineRun> {
     let n = (o.rate * o.seconds).round() as u64;
-    // Step 5: the floors, before the engine exists.
-    let floor_n = (o.rate * o.floor_seconds).round() as u64;
-    let mut floors = Vec::new();
-    if floor_n > 0 {
-        for place in Place::ALL {
-            if !o.json {
-                eprintln!("… floor: {}", place.label());
-            }
-            floors.push((place, latency_floors::measure(place, o.rate, floor_n, o.yield_wait)?));
-        }
-    }
     let be = BenchEngine::build(o.durability, o.shards, o.static_workers, o.dir.as_deref())?;
     let engine = be.engine.clone();
     let epoch = Instant::now();
@@ -204,7 +223,6 @@ pub fn run(o: &LatencyOpts) -> BoxResult<Report> {
     let fs_type = be.fs_type();
     drop(engine);
     be.shutdown()?;
-    let busy_end = Busy::now();
 
     let mut e2e = Latency::new()?;
     let mut missing = 0u64;
@@ -225,6 +243,47 @@ pub fn run(o: &LatencyOpts) -> BoxResult<Report> {
     // Step 6 (the 20 ms before the schedule starts are idle and counted).
     let wall_s = last_done_ns.saturating_sub(t0_ns.saturating_sub(20_000_000)) as f64 / 1e9;
     let cores_used = ((cpu1 - cpu0 - prod.cpu_s) / wall_s).max(0.0);
+    Ok(EngineRun {
+        e2e,
+        late,
+        submit,
+        achieved,
+        completed_rate,
+        cores_used,
+        stats,
+        shards,
+        fs_type,
+    })
+}
+
+/// Runs the scenario.
+pub fn run(o: &LatencyOpts) -> BoxResult<Report> {
+    let busy_start = Busy::now();
+    let cores = engine_env::cores();
+    let n = (o.rate * o.seconds).round() as u64;
+    // Step 5: the floors, before the engine exists.
+    let floor_n = (o.rate * o.floor_seconds).round() as u64;
+    let mut floors = Vec::new();
+    if floor_n > 0 {
+        for place in Place::ALL {
+            if !o.json {
+                eprintln!("… floor: {}", place.label());
+            }
+            floors.push((place, latency_floors::measure(place, o.rate, floor_n, o.yield_wait)?));
+        }
+    }
+    let EngineRun {
+        e2e,
+        late,
+        submit,
+        achieved,
+        completed_rate,
+        cores_used,
+        stats,
+        shards,
+        fs_type,
+    } = measure_engine(o)?;
+    let busy_end = Busy::now();
     let mode = engine_env::durability_name(o.durability);
 
     let mut r = Report::new(format!(

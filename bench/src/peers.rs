@@ -22,11 +22,20 @@
 //! - `rayon`: a thread pool, `ThreadPool::spawn`;
 //! - `spindle_memory`, `spindle_process`: the engine with one queue whose
 //!   handler is the no-op, one shard per core, the lag controller on.
+//!
+//! With `--rate R`, instead: submit→start latency at R jobs/s, open loop
+//! (the producer of `spindle-bench latency`, `latency_floors.rs`), for the
+//! latency variants: tokio and a crossbeam channel with parked workers, a
+//! crossbeam consumer spinning, and Spindle in Memory and Process mode;
+//! medians over the rounds of each percentile.
 
 use crate::args::Args;
 use crate::burst_replay::cpu_seconds;
 use crate::engine_env::{self, BenchEngine, Completion, QUEUE};
 use crate::handoff_floor;
+use crate::latency::Percentiles;
+use crate::latency_floors::{self, Place};
+use crate::open_loop::{self, LatencyOpts};
 use crate::report::Report;
 use crate::system::Busy;
 use crate::BoxResult;
@@ -45,9 +54,17 @@ spindle-bench peers [options]
   --only LIST        comma-separated systems to run (default all):
                      tokio, crossbeam, rayon, spindle_memory, spindle_process
   --floor-items N    items per floor run (default 5000000, best of 3)
+  --rate R           instead of throughput: submit→start latency at R jobs/s
+                     (open loop) of tokio and crossbeam with parked workers,
+                     a spinning crossbeam consumer, and Spindle
+  --seconds S        with --rate: seconds per system and round (default 3)
   --dir PATH         parent directory for Process mode's log (default:
                      ./target, else /var/tmp, else /tmp)
   --json             print one JSON object instead of tables";
+
+/// Every latency variant (`--rate`), in the order each round runs them.
+const LATENCY_SYSTEMS: [&str; 5] =
+    ["tokio", "crossbeam", "crossbeam_spinning", "spindle_memory", "spindle_process"];
 
 /// Every system, in the order each round runs them.
 const SYSTEMS: [&str; 5] = ["tokio", "crossbeam", "rayon", "spindle_memory", "spindle_process"];
@@ -64,6 +81,8 @@ pub struct PeersOpts {
     repeat: usize,
     only: Vec<String>,
     floor_items: u64,
+    rate: Option<f64>,
+    seconds: f64,
     dir: Option<PathBuf>,
     /// Print JSON.
     pub json: bool,
@@ -82,6 +101,8 @@ impl PeersOpts {
                 None => SYSTEMS.iter().map(|s| s.to_string()).collect(),
             },
             floor_items: a.value_or("--floor-items", 5_000_000)?,
+            rate: a.value("--rate")?,
+            seconds: a.value_or("--seconds", 3.0)?,
             dir: a.value("--dir")?,
             json: a.flag("--json"),
         };
@@ -89,7 +110,12 @@ impl PeersOpts {
         if o.jobs == 0 || o.batch == 0 || o.repeat == 0 || o.floor_items == 0 {
             return Err("--jobs, --batch, --repeat and --floor-items must be at least 1".into());
         }
-        if let Some(bad) = o.only.iter().find(|s| !SYSTEMS.contains(&s.as_str())) {
+        let positive = |v: f64| v > 0.0 && v.is_finite();
+        if o.rate.is_some_and(|r| !positive(r)) || !positive(o.seconds) {
+            return Err("--rate and --seconds must be positive".into());
+        }
+        let known = |s: &str| SYSTEMS.contains(&s) || LATENCY_SYSTEMS.contains(&s);
+        if let Some(bad) = o.only.iter().find(|s| !known(s)) {
             return Err(format!("unknown system {bad:?}; one of {}", SYSTEMS.join(", ")).into());
         }
         Ok(o)
@@ -197,8 +223,105 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// One latency run of `system` at `rate`: submit→start percentiles, and the
+/// cores Spindle used (producer excluded; None for the others).
+fn latency_one(
+    system: &str,
+    o: &PeersOpts,
+    rate: f64,
+    workers: usize,
+) -> BoxResult<(Percentiles, Option<f64>)> {
+    let n = (rate * o.seconds).round().max(1.0) as u64;
+    let p = match system {
+        "tokio" => latency_floors::measure_tokio(rate, n, workers, true)?,
+        "crossbeam" => latency_floors::measure(Place::Parked, rate, n, true)?,
+        "crossbeam_spinning" => latency_floors::measure(Place::Spinning, rate, n, true)?,
+        _ => {
+            let d =
+                if system == "spindle_memory" { Durability::Memory } else { Durability::Process };
+            let run =
+                open_loop::measure_engine(&LatencyOpts::new(rate, o.seconds, d, o.dir.clone()))?;
+            return Ok((run.e2e, Some(run.cores_used)));
+        }
+    };
+    Ok((p, None))
+}
+
+/// `--rate`: the latency table.
+fn run_latency(o: &PeersOpts, rate: f64) -> BoxResult<Report> {
+    let busy_start = Busy::now();
+    let cores = engine_env::cores();
+    let systems: Vec<&str> = LATENCY_SYSTEMS
+        .iter()
+        .copied()
+        .filter(|s| o.only.iter().any(|x| x == s || x == &s.replace("_spinning", "")))
+        .collect();
+    let mut runs: Vec<Vec<(Percentiles, Option<f64>)>> = vec![Vec::new(); systems.len()];
+    for round in 0..o.repeat {
+        for (i, s) in systems.iter().enumerate() {
+            if !o.json {
+                eprintln!("… round {} of {}: {s} at {rate} jobs/s", round + 1, o.repeat);
+            }
+            runs[i].push(latency_one(s, o, rate, cores)?);
+        }
+    }
+    let busy_end = Busy::now();
+    let mut r = Report::new(format!(
+        "spindle-bench peers --rate {rate} — submit→start (intended send time → start of the job), \
+         open loop, {} s per system and round, {} interleaved rounds (medians), {cores} cores\n\
+         machine at start: {}; at end: {}",
+        o.seconds,
+        o.repeat,
+        busy_start.describe(),
+        busy_end.describe(),
+    ));
+    let mut rows = Vec::new();
+    let mut best: Option<(&str, f64)> = None;
+    for (s, v) in systems.iter().zip(runs.iter()) {
+        let mut p50: Vec<f64> = v.iter().map(|x| x.0.p50_us).collect();
+        let mut p99: Vec<f64> = v.iter().map(|x| x.0.p99_us).collect();
+        let mut p999: Vec<f64> = v.iter().map(|x| x.0.p999_us).collect();
+        let mut used: Vec<f64> = v.iter().filter_map(|x| x.1).collect();
+        let (p50, p99, p999) = (median(&mut p50), median(&mut p99), median(&mut p999));
+        let used = (!used.is_empty()).then(|| median(&mut used));
+        rows.push(vec![
+            s.to_string(),
+            format!("{p50:.1}"),
+            format!("{p99:.1}"),
+            format!("{p999:.1}"),
+            used.map_or_else(|| "-".into(), |u| format!("{u:.2}")),
+        ]);
+        r.set(&format!("{s}_p50_us"), p50);
+        r.set(&format!("{s}_p99_us"), p99);
+        r.set(&format!("{s}_p999_us"), p999);
+        if let Some(u) = used {
+            r.set(&format!("{s}_cpu_cores_used"), u);
+        }
+        if (*s == "tokio" || *s == "crossbeam") && best.is_none_or(|b| p99 < b.1) {
+            best = Some((s, p99));
+        }
+    }
+    r.table(
+        "submit→start latency (µs, medians of the rounds)",
+        &["system", "p50", "p99", "p99.9", "cores used"],
+        rows,
+    );
+    if let Some((name, p99)) = best {
+        r.set("best_parked_peer", name);
+        r.set("best_parked_peer_p99_us", p99);
+    }
+    r.note("cores used: Spindle's process CPU over the schedule less its producer thread's, per second");
+    r.set("rate", rate);
+    r.set("cores", cores as u64);
+    r.set("repeat", o.repeat as u64);
+    Ok(r)
+}
+
 /// Runs the scenario.
 pub fn run(o: &PeersOpts) -> BoxResult<Report> {
+    if let Some(rate) = o.rate {
+        return run_latency(o, rate);
+    }
     let busy_start = Busy::now();
     let cores = engine_env::cores();
     if !o.json {
