@@ -50,6 +50,7 @@ mod segment;
 #[allow(unsafe_code)]
 pub mod storage;
 mod sync;
+mod waiters;
 
 pub use access::FileAccess;
 pub use error::WalError;

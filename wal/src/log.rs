@@ -21,6 +21,7 @@ use crate::record::{frame_len, Record, FRAME_HEADER, KIND_PADDING, MAX_PAYLOAD};
 use crate::recovery::{self, Kept, RecoveryMode, RecoveryReport};
 use crate::segment::{Header, Segment, SEGMENT_HEADER};
 use crate::storage::{FsStorage, Storage};
+use crate::waiters::Waiters;
 use crate::{FileAccess, WalError};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -141,9 +142,14 @@ struct Shared {
     requested: AtomicU64,
     /// Set once the log has failed or is closing: appends stop.
     stopped: AtomicBool,
+    /// Set once the log has failed, and once the flusher has exited: what
+    /// a waiter for durability checks without the state's lock.
+    failed: AtomicBool,
+    flusher_gone: AtomicBool,
     state: Mutex<State>,
     flush_cv: Condvar,
-    durable_cv: Condvar,
+    /// Threads in [`Wal::wait_durable`], woken by LSN (`waiters.rs`).
+    waiters: Waiters,
     prep_cv: Condvar,
     syncs: AtomicU64,
     created: AtomicU64,
@@ -166,7 +172,8 @@ impl Shared {
         tracing::error!(shard = self.shard, %why, "WAL failed");
         st.failure.get_or_insert(why);
         self.stopped.store(true, Ordering::Release);
-        self.durable_cv.notify_all();
+        self.failed.store(true, Ordering::Release);
+        self.waiters.wake_all();
         self.prep_cv.notify_all();
     }
 
@@ -290,6 +297,7 @@ impl Shared {
                     Ok(()) => {
                         self.durable.store(published, Ordering::Release);
                         self.syncs.fetch_add(1, Ordering::Relaxed);
+                        self.waiters.wake_below(published);
                     }
                     Err((base, e)) => {
                         let why = format!(
@@ -299,12 +307,12 @@ impl Shared {
                         self.fail(&mut st, why);
                     }
                 }
-                self.durable_cv.notify_all();
                 continue;
             }
             if st.shutdown || st.failure.is_some() {
                 st.flusher_done = true;
-                self.durable_cv.notify_all();
+                self.flusher_gone.store(true, Ordering::Release);
+                self.waiters.wake_all();
                 return;
             }
             st = match self.policy {
@@ -400,8 +408,10 @@ impl Wal {
                 shutdown: false,
                 flusher_done: false,
             }),
+            failed: AtomicBool::new(false),
+            flusher_gone: AtomicBool::new(false),
             flush_cv: Condvar::new(),
-            durable_cv: Condvar::new(),
+            waiters: Waiters::default(),
             prep_cv: Condvar::new(),
             syncs: AtomicU64::new(0),
             created: AtomicU64::new(0),
@@ -499,18 +509,29 @@ impl Wal {
             return Err(WalError::Config(format!("lsn {lsn} was never appended")));
         }
         sh.requested.fetch_max(lsn.saturating_add(1), Ordering::AcqRel);
-        let mut st = sh.lock();
-        sh.flush_cv.notify_one();
-        while sh.durable.load(Ordering::Acquire) <= lsn {
+        {
+            let _st = sh.lock();
+            sh.flush_cv.notify_one();
+        }
+        loop {
+            // Woken when this record is durable, not by every sync
+            // (`waiters.rs`).
+            sh.waiters.wait(lsn, || {
+                sh.durable.load(Ordering::Acquire) > lsn
+                    || sh.failed.load(Ordering::Acquire)
+                    || sh.flusher_gone.load(Ordering::Acquire)
+            });
+            if sh.durable.load(Ordering::Acquire) > lsn {
+                return Ok(());
+            }
+            let st = sh.lock();
             if st.failure.is_some() {
                 return Err(sh.failure(&st));
             }
             if st.flusher_done {
                 return Err(WalError::Closed);
             }
-            st = sh.durable_cv.wait(st).unwrap_or_else(|p| p.into_inner());
         }
-        Ok(())
     }
 
     /// Makes everything published so far durable.

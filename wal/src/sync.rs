@@ -1,11 +1,20 @@
-//! Loom shim: the atomics and the spin hint the lock-free protocol uses come
+//! Loom shim: the atomics, locks, thread parking and the spin hint the
+//! lock-free and waiting protocols use come
 //! from loom under `--cfg loom` and from std otherwise, so the same code is
 //! model-checked and shipped.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+#[cfg(loom)]
+pub(crate) use loom::sync::{Arc, Mutex, MutexGuard};
+#[cfg(loom)]
+pub(crate) use loom::thread;
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicU64, Ordering};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+#[cfg(not(loom))]
+pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
+#[cfg(not(loom))]
+pub(crate) use std::thread;
 
 /// Spins this many times before yielding the CPU while waiting for an earlier
 /// appender to publish. An append's critical section is one memcpy (tens of

@@ -1,0 +1,219 @@
+//! Threads waiting for their records to be durable, each woken when its own
+//! record is: not all of them after every sync.
+//!
+//! With a condition variable and `notify_all`, every sync wakes every
+//! waiter, and those whose records the sync did not cover go back to sleep:
+//! with 64 producers on 2 cores that is the scheduler's work doubled, and
+//! each woken thread queues for the log's mutex. Here:
+//!
+//! 1. A waiter registers (its LSN and a token holding its thread) under the
+//!    list's mutex.
+//! 2. It then re-checks whether its record is durable (or the log stopped):
+//!    the flusher may have stored the durable LSN and drained the list just
+//!    before the registration. If so it removes its own entry; if the entry
+//!    is gone, the flusher took it and will set its token.
+//! 3. Otherwise it parks until its token is set (`park` may return
+//!    spuriously; the loop re-checks).
+//! 4. The flusher, after storing a new durable LSN, drains the entries it
+//!    covers under the mutex, then sets each token and unparks its thread.
+//!    On failure or shutdown it does the same for every entry.
+//!
+//! Every unpark is consumed by its waiter's loop (the waiter only leaves
+//! once its token is set or its entry is removed by itself), so no stray
+//! wake-up reaches the caller's thread afterwards.
+
+use crate::sync::{thread, Arc, AtomicBool, Mutex, Ordering};
+
+/// One waiter's token.
+#[derive(Debug)]
+struct Token {
+    done: AtomicBool,
+    thread: thread::Thread,
+}
+
+/// The waiters of one log.
+#[derive(Debug, Default)]
+pub(crate) struct Waiters {
+    list: Mutex<Vec<(u64, Arc<Token>)>>,
+}
+
+impl Waiters {
+    fn lock(&self) -> crate::sync::MutexGuard<'_, Vec<(u64, Arc<Token>)>> {
+        // Only pushes, removals and drains happen under the lock: a poisoned
+        // list is still consistent.
+        self.list.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Steps 1-3: blocks until `settled()` (the record at `lsn` is durable,
+    /// or the log stopped) and the flusher is done with this waiter.
+    pub(crate) fn wait(&self, lsn: u64, settled: impl Fn() -> bool) {
+        let token = Arc::new(Token { done: AtomicBool::new(false), thread: thread::current() });
+        self.lock().push((lsn, token.clone()));
+        loop {
+            if token.done.load(Ordering::Acquire) {
+                return;
+            }
+            if settled() {
+                let mut list = self.lock();
+                if let Some(at) = list.iter().position(|(_, t)| Arc::ptr_eq(t, &token)) {
+                    list.swap_remove(at);
+                    return;
+                }
+                drop(list);
+                // The flusher took the entry: its token is set, or is set
+                // next and then unparks this thread. (Checked again here:
+                // its unpark may have come while this thread waited for
+                // the lock.)
+                if token.done.load(Ordering::Acquire) {
+                    return;
+                }
+            }
+            thread::park();
+        }
+    }
+
+    /// Step 4: wakes every waiter whose record is below `durable`.
+    pub(crate) fn wake_below(&self, durable: u64) {
+        let woken: Vec<Arc<Token>> = {
+            let mut list = self.lock();
+            if list.is_empty() {
+                return;
+            }
+            let mut out = Vec::new();
+            list.retain(|(lsn, t)| {
+                let keep = *lsn >= durable;
+                if !keep {
+                    out.push(t.clone());
+                }
+                keep
+            });
+            out
+        };
+        wake(woken);
+    }
+
+    /// Step 4 on failure or shutdown: wakes every waiter.
+    pub(crate) fn wake_all(&self) {
+        let woken: Vec<Arc<Token>> = self.lock().drain(..).map(|(_, t)| t).collect();
+        wake(woken);
+    }
+}
+
+fn wake(tokens: Vec<Arc<Token>>) {
+    for t in tokens {
+        t.done.store(true, Ordering::Release);
+        t.thread.unpark();
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn each_waiter_leaves_once_its_own_lsn_is_durable() {
+        let w = std::sync::Arc::new(Waiters::default());
+        let durable = std::sync::Arc::new(AtomicU64::new(0));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let threads: Vec<_> = [10u64, 20]
+            .into_iter()
+            .map(|lsn| {
+                let (w, durable, tx) = (w.clone(), durable.clone(), tx.clone());
+                std::thread::spawn(move || {
+                    w.wait(lsn, || durable.load(Ordering::Acquire) > lsn);
+                    tx.send(lsn).unwrap();
+                })
+            })
+            .collect();
+        while w.lock().len() < 2 {
+            std::thread::yield_now();
+        }
+        durable.store(15, Ordering::Release);
+        w.wake_below(15);
+        assert_eq!(rx.recv().unwrap(), 10);
+        assert_eq!(w.lock().len(), 1, "the other waiter is still registered");
+        durable.store(25, Ordering::Release);
+        w.wake_below(25);
+        assert_eq!(rx.recv().unwrap(), 20);
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(w.lock().is_empty());
+    }
+
+    #[test]
+    fn a_waiter_already_settled_leaves_without_the_flusher() {
+        let w = Waiters::default();
+        w.wait(5, || true);
+        assert!(w.lock().is_empty(), "it removed its own entry");
+    }
+
+    #[test]
+    fn wake_all_releases_everyone() {
+        let w = std::sync::Arc::new(Waiters::default());
+        let stopped = std::sync::Arc::new(AtomicBool::new(false));
+        let t = {
+            let (w, stopped) = (w.clone(), stopped.clone());
+            std::thread::spawn(move || w.wait(99, || stopped.load(Ordering::Acquire)))
+        };
+        while w.lock().is_empty() {
+            std::thread::yield_now();
+        }
+        stopped.store(true, Ordering::Release);
+        w.wake_all();
+        t.join().unwrap();
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! Model checks of steps 1-4: a flusher making LSNs durable and waking
+    //! against one waiter, and against two (LSN 0 and 1) of which the first
+    //! sync covers one and the second the other: no waiter sleeps forever,
+    //! none leaves before its record is durable.
+    use super::*;
+    use loom::sync::atomic::AtomicU64;
+
+    #[test]
+    fn one_waiter_is_woken() {
+        loom::model(|| {
+            let w = Arc::new(Waiters::default());
+            let durable = Arc::new(AtomicU64::new(0));
+            let t = {
+                let (w, durable) = (w.clone(), durable.clone());
+                loom::thread::spawn(move || {
+                    w.wait(0, || durable.load(Ordering::Acquire) > 0);
+                })
+            };
+            durable.store(1, Ordering::Release);
+            w.wake_below(1);
+            t.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn no_lost_wake_up() {
+        loom::model(|| {
+            let w = Arc::new(Waiters::default());
+            let durable = Arc::new(AtomicU64::new(0));
+            let waiters: Vec<_> = [0u64, 1]
+                .into_iter()
+                .map(|lsn| {
+                    let (w, durable) = (w.clone(), durable.clone());
+                    loom::thread::spawn(move || {
+                        w.wait(lsn, || durable.load(Ordering::Acquire) > lsn);
+                        assert!(durable.load(Ordering::Acquire) > lsn, "left before durable");
+                    })
+                })
+                .collect();
+            durable.store(1, Ordering::Release);
+            w.wake_below(1);
+            durable.store(2, Ordering::Release);
+            w.wake_below(2);
+            for t in waiters {
+                t.join().unwrap();
+            }
+        });
+    }
+}
