@@ -262,6 +262,8 @@ pub(crate) struct TrialResult {
     pub(crate) seed: u64,
     pub(crate) target: Target,
     pub(crate) mode: Mode,
+    /// What else the seed chose (event loops, shards).
+    pub(crate) setup: String,
     pub(crate) rounds: Vec<RoundBooks>,
     pub(crate) secs: f64,
 }
@@ -278,11 +280,12 @@ impl TrialResult {
     fn line(&self, i: u64) -> String {
         let kills: Vec<&str> = self.rounds.iter().map(|r| r.kill.as_str()).collect();
         format!(
-            "trial {i} seed {} {} {}: kills [{}], puts {} acked, deletes {} acked, {} in flight, \
+            "trial {i} seed {} {} {} ({}): kills [{}], puts {} acked, deletes {} acked, {} in flight, \
              {} present + {} gone checked, {} violations ({:.2} s)",
             self.seed,
             self.target.name(),
             self.mode.name(),
+            self.setup,
             kills.join(", "),
             self.sum(|r| r.acked_puts),
             self.sum(|r| r.acked_deletes),
@@ -316,12 +319,13 @@ pub(crate) fn run(o: &CrashOpts) -> BoxResult<Report> {
             }
             None => tempfile::Builder::new().prefix("spindle-crash-").tempdir()?,
         };
-        let rounds = match (target, &spindled) {
+        let (setup, rounds) = match (target, &spindled) {
             (Target::Daemon, Some(bin)) => crash_daemon::trial(bin, dir.path(), mode, seed, o)?,
             (Target::Daemon, None) => return Err("no spindled located".into()),
             (Target::Library, _) => crash_engine::trial(dir.path(), mode, seed, o)?,
         };
-        let r = TrialResult { seed, target, mode, rounds, secs: t0.elapsed().as_secs_f64() };
+        let secs = t0.elapsed().as_secs_f64();
+        let r = TrialResult { seed, target, mode, setup, rounds, secs };
         eprintln!("{}", r.line(i));
         for (k, round) in r.rounds.iter().enumerate() {
             for v in round.violations.iter().take(20) {
@@ -446,6 +450,7 @@ fn summary(o: &CrashOpts, results: &[TrialResult], secs: f64) -> Report {
                 "seed": t.seed,
                 "target": t.target.name(),
                 "mode": t.mode.name(),
+                "setup": t.setup,
                 "violations": t.rounds.iter().flat_map(|b| b.violations.clone()).collect::<Vec<_>>(),
             })
         })

@@ -107,13 +107,14 @@ struct Daemon {
 impl Daemon {
     /// Starts `bin` on `dir` and waits (polling, with a deadline) until it
     /// accepts a connection.
-    fn start(bin: &Path, dir: &Path, mode: Mode, segment: u64) -> BoxResult<Daemon> {
+    fn start(bin: &Path, dir: &Path, mode: Mode, segment: u64, loops: u64) -> BoxResult<Daemon> {
         let socket = dir.join("sock");
         let data = dir.join("data");
         let log = dir.join("spindled.log");
         let mut cmd = Command::new(bin);
         // Segments hold at least two of the largest job: -z keeps them small.
         cmd.arg("--socket").arg(&socket).args(["-s", &segment.to_string(), "-z", "4096"]);
+        cmd.args(["--shards", &loops.to_string()]);
         match mode {
             Mode::Memory => {
                 cmd.args(["--durability", "memory"]);
@@ -197,16 +198,21 @@ impl Drop for Daemon {
     }
 }
 
-/// One trial of `rounds` kill/restart rounds on `dir`.
+/// One trial of `rounds` kill/restart rounds on `dir`; returns its setup
+/// in words and the rounds' books.
 pub(crate) fn trial(
     bin: &Path,
     dir: &Path,
     mode: Mode,
     seed: u64,
     o: &CrashOpts,
-) -> BoxResult<Vec<RoundBooks>> {
+) -> BoxResult<(String, Vec<RoundBooks>)> {
     let mut rng = Rng::new(seed);
-    let mut daemon = Daemon::start(bin, dir, mode, o.segment)?;
+    // One event loop (like beanstalkd), or two: connections on the second
+    // reach the job table's owner through the cross-loop path.
+    let loops = 1 + below(&mut rng, 2);
+    let start = || Daemon::start(bin, dir, mode, o.segment, loops);
+    let mut daemon = start()?;
     let mut carried = Book::default();
     let mut rounds = Vec::new();
     for round in 0..o.rounds {
@@ -225,7 +231,7 @@ pub(crate) fn trial(
         if o.inject_loss {
             crate::crash::lose_log(&dir.join("data"))?;
         }
-        daemon = Daemon::start(bin, dir, mode, o.segment)?;
+        daemon = start()?;
         let mut book = std::mem::take(&mut *shared.book());
         books.acked_puts = book.acked_puts;
         books.acked_deletes = book.acked_deletes;
@@ -245,7 +251,7 @@ pub(crate) fn trial(
         }
         rounds.push(books);
     }
-    Ok(rounds)
+    Ok((format!("{loops} event loop{}", if loops == 1 { "" } else { "s" }), rounds))
 }
 
 /// Runs the load until the trigger fires, then kills the daemon and waits

@@ -48,8 +48,6 @@ use std::time::{Duration, Instant};
 const QUEUE: &str = "crash";
 /// A queue without a handler in the child.
 const PARKED: &str = "crash-parked";
-/// Engine shards, child and parent.
-const SHARDS: usize = 2;
 /// Producer threads in the child.
 const PRODUCERS: usize = 2;
 /// A guard against hanging on an event that must come; not a
@@ -66,11 +64,11 @@ fn durability(mode: Mode) -> Durability {
     }
 }
 
-fn builder(dir: &Path, mode: Mode, segment: u64) -> EngineBuilder {
+fn builder(dir: &Path, mode: Mode, segment: u64, shards: usize) -> EngineBuilder {
     Engine::builder()
         .data_dir(dir)
         .durability(durability(mode))
-        .shards(SHARDS)
+        .shards(shards)
         .segment_size(segment)
         .pin_threads(false)
         .retry_backoff(Duration::from_millis(1), Duration::from_millis(4))
@@ -102,7 +100,8 @@ fn say(line: std::fmt::Arguments<'_>) -> bool {
     out.write_fmt(line).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush()).is_ok()
 }
 
-/// `spindle-bench crash-child --dir D --mode M --segment B`: the child.
+/// `spindle-bench crash-child --dir D --mode M --segment B --shards N`: the
+/// child.
 /// Runs until killed (or its parent goes away).
 pub(crate) fn child(mut a: Args) -> BoxResult<()> {
     let dir: String = a.value("--dir")?.ok_or("crash-child needs --dir")?;
@@ -113,8 +112,9 @@ pub(crate) fn child(mut a: Args) -> BoxResult<()> {
         m => return Err(format!("crash-child: unknown mode {m:?}").into()),
     };
     let segment: u64 = a.value_or("--segment", 64 << 10)?;
+    let shards: usize = a.value_or("--shards", 2)?;
     a.finish()?;
-    let engine = Arc::new(builder(Path::new(&dir), mode, segment).build()?);
+    let engine = Arc::new(builder(Path::new(&dir), mode, segment, shards).build()?);
     engine.register(QUEUE, |job: &JobRef<'_>| {
         if fails_first(job.payload()) && job.attempt() == 1 {
             return Outcome::Retry("first attempts of 'r' jobs fail".into());
@@ -215,14 +215,18 @@ fn segments(dir: &Path) -> BTreeSet<String> {
     out
 }
 
-/// One trial of `rounds` kill/rebuild rounds on `dir`.
+/// One trial of `rounds` kill/rebuild rounds on `dir`; returns its setup
+/// in words and the rounds' books.
 pub(crate) fn trial(
     dir: &Path,
     mode: Mode,
     seed: u64,
     o: &CrashOpts,
-) -> BoxResult<Vec<RoundBooks>> {
+) -> BoxResult<(String, Vec<RoundBooks>)> {
     let mut rng = Rng::new(seed);
+    // 1 to 3 shards: with more shards than cores, stolen jobs and their
+    // logs are crashed too.
+    let shards = 1 + below(&mut rng, 3) as usize;
     let mut rounds = Vec::new();
     // Sync submits wait for an fsync each: fewer of them per round.
     let max_ops = if mode == Mode::Sync { (o.max_ops / 3).max(10) } else { o.max_ops };
@@ -232,21 +236,21 @@ pub(crate) fn trial(
             _ => Trigger::draw(&mut rng, max_ops),
         };
         let mut books = RoundBooks::default();
-        let lines = run_and_kill(dir, mode, o.segment, trigger, max_ops, &mut books)?;
+        let lines = run_and_kill(dir, mode, o.segment, shards, trigger, max_ops, &mut books)?;
         if o.inject_loss {
             crate::crash::lose_log(&dir.join("data"))?;
         }
         if mode == Mode::Memory {
             verify_memory(dir, o.segment, &lines, &mut books)?;
         } else {
-            verify(dir, mode, o.segment, &lines, &mut books)?;
+            verify(dir, mode, o.segment, shards, &lines, &mut books)?;
         }
         if !books.violations.is_empty() {
             books.context = format!("trigger {trigger:?}, killed at {}", books.kill);
         }
         rounds.push(books);
     }
-    Ok(rounds)
+    Ok((format!("{shards} shard{}", if shards == 1 { "" } else { "s" }), rounds))
 }
 
 /// Starts a child on `dir`, kills it when `trigger` fires and returns every
@@ -255,6 +259,7 @@ fn run_and_kill(
     dir: &Path,
     mode: Mode,
     segment: u64,
+    shards: usize,
     trigger: Trigger,
     max_ops: u64,
     books: &mut RoundBooks,
@@ -268,6 +273,7 @@ fn run_and_kill(
         .arg("--dir")
         .arg(dir)
         .args(["--mode", mode.name(), "--segment", &segment.to_string()])
+        .args(["--shards", &shards.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(err)
@@ -382,7 +388,7 @@ fn verify_memory(
     if files != 0 {
         books.violations.push(format!("memory mode wrote {files} entries into its directory"));
     }
-    let engine = builder(&data, Mode::Memory, segment).build()?;
+    let engine = builder(&data, Mode::Memory, segment, 1).build()?;
     let jobs = engine.stats().jobs;
     if jobs != 0 {
         books.violations.push(format!("memory mode: {jobs} jobs after a rebuild"));
@@ -396,6 +402,7 @@ fn verify(
     dir: &Path,
     mode: Mode,
     segment: u64,
+    shards: usize,
     lines: &[Line],
     books: &mut RoundBooks,
 ) -> BoxResult<()> {
@@ -418,7 +425,7 @@ fn verify(
     }
     books.acked_puts = acked.len() as u64;
     let dir = &dir.join("data");
-    let engine = builder(dir, mode, segment).build()?;
+    let engine = builder(dir, mode, segment, shards).build()?;
     let recovered = engine.stats().jobs;
     let (tx, rx) = mpsc::channel::<(u64, Vec<u8>)>();
     for q in [QUEUE, PARKED] {
@@ -483,7 +490,7 @@ fn verify(
     books.checked_present = (must_run.len() - missing.len()) as u64;
     // Ids are never reused.
     let old_max = acked.keys().chain(ran.keys()).chain(&done_before).max().copied().unwrap_or(0);
-    let engine = builder(dir, mode, segment).build()?;
+    let engine = builder(dir, mode, segment, shards).build()?;
     let fresh = engine.submit(Job::new("after", b"x".to_vec()))?.get();
     engine.register("after", |_: &JobRef<'_>| Outcome::Done)?;
     let deadline = Instant::now() + WAIT;
