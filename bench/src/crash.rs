@@ -19,8 +19,9 @@
 //!   `binlog-current-index` changes; for the library, a `.wal` file appears
 //!   under its data directory);
 //! * during compaction (the daemon's `binlog-records-migrated` grows, i.e. a
-//!   pass is rewriting live jobs; for the library, a segment file is
-//!   created or released after the warm-up, which compaction does).
+//!   pass is rewriting live jobs; for the library, a shard holds more than
+//!   the 4 segments that start its compaction, or releases segments, which
+//!   ends it).
 //!
 //! Segments are small (64 KiB by default), so rollovers and compaction
 //! passes happen many times per round. A trigger that has not fired by the

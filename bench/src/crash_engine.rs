@@ -53,6 +53,9 @@ const PRODUCERS: usize = 2;
 /// A guard against hanging on an event that must come; not a
 /// synchronisation device.
 const WAIT: Duration = Duration::from_secs(60);
+/// The engine's default `compact_after_segments`: a shard with more
+/// segments than this compacts.
+const COMPACT_AFTER: usize = 4;
 /// Safety cap on a child's submissions, should its parent vanish.
 const CHILD_CAP: u64 = 5_000_000;
 
@@ -215,6 +218,15 @@ fn segments(dir: &Path) -> BTreeSet<String> {
     out
 }
 
+/// The most segments one shard holds, of the names [`segments`] gives.
+fn most_per_shard(segs: &BTreeSet<String>) -> usize {
+    let mut per: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in segs {
+        *per.entry(s.split('/').next().unwrap_or("")).or_default() += 1;
+    }
+    per.values().copied().max().unwrap_or(0)
+}
+
 /// One trial of `rounds` kill/rebuild rounds on `dir`; returns its setup
 /// in words and the rounds' books.
 pub(crate) fn trial(
@@ -347,10 +359,17 @@ fn run_and_kill(
         match &base {
             Some(b) if acks >= warm => {
                 let rolled = now.difference(b).next().is_some();
+                // A shard compacts once it holds more than
+                // `compact_after_segments` (4) segments, and releases the
+                // old ones when its pass is durable: kill in between, or
+                // at the release.
+                let due = most_per_shard(&now) > COMPACT_AFTER;
                 let released = b.difference(&now).next().is_some();
                 match trigger {
                     Trigger::Rollover(_) if rolled => break format!("rollover {acks}"),
-                    Trigger::Compaction(_) if released => break format!("compaction {acks}"),
+                    Trigger::Compaction(_) if due || released => {
+                        break format!("compaction {acks}")
+                    }
                     _ => {}
                 }
             }
