@@ -4,8 +4,10 @@
 //!
 //! The load, per connection, one command at a time: `put` (ready, delayed
 //! by a second, delayed by an hour), `put-batch` of 1–8 jobs, `reserve`
-//! (with timeout 0), `delete`, `release` (now or delayed), `bury` of a job
-//! it holds, and `kick`. Every body is unique (it names its connection,
+//! (with timeout 0), and of a job it holds `delete`, `release` (now or
+//! delayed) or `bury`, and `kick-job` of a job it buried. (Only the
+//! connection that holds or buried a job changes its state, so the books
+//! know which states each job may be in.) Every body is unique (it names its connection,
 //! round and sequence number) and carries filler of random length.
 //!
 //! The books, after the restart, in `process`, `process-nofsync` and `sync`
@@ -18,6 +20,11 @@
 //! * no job whose `DELETED` was received is there;
 //! * a put or delete whose reply was lost in the kill may count either way,
 //!   and a job nobody acknowledged is allowed only as such a put's body;
+//! * each job is in a state its last acknowledged command allows
+//!   (`stats-job`): `buried` after `bury`, `ready` after `kick-job`, a
+//!   reservation, a release or a put without delay, `delayed` after an hour's
+//!   delay, either after a second's; a command whose reply was lost allows
+//!   the states before and after it;
 //! * the jobs found by id add up to the counts of `stats`;
 //! * ids are never reused: a put after the restart gets an id above every
 //!   id seen.
@@ -59,6 +66,12 @@ enum Del {
     Acked,
 }
 
+/// States a job may be found in after a restart, as bits: a reserved job
+/// comes back `ready`, a job delayed by a second may have become ready.
+const READY: u8 = 1;
+const DELAYED: u8 = 2;
+const BURIED: u8 = 4;
+
 /// What the clients know about one id.
 #[derive(Clone, Debug)]
 struct Entry {
@@ -67,6 +80,27 @@ struct Entry {
     /// The put's reply was received (or a restart found the job).
     put_acked: bool,
     del: Del,
+    /// The states (bits) a restart may find it in.
+    allowed: u8,
+}
+
+/// The states a job delayed by `delay` may be found in.
+fn after_delay(delay: Duration) -> u8 {
+    if delay.is_zero() {
+        READY
+    } else if delay <= Duration::from_secs(1) {
+        DELAYED | READY
+    } else {
+        DELAYED
+    }
+}
+
+fn state_names(bits: u8) -> Vec<&'static str> {
+    [(READY, "ready"), (DELAYED, "delayed"), (BURIED, "buried")]
+        .into_iter()
+        .filter(|(b, _)| bits & b != 0)
+        .map(|(_, n)| n)
+        .collect()
 }
 
 /// The books of one trial, shared by the connections.
@@ -374,6 +408,7 @@ fn load(mut c: Client, sh: &Shared, conn: usize, round: u32, seed: u64) {
     let mut rng = Rng::new(seed);
     let batches = c.supports_extensions().unwrap_or(false);
     let mut held: Vec<u64> = Vec::new();
+    let mut buried: Vec<u64> = Vec::new();
     let mut seq = 0u64;
     loop {
         let pick = below(&mut rng, 100);
@@ -386,6 +421,9 @@ fn load(mut c: Client, sh: &Shared, conn: usize, round: u32, seed: u64) {
             seq += 1;
             let b = body(&mut rng, conn, round, seq);
             put(&mut c, sh, &mut rng, b)
+        } else if pick >= 97 && !buried.is_empty() {
+            let id = buried.swap_remove(below(&mut rng, buried.len() as u64) as usize);
+            change(sh, id, READY, || c.kick_job(id), "kick-job")
         } else if pick < 24 && batches {
             let n = 1 + below(&mut rng, 8);
             let bodies: Vec<Vec<u8>> = (0..n)
@@ -404,12 +442,13 @@ fn load(mut c: Client, sh: &Shared, conn: usize, round: u32, seed: u64) {
         } else if pick < 95 {
             let id = held.swap_remove(below(&mut rng, held.len() as u64) as usize);
             let delay = Duration::from_secs(below(&mut rng, 2));
-            c.release(id, below(&mut rng, 100) as u32, delay).map_err(|e| failed(sh, "release", e))
-        } else if pick < 98 {
-            let id = held.swap_remove(below(&mut rng, held.len() as u64) as usize);
-            c.bury(id, 1).map_err(|e| failed(sh, "bury", e))
+            let pri = below(&mut rng, 100) as u32;
+            change(sh, id, after_delay(delay), || c.release(id, pri, delay), "release")
         } else {
-            c.kick(1 + below(&mut rng, 10)).map(|_| ()).map_err(|e| failed(sh, "kick", e))
+            let id = held.swap_remove(below(&mut rng, held.len() as u64) as usize);
+            let r = change(sh, id, BURIED, || c.bury(id, 1), "bury");
+            buried.push(id);
+            r
         };
         match r {
             Ok(()) => {
@@ -432,7 +471,7 @@ fn put(c: &mut Client, sh: &Shared, rng: &mut Rng, body: Vec<u8>) -> Result<(), 
     sh.book().pending_puts.insert(body.clone());
     let delay = delay_for(rng);
     let id = c.put(below(rng, 1000) as u32, delay, TTR, &body).map_err(|e| failed(sh, "put", e))?;
-    acked_put(sh, id, body);
+    acked_put(sh, id, body, after_delay(delay));
     Ok(())
 }
 
@@ -446,12 +485,12 @@ fn put_batch(c: &mut Client, sh: &Shared, rng: &mut Rng, bodies: Vec<Vec<u8>>) -
         sh.book().violations.push(format!("put-batch of {} got ids {ids:?}", bodies.len()));
     }
     for (id, b) in ids.zip(bodies) {
-        acked_put(sh, id, b);
+        acked_put(sh, id, b, after_delay(delay));
     }
     Ok(())
 }
 
-fn acked_put(sh: &Shared, id: u64, body: Vec<u8>) {
+fn acked_put(sh: &Shared, id: u64, body: Vec<u8>, allowed: u8) {
     let mut book = sh.book();
     book.pending_puts.remove(&body);
     book.acked_puts += 1;
@@ -466,7 +505,7 @@ fn acked_put(sh: &Shared, id: u64, body: Vec<u8>) {
             ))
         }
         None => {
-            book.jobs.insert(id, Entry { body, put_acked: true, del: Del::No });
+            book.jobs.insert(id, Entry { body, put_acked: true, del: Del::No, allowed });
         }
     }
     if let Some(v) = bad {
@@ -491,13 +530,37 @@ fn reserve(c: &mut Client, sh: &Shared, held: &mut Vec<u64>) -> Result<(), Stop>
         Some(_) => {}
         None => {
             // Its put's reply is still on the way to another connection.
-            book.jobs.insert(job.id, Entry { body: job.body, put_acked: false, del: Del::No });
+            let e = Entry { body: job.body, put_acked: false, del: Del::No, allowed: READY };
+            book.jobs.insert(job.id, e);
         }
     }
     if let Some(v) = bad {
         book.violations.push(v);
     }
+    // A restart returns a reserved job to ready.
+    if let Some(e) = book.jobs.get_mut(&job.id) {
+        e.allowed = READY;
+    }
     held.push(job.id);
+    Ok(())
+}
+
+/// Runs `cmd`, a command that moves job `id` to the states `to`: while
+/// its reply is outstanding, the states before and after are allowed.
+fn change(
+    sh: &Shared,
+    id: u64,
+    to: u8,
+    cmd: impl FnOnce() -> Result<(), ClientError>,
+    what: &str,
+) -> Result<(), Stop> {
+    if let Some(e) = sh.book().jobs.get_mut(&id) {
+        e.allowed |= to;
+    }
+    cmd().map_err(|e| failed(sh, &format!("{what} {id}"), e))?;
+    if let Some(e) = sh.book().jobs.get_mut(&id) {
+        e.allowed = to;
+    }
     Ok(())
 }
 
@@ -561,6 +624,8 @@ fn check(d: &Daemon, book: &mut Book, books: &mut RoundBooks) -> BoxResult<()> {
         v.push(format!("stats counts {total} jobs, a scan of ids 1..{id} found {}", found.len()));
     }
     let mut by_body: HashMap<&[u8], u64> = HashMap::new();
+    // The state each checked job was found in, for the next round.
+    let mut states: BTreeMap<u64, u8> = BTreeMap::new();
     for (&id, body) in &found {
         if let Some(other) = by_body.insert(body.as_slice(), id) {
             v.push(format!("jobs {other} and {id} have one body: a put came back twice"));
@@ -574,7 +639,26 @@ fn check(d: &Daemon, book: &mut Book, books: &mut RoundBooks) -> BoxResult<()> {
             Some(e) if e.del == Del::Acked => {
                 v.push(format!("job {id} came back after its delete was acknowledged"))
             }
-            Some(e) if e.put_acked && e.del == Del::No => books.checked_present += 1,
+            Some(e) if e.put_acked && e.del == Del::No => {
+                books.checked_present += 1;
+                let st = c.stats_job(id)?;
+                let state = st.get("state").unwrap_or("?");
+                let bit = match state {
+                    "ready" => READY,
+                    "delayed" => DELAYED,
+                    "buried" => BURIED,
+                    _ => 0,
+                };
+                if e.allowed & bit == 0 {
+                    v.push(format!(
+                        "job {id} is {state} after the restart, expected {:?}",
+                        state_names(e.allowed)
+                    ));
+                }
+                // A job delayed by a second may be ready by the next check.
+                let next = if bit == DELAYED { bit | (e.allowed & READY) } else { bit };
+                states.insert(id, next);
+            }
             // Its put's or its delete's reply was lost: either way.
             Some(_) => {}
             None if book.pending_puts.contains(body) => {}
@@ -611,7 +695,9 @@ fn check(d: &Daemon, book: &mut Book, books: &mut RoundBooks) -> BoxResult<()> {
         }
     }
     for (id, body) in found {
-        book.jobs.insert(id, Entry { body, put_acked: true, del: Del::No });
+        // Unchecked (in flight) ones: any state but reserved.
+        let allowed = states.get(&id).copied().unwrap_or(READY | DELAYED | BURIED);
+        book.jobs.insert(id, Entry { body, put_acked: true, del: Del::No, allowed });
     }
     book.pending_puts.clear();
     book.acked_puts = 0;
