@@ -141,7 +141,14 @@ struct Daemon {
 impl Daemon {
     /// Starts `bin` on `dir` and waits (polling, with a deadline) until it
     /// accepts a connection.
-    fn start(bin: &Path, dir: &Path, mode: Mode, segment: u64, loops: u64) -> BoxResult<Daemon> {
+    fn start(
+        bin: &Path,
+        dir: &Path,
+        mode: Mode,
+        segment: u64,
+        loops: u64,
+        prefault: bool,
+    ) -> BoxResult<Daemon> {
         let socket = dir.join("sock");
         let data = dir.join("data");
         let log = dir.join("spindled.log");
@@ -149,6 +156,9 @@ impl Daemon {
         // Segments hold at least two of the largest job: -z keeps them small.
         cmd.arg("--socket").arg(&socket).args(["-s", &segment.to_string(), "-z", "4096"]);
         cmd.args(["--shards", &loops.to_string()]);
+        if !prefault {
+            cmd.arg("--no-log-prefault");
+        }
         match mode {
             Mode::Memory => {
                 cmd.args(["--durability", "memory"]);
@@ -245,7 +255,10 @@ pub(crate) fn trial(
     // One event loop (like beanstalkd), or two: connections on the second
     // reach the job table's owner through the cross-loop path.
     let loops = 1 + below(&mut rng, 2);
-    let start = || Daemon::start(bin, dir, mode, o.segment, loops);
+    // New segments faulted in ahead by a helper thread (the default), or
+    // not: rollover takes the other path.
+    let prefault = below(&mut rng, 2) == 0;
+    let start = || Daemon::start(bin, dir, mode, o.segment, loops, prefault);
     let mut daemon = start()?;
     let mut carried = Book::default();
     let mut rounds = Vec::new();
@@ -285,7 +298,12 @@ pub(crate) fn trial(
         }
         rounds.push(books);
     }
-    Ok((format!("{loops} event loop{}", if loops == 1 { "" } else { "s" }), rounds))
+    let setup = format!(
+        "{loops} event loop{}{}",
+        if loops == 1 { "" } else { "s" },
+        if prefault { "" } else { ", --no-log-prefault" }
+    );
+    Ok((setup, rounds))
 }
 
 /// Runs the load until the trigger fires, then kills the daemon and waits
