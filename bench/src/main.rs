@@ -9,6 +9,7 @@
 //! spindle-bench burst [--seconds S] [--seeds K] [--plot FILE.svg] [--json]
 //! spindle-bench peer beanstalkd [--seconds S] [--spindled PATH] [--json]
 //! spindle-bench table [--seconds S | --cycles N] [--repeat N] [--json]
+//! spindle-bench crash [--trials N] [--seed S] [--target T] [--mode M] [--json]
 //! ```
 
 #![deny(unsafe_code)]
@@ -22,6 +23,9 @@ mod burst_plot;
 mod burst_replay;
 mod burst_trace;
 mod commit;
+mod crash;
+mod crash_daemon;
+mod crash_engine;
 mod dir;
 mod engine_env;
 mod floor;
@@ -80,6 +84,9 @@ scenarios:
   table       the job table (spindle-core) alone on one thread, no I/O:
               put → reserve → complete cycles/s, hot and with a backlog, and
               allocations per cycle
+  crash       kill -9 campaign: spindled and the library engine under mixed
+              load in every durability mode, killed at random moments
+              (rollover and compaction included), restarted, books checked
 
 `spindle-bench <scenario> --help` lists a scenario's options.";
 
@@ -139,6 +146,13 @@ fn run() -> BoxResult<()> {
             let opts = table::TableOpts::parse(args)?;
             print(&table::run(&opts)?, opts.json)?;
         }
+        "crash" if help => println!("{}", crash::USAGE),
+        "crash" => {
+            let opts = crash::CrashOpts::parse(args)?;
+            print(&crash::run(&opts)?, opts.json)?;
+        }
+        // The library trials' child process (not for direct use).
+        "crash-child" => crash_engine::child(args)?,
         "help" | "--help" | "-h" => println!("{USAGE}"),
         other => return Err(format!("unknown scenario {other:?}\n{USAGE}").into()),
     }

@@ -367,7 +367,7 @@ fn locate_beanstalkd(given: Option<&Path>) -> BoxResult<PathBuf> {
         })
 }
 
-fn locate_spindled(given: Option<&Path>) -> BoxResult<PathBuf> {
+pub(crate) fn locate_spindled(given: Option<&Path>) -> BoxResult<PathBuf> {
     if let Some(p) = given {
         return if p.is_file() {
             Ok(p.to_path_buf())
