@@ -146,6 +146,11 @@ pub(crate) struct Pool {
     pub(crate) desired: Mutex<HashMap<String, u64>>,
     /// The queue of the handler each shard runs (written when it changes).
     pub(crate) running_queue: Vec<Mutex<Arc<str>>>,
+    /// Idle workers spinning now, and how many may: one core fewer than
+    /// the machine has, so spinning workers never take every core from
+    /// the threads that submit (2 cores: one spinner).
+    pub(crate) spinners: crate::sync::AtomicUsize,
+    pub(crate) max_spinners: usize,
 }
 
 impl Pool {
@@ -178,10 +183,35 @@ impl Pool {
             max_active,
             thread: std::sync::OnceLock::new(),
             stop: AtomicBool::new(false),
-            stats: Mutex::new(WorkerStats::default()),
+            // Valid before the controller's first tick publishes.
+            stats: Mutex::new(WorkerStats {
+                active: initial_active,
+                parked: shards.saturating_sub(initial_active),
+                ..WorkerStats::default()
+            }),
             desired: Mutex::new(HashMap::new()),
             running_queue: (0..shards).map(|_| Mutex::new(Arc::from(""))).collect(),
+            spinners: crate::sync::AtomicUsize::new(0),
+            max_spinners: crate::pin::allowed_cores().len().saturating_sub(1),
         }
+    }
+
+    /// Takes a spinner's slot if one is free.
+    pub(crate) fn try_spin(&self) -> bool {
+        let mut n = self.spinners.load(Ordering::Relaxed);
+        while n < self.max_spinners {
+            match self.spinners.compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => n = now,
+            }
+        }
+        false
+    }
+
+    /// Gives a spinner's slot back.
+    pub(crate) fn end_spin(&self) {
+        self.spinners.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

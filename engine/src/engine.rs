@@ -479,6 +479,7 @@ impl Engine {
                 lane: crate::lane::Lane::new(),
                 marker,
                 core: AtomicUsize::new(usize::MAX),
+                spinning: AtomicBool::new(false),
                 active: AtomicBool::new(true),
                 gauges: Default::default(),
                 pool: Default::default(),
@@ -654,8 +655,24 @@ impl Engine {
                 (&job.queue, k).hash(&mut h);
                 (h.finish() % n as u64) as usize
             }
-            None => self.local_shard().unwrap_or_else(|| self.next_active_shard()),
+            None => self
+                .spinning_shard()
+                .or_else(|| self.local_shard())
+                .unwrap_or_else(|| self.next_active_shard()),
         }
+    }
+
+    /// An active shard spinning idle: it takes a single job without a
+    /// wake-up, on its own core.
+    fn spinning_shard(&self) -> Option<usize> {
+        let shards = &self.inner.shards;
+        if shards.len() < 2 {
+            return None;
+        }
+        shards
+            .iter()
+            .find(|s| s.spinning.load(Ordering::Relaxed) && s.active.load(Ordering::Relaxed))
+            .map(|s| s.idx)
     }
 
     /// The active shard pinned to the core the caller runs on, unless it is

@@ -175,6 +175,9 @@ pub(crate) struct ShardShared {
     /// Engine-clock nanoseconds at which the running handler started (0:
     /// none). Producers route around a shard stuck in one handler.
     pub(crate) handler_since: AtomicU64,
+    /// Spinning idle, holding a spinner slot: a job sent here starts
+    /// without a wake-up (producers prefer such a shard).
+    pub(crate) spinning: AtomicBool,
     /// The core this shard's thread is pinned to (`usize::MAX`: none).
     pub(crate) core: AtomicUsize,
     /// New jobs that run without entering the table (`lane.rs`).
@@ -405,6 +408,10 @@ pub(crate) struct Shard {
     offered_best: u32,
     /// Holds one of the pool's search slots (`control::Pool::try_search`).
     searching: bool,
+    /// Holds one of the pool's spinner slots (`control::Pool::try_spin`).
+    spin_slot: bool,
+    /// Idle spin iterations (every 16th yields the core).
+    spins: u32,
 }
 
 impl Shard {
@@ -462,6 +469,8 @@ impl Shard {
             pending_release: None,
             offered_best: u32::MAX,
             searching: false,
+            spin_slot: false,
+            spins: 0,
         };
         // Queues the log brought back.
         let names: Vec<(QueueId, Arc<str>)> =
@@ -1297,6 +1306,24 @@ impl Shard {
                     && self.blocking_ready() == 0))
     }
 
+    /// Holds one of the pool's spinner slots (taking it if free), and says
+    /// so to producers (`ShardShared::spinning`).
+    fn hold_spin_slot(&mut self) -> bool {
+        if !self.spin_slot && self.ctl.try_spin() {
+            self.spin_slot = true;
+            self.sh.spinning.store(true, Ordering::Relaxed);
+        }
+        self.spin_slot
+    }
+
+    fn drop_spin_slot(&mut self) {
+        if self.spin_slot {
+            self.spin_slot = false;
+            self.sh.spinning.store(false, Ordering::Relaxed);
+            self.ctl.end_spin();
+        }
+    }
+
     fn start_searching(&mut self) -> bool {
         if self.cfg.stealing && self.all.len() > 1 && !self.shutting_down {
             self.searching = self.ctl.search.try_search();
@@ -1415,6 +1442,7 @@ impl Shard {
             }
             if progress {
                 idle_since = None;
+                self.drop_spin_slot();
                 continue;
             }
             // Idle: an active worker spins for `idle_spin` first, if the
@@ -1422,14 +1450,24 @@ impl Shard {
             // shorter than the spin, on average); otherwise a spin only
             // burns a core, and it parks at once.
             let since = *idle_since.get_or_insert_with(Instant::now);
+            // At most one core fewer than the machine has spins at once
+            // (`control::Pool::try_spin`), so submitting threads keep a core.
             let soon = self.arrival_gap_ns < self.cfg.idle_spin.as_nanos() as u64;
-            if active
-                && (self.cfg.idle_spin == Duration::MAX
-                    || (soon && since.elapsed() < self.cfg.idle_spin))
-            {
-                std::hint::spin_loop();
+            let spin = self.cfg.idle_spin == Duration::MAX
+                || (soon && since.elapsed() < self.cfg.idle_spin && self.hold_spin_slot());
+            if active && spin {
+                // Polite spinning: a thread runnable on this core (a
+                // producer, most likely) gets it at once rather than after
+                // a scheduler tick.
+                self.spins = self.spins.wrapping_add(1);
+                if self.spins % 16 == 0 {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
                 continue;
             }
+            self.drop_spin_slot();
             idle_since = None;
             self.flush();
             self.release_counts();
@@ -1462,6 +1500,7 @@ impl Shard {
             }
         }
         self.stop_searching();
+        self.drop_spin_slot();
         self.flush();
         sh.exited.store(true, Ordering::Release);
         self.served = sh.snapshot_req.load(Ordering::Acquire);
