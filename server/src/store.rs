@@ -16,17 +16,18 @@
 
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use spindle_core::compact::{self, Pass};
+use spindle_core::headroom;
 use spindle_core::record::{self, MoveRec, PutRec, QueueRec, Record};
 use spindle_core::{
     By, Clock, Config, Counts, Failed, JobView, Put, PutSpec, QueueId, Records, Reserved,
     RetryPolicy, State, Table, Time, WaitEnd,
 };
-use spindle_wal::{Appender, Wal, WalError};
 
+pub(crate) use super::log::Log;
+use super::log::Logged;
 use super::persist::{self, DRec, ST_BURIED, ST_DELAYED};
 use super::proto::Cmd;
 
@@ -122,78 +123,6 @@ pub(crate) enum Flow {
 /// Live jobs rewritten per tick during compaction, so one tick never holds
 /// the loop for long.
 const COMPACT_BATCH: usize = 4096;
-
-/// The write-ahead log, when the daemon has a data directory.
-pub(crate) struct Log {
-    pub wal: Arc<Wal>,
-    /// Deletes released segments off the loop thread: `release_below`
-    /// unmaps and unlinks whole segment files, which took 100-200 ms per
-    /// compaction on this machine's ext4 (measured with 10 MiB segments),
-    /// a stall every connection would see.
-    releaser: Option<std::sync::mpsc::Sender<u64>>,
-    app: Appender,
-    pass: Option<Pass>,
-    /// (segments below this, once this LSN is durable).
-    pending_release: Option<(u64, u64)>,
-    /// Highest LSN appended, for `-f0` waits.
-    pub last_lsn: Option<u64>,
-    /// A failed append: every later change is refused.
-    pub failed: Option<String>,
-}
-
-impl std::fmt::Debug for Log {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Log").field("last_lsn", &self.last_lsn).finish_non_exhaustive()
-    }
-}
-
-impl Log {
-    pub(crate) fn new(wal: Wal) -> Log {
-        let app = wal.appender();
-        let wal = Arc::new(wal);
-        let (tx, rx) = std::sync::mpsc::channel::<u64>();
-        let w = wal.clone();
-        let releaser = std::thread::Builder::new()
-            .name("spindled-release".into())
-            .spawn(move || {
-                // Ends when the Log (the sender) is dropped.
-                while let Ok(below) = rx.recv() {
-                    if let Err(e) = w.release_below(below) {
-                        tracing::warn!("releasing old log segments failed: {e}");
-                    }
-                }
-            })
-            .ok()
-            .map(|_| tx);
-        Log { wal, releaser, app, pass: None, pending_release: None, last_lsn: None, failed: None }
-    }
-
-    /// A log that releases segments on the calling thread (tests that
-    /// count segments right after a compaction).
-    #[cfg(test)]
-    pub(crate) fn inline(wal: Wal) -> Log {
-        let mut l = Log::new(wal);
-        l.releaser = None;
-        l
-    }
-
-    /// Appends `recs` as frames of table records. A single record over the
-    /// log's limit fails this append and leaves the log usable; any other
-    /// error fails the log.
-    fn append(&mut self, recs: &Records) -> Result<(), WalError> {
-        for chunk in recs.frames(self.wal.max_payload()) {
-            match self.app.append(record::WAL_KIND, chunk) {
-                Ok(lsn) => self.last_lsn = Some(lsn),
-                Err(e @ WalError::RecordTooLarge { .. }) => return Err(e),
-                Err(e) => {
-                    self.failed = Some(e.to_string());
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
-    }
-}
 
 /// The job table and its protocol front-end.
 #[derive(Debug)]
@@ -394,22 +323,52 @@ impl Store {
     /// Writes this command's records to the log. False if they could not
     /// be (the command must not be acknowledged).
     fn flush_log(&mut self) -> bool {
+        self.flush_log_keeping(0).is_ok()
+    }
+
+    /// Writes this command's records to the log if it can still hold
+    /// `keep` bytes past them (`log.rs`); a put keeps the head-room of
+    /// `spindle_core::headroom` for the records that complete jobs.
+    fn flush_log_keeping(&mut self, keep: u64) -> Result<(), Logged> {
         if self.recs.is_empty() {
-            return true;
+            return Ok(());
         }
-        let ok = match &mut self.log {
-            Some(log) if log.failed.is_none() => match log.append(&self.recs) {
-                Ok(()) => {
-                    self.ct.records_written += self.recs.len() as u64;
-                    true
-                }
-                Err(_) => false,
-            },
-            Some(_) => false,
-            None => true,
+        let res = match &mut self.log {
+            Some(log) if log.failed.is_none() => log.append(&self.recs, keep),
+            Some(_) => Err(Logged::Failed),
+            None => Ok(()),
         };
+        match res {
+            Ok(()) => self.ct.records_written += self.recs.len() as u64,
+            Err(Logged::NoSpace) if keep == 0 => {
+                // The head-room is used up (releases and reserves of the
+                // same jobs over and over on a full disk): the change
+                // stands in memory but a restart will not see it.
+                tracing::warn!(
+                    records = self.recs.len(),
+                    "disk full: records that complete jobs could not be logged"
+                );
+            }
+            Err(_) => {}
+        }
         self.recs.clear();
-        ok
+        res
+    }
+
+    /// Whether the log can take puts now: its head-room fits on the disk.
+    pub(crate) fn check_headroom(&self) -> Result<(), spindle_wal::WalError> {
+        match &self.log {
+            Some(log) => log.wal.ensure_room(self.put_headroom()),
+            None => Ok(()),
+        }
+    }
+
+    /// The room a put must leave in the log (`spindle_core::headroom`).
+    fn put_headroom(&self) -> u64 {
+        match &self.log {
+            Some(log) => headroom::for_puts(&self.table.totals(), log.wal.segment_size()),
+            None => 0,
+        }
     }
 
     fn log_failed(&self) -> bool {
@@ -864,10 +823,15 @@ impl Store {
         }
         match self.table.put_owned(t, id, q, &spec, body, &mut self.recs) {
             Ok(Put::Created(id)) => {
-                if !self.flush_log() {
-                    // Not durable: undo quietly, tell the client.
+                let keep = self.put_headroom();
+                if let Err(why) = self.flush_log_keeping(keep) {
+                    // Not durable: undo quietly, tell the client. A full
+                    // disk is `OUT_OF_MEMORY`, as for a full table.
                     self.table.unput(id);
-                    return b"INTERNAL_ERROR\r\n".to_vec();
+                    return match why {
+                        Logged::NoSpace => b"OUT_OF_MEMORY\r\n".to_vec(),
+                        Logged::Failed => b"INTERNAL_ERROR\r\n".to_vec(),
+                    };
                 }
                 self.ct.total_jobs += 1;
                 format!("INSERTED {id}\r\n").into_bytes()
@@ -923,9 +887,13 @@ impl Store {
                 return;
             }
         }
-        if !self.flush_log() {
+        let keep = self.put_headroom();
+        if let Err(why) = self.flush_log_keeping(keep) {
             self.undo_batch(first, first + n);
-            w.extend_from_slice(b"INTERNAL_ERROR\r\n");
+            w.extend_from_slice(match why {
+                Logged::NoSpace => b"OUT_OF_MEMORY\r\n",
+                Logged::Failed => b"INTERNAL_ERROR\r\n",
+            });
             return;
         }
         self.ct.total_jobs += n;
@@ -1011,7 +979,11 @@ impl Store {
         let table = self.table.next_due().map(|t| self.clock.instant(t));
         let window = Some(self.last_window + Duration::from_secs(1));
         let mut due = [table, window].into_iter().flatten().min();
-        if self.log.as_ref().is_some_and(|l| l.pending_release.is_some() || l.pass.is_some()) {
+        if self
+            .log
+            .as_ref()
+            .is_some_and(|l| l.pending_release.is_some() || (l.pass.is_some() && !l.pass_stalled))
+        {
             // Compaction in progress: a batch every 10 ms.
             let soon = Instant::now() + Duration::from_millis(10);
             due = Some(due.map_or(soon, |d| d.min(soon)));
@@ -1044,14 +1016,7 @@ impl Store {
         if let Some((below, mark)) = log.pending_release {
             let st = log.wal.stats();
             if st.durable_lsn > mark {
-                let sent = log.releaser.as_ref().is_some_and(|tx| tx.send(below).is_ok());
-                if !sent {
-                    // No release thread (it could not be started): do it here.
-                    let _ = log.wal.release_below(below);
-                }
-                // The appender caches its segment: a fresh one lets the
-                // released files go.
-                log.app = log.wal.appender();
+                log.release(below);
                 log.pending_release = None;
             } else {
                 log.wal.request_sync();
@@ -1069,16 +1034,31 @@ impl Store {
                 Pass::new(&self.table, cut)
             }
         };
-        let (n, done) = pass.step(&self.table, COMPACT_BATCH, &mut self.recs);
-        self.ct.records_migrated += n as u64;
+        let before = pass;
+        let (jobs, done) = pass.step(&self.table, COMPACT_BATCH, &mut self.recs);
         let n = self.recs.len() as u64;
+        // Never the room the live jobs' completions need (and until the
+        // last step, room for that step too).
+        let keep = headroom::for_compaction(&self.table.totals(), done);
         let Some(log) = &mut self.log else { return };
-        let appended = log.append(&self.recs).is_ok();
+        let appended = log.append(&self.recs, keep);
         self.recs.clear();
-        if !appended {
-            log.pass = None;
-            return;
+        match appended {
+            Ok(()) => log.pass_stalled = false,
+            Err(Logged::NoSpace) => {
+                // A full disk: this batch again later (the jobs before it
+                // are rewritten already), on the regular ticks. Deletes
+                // shrink what is left to rewrite.
+                log.pass = Some(before);
+                log.pass_stalled = true;
+                return;
+            }
+            Err(Logged::Failed) => {
+                log.pass = None;
+                return;
+            }
         }
+        self.ct.records_migrated += jobs as u64;
         self.ct.records_written += n;
         if done {
             log.pass = None;
