@@ -36,9 +36,10 @@ use crossbeam_queue::{ArrayQueue, SegQueue};
 use hdrhistogram::Histogram;
 use spindle_core::compact::{self, Pass};
 use spindle_core::record::{self as core_record, PutRec};
+use spindle_core::{headroom, Totals};
 use spindle_core::{By, Failed, Put, PutSpec, QueueId, Records, State as JobState, Table, Time};
 use spindle_park::Parker;
-use spindle_wal::{Appender, Wal};
+use spindle_wal::{frame_len, Appender, Wal, WalError};
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -55,6 +56,8 @@ const SHUTDOWN_WAIT_MAX: Duration = Duration::from_secs(30);
 const MAX_PARK: Duration = Duration::from_millis(100);
 /// Live jobs rewritten per compaction step.
 const COMPACT_BATCH: usize = 1024;
+/// How long a compaction pass waits after a full disk refused a batch.
+const COMPACT_RETRY: Duration = Duration::from_millis(50);
 /// The shard itself, as the table's holder of every job it runs, offers,
 /// lends to its blocking pool or sees stolen: the outcome always comes back
 /// to it.
@@ -162,6 +165,11 @@ pub(crate) struct ShardShared {
     pub(crate) gauges: Gauges,
     /// The blocking pool's thread counts and target.
     pub(crate) pool: PoolGauges,
+    /// The head-room (`spindle_core::headroom`) a put must leave in this
+    /// shard's log for the jobs in its table, and the room a start or an
+    /// outcome must leave, as of the shard's last log write.
+    pub(crate) put_keep: AtomicU64,
+    pub(crate) outcome_keep: AtomicU64,
 }
 
 /// A producer's presence in a submit epoch; leaving drops the count.
@@ -221,18 +229,35 @@ impl ShardShared {
     }
 
     /// Appends records (table format) through a pooled appender, as frames
-    /// (`Records::frames`); returns the last frame's LSN.
-    pub(crate) fn append(&self, wal: &Wal, recs: &Records) -> Result<u64, crate::SubmitError> {
+    /// (`Records::frames`), each only if the log can still hold `keep`
+    /// bytes past the records (0: no condition); returns the last frame's
+    /// LSN.
+    pub(crate) fn append(
+        &self,
+        wal: &Wal,
+        recs: &Records,
+        keep: u64,
+    ) -> Result<u64, crate::SubmitError> {
         let mut app = self.appenders.pop().unwrap_or_else(|| wal.appender());
-        let res = append_frames(&mut app, wal, recs);
+        let res = append_frames(&mut app, wal, recs, keep);
         let _ = self.appenders.push(app);
-        res.map_err(|e| match e {
-            spindle_wal::WalError::Closed => crate::SubmitError::ShuttingDown,
-            e => crate::SubmitError::Io(e),
-        })
+        res.map_err(submit_error)
     }
 
-    /// Logs the `Put`s of `jobs` from the calling (producer) thread.
+    /// The room a producer's `Put`s of `jobs` must leave in the log: the
+    /// shard's, and the completion and rewrite of these jobs.
+    fn put_headroom(&self, jobs: &[NewJob]) -> u64 {
+        let own = Totals {
+            jobs: jobs.len() as u64,
+            bytes: jobs.iter().map(|j| j.payload.len() as u64).sum(),
+            ..Totals::default()
+        };
+        let own = headroom::for_puts(&own, 0).saturating_sub(headroom::COMPACTION_SLACK);
+        self.put_keep.load(Ordering::Relaxed).saturating_add(own)
+    }
+
+    /// Logs the `Put`s of `jobs` from the calling (producer) thread, if
+    /// the log keeps its head-room after them (else `SubmitError::DiskFull`).
     pub(crate) fn log_puts(&self, wal: &Wal, jobs: &[NewJob]) -> Result<u64, crate::SubmitError> {
         RECORDS.with(|cell| {
             let mut fresh = Records::new();
@@ -245,7 +270,7 @@ impl ShardShared {
             for j in jobs {
                 recs.push_put(&j.put_rec());
             }
-            self.append(wal, recs)
+            self.append(wal, recs, self.put_headroom(jobs))
         })
     }
 
@@ -255,21 +280,48 @@ impl ShardShared {
         let Some(wal) = &self.wal else { return };
         let mut recs = Records::new();
         recs.push_reserve(id);
-        if let Err(e) = self.append(wal, &recs) {
+        if let Err(e) = self.append(wal, &recs, self.outcome_keep.load(Ordering::Relaxed)) {
             tracing::error!(shard = self.idx, error = %e, "cannot log job start");
         }
     }
 }
 
-/// Appends `recs` as frames of table records.
+/// The largest frame payload to write: at most a sixteenth of a segment,
+/// so that the padding a frame leaves at a segment's end (frames do not
+/// cross segments) wastes little of the head-room.
+pub(crate) fn frame_max(wal: &Wal) -> u64 {
+    wal.max_payload().min(wal.segment_size() / 16)
+}
+
+/// A log error as a submitter sees it.
+fn submit_error(e: WalError) -> crate::SubmitError {
+    match e {
+        WalError::Closed => crate::SubmitError::ShuttingDown,
+        e @ WalError::NoSpace { .. } => crate::SubmitError::DiskFull(e),
+        e => crate::SubmitError::Io(e),
+    }
+}
+
+/// Appends `recs` as frames of table records, each only if the log can
+/// still hold `keep` bytes past the records (0: no condition). Several
+/// frames (a large batch) are refused at the first if they would not all
+/// leave `keep`.
 pub(crate) fn append_frames(
     app: &mut Appender,
     wal: &Wal,
     recs: &Records,
-) -> Result<u64, spindle_wal::WalError> {
+    keep: u64,
+) -> Result<u64, WalError> {
+    let max = frame_max(wal);
+    let mut after: u64 = recs.frames(max).map(|c| frame_len(c.len() as u64)).sum();
     let mut last = 0;
-    for chunk in recs.frames(wal.max_payload()) {
-        last = app.append(core_record::WAL_KIND, chunk)?;
+    for chunk in recs.frames(max) {
+        after = after.saturating_sub(frame_len(chunk.len() as u64));
+        last = if keep == 0 {
+            app.append(core_record::WAL_KIND, chunk)?
+        } else {
+            app.append_keeping(core_record::WAL_KIND, chunk, keep.saturating_add(after))?
+        };
     }
     Ok(last)
 }
@@ -321,6 +373,11 @@ pub(crate) struct Shard {
     /// Compaction: (cut, epoch to wait for) before the pass, then the pass.
     pending_cut: Option<(u64, usize)>,
     pass: Option<Pass>,
+    /// A full disk refused the pass's last batch: not again before this.
+    compact_retry_at: Option<Instant>,
+    /// Log bytes the last compaction pass has written: outcomes leave
+    /// room for the rest of it. Reset when the next pass begins.
+    pass_written: u64,
     shutdown_at: Option<Instant>,
     /// The last snapshot request served.
     served: u64,
@@ -382,6 +439,8 @@ impl Shard {
             shutting_down: false,
             pending_cut: None,
             pass: None,
+            compact_retry_at: None,
+            pass_written: 0,
             shutdown_at: None,
             served: 0,
             out: 0,
@@ -389,6 +448,7 @@ impl Shard {
             offered_best: u32::MAX,
             searching: false,
         };
+        shard.publish_headroom();
         // Queues the log brought back.
         let names: Vec<(QueueId, Arc<str>)> =
             shard.table.queues().map(|(q, n)| (q, Arc::from(n))).collect();
@@ -493,18 +553,13 @@ impl Shard {
     }
 
     /// Writes this shard's pending records to its log; the last LSN.
+    /// Records of outcomes and starts leave only the room compaction needs
+    /// (`spindle_core::headroom`): on a full disk they use the head-room
+    /// producers leave.
     fn flush(&mut self) -> Option<u64> {
-        if self.recs.is_empty() {
-            return None;
-        }
-        let (Some(app), Some(wal)) = (self.appender.as_mut(), self.sh.wal.as_ref()) else {
-            self.recs.clear();
-            return None;
-        };
-        let res = append_frames(app, wal, &self.recs);
-        self.recs.clear();
-        match res {
-            Ok(lsn) => Some(lsn),
+        let keep = headroom::for_completions(&self.table.totals(), self.pass_written);
+        match self.flush_keeping(keep) {
+            Ok(lsn) => lsn,
             Err(e) => {
                 // The table changed in memory regardless; if the log is
                 // failed the process must restart, and recovery replays what
@@ -513,6 +568,33 @@ impl Shard {
                 None
             }
         }
+    }
+
+    /// Tells producers and thieves the head-room this shard's table needs.
+    fn publish_headroom(&self) {
+        let Some(wal) = &self.sh.wal else { return };
+        let t = self.table.totals();
+        let put = headroom::for_puts(&t, wal.segment_size());
+        self.sh.put_keep.store(put, Ordering::Relaxed);
+        let outcome = headroom::for_completions(&t, self.pass_written);
+        self.sh.outcome_keep.store(outcome, Ordering::Relaxed);
+    }
+
+    /// Writes the pending records if the log can still hold `keep` bytes
+    /// past them; `Ok(None)` when there is nothing to write or no log.
+    /// The records are gone either way.
+    fn flush_keeping(&mut self, keep: u64) -> Result<Option<u64>, WalError> {
+        self.publish_headroom();
+        if self.recs.is_empty() {
+            return Ok(None);
+        }
+        let (Some(app), Some(wal)) = (self.appender.as_mut(), self.sh.wal.as_ref()) else {
+            self.recs.clear();
+            return Ok(None);
+        };
+        let res = append_frames(app, wal, &self.recs, keep);
+        self.recs.clear();
+        res.map(Some)
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -527,6 +609,9 @@ impl Shard {
             }
             Msg::Unique(j, reply, waiter) => {
                 let len = j.payload.len() as u64;
+                // Records pending from before are written with no
+                // condition: only the put may be refused for space.
+                self.flush();
                 let res = match self.insert(j, false) {
                     Some(Put::Duplicate(existing)) => {
                         self.counters.release(1, len);
@@ -534,22 +619,26 @@ impl Shard {
                     }
                     Some(Put::Created(id)) => {
                         let logged = self.sh.wal.is_none() || !self.recs.enabled();
-                        match self.flush() {
-                            Some(lsn) => Ok((JobId(id), lsn)),
-                            None if logged => Ok((JobId(id), 0)),
-                            None => {
+                        let keep = self.sh.put_headroom(&[]);
+                        match self.flush_keeping(keep) {
+                            Ok(Some(lsn)) => Ok((JobId(id), lsn)),
+                            Ok(None) if logged => Ok((JobId(id), 0)),
+                            res => {
                                 // Not logged: the job must not run either.
                                 self.forget(id);
                                 self.counters.release(1, len);
-                                Err(crate::SubmitError::Io(spindle_wal::WalError::Failed(
-                                    "the shard could not log the job".into(),
-                                )))
+                                Err(match res {
+                                    Err(e) => submit_error(e),
+                                    Ok(_) => crate::SubmitError::Io(WalError::Failed(
+                                        "the shard could not log the job".into(),
+                                    )),
+                                })
                             }
                         }
                     }
                     None => {
                         self.counters.release(1, len);
-                        Err(crate::SubmitError::Io(spindle_wal::WalError::Failed(
+                        Err(crate::SubmitError::Io(WalError::Failed(
                             "the shard could not take the job".into(),
                         )))
                     }
@@ -1086,6 +1175,7 @@ impl Shard {
                         };
                         let old = self.sh.flip_epoch();
                         self.pending_cut = Some((cut, old));
+                        self.pass_written = 0;
                         (cut, old)
                     }
                 };
@@ -1105,11 +1195,38 @@ impl Shard {
                 Pass::new(&self.table, cut)
             }
         };
-        let (_, done) = pass.step(&self.table, COMPACT_BATCH, &mut self.recs);
-        let Some(lsn) = self.flush() else {
-            self.pass = None;
+        if self.compact_retry_at.is_some_and(|at| Instant::now() < at) {
+            self.pass = Some(pass);
             return;
+        }
+        // Pending outcomes first, with no condition: only the pass's own
+        // records may be refused for space.
+        self.flush();
+        let before = pass;
+        let (_, done) = pass.step(&self.table, COMPACT_BATCH, &mut self.recs);
+        let bytes: u64 = self.recs.frames(frame_max(&wal)).map(|c| frame_len(c.len() as u64)).sum();
+        // The room it needs is kept by puts and outcomes; `1`: a batch goes
+        // in whole or not at all (the room for all its frames is checked
+        // first), so a batch a full disk refuses wastes nothing.
+        let lsn = match self.flush_keeping(1) {
+            Ok(Some(lsn)) => {
+                self.pass_written = self.pass_written.saturating_add(bytes);
+                lsn
+            }
+            Err(WalError::NoSpace { .. }) => {
+                // A full disk: this batch again a little later (the jobs
+                // before it are rewritten already); outcomes shrink what is
+                // left to rewrite.
+                self.pass = Some(before);
+                self.compact_retry_at = Some(Instant::now() + COMPACT_RETRY);
+                return;
+            }
+            Ok(None) | Err(_) => {
+                self.pass = None;
+                return;
+            }
         };
+        self.compact_retry_at = None;
         if done {
             self.pass = None;
             self.pending_release = Some((pass.cut, lsn));

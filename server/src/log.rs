@@ -1,11 +1,13 @@
 //! The daemon's write-ahead log handle ([`Log`]): appending a command's
 //! records, and what a full disk does to that.
 //!
+//! - A put's records are appended only if the log keeps the head-room of
+//!   `spindle_core::headroom::for_puts` after them; otherwise nothing is
+//!   appended and the put is refused with `OUT_OF_MEMORY`.
 //! - Records that complete work (reserve, release, bury, kick, delete,
-//!   timeouts) are appended with no condition.
-//! - A put's records are appended only if the log keeps room for those
-//!   afterwards (`spindle_core::headroom::for_puts`); otherwise nothing
-//!   is appended and the put is refused with `OUT_OF_MEMORY`.
+//!   timeouts) keep only the room compaction needs
+//!   (`headroom::for_completions`), and compaction keeps none: it frees
+//!   space.
 //! - A full disk ([`WalError::NoSpace`]) never fails the log: once space
 //!   is freed (compaction releasing segments, or another file removed)
 //!   appends succeed again. Any other append error fails it for good, and
@@ -18,6 +20,14 @@ use spindle_core::Records;
 use spindle_wal::{frame_len, Appender, Wal, WalError};
 
 use spindle_core::compact::Pass;
+
+/// The largest frame payload to write: at most a sixteenth of a segment,
+/// so that the padding a frame leaves at a segment's end (frames do not
+/// cross segments) wastes little of the head-room (`spindle_core::
+/// headroom::PADDING_SHARE`).
+pub(crate) fn frame_max(wal: &Wal) -> u64 {
+    wal.max_payload().min(wal.segment_size() / 16)
+}
 
 /// How an append ended, when it did not succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +53,10 @@ pub(crate) struct Log {
     /// Compaction could not append its last batch for lack of space: it
     /// retries on the next regular tick rather than every 10 ms.
     pub pass_stalled: bool,
+    /// Log bytes the last pass has written (completions leave room for
+    /// the rest of it). Reset when the next pass begins, not at the
+    /// release: the release thread frees the space a moment later.
+    pub pass_written: u64,
     /// (segments below this, once this LSN is durable).
     pub pending_release: Option<(u64, u64)>,
     /// Highest LSN appended, for `-f0` waits.
@@ -81,6 +95,7 @@ impl Log {
             app,
             pass: None,
             pass_stalled: false,
+            pass_written: 0,
             pending_release: None,
             last_lsn: None,
             failed: None,
@@ -110,14 +125,16 @@ impl Log {
     }
 
     /// Appends `recs` as frames of table records, each only if the log
-    /// can still hold `keep` bytes past the records (0: no condition). A
-    /// full disk or a single record over the log's limit fails this append
-    /// and leaves the log usable; any other error fails the log.
-    pub(crate) fn append(&mut self, recs: &Records, keep: u64) -> Result<(), Logged> {
-        let max = self.wal.max_payload();
+    /// can still hold `keep` bytes past the records (0: no condition);
+    /// returns the bytes appended. A full disk or a single record over the
+    /// log's limit fails this append and leaves the log usable; any other
+    /// error fails the log.
+    pub(crate) fn append(&mut self, recs: &Records, keep: u64) -> Result<u64, Logged> {
+        let max = frame_max(&self.wal);
         // The frames after each one, so the first is refused when the
         // whole of them would not leave `keep` (several frames: a batch).
-        let mut after: u64 = recs.frames(max).map(|c| frame_len(c.len() as u64)).sum();
+        let total: u64 = recs.frames(max).map(|c| frame_len(c.len() as u64)).sum();
+        let mut after = total;
         for chunk in recs.frames(max) {
             after = after.saturating_sub(frame_len(chunk.len() as u64));
             let res = if keep == 0 {
@@ -136,6 +153,6 @@ impl Log {
                 }
             }
         }
-        Ok(())
+        Ok(total)
     }
 }

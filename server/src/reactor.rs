@@ -634,6 +634,7 @@ impl Server {
                 let _ = std::fs::remove_file(path);
             }
         }
+        self.store.finish_compaction();
         if let Some(log) = self.store.log.take() {
             log.wal.shutdown().map_err(|source| ServerError::Wal {
                 dir: self.cfg.data_dir.clone().unwrap_or_default(),

@@ -222,7 +222,7 @@ impl Store {
     /// held, so the skip survives the next start too).
     pub(crate) fn mark_ids(&mut self) {
         self.table.mark_ids(&mut self.recs);
-        self.flush_log();
+        self.flush_log_now();
     }
 
     // ---------------------------------------------------------------- tubes
@@ -320,9 +320,34 @@ impl Store {
         self.sync_dropped();
     }
 
-    /// Writes this command's records to the log. False if they could not
-    /// be (the command must not be acknowledged).
+    /// Writes this command's records to the log, leaving the room
+    /// compaction needs (`spindle_core::headroom`). False if they could
+    /// not be (the command must not be acknowledged).
     fn flush_log(&mut self) -> bool {
+        let keep = match &self.log {
+            Some(log) => headroom::for_completions(&self.table.totals(), log.pass_written),
+            None => 0,
+        };
+        let n = self.recs.len();
+        match self.flush_log_keeping(keep) {
+            Ok(()) => true,
+            Err(Logged::NoSpace) => {
+                // The completions' head-room is used up (releases and
+                // reserves of the same jobs over and over on a full
+                // disk): the change stands in memory, but a restart will
+                // not see it. Compaction frees space, and then it works
+                // again.
+                tracing::warn!(records = n, "disk full: job state changes could not be logged");
+                false
+            }
+            Err(Logged::Failed) => false,
+        }
+    }
+
+    /// Writes the records with no condition: at start (recovery's moves,
+    /// the id mark), and deletes undoing a batch whose first frames are in
+    /// the log already.
+    fn flush_log_now(&mut self) -> bool {
         self.flush_log_keeping(0).is_ok()
     }
 
@@ -336,23 +361,13 @@ impl Store {
         let res = match &mut self.log {
             Some(log) if log.failed.is_none() => log.append(&self.recs, keep),
             Some(_) => Err(Logged::Failed),
-            None => Ok(()),
+            None => Ok(0),
         };
-        match res {
-            Ok(()) => self.ct.records_written += self.recs.len() as u64,
-            Err(Logged::NoSpace) if keep == 0 => {
-                // The head-room is used up (releases and reserves of the
-                // same jobs over and over on a full disk): the change
-                // stands in memory but a restart will not see it.
-                tracing::warn!(
-                    records = self.recs.len(),
-                    "disk full: records that complete jobs could not be logged"
-                );
-            }
-            Err(_) => {}
+        if res.is_ok() {
+            self.ct.records_written += self.recs.len() as u64;
         }
         self.recs.clear();
-        res
+        res.map(drop)
     }
 
     /// Whether the log can take puts now: its head-room fits on the disk.
@@ -909,7 +924,7 @@ impl Store {
         for id in first..end {
             let _ = self.table.delete(id, None, &mut self.recs);
         }
-        self.flush_log();
+        self.flush_log_now();
     }
 
     fn reserve(
@@ -1016,6 +1031,7 @@ impl Store {
         if let Some((below, mark)) = log.pending_release {
             let st = log.wal.stats();
             if st.durable_lsn > mark {
+                tracing::debug!(below, "compaction: releasing old log segments");
                 log.release(below);
                 log.pending_release = None;
             } else {
@@ -1031,26 +1047,32 @@ impl Store {
                 let Some(cut) = compact::cut_for(&self.table, &segs, published, 4) else {
                     return;
                 };
+                log.pass_written = 0;
+                tracing::debug!(cut, jobs = self.table.totals().jobs, "compaction: pass begins");
                 Pass::new(&self.table, cut)
             }
         };
         let before = pass;
         let (jobs, done) = pass.step(&self.table, COMPACT_BATCH, &mut self.recs);
         let n = self.recs.len() as u64;
-        // Never the room the live jobs' completions need (and until the
-        // last step, room for that step too).
-        let keep = headroom::for_compaction(&self.table.totals(), done);
         let Some(log) = &mut self.log else { return };
-        let appended = log.append(&self.recs, keep);
+        // The room it needs is kept by puts and completions; `1`: a batch
+        // goes in whole or not at all (the room for all its frames is
+        // checked first), so a batch a full disk refuses wastes nothing.
+        let appended = log.append(&self.recs, 1);
         self.recs.clear();
         match appended {
-            Ok(()) => log.pass_stalled = false,
+            Ok(bytes) => {
+                log.pass_stalled = false;
+                log.pass_written = log.pass_written.saturating_add(bytes);
+            }
             Err(Logged::NoSpace) => {
                 // A full disk: this batch again later (the jobs before it
                 // are rewritten already), on the regular ticks. Deletes
                 // shrink what is left to rewrite.
                 log.pass = Some(before);
                 log.pass_stalled = true;
+                tracing::debug!("compaction: the disk is full; the batch waits");
                 return;
             }
             Err(Logged::Failed) => {
@@ -1068,6 +1090,31 @@ impl Store {
             }
         } else {
             log.pass = Some(pass);
+        }
+    }
+
+    /// At shutdown: finishes a compaction pass in progress, if the disk
+    /// lets it, and releases the segments below its cut, so that a restart
+    /// does not find the live jobs twice in the log (on a full disk it
+    /// might have no room to compact them again).
+    pub(crate) fn finish_compaction(&mut self) {
+        loop {
+            let Some(log) = &mut self.log else { return };
+            if log.failed.is_some() || log.pass_stalled {
+                return;
+            }
+            if let Some((below, mark)) = log.pending_release.take() {
+                if log.wal.wait_durable(mark).is_ok() {
+                    if let Err(e) = log.wal.release_below(below) {
+                        tracing::warn!("releasing old log segments failed: {e}");
+                    }
+                }
+                return;
+            }
+            if log.pass.is_none() {
+                return;
+            }
+            self.compact();
         }
     }
 
@@ -1119,7 +1166,7 @@ impl Store {
         }
         let t = self.time(now);
         let rec = self.table.finish_replay(t, &mut self.recs);
-        self.flush_log();
+        self.flush_log_now();
         // Tubes in the order the log made them (`default` first).
         self.sync_dropped();
         self.tube_order = self.table.queues().map(|(_, n)| n.into()).collect();
