@@ -386,7 +386,7 @@ impl Store {
         }
     }
 
-    fn log_failed(&self) -> bool {
+    pub(crate) fn log_failed(&self) -> bool {
         self.log.as_ref().is_some_and(|l| l.failed.is_some())
     }
 
@@ -1346,3 +1346,7 @@ pub(crate) fn state_name(j: &JobView<'_>) -> &'static str {
 #[cfg(test)]
 #[path = "store_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "store_full_disk_tests.rs"]
+mod full_disk_tests;
