@@ -903,8 +903,17 @@ impl Store {
             }
         }
         let keep = self.put_headroom();
+        let last = self.log.as_ref().and_then(|l| l.last_lsn);
         if let Err(why) = self.flush_log_keeping(keep) {
-            self.undo_batch(first, first + n);
+            if self.log.as_ref().and_then(|l| l.last_lsn) == last {
+                // Nothing of it reached the log (a full disk refuses the
+                // whole batch up front): take it back without records.
+                for id in first..first + n {
+                    self.table.unput(id);
+                }
+            } else {
+                self.undo_batch(first, first + n);
+            }
             w.extend_from_slice(match why {
                 Logged::NoSpace => b"OUT_OF_MEMORY\r\n",
                 Logged::Failed => b"INTERNAL_ERROR\r\n",
