@@ -18,9 +18,10 @@
 //! 3. **Compaction** keeps nothing: its pass rewrites the live jobs
 //!    ([`for_compaction`] estimates that, as `compact::cut_for` does),
 //!    then the segments below its cut are released and the disk has room
-//!    again. A compaction pass starts once the log is twice the live
-//!    records, which a full disk's log always is (its room is at least
-//!    the live records again).
+//!    again. A pass starts once the records written are twice the live
+//!    jobs' (`compact::cut_for`; the room allocated ahead does not
+//!    count): on a full disk, deleting jobs gets the log there, and the
+//!    pass then finds the room it needs kept.
 //!
 //! So the log can always compact, and a queue on a full disk can always
 //! be worked off. What the completions' layer cannot promise: a client
