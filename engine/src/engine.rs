@@ -217,7 +217,7 @@ fn replay(wal: &Wal, shard: usize, cfg: &Config) -> Result<(Table, u64), BuildEr
 
 /// Appends records to a shard's log before its shard runs.
 fn append_now(wal: &Wal, recs: &spindle_core::Records) -> Result<(), spindle_wal::WalError> {
-    crate::shard::append_frames(&mut wal.appender(), wal, recs, 0).map(drop)
+    crate::append::append_frames(&mut wal.appender(), wal, recs, 0).map(drop)
 }
 
 /// One record of the engine's older log format, applied as the table's.

@@ -24,6 +24,7 @@
 //!    parks until a message, a timer, or stealable work with a free search
 //!    slot; an inactive one parks at once (`park.rs`).
 
+use crate::append::{append_frames, frame_max, submit_error};
 use crate::blocking::{self, BlockingDone, PoolGauges};
 use crate::builder::Durability;
 use crate::control::{self, Gauges};
@@ -35,7 +36,7 @@ use crossbeam_deque::{Steal, Stealer, Worker};
 use crossbeam_queue::{ArrayQueue, SegQueue};
 use hdrhistogram::Histogram;
 use spindle_core::compact::{self, Pass};
-use spindle_core::record::{self as core_record, PutRec};
+use spindle_core::record::PutRec;
 use spindle_core::{headroom, Totals};
 use spindle_core::{By, Failed, Put, PutSpec, QueueId, Records, State as JobState, Table, Time};
 use spindle_park::Parker;
@@ -284,46 +285,6 @@ impl ShardShared {
             tracing::error!(shard = self.idx, error = %e, "cannot log job start");
         }
     }
-}
-
-/// The largest frame payload to write: at most a sixteenth of a segment,
-/// so that the padding a frame leaves at a segment's end (frames do not
-/// cross segments) wastes little of the head-room.
-pub(crate) fn frame_max(wal: &Wal) -> u64 {
-    wal.max_payload().min(wal.segment_size() / 16)
-}
-
-/// A log error as a submitter sees it.
-fn submit_error(e: WalError) -> crate::SubmitError {
-    match e {
-        WalError::Closed => crate::SubmitError::ShuttingDown,
-        e @ WalError::NoSpace { .. } => crate::SubmitError::DiskFull(e),
-        e => crate::SubmitError::Io(e),
-    }
-}
-
-/// Appends `recs` as frames of table records, each only if the log can
-/// still hold `keep` bytes past the records (0: no condition). Several
-/// frames (a large batch) are refused at the first if they would not all
-/// leave `keep`.
-pub(crate) fn append_frames(
-    app: &mut Appender,
-    wal: &Wal,
-    recs: &Records,
-    keep: u64,
-) -> Result<u64, WalError> {
-    let max = frame_max(wal);
-    let mut after: u64 = recs.frames(max).map(|c| frame_len(c.len() as u64)).sum();
-    let mut last = 0;
-    for chunk in recs.frames(max) {
-        after = after.saturating_sub(frame_len(chunk.len() as u64));
-        last = if keep == 0 {
-            app.append(core_record::WAL_KIND, chunk)?
-        } else {
-            app.append_keeping(core_record::WAL_KIND, chunk, keep.saturating_add(after))?
-        };
-    }
-    Ok(last)
 }
 
 /// The shard thread's own state.
