@@ -26,14 +26,18 @@ use crate::table::Table;
 pub const JOB_LOG_BYTES: u64 = 80;
 
 /// The cut to compact below, if the log needs compacting: `segments` are
-/// the log's (start, end) LSNs, `published` the end of what is written.
+/// the log's (start, end) LSNs, `published` the end of what is written
+/// (bytes past it do not count).
 pub fn cut_for(
     table: &Table,
     segments: &[(u64, u64)],
     published: u64,
     min_segments: usize,
 ) -> Option<u64> {
-    let log_bytes: u64 = segments.iter().map(|s| s.1 - s.0).sum();
+    // Only bytes written count: segments allocated ahead of the tail (the
+    // head-room, `crate::headroom`) hold no records yet.
+    let log_bytes: u64 =
+        segments.iter().filter(|s| s.0 < published).map(|s| s.1.min(published) - s.0).sum();
     let tot = table.totals();
     let live = tot.bytes + JOB_LOG_BYTES * tot.jobs + 128 * tot.queues;
     if segments.len() <= min_segments || log_bytes <= 2 * live {
@@ -112,6 +116,14 @@ mod tests {
         assert_eq!(cut_for(&t, &segs, 250, 2), Some(200));
         assert_eq!(cut_for(&t, &segs, 250, 3), None);
         assert_eq!(cut_for(&t, &segs, 50, 2), None);
+        // Bytes allocated ahead hold nothing: 1,200 written with 808 live
+        // (600 + 80 + 128) is not twice, though the segments hold 3,000.
+        let mut t = Table::new(Config::default());
+        let q = t.queue("q").unwrap_or(crate::QueueId(0));
+        let _ = t.put(Time(1), 1, q, &PutSpec::default(), &[0; 600], &mut Records::new());
+        let segs = [(0, 1000), (1000, 2000), (2000, 3000)];
+        assert_eq!(cut_for(&t, &segs, 1200, 2), None);
+        assert_eq!(cut_for(&t, &segs, 2500, 2), Some(2000));
     }
 }
 

@@ -40,6 +40,7 @@ mod check;
 pub mod compact;
 mod error;
 mod fifos;
+pub mod headroom;
 mod histogram;
 mod idmap;
 mod job;

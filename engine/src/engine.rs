@@ -233,7 +233,7 @@ fn replay(
 
 /// Appends records to a shard's log before its shard runs.
 fn append_now(wal: &Wal, recs: &spindle_core::Records) -> Result<(), spindle_wal::WalError> {
-    crate::shard::append_frames(&mut wal.appender(), wal, recs).map(drop)
+    crate::append::append_frames(&mut wal.appender(), wal, recs, 0).map(drop)
 }
 
 /// One record of the engine's older log format, applied as the table's.
@@ -410,6 +410,10 @@ impl Engine {
                     };
                     let (wal, report) = Wal::open(shard_dir(dir, i), opts)
                         .map_err(|source| BuildError::Wal { shard: i, source })?;
+                    // The log opens on a full disk (its records can be
+                    // read), but a shard that cannot write its first
+                    // segment could log nothing: refuse to start.
+                    wal.ensure_room(0).map_err(|source| BuildError::Wal { shard: i, source })?;
                     if let Some(t) = &report.truncated {
                         tracing::warn!(shard = i, segment = t.segment, offset = t.offset,
                             bytes_dropped = t.bytes_dropped, reason = %t.reason, "shard log was cut at damage");
@@ -483,6 +487,8 @@ impl Engine {
                 active: AtomicBool::new(true),
                 gauges: Default::default(),
                 pool: Default::default(),
+                put_keep: AtomicU64::new(0),
+                outcome_keep: AtomicU64::new(0),
             }));
             workers.push(worker);
         }

@@ -41,7 +41,19 @@ pub enum SubmitError {
     /// `shutdown()` has begun.
     #[error("the engine is shutting down")]
     ShuttingDown,
-    /// The write-ahead log refused the record (full disk, failed sync...).
+    /// The disk holding the data directory is full: the job was not
+    /// logged and not taken (a batch: none of it). Nothing accepted is
+    /// affected, and accepted jobs still run and finish: their outcomes use
+    /// room the log keeps for them (`docs/architecture.md`, "A full
+    /// disk"). Submit again once space is freed, by other files or by
+    /// jobs finishing (compaction then releases log segments); no restart
+    /// is needed.
+    #[error(
+        "disk full, the job was not accepted: {0}; free disk space or let queued jobs finish \
+         (the log then releases segments), and submit again"
+    )]
+    DiskFull(#[source] WalError),
+    /// The write-ahead log refused the record (failed sync, I/O error...).
     #[error("cannot log the job: {0}")]
     Io(#[from] WalError),
 }

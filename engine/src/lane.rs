@@ -50,7 +50,7 @@ use crate::shard::NewJob;
 use crate::sync::{AtomicUsize, Ordering};
 use spindle_core::QueueId;
 use std::collections::VecDeque;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Most jobs one steal takes.
@@ -66,6 +66,8 @@ pub(crate) struct Lane {
     pri: AtomicU32,
     /// Jobs thieves took and whose outcomes the owner has not received.
     lent: AtomicUsize,
+    /// Payload bytes of the jobs in the lane (a hint outside the lock).
+    bytes: AtomicU64,
 }
 
 #[derive(Default)]
@@ -79,6 +81,7 @@ struct Inner {
     /// the front of the front batch.
     batches: VecDeque<VecDeque<NewJob>>,
     len: usize,
+    bytes: u64,
     /// An emptied batch kept for single jobs (no allocation per job).
     spare: Option<VecDeque<NewJob>>,
 }
@@ -136,8 +139,14 @@ impl Lane {
         self.lent.fetch_sub(n, Ordering::AcqRel);
     }
 
+    /// Payload bytes in the lane (may be stale by the time it is read).
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
     fn publish(&self, g: &Inner) {
         self.len.store(g.len, Ordering::Relaxed);
+        self.bytes.store(g.bytes, Ordering::Relaxed);
         let pri = if g.len == 0 { u32::MAX } else { g.pri };
         self.pri.store(pri, Ordering::Relaxed);
     }
@@ -159,6 +168,7 @@ impl Lane {
         }
         g.last = last_id;
         g.len += jobs.len();
+        g.bytes += jobs.iter().map(|j| j.payload.len() as u64).sum::<u64>();
         g.batches.push_back(VecDeque::from(jobs));
         self.publish(&g);
         Ok(())
@@ -173,6 +183,7 @@ impl Lane {
         }
         g.last = job.id;
         g.len += 1;
+        g.bytes += job.payload.len() as u64;
         match g.batches.back_mut() {
             Some(b) => b.push_back(job),
             None => {
@@ -204,6 +215,7 @@ impl Lane {
             g.retire_front();
         }
         g.len -= 1;
+        g.bytes = g.bytes.saturating_sub(job.payload.len() as u64);
         if g.len == 0 {
             g.queue = None;
         }
@@ -225,14 +237,18 @@ impl Lane {
         }
         let mut want = if whole { g.len } else { g.len / 2 }.min(STEAL_MAX);
         let mut out = Vec::with_capacity(want);
+        let g = &mut *g;
         while want > 0 {
             let Some(back) = g.batches.back_mut() else { break };
             // Newest first: from the back of the back batch.
             let take = want.min(back.len());
+            let from = out.len();
             out.extend(back.drain(back.len() - take..).rev());
             if back.is_empty() {
                 g.batches.pop_back();
             }
+            let gone: u64 = out[from..].iter().map(|j| j.payload.len() as u64).sum();
+            g.bytes = g.bytes.saturating_sub(gone);
             want -= take;
             g.len -= take;
         }
@@ -241,7 +257,7 @@ impl Lane {
         }
         // Under the lock: the owner never sees the jobs in neither place.
         self.lent.fetch_add(out.len(), Ordering::AcqRel);
-        self.publish(&g);
+        self.publish(g);
         out.reverse();
         out
     }
@@ -255,6 +271,7 @@ impl Lane {
             out.extend(b);
         }
         g.len = 0;
+        g.bytes = 0;
         self.publish(&g);
         Some((q, out))
     }
@@ -328,6 +345,7 @@ mod tests {
         let stolen: Vec<u64> = lane.steal(false, |n| n == "q").iter().map(|j| j.id).collect();
         // Half of 7, across the two batches, oldest of them first.
         assert_eq!(stolen, vec![5, 6, 7]);
+        assert_eq!(lane.bytes(), 4, "one payload byte per job left");
         assert_eq!(lane.lent(), 3);
         lane.returned(3);
         assert_eq!(lane.lent(), 0);

@@ -26,6 +26,7 @@
 
 #![deny(unsafe_code)]
 
+mod append;
 mod blocking;
 mod builder;
 mod control;

@@ -44,6 +44,7 @@
 
 mod conn;
 mod ioloop;
+mod log;
 mod persist;
 pub mod proto;
 mod reactor;

@@ -147,6 +147,10 @@ impl Server {
                     .map_err(wal_err)?
                     .with_prefault(cfg.log_prefault);
                 let (wal, report) = Wal::open_with(Arc::new(storage), opts).map_err(wal_err)?;
+                // The log opens on a full disk (its records can still be
+                // read), but a daemon that cannot write its first segment
+                // could log nothing: refuse to start.
+                wal.ensure_room(0).map_err(wal_err)?;
                 if let Some(t) = &report.truncated {
                     tracing::warn!(
                         dir = %dir.display(),
@@ -175,6 +179,11 @@ impl Server {
         }
         if cfg.data_dir.is_some() {
             tracing::info!(jobs = rep.jobs, next_id = store.next_id(), "recovered");
+        }
+        if let Err(e) = store.check_headroom() {
+            tracing::warn!(
+                "{e}; puts get OUT_OF_MEMORY until space is freed (delete jobs or other files)"
+            );
         }
 
         let poll = Poll::new()?;
@@ -625,6 +634,7 @@ impl Server {
                 let _ = std::fs::remove_file(path);
             }
         }
+        self.store.finish_compaction();
         if let Some(log) = self.store.log.take() {
             log.wal.shutdown().map_err(|source| ServerError::Wal {
                 dir: self.cfg.data_dir.clone().unwrap_or_default(),

@@ -16,17 +16,18 @@
 
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use spindle_core::compact::{self, Pass};
+use spindle_core::headroom;
 use spindle_core::record::{self, MoveRec, PutRec, QueueRec, Record};
 use spindle_core::{
     By, Clock, Config, Counts, Failed, JobView, Put, PutSpec, QueueId, Records, Reserved,
     RetryPolicy, State, Table, Time, WaitEnd,
 };
-use spindle_wal::{Appender, Wal, WalError};
 
+pub(crate) use super::log::Log;
+use super::log::Logged;
 use super::persist::{self, DRec, ST_BURIED, ST_DELAYED};
 use super::proto::Cmd;
 
@@ -122,78 +123,6 @@ pub(crate) enum Flow {
 /// Live jobs rewritten per tick during compaction, so one tick never holds
 /// the loop for long.
 const COMPACT_BATCH: usize = 4096;
-
-/// The write-ahead log, when the daemon has a data directory.
-pub(crate) struct Log {
-    pub wal: Arc<Wal>,
-    /// Deletes released segments off the loop thread: `release_below`
-    /// unmaps and unlinks whole segment files, which took 100-200 ms per
-    /// compaction on this machine's ext4 (measured with 10 MiB segments),
-    /// a stall every connection would see.
-    releaser: Option<std::sync::mpsc::Sender<u64>>,
-    app: Appender,
-    pass: Option<Pass>,
-    /// (segments below this, once this LSN is durable).
-    pending_release: Option<(u64, u64)>,
-    /// Highest LSN appended, for `-f0` waits.
-    pub last_lsn: Option<u64>,
-    /// A failed append: every later change is refused.
-    pub failed: Option<String>,
-}
-
-impl std::fmt::Debug for Log {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Log").field("last_lsn", &self.last_lsn).finish_non_exhaustive()
-    }
-}
-
-impl Log {
-    pub(crate) fn new(wal: Wal) -> Log {
-        let app = wal.appender();
-        let wal = Arc::new(wal);
-        let (tx, rx) = std::sync::mpsc::channel::<u64>();
-        let w = wal.clone();
-        let releaser = std::thread::Builder::new()
-            .name("spindled-release".into())
-            .spawn(move || {
-                // Ends when the Log (the sender) is dropped.
-                while let Ok(below) = rx.recv() {
-                    if let Err(e) = w.release_below(below) {
-                        tracing::warn!("releasing old log segments failed: {e}");
-                    }
-                }
-            })
-            .ok()
-            .map(|_| tx);
-        Log { wal, releaser, app, pass: None, pending_release: None, last_lsn: None, failed: None }
-    }
-
-    /// A log that releases segments on the calling thread (tests that
-    /// count segments right after a compaction).
-    #[cfg(test)]
-    pub(crate) fn inline(wal: Wal) -> Log {
-        let mut l = Log::new(wal);
-        l.releaser = None;
-        l
-    }
-
-    /// Appends `recs` as frames of table records. A single record over the
-    /// log's limit fails this append and leaves the log usable; any other
-    /// error fails the log.
-    fn append(&mut self, recs: &Records) -> Result<(), WalError> {
-        for chunk in recs.frames(self.wal.max_payload()) {
-            match self.app.append(record::WAL_KIND, chunk) {
-                Ok(lsn) => self.last_lsn = Some(lsn),
-                Err(e @ WalError::RecordTooLarge { .. }) => return Err(e),
-                Err(e) => {
-                    self.failed = Some(e.to_string());
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
-    }
-}
 
 /// The job table and its protocol front-end.
 #[derive(Debug)]
@@ -293,7 +222,7 @@ impl Store {
     /// held, so the skip survives the next start too).
     pub(crate) fn mark_ids(&mut self) {
         self.table.mark_ids(&mut self.recs);
-        self.flush_log();
+        self.flush_log_now();
     }
 
     // ---------------------------------------------------------------- tubes
@@ -391,28 +320,73 @@ impl Store {
         self.sync_dropped();
     }
 
-    /// Writes this command's records to the log. False if they could not
-    /// be (the command must not be acknowledged).
+    /// Writes this command's records to the log, leaving the room
+    /// compaction needs (`spindle_core::headroom`). False if they could
+    /// not be (the command must not be acknowledged).
     fn flush_log(&mut self) -> bool {
-        if self.recs.is_empty() {
-            return true;
-        }
-        let ok = match &mut self.log {
-            Some(log) if log.failed.is_none() => match log.append(&self.recs) {
-                Ok(()) => {
-                    self.ct.records_written += self.recs.len() as u64;
-                    true
-                }
-                Err(_) => false,
-            },
-            Some(_) => false,
-            None => true,
+        let keep = match &self.log {
+            Some(log) => headroom::for_completions(&self.table.totals(), log.pass_written),
+            None => 0,
         };
-        self.recs.clear();
-        ok
+        let n = self.recs.len();
+        match self.flush_log_keeping(keep) {
+            Ok(()) => true,
+            Err(Logged::NoSpace) => {
+                // The completions' head-room is used up (releases and
+                // reserves of the same jobs over and over on a full
+                // disk): the change stands in memory, but a restart will
+                // not see it. Compaction frees space, and then it works
+                // again.
+                tracing::warn!(records = n, "disk full: job state changes could not be logged");
+                false
+            }
+            Err(Logged::Failed) => false,
+        }
     }
 
-    fn log_failed(&self) -> bool {
+    /// Writes the records with no condition: at start (recovery's moves,
+    /// the id mark), and deletes undoing a batch whose first frames are in
+    /// the log already.
+    fn flush_log_now(&mut self) -> bool {
+        self.flush_log_keeping(0).is_ok()
+    }
+
+    /// Writes this command's records to the log if it can still hold
+    /// `keep` bytes past them (`log.rs`); a put keeps the head-room of
+    /// `spindle_core::headroom` for the records that complete jobs.
+    fn flush_log_keeping(&mut self, keep: u64) -> Result<(), Logged> {
+        if self.recs.is_empty() {
+            return Ok(());
+        }
+        let res = match &mut self.log {
+            Some(log) if log.failed.is_none() => log.append(&self.recs, keep),
+            Some(_) => Err(Logged::Failed),
+            None => Ok(0),
+        };
+        if res.is_ok() {
+            self.ct.records_written += self.recs.len() as u64;
+        }
+        self.recs.clear();
+        res.map(drop)
+    }
+
+    /// Whether the log can take puts now: its head-room fits on the disk.
+    pub(crate) fn check_headroom(&self) -> Result<(), spindle_wal::WalError> {
+        match &self.log {
+            Some(log) => log.wal.ensure_room(self.put_headroom()),
+            None => Ok(()),
+        }
+    }
+
+    /// The room a put must leave in the log (`spindle_core::headroom`).
+    fn put_headroom(&self) -> u64 {
+        match &self.log {
+            Some(log) => headroom::for_puts(&self.table.totals(), log.wal.segment_size()),
+            None => 0,
+        }
+    }
+
+    pub(crate) fn log_failed(&self) -> bool {
         self.log.as_ref().is_some_and(|l| l.failed.is_some())
     }
 
@@ -864,10 +838,15 @@ impl Store {
         }
         match self.table.put_owned(t, id, q, &spec, body, &mut self.recs) {
             Ok(Put::Created(id)) => {
-                if !self.flush_log() {
-                    // Not durable: undo quietly, tell the client.
+                let keep = self.put_headroom();
+                if let Err(why) = self.flush_log_keeping(keep) {
+                    // Not durable: undo quietly, tell the client. A full
+                    // disk is `OUT_OF_MEMORY`, as for a full table.
                     self.table.unput(id);
-                    return b"INTERNAL_ERROR\r\n".to_vec();
+                    return match why {
+                        Logged::NoSpace => b"OUT_OF_MEMORY\r\n".to_vec(),
+                        Logged::Failed => b"INTERNAL_ERROR\r\n".to_vec(),
+                    };
                 }
                 self.ct.total_jobs += 1;
                 format!("INSERTED {id}\r\n").into_bytes()
@@ -923,9 +902,22 @@ impl Store {
                 return;
             }
         }
-        if !self.flush_log() {
-            self.undo_batch(first, first + n);
-            w.extend_from_slice(b"INTERNAL_ERROR\r\n");
+        let keep = self.put_headroom();
+        let last = self.log.as_ref().and_then(|l| l.last_lsn);
+        if let Err(why) = self.flush_log_keeping(keep) {
+            if self.log.as_ref().and_then(|l| l.last_lsn) == last {
+                // Nothing of it reached the log (a full disk refuses the
+                // whole batch up front): take it back without records.
+                for id in first..first + n {
+                    self.table.unput(id);
+                }
+            } else {
+                self.undo_batch(first, first + n);
+            }
+            w.extend_from_slice(match why {
+                Logged::NoSpace => b"OUT_OF_MEMORY\r\n",
+                Logged::Failed => b"INTERNAL_ERROR\r\n",
+            });
             return;
         }
         self.ct.total_jobs += n;
@@ -941,7 +933,7 @@ impl Store {
         for id in first..end {
             let _ = self.table.delete(id, None, &mut self.recs);
         }
-        self.flush_log();
+        self.flush_log_now();
     }
 
     fn reserve(
@@ -1011,7 +1003,11 @@ impl Store {
         let table = self.table.next_due().map(|t| self.clock.instant(t));
         let window = Some(self.last_window + Duration::from_secs(1));
         let mut due = [table, window].into_iter().flatten().min();
-        if self.log.as_ref().is_some_and(|l| l.pending_release.is_some() || l.pass.is_some()) {
+        if self
+            .log
+            .as_ref()
+            .is_some_and(|l| l.pending_release.is_some() || (l.pass.is_some() && !l.pass_stalled))
+        {
             // Compaction in progress: a batch every 10 ms.
             let soon = Instant::now() + Duration::from_millis(10);
             due = Some(due.map_or(soon, |d| d.min(soon)));
@@ -1044,14 +1040,8 @@ impl Store {
         if let Some((below, mark)) = log.pending_release {
             let st = log.wal.stats();
             if st.durable_lsn > mark {
-                let sent = log.releaser.as_ref().is_some_and(|tx| tx.send(below).is_ok());
-                if !sent {
-                    // No release thread (it could not be started): do it here.
-                    let _ = log.wal.release_below(below);
-                }
-                // The appender caches its segment: a fresh one lets the
-                // released files go.
-                log.app = log.wal.appender();
+                tracing::debug!(below, "compaction: releasing old log segments");
+                log.release(below);
                 log.pending_release = None;
             } else {
                 log.wal.request_sync();
@@ -1066,19 +1056,40 @@ impl Store {
                 let Some(cut) = compact::cut_for(&self.table, &segs, published, 4) else {
                     return;
                 };
+                log.pass_written = 0;
+                tracing::debug!(cut, jobs = self.table.totals().jobs, "compaction: pass begins");
                 Pass::new(&self.table, cut)
             }
         };
-        let (n, done) = pass.step(&self.table, COMPACT_BATCH, &mut self.recs);
-        self.ct.records_migrated += n as u64;
+        let before = pass;
+        let (jobs, done) = pass.step(&self.table, COMPACT_BATCH, &mut self.recs);
         let n = self.recs.len() as u64;
         let Some(log) = &mut self.log else { return };
-        let appended = log.append(&self.recs).is_ok();
+        // The room it needs is kept by puts and completions; `1`: a batch
+        // goes in whole or not at all (the room for all its frames is
+        // checked first), so a batch a full disk refuses wastes nothing.
+        let appended = log.append(&self.recs, 1);
         self.recs.clear();
-        if !appended {
-            log.pass = None;
-            return;
+        match appended {
+            Ok(bytes) => {
+                log.pass_stalled = false;
+                log.pass_written = log.pass_written.saturating_add(bytes);
+            }
+            Err(Logged::NoSpace) => {
+                // A full disk: this batch again later (the jobs before it
+                // are rewritten already), on the regular ticks. Deletes
+                // shrink what is left to rewrite.
+                log.pass = Some(before);
+                log.pass_stalled = true;
+                tracing::debug!("compaction: the disk is full; the batch waits");
+                return;
+            }
+            Err(Logged::Failed) => {
+                log.pass = None;
+                return;
+            }
         }
+        self.ct.records_migrated += jobs as u64;
         self.ct.records_written += n;
         if done {
             log.pass = None;
@@ -1088,6 +1099,31 @@ impl Store {
             }
         } else {
             log.pass = Some(pass);
+        }
+    }
+
+    /// At shutdown: finishes a compaction pass in progress, if the disk
+    /// lets it, and releases the segments below its cut, so that a restart
+    /// does not find the live jobs twice in the log (on a full disk it
+    /// might have no room to compact them again).
+    pub(crate) fn finish_compaction(&mut self) {
+        loop {
+            let Some(log) = &mut self.log else { return };
+            if log.failed.is_some() || log.pass_stalled {
+                return;
+            }
+            if let Some((below, mark)) = log.pending_release.take() {
+                if log.wal.wait_durable(mark).is_ok() {
+                    if let Err(e) = log.wal.release_below(below) {
+                        tracing::warn!("releasing old log segments failed: {e}");
+                    }
+                }
+                return;
+            }
+            if log.pass.is_none() {
+                return;
+            }
+            self.compact();
         }
     }
 
@@ -1139,7 +1175,7 @@ impl Store {
         }
         let t = self.time(now);
         let rec = self.table.finish_replay(t, &mut self.recs);
-        self.flush_log();
+        self.flush_log_now();
         // Tubes in the order the log made them (`default` first).
         self.sync_dropped();
         self.tube_order = self.table.queues().map(|(_, n)| n.into()).collect();
@@ -1319,3 +1355,7 @@ pub(crate) fn state_name(j: &JobView<'_>) -> &'static str {
 #[cfg(test)]
 #[path = "store_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "store_full_disk_tests.rs"]
+mod full_disk_tests;

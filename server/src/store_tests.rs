@@ -8,7 +8,7 @@
 use super::*;
 use crate::persist::{Counts as OldCounts, V1Rec, ST_READY};
 use crate::proto::parse;
-use spindle_wal::WalOptions;
+use spindle_wal::{Wal, WalOptions};
 
 pub(super) fn cfg() -> StoreConfig {
     StoreConfig {

@@ -155,6 +155,12 @@ struct Shared {
     created: AtomicU64,
     released: AtomicU64,
     segment_waits: AtomicU64,
+    /// `State::next_prepare`, readable without the lock: segments of this
+    /// run below this index have been created (some may be released).
+    prepared: AtomicU64,
+    /// The highest index [`Shared::ensure_room`] has asked the preparer to
+    /// reach, so it takes the lock once per new index, not per call.
+    asked: AtomicU64,
 }
 
 impl Shared {
@@ -245,6 +251,26 @@ impl Shared {
         self.lock().run.get(&idx).cloned()
     }
 
+    /// Makes sure the segments created so far (creating more and waiting
+    /// for them if need be) can hold `bytes` more bytes past the tail, and
+    /// asks the preparer to stay `prepare_ahead` segments beyond that, so
+    /// the next call does not wait. `NoSpace` when the disk cannot hold
+    /// the segments needed (an attempt made after this call began).
+    fn ensure_room(&self, bytes: u64) -> Result<(), WalError> {
+        let idx = self.geo.index(self.cursor.tail().saturating_add(bytes));
+        let ahead = idx.saturating_add(self.prepare_ahead);
+        if ahead > self.asked.load(Ordering::Relaxed) {
+            self.asked.fetch_max(ahead, Ordering::Relaxed);
+            let mut st = self.lock();
+            st.needed = st.needed.max(ahead);
+            self.prep_cv.notify_all();
+        }
+        if idx < self.prepared.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.ensure(&mut None, idx)
+    }
+
     fn preparer(self: &Arc<Self>) {
         let mut st = self.lock();
         while !st.shutdown && st.failure.is_none() {
@@ -260,6 +286,7 @@ impl Shared {
                     Ok(seg) => {
                         st.run.insert(idx, seg);
                         st.next_prepare += 1;
+                        self.prepared.store(st.next_prepare, Ordering::Release);
                     }
                     Err(e) => {
                         tracing::warn!(shard = self.shard, error = %e, "cannot prepare WAL segment");
@@ -417,6 +444,8 @@ impl Wal {
             created: AtomicU64::new(0),
             released: AtomicU64::new(0),
             segment_waits: AtomicU64::new(0),
+            prepared: AtomicU64::new(0),
+            asked: AtomicU64::new(0),
         });
         // Create the first segment now so the first append does not wait.
         // On a full disk the log still opens (its records can be read and
@@ -427,6 +456,7 @@ impl Wal {
                 let mut st = shared.lock();
                 st.run.insert(0, first);
                 st.next_prepare = 1;
+                shared.prepared.store(1, Ordering::Release);
             }
             Err(WalError::NoSpace { .. }) => {}
             Err(e) => return Err(e),
@@ -534,6 +564,22 @@ impl Wal {
         }
     }
 
+    /// Makes sure the log's segments can hold `bytes` more bytes of records
+    /// past its tail: creates (and waits for) the segments needed, or
+    /// returns `WalError::NoSpace` when the disk cannot hold them. A
+    /// caller that logs something the disk must always have room for
+    /// (records that complete work, and so let space be freed) keeps that
+    /// room with [`Appender::append_keeping`] for the records that can
+    /// wait. `ensure_room(0)` checks that the segment being written
+    /// exists, which [`Wal::open`] does not insist on (it opens a log on a
+    /// full disk so that its records can be read and released).
+    ///
+    /// Records take their frame length ([`frame_len`]) each, and a
+    /// segment's unused tail is padding, so keep some slack.
+    pub fn ensure_room(&self, bytes: u64) -> Result<(), WalError> {
+        self.shared.ensure_room(bytes)
+    }
+
     /// Makes everything published so far durable.
     pub fn sync(&self) -> Result<(), WalError> {
         let published = self.shared.cursor.published();
@@ -591,6 +637,11 @@ impl Wal {
             segment_waits: sh.segment_waits.load(Ordering::Relaxed),
             live_segments: live,
         }
+    }
+
+    /// The size of each segment file, in bytes.
+    pub fn segment_size(&self) -> u64 {
+        self.shared.seg_len
     }
 
     /// The largest payload one record can carry with these options.
@@ -736,6 +787,19 @@ impl Appender {
         }
         sh.cursor.publish(&claim);
         Ok(claim.frame)
+    }
+
+    /// Like [`Appender::append`], but only if the log can still hold
+    /// `keep` more bytes past this record ([`Wal::ensure_room`]): when the
+    /// disk cannot hold the segments for that, nothing is appended and the
+    /// error is `WalError::NoSpace`. Records appended without a `keep` can
+    /// then still use the room kept.
+    pub fn append_keeping(&mut self, kind: u8, payload: &[u8], keep: u64) -> Result<u64, WalError> {
+        let sh = &*self.shared;
+        if (payload.len() as u64) <= sh.max_payload {
+            sh.ensure_room(frame_len(payload.len() as u64).saturating_add(keep))?;
+        }
+        self.append(kind, payload)
     }
 
     /// Appends and waits until the record is on stable storage.

@@ -12,18 +12,17 @@
 //! `SKIPPED: cannot mount tmpfs: <error>` and pass.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/tmpfs.rs"]
+mod tmpfs;
+
 use spindle_wal::storage::SegmentMap;
 use spindle_wal::{FsStorage, Storage, SyncPolicy, Wal, WalError, WalOptions};
-use std::ffi::CString;
-use std::io::{self, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
-use tempfile::TempDir;
+use tmpfs::{mount_or_skip, space};
 
 const SEGMENT_SIZE: u64 = 64 << 10;
 const DISK_SIZE: u64 = 1 << 20;
-const SKIP_ENV: &str = "SPINDLE_SKIP_TMPFS";
 
 fn opts() -> WalOptions {
     WalOptions { segment_size: SEGMENT_SIZE, sync: SyncPolicy::Always, ..WalOptions::default() }
@@ -32,118 +31,6 @@ fn opts() -> WalOptions {
 fn payload(i: u64) -> Vec<u8> {
     let len = (i * 37 % 300) as usize;
     (0..len).map(|j| (i as usize + j) as u8).collect()
-}
-
-fn c_path(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).expect("path without NUL")
-}
-
-/// A tmpfs mounted on a fresh temporary directory. Dropping it unmounts
-/// (lazily if something still holds it) and removes the directory, so a
-/// failing assertion cleans up too.
-struct Tmpfs {
-    dir: Option<TempDir>,
-    mounted: bool,
-}
-
-impl Tmpfs {
-    fn mount(bytes: u64) -> io::Result<Tmpfs> {
-        let dir = tempfile::tempdir()?;
-        let target = c_path(dir.path());
-        let data = CString::new(format!("size={bytes},mode=0700")).expect("no NUL");
-        // SAFETY: every pointer is a valid NUL-terminated string that outlives
-        // the call; mount(2) only reads them.
-        let rc = unsafe {
-            libc::mount(
-                c"tmpfs".as_ptr(),
-                target.as_ptr(),
-                c"tmpfs".as_ptr(),
-                0,
-                data.as_ptr().cast(),
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Tmpfs { dir: Some(dir), mounted: true })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.as_ref().expect("not finished").path()
-    }
-
-    fn unmount(&mut self) -> io::Result<()> {
-        if !self.mounted {
-            return Ok(());
-        }
-        let target = c_path(self.path());
-        // SAFETY: `target` is a valid NUL-terminated path for the call.
-        let mut rc = unsafe { libc::umount2(target.as_ptr(), 0) };
-        let mut err = io::Error::last_os_error();
-        if rc != 0 && err.raw_os_error() == Some(libc::EBUSY) {
-            // Something (a leaked mapping after a panic) still holds it:
-            // detach now, the kernel frees it when the last user goes.
-            // SAFETY: as above.
-            rc = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-            err = io::Error::last_os_error();
-        }
-        if rc != 0 {
-            return Err(err);
-        }
-        self.mounted = false;
-        Ok(())
-    }
-
-    /// Unmounts and removes the directory, asserting both worked.
-    fn finish(mut self) {
-        let path = self.path().to_path_buf();
-        self.unmount().expect("unmount tmpfs");
-        self.dir.take().expect("dir").close().expect("remove mount point");
-        assert!(!path.exists(), "{} must be gone", path.display());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        if let Err(e) = self.unmount() {
-            eprintln!("cannot unmount tmpfs at {}: {e}", self.path().display());
-        }
-    }
-}
-
-/// Mounts a tmpfs of `bytes`, or skips (only with `SPINDLE_SKIP_TMPFS=1`).
-fn mount_or_skip(bytes: u64) -> Option<Tmpfs> {
-    match Tmpfs::mount(bytes) {
-        Ok(fs) => {
-            let (total, _) = space(fs.path());
-            assert_eq!(total, bytes, "the tmpfs must have the size asked for");
-            Some(fs)
-        }
-        Err(e) if std::env::var(SKIP_ENV).as_deref() == Ok("1") => {
-            // Straight to fd 2, past the harness's capture, so it shows.
-            let _ = writeln!(io::stderr(), "SKIPPED: cannot mount tmpfs: {e}");
-            None
-        }
-        Err(e) => panic!(
-            "cannot mount tmpfs: {e}. This test mounts a {bytes}-byte tmpfs and needs root \
-             (CAP_SYS_ADMIN); set {SKIP_ENV}=1 to skip it explicitly"
-        ),
-    }
-}
-
-/// Total and available bytes of the filesystem holding `p`.
-#[allow(clippy::unnecessary_cast)] // statvfs field types differ between targets
-fn space(p: &Path) -> (u64, u64) {
-    let path = c_path(p);
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `path` is a valid C string and `st` is writable memory of the
-    // right type for statvfs to fill.
-    let rc = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
-    assert_eq!(rc, 0, "statvfs {}: {}", p.display(), io::Error::last_os_error());
-    // SAFETY: statvfs returned 0, so it initialised `st`.
-    let st = unsafe { st.assume_init() };
-    let frsize = st.f_frsize as u64;
-    (st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize)
 }
 
 fn collect(wal: &Wal) -> Vec<(u64, Vec<u8>)> {
@@ -402,5 +289,71 @@ fn space_freed_before_the_next_segment_is_needed_is_used() {
     assert_eq!(collect(&wal), acked);
     wal.close().unwrap();
     drop(storage);
+    fs.finish();
+}
+
+/// `append_keeping` stops while the log can still hold `keep` more bytes,
+/// and plain appends (the records that must always be loggable) use that
+/// room; releasing segments lets kept appends through again.
+#[test]
+fn append_keeping_leaves_room_for_plain_appends() {
+    let Some(fs) = mount_or_skip(DISK_SIZE) else { return };
+    let dir: PathBuf = fs.path().join("wal");
+    let (wal, _) = Wal::open(&dir, opts()).unwrap();
+    let keep = 2 * SEGMENT_SIZE;
+    let mut app = wal.appender();
+    let mut acked = Vec::new();
+    let err = loop {
+        let p = payload(acked.len() as u64);
+        match app.append_keeping(1, &p, keep) {
+            Ok(lsn) => acked.push((lsn, p)),
+            Err(e) => break e,
+        }
+        assert!(acked.len() < 100_000, "a 1 MiB disk must fill up");
+    };
+    assert_no_space(&err, &dir);
+    assert!(acked.len() > 100, "only {} records fit", acked.len());
+    assert_no_space(&wal.ensure_room(keep + 512).unwrap_err(), &dir);
+    wal.ensure_room(0).unwrap();
+    // At least one segment's worth of plain records still fits.
+    let mut plain = 0u64;
+    while plain < SEGMENT_SIZE {
+        let lsn = app.append(2, &[9u8; 100]).expect("plain appends use the room kept");
+        acked.push((lsn, vec![9u8; 100]));
+        plain += spindle_wal::frame_len(100);
+    }
+    // Still nothing kept-appended, while the disk is full.
+    assert_no_space(&app.append_keeping(1, b"x", keep).unwrap_err(), &dir);
+    wal.sync().unwrap();
+    assert_eq!(collect(&wal), acked, "nothing refused was written");
+
+    // Release most of the log: kept appends work again without a reopen.
+    let cut = acked[acked.len() * 3 / 4].0;
+    assert!(wal.release_below(cut).unwrap() >= 2);
+    drop(app);
+    let mut app = wal.appender();
+    for i in 0..200u64 {
+        app.append_keeping(3, &payload(i), keep).expect("room again after release_below");
+    }
+    drop(app);
+    wal.close().unwrap();
+    fs.finish();
+}
+
+/// `Wal::open` opens a log on a disk without room for its first segment
+/// (its records can be read); `ensure_room(0)` says the segment is missing.
+#[test]
+fn ensure_room_reports_a_first_segment_that_does_not_fit() {
+    let Some(fs) = mount_or_skip(DISK_SIZE) else { return };
+    let dir: PathBuf = fs.path().join("wal");
+    let ballast = fs.path().join("ballast");
+    std::fs::write(&ballast, vec![0xAB; (DISK_SIZE - SEGMENT_SIZE / 2) as usize]).unwrap();
+    let (wal, _) = Wal::open(&dir, opts()).unwrap();
+    assert_no_space(&wal.ensure_room(0).unwrap_err(), &dir);
+    std::fs::remove_file(&ballast).unwrap();
+    wal.ensure_room(0).unwrap();
+    let lsn = wal.appender().append(1, b"first").unwrap();
+    wal.wait_durable(lsn).unwrap();
+    wal.close().unwrap();
     fs.finish();
 }

@@ -1,8 +1,11 @@
 //! Compaction of a shard's log (`docs/architecture.md`, Compaction).
 
-use super::{Shard, COMPACT_BATCH};
+use super::{Shard, COMPACT_BATCH, COMPACT_RETRY};
+use crate::append::frame_max;
 use spindle_core::compact::{self, Pass};
+use spindle_wal::{frame_len, WalError};
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 impl Shard {
     /// Keeps the log bounded (`docs/architecture.md`, Compaction):
@@ -50,6 +53,7 @@ impl Shard {
                         };
                         let old = self.sh.flip_epoch();
                         self.pending_cut = Some((cut, old));
+                        self.pass_written = 0;
                         (cut, old)
                     }
                 };
@@ -72,11 +76,38 @@ impl Shard {
                 Pass::new(&self.table, cut)
             }
         };
-        let (_, done) = pass.step(&self.table, COMPACT_BATCH, &mut self.recs);
-        let Some(lsn) = self.flush() else {
-            self.pass = None;
+        if self.compact_retry_at.is_some_and(|at| Instant::now() < at) {
+            self.pass = Some(pass);
             return;
+        }
+        // Pending outcomes first, with no condition: only the pass's own
+        // records may be refused for space.
+        self.flush();
+        let before = pass;
+        let (_, done) = pass.step(&self.table, COMPACT_BATCH, &mut self.recs);
+        let bytes: u64 = self.recs.frames(frame_max(&wal)).map(|c| frame_len(c.len() as u64)).sum();
+        // The room it needs is kept by puts and outcomes; `1`: a batch goes
+        // in whole or not at all (the room for all its frames is checked
+        // first), so a batch a full disk refuses wastes nothing.
+        let lsn = match self.flush_keeping(1) {
+            Ok(Some(lsn)) => {
+                self.pass_written = self.pass_written.saturating_add(bytes);
+                lsn
+            }
+            Err(WalError::NoSpace { .. }) => {
+                // A full disk: this batch again a little later (the jobs
+                // before it are rewritten already); outcomes shrink what is
+                // left to rewrite.
+                self.pass = Some(before);
+                self.compact_retry_at = Some(Instant::now() + COMPACT_RETRY);
+                return;
+            }
+            Ok(None) | Err(_) => {
+                self.pass = None;
+                return;
+            }
         };
+        self.compact_retry_at = None;
         if done {
             self.pass = None;
             self.pending_release = Some((pass.cut, lsn));

@@ -32,8 +32,10 @@
 
 mod compact;
 mod publish;
+mod run;
 mod share;
 
+use crate::append::{append_frames, submit_error};
 use crate::blocking::{self, BlockingDone, PoolGauges};
 use crate::builder::Durability;
 use crate::control::{self, Gauges};
@@ -45,10 +47,11 @@ use crossbeam_deque::{Stealer, Worker};
 use crossbeam_queue::{ArrayQueue, SegQueue};
 use hdrhistogram::Histogram;
 use spindle_core::compact::Pass;
-use spindle_core::record::{self as core_record, PutRec};
-use spindle_core::{By, Failed, Put, PutSpec, QueueId, Records, State as JobState, Table, Time};
+use spindle_core::record::PutRec;
+use spindle_core::{headroom, Totals};
+use spindle_core::{By, Put, PutSpec, QueueId, Records, State as JobState, Table, Time};
 use spindle_park::Parker;
-use spindle_wal::{Appender, Wal};
+use spindle_wal::{Appender, Wal, WalError};
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -73,6 +76,8 @@ const FLUSH_BYTES: usize = 16 << 10;
 const LANE_BURST: u32 = 32;
 /// Completed jobs whose engine-wide counts a shard gives back at once.
 const RELEASE_BATCH: u64 = 64;
+/// How long a compaction pass waits after a full disk refused a batch.
+const COMPACT_RETRY: Duration = Duration::from_millis(50);
 /// The shard itself, as the table's holder of every job it runs, offers,
 /// lends to its blocking pool or sees stolen: the outcome always comes back
 /// to it.
@@ -191,6 +196,11 @@ pub(crate) struct ShardShared {
     pub(crate) gauges: Gauges,
     /// The blocking pool's thread counts and target.
     pub(crate) pool: PoolGauges,
+    /// The head-room (`spindle_core::headroom`) a put must leave in this
+    /// shard's log for the jobs in its table, and the room a start or an
+    /// outcome must leave, as of the shard's last log write.
+    pub(crate) put_keep: AtomicU64,
+    pub(crate) outcome_keep: AtomicU64,
 }
 
 /// A producer's presence in a submit epoch; leaving drops the count.
@@ -250,18 +260,35 @@ impl ShardShared {
     }
 
     /// Appends records (table format) through a pooled appender, as frames
-    /// (`Records::frames`); returns the last frame's LSN.
-    pub(crate) fn append(&self, wal: &Wal, recs: &Records) -> Result<u64, crate::SubmitError> {
+    /// (`Records::frames`), each only if the log can still hold `keep`
+    /// bytes past the records (0: no condition); returns the last frame's
+    /// LSN.
+    pub(crate) fn append(
+        &self,
+        wal: &Wal,
+        recs: &Records,
+        keep: u64,
+    ) -> Result<u64, crate::SubmitError> {
         let mut app = self.appenders.pop().unwrap_or_else(|| wal.appender());
-        let res = append_frames(&mut app, wal, recs);
+        let res = append_frames(&mut app, wal, recs, keep);
         let _ = self.appenders.push(app);
-        res.map_err(|e| match e {
-            spindle_wal::WalError::Closed => crate::SubmitError::ShuttingDown,
-            e => crate::SubmitError::Io(e),
-        })
+        res.map_err(submit_error)
     }
 
-    /// Logs the `Put`s of `jobs` from the calling (producer) thread.
+    /// The room a producer's `Put`s of `jobs` must leave in the log: the
+    /// shard's, and the completion and rewrite of these jobs.
+    fn put_headroom(&self, jobs: &[NewJob]) -> u64 {
+        let own = Totals {
+            jobs: jobs.len() as u64,
+            bytes: jobs.iter().map(|j| j.payload.len() as u64).sum(),
+            ..Totals::default()
+        };
+        let own = headroom::for_puts(&own, 0).saturating_sub(headroom::COMPACTION_SLACK);
+        self.put_keep.load(Ordering::Relaxed).saturating_add(own)
+    }
+
+    /// Logs the `Put`s of `jobs` from the calling (producer) thread, if
+    /// the log keeps its head-room after them (else `SubmitError::DiskFull`).
     pub(crate) fn log_puts(&self, wal: &Wal, jobs: &[NewJob]) -> Result<u64, crate::SubmitError> {
         RECORDS.with(|cell| {
             let mut fresh = Records::new();
@@ -274,7 +301,7 @@ impl ShardShared {
             for j in jobs {
                 recs.push_put(&j.put_rec());
             }
-            self.append(wal, recs)
+            self.append(wal, recs, self.put_headroom(jobs))
         })
     }
 
@@ -284,23 +311,10 @@ impl ShardShared {
         let Some(wal) = &self.wal else { return };
         let mut recs = Records::new();
         recs.push_reserve(id);
-        if let Err(e) = self.append(wal, &recs) {
+        if let Err(e) = self.append(wal, &recs, self.outcome_keep.load(Ordering::Relaxed)) {
             tracing::error!(shard = self.idx, error = %e, "cannot log job start");
         }
     }
-}
-
-/// Appends `recs` as frames of table records.
-pub(crate) fn append_frames(
-    app: &mut Appender,
-    wal: &Wal,
-    recs: &Records,
-) -> Result<u64, spindle_wal::WalError> {
-    let mut last = 0;
-    for chunk in recs.frames(wal.max_payload()) {
-        last = app.append(core_record::WAL_KIND, chunk)?;
-    }
-    Ok(last)
 }
 
 /// What a shard keeps per queue of its table.
@@ -387,6 +401,11 @@ pub(crate) struct Shard {
     /// Compaction: (cut, epoch to wait for) before the pass, then the pass.
     pending_cut: Option<(u64, usize)>,
     pass: Option<Pass>,
+    /// A full disk refused the pass's last batch: not again before this.
+    compact_retry_at: Option<Instant>,
+    /// Log bytes the last compaction pass has written: outcomes leave
+    /// room for the rest of it. Reset when the next pass begins.
+    pass_written: u64,
     shutdown_at: Option<Instant>,
     /// The last snapshot request served.
     served: u64,
@@ -459,6 +478,8 @@ impl Shard {
             shutting_down: false,
             pending_cut: None,
             pass: None,
+            compact_retry_at: None,
+            pass_written: 0,
             shutdown_at: None,
             served: 0,
             out: 0,
@@ -472,6 +493,7 @@ impl Shard {
             spin_slot: false,
             spins: 0,
         };
+        shard.publish_headroom();
         // Queues the log brought back.
         let names: Vec<(QueueId, Arc<str>)> =
             shard.table.queues().map(|(q, n)| (q, Arc::from(n))).collect();
@@ -670,18 +692,13 @@ impl Shard {
     }
 
     /// Writes this shard's pending records to its log; the last LSN.
+    /// Records of outcomes and starts leave only the room compaction needs
+    /// (`spindle_core::headroom`): on a full disk they use the head-room
+    /// producers leave.
     fn flush(&mut self) -> Option<u64> {
-        if self.recs.is_empty() {
-            return None;
-        }
-        let (Some(app), Some(wal)) = (self.appender.as_mut(), self.sh.wal.as_ref()) else {
-            self.recs.clear();
-            return None;
-        };
-        let res = append_frames(app, wal, &self.recs);
-        self.recs.clear();
-        match res {
-            Ok(lsn) => Some(lsn),
+        let keep = headroom::for_completions(&self.live(), self.pass_written);
+        match self.flush_keeping(keep) {
+            Ok(lsn) => lsn,
             Err(e) => {
                 // The table changed in memory regardless; if the log is
                 // failed the process must restart, and recovery replays what
@@ -690,6 +707,42 @@ impl Shard {
                 None
             }
         }
+    }
+
+    /// Tells producers and thieves the head-room this shard's table needs.
+    fn publish_headroom(&self) {
+        let Some(wal) = &self.sh.wal else { return };
+        let t = self.live();
+        let put = headroom::for_puts(&t, wal.segment_size());
+        self.sh.put_keep.store(put, Ordering::Relaxed);
+        let outcome = headroom::for_completions(&t, self.pass_written);
+        self.sh.outcome_keep.store(outcome, Ordering::Relaxed);
+    }
+
+    /// The table's totals, with the lane's jobs counted as live (they need
+    /// completion records and, once spilled, rewrites like any other).
+    fn live(&self) -> Totals {
+        let mut t = self.table.totals();
+        t.jobs += self.sh.lane.len() as u64;
+        t.bytes += self.sh.lane.bytes();
+        t
+    }
+
+    /// Writes the pending records if the log can still hold `keep` bytes
+    /// past them; `Ok(None)` when there is nothing to write or no log.
+    /// The records are gone either way.
+    fn flush_keeping(&mut self, keep: u64) -> Result<Option<u64>, WalError> {
+        self.publish_headroom();
+        if self.recs.is_empty() {
+            return Ok(None);
+        }
+        let (Some(app), Some(wal)) = (self.appender.as_mut(), self.sh.wal.as_ref()) else {
+            self.recs.clear();
+            return Ok(None);
+        };
+        let res = append_frames(app, wal, &self.recs, keep);
+        self.recs.clear();
+        res.map(Some)
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -731,6 +784,9 @@ impl Shard {
             }
             Msg::Unique(j, reply, waiter) => {
                 let len = j.payload.len() as u64;
+                // Records pending from before are written with no
+                // condition: only the put may be refused for space.
+                self.flush();
                 let res = match self.insert(j, false) {
                     Some(Put::Duplicate(existing)) => {
                         self.counters.release(1, len);
@@ -738,22 +794,26 @@ impl Shard {
                     }
                     Some(Put::Created(id)) => {
                         let logged = self.sh.wal.is_none() || !self.recs.enabled();
-                        match self.flush() {
-                            Some(lsn) => Ok((JobId(id), lsn)),
-                            None if logged => Ok((JobId(id), 0)),
-                            None => {
+                        let keep = self.sh.put_headroom(&[]);
+                        match self.flush_keeping(keep) {
+                            Ok(Some(lsn)) => Ok((JobId(id), lsn)),
+                            Ok(None) if logged => Ok((JobId(id), 0)),
+                            res => {
                                 // Not logged: the job must not run either.
                                 self.forget(id);
                                 self.counters.release(1, len);
-                                Err(crate::SubmitError::Io(spindle_wal::WalError::Failed(
-                                    "the shard could not log the job".into(),
-                                )))
+                                Err(match res {
+                                    Err(e) => submit_error(e),
+                                    Ok(_) => crate::SubmitError::Io(WalError::Failed(
+                                        "the shard could not log the job".into(),
+                                    )),
+                                })
                             }
                         }
                     }
                     None => {
                         self.counters.release(1, len);
-                        Err(crate::SubmitError::Io(spindle_wal::WalError::Failed(
+                        Err(crate::SubmitError::Io(WalError::Failed(
                             "the shard could not take the job".into(),
                         )))
                     }
@@ -982,272 +1042,6 @@ impl Shard {
         }
         self.blocking = Some(pool);
         any
-    }
-
-    /// Runs a task; `start`: the engine-clock nanoseconds now, if known.
-    fn run_task(&mut self, t: Task, start: Option<u64>) {
-        let own = t.owner == self.sh.idx;
-        // The queue in this shard's table: the task's id if we own it,
-        // else by name (only a stolen task looks its queue up by name).
-        let mut q = if own { Some(t.qid) } else { self.qids.get(&*t.queue).copied() };
-        let has_handler = |s: &Self, q: Option<QueueId>| {
-            q.and_then(|q| s.qs.get(q.0 as usize)).is_some_and(|x| x.handler.is_some())
-        };
-        if !has_handler(self, q) {
-            // Only a stolen task can lack a handler: the registration was
-            // sent to every shard before the job existed, so it is in our
-            // inbox. Take the inbox in and look again.
-            while let Some(m) = self.sh.inbox.pop() {
-                self.handle(m);
-            }
-            q = if own { Some(t.qid) } else { self.qids.get(&*t.queue).copied() };
-        }
-        let Some(q) = q.filter(|&q| has_handler(self, Some(q))) else {
-            if own {
-                self.untake(&t);
-            } else {
-                self.all[t.owner].send(Msg::Return(t));
-            }
-            return;
-        };
-        let qi = q.0 as usize;
-        // Re-registered as blocking after the job was queued: to the pool.
-        if self.qs[qi].blocking && own && self.blocking.is_some() {
-            self.table.log_start(t.id, &mut self.recs);
-            self.flush();
-            self.blocking_out += 1;
-            if let (Some(pool), Some(h)) = (&self.blocking, self.qs[qi].handler.clone()) {
-                pool.submit(&self.sh, t, h);
-            }
-            return;
-        }
-        // Log the start in the owner's log (a thief appends there too), so a
-        // crash during the run counts as an interruption on recovery.
-        if own {
-            self.table.log_start(t.id, &mut self.recs);
-            self.flush();
-        } else {
-            self.all[t.owner].log_start(t.id);
-        }
-        let start = match start {
-            Some(ns) => ns,
-            None => self.now_ns(),
-        };
-        let job = JobRef {
-            id: JobId(t.id),
-            queue: &t.queue,
-            payload: t.payload.bytes(),
-            attempt: t.attempt,
-            priority: t.priority,
-        };
-        let outcome = self.call(qi, &job, t.ready_ns, t.submitted_ns, start);
-        if own {
-            self.finish(t.id, q, outcome);
-        } else {
-            self.jobs_stolen += 1;
-            self.all[t.owner].send(Msg::Outcome(TaskOutcome { id: t.id, outcome }));
-        }
-    }
-
-    /// After a lane job, runs more lane jobs straight away, up to
-    /// [`LANE_BURST`], while nothing else asks for the loop: no message in
-    /// the inbox, no stats request, no timer due, no offered task as urgent,
-    /// still active. Each is still chosen against the table's best (step 4
-    /// of the loop); only the loop's bookkeeping is skipped between them.
-    /// Returns how many ran.
-    fn lane_burst(&mut self) -> u32 {
-        let mut ran = 0;
-        while ran < LANE_BURST {
-            let Some(now) = self.clock_hint else { break };
-            if !self.sh.inbox.is_empty()
-                || self.shutting_down
-                || self.sh.snapshot_req.load(Ordering::Relaxed) > self.served
-                || !self.sh.active.load(Ordering::Relaxed)
-                || self.table.next_due().is_some_and(|d| d <= now)
-                || (!self.worker.is_empty() && self.offered_best <= self.sh.lane.pri())
-            {
-                break;
-            }
-            let best = self.table.peek_from(now, &self.core_qs).map(|j| (j.pri, j.id));
-            let Some((j, q)) = self.sh.lane.pop_before(best) else { break };
-            let start = self.ns_of(now);
-            self.run_lane(j, q, start);
-            ran += 1;
-        }
-        ran
-    }
-
-    /// Runs a job from the lane (`lane.rs` step 3).
-    fn run_lane(&mut self, j: NewJob, q: QueueId, start: u64) {
-        let qi = q.0 as usize;
-        if self.qs.get(qi).is_none_or(|x| x.handler.is_none() || x.blocking) {
-            // No longer runnable here: through the table, with the rest.
-            self.insert_in(j, q, true, start, false);
-            self.spill_lane();
-            return;
-        }
-        // Mark the start, so a crash during the run counts as an
-        // interruption on recovery (as a logged `Reserve` does for a run
-        // from the table), without a log append per job.
-        if let Some(m) = &self.sh.marker {
-            m.set(j.id);
-        }
-        let ready_ns = self.ns_of(j.created);
-        let job = JobRef {
-            id: JobId(j.id),
-            queue: &j.queue,
-            payload: &j.payload,
-            attempt: 1,
-            priority: j.priority,
-        };
-        let outcome = self.call(qi, &job, ready_ns, ready_ns, start);
-        if let Some(m) = &self.sh.marker {
-            m.set(0);
-        }
-        match outcome {
-            Outcome::Done => {
-                // Logged with the next frame (a crash before it reruns the
-                // job, as at-least-once allows).
-                self.recs.push_delete(j.id);
-                self.done_counts(q, j.payload.len() as u64);
-                if self.recs.len() >= FLUSH_BYTES {
-                    self.flush();
-                }
-            }
-            outcome => {
-                // Into the table, reserved by this shard (its `Reserve`
-                // logged now, for the attempt count); the table applies the
-                // outcome.
-                let id = j.id;
-                self.recs.push_reserve(id);
-                let now = self.now_t();
-                let ns = self.ns_of(now);
-                self.insert_in(j, q, true, ns, false);
-                if self.table.reserve_id(now, id, HOLDER, &mut Records::disabled()).is_some() {
-                    // Marks the reservation as logged (the record went out
-                    // above; this copy is dropped).
-                    let mut logged = Records::new();
-                    self.table.log_start(id, &mut logged);
-                    self.finish(id, q, outcome);
-                }
-            }
-        }
-    }
-
-    /// Runs `job`'s handler (of queue index `qi`, which has one) on this
-    /// thread: the controller's gauges around it, then the run's counts and
-    /// latencies. `ready_ns`, `submitted_ns`, `start`: engine-clock
-    /// nanoseconds.
-    fn call(
-        &mut self,
-        qi: usize,
-        job: &JobRef<'_>,
-        ready_ns: u64,
-        submitted_ns: u64,
-        start: u64,
-    ) -> Outcome {
-        // Stall deadline (`control.rs` step 2) and what the controller
-        // reports; the queue's name is stored only when it changes.
-        let limit = {
-            let c = &self.qs[qi].counts;
-            let mean = c.run_ns.checked_div(c.runs).unwrap_or(0);
-            (mean.saturating_mul(u64::from(self.cfg.stall_factor)))
-                .max(self.cfg.stall_min.as_nanos() as u64)
-        };
-        self.ctl.check_lag(ready_ns, start);
-        let g = &self.sh.gauges;
-        g.head_ready_ns.store(ready_ns.max(1), Ordering::Relaxed);
-        g.job.store(job.id.0, Ordering::Relaxed);
-        g.stall_at.store(start.saturating_add(limit).max(1), Ordering::Relaxed);
-        if !Arc::ptr_eq(&self.running_queue, &self.qs[qi].name) {
-            self.running_queue = self.qs[qi].name.clone();
-            if let Some(m) = self.ctl.running_queue.get(self.sh.idx) {
-                *m.lock().unwrap_or_else(|p| p.into_inner()) = self.running_queue.clone();
-            }
-        }
-        self.sh.handler_since.store(start.max(1), Ordering::Relaxed);
-        let outcome = match self.qs[qi].handler.as_deref() {
-            Some(h) => call_handler(h, job),
-            None => Outcome::Retry("no handler".into()),
-        };
-        let end_t = self.now_t();
-        let end = self.ns_of(end_t);
-        // The next iteration starts now, unless it has messages to take in
-        // first (one clock reading per job on a busy shard).
-        self.clock_hint = Some(end_t);
-        self.sh.handler_since.store(0, Ordering::Relaxed);
-        self.sh.gauges.stall_at.store(0, Ordering::Relaxed);
-        let run = end.saturating_sub(start);
-        self.g_completions += 1;
-        self.g_busy_ns += run;
-        self.sh.gauges.completions.store(self.g_completions, Ordering::Relaxed);
-        self.sh.gauges.busy_ns.store(self.g_busy_ns, Ordering::Relaxed);
-        let c = &mut self.qs[qi].counts;
-        c.runs += 1;
-        c.run_ns += run;
-        let _ = self.dispatch.record(start.saturating_sub(ready_ns).max(1));
-        let _ = self.run_time.record(run.max(1));
-        self.jobs_run += 1;
-        if outcome == Outcome::Done {
-            let _ = self.end_to_end.record(end.saturating_sub(submitted_ns).max(1));
-        }
-        outcome
-    }
-
-    /// Applies a handler's outcome to a job this shard owns (of queue `q`).
-    fn finish(&mut self, id: u64, q: QueueId, outcome: Outcome) {
-        let by = By::holder(HOLDER);
-        let len = self.table.job(id).map_or(0, |j| j.payload.len() as u64);
-        match outcome {
-            Outcome::Done => {
-                if self.table.complete(id, by, &mut self.recs).is_ok() {
-                    self.done_counts(q, len);
-                }
-            }
-            Outcome::Retry(reason) => {
-                self.q(q).failed += 1;
-                let now = self.now_t();
-                match self.table.fail(now, id, by, reason.as_bytes(), &mut self.recs) {
-                    Ok(Failed::Retry { attempts, delay }) => {
-                        tracing::debug!(job = id, attempt = attempts, ?delay, %reason, "job failed; retrying");
-                        if delay.is_zero() {
-                            let ns = self.ns_of(now);
-                            self.arrived(q, ns);
-                        }
-                    }
-                    Ok(Failed::Buried { attempts }) => {
-                        tracing::info!(job = id, attempt = attempts, %reason, "job buried");
-                    }
-                    Err(_) => {}
-                }
-            }
-            Outcome::Bury(reason) => {
-                self.q(q).failed += 1;
-                let pri = self.table.job(id).map_or(0, |j| j.pri);
-                if self.table.bury(id, by, pri, Some(&reason), &mut self.recs).is_ok() {
-                    tracing::info!(job = id, %reason, "job buried");
-                }
-            }
-        }
-    }
-
-    /// Counts a completed job of queue `q` holding `len` payload bytes.
-    fn done_counts(&mut self, q: QueueId, len: u64) {
-        self.released.0 += 1;
-        self.released.1 += len;
-        if self.released.0 >= RELEASE_BATCH {
-            self.release_counts();
-        }
-        self.q(q).completed += 1;
-    }
-
-    /// Gives the engine-wide job and byte counts of completed jobs back
-    /// (batched: two shared atomics per [`RELEASE_BATCH`] jobs, not per job).
-    fn release_counts(&mut self) {
-        let (jobs, bytes) = std::mem::take(&mut self.released);
-        if jobs > 0 {
-            self.counters.release(jobs, bytes);
-        }
     }
 
     /// The re-check before parking: own messages, a stats request, or jobs

@@ -1,0 +1,48 @@
+//! Appending a shard's records to its log: frames of at most a sixteenth
+//! of a segment, each appended only if the log keeps the head-room asked
+//! for (`spindle_core::headroom`, `docs/full-disk.md`), and the log's
+//! errors as a submitter sees them.
+
+use spindle_core::record as core_record;
+use spindle_core::Records;
+use spindle_wal::{frame_len, Appender, Wal, WalError};
+
+/// The largest frame payload to write: at most a sixteenth of a segment,
+/// so that the padding a frame leaves at a segment's end (frames do not
+/// cross segments) wastes little of the head-room.
+pub(crate) fn frame_max(wal: &Wal) -> u64 {
+    wal.max_payload().min(wal.segment_size() / 16)
+}
+
+/// A log error as a submitter sees it.
+pub(crate) fn submit_error(e: WalError) -> crate::SubmitError {
+    match e {
+        WalError::Closed => crate::SubmitError::ShuttingDown,
+        e @ WalError::NoSpace { .. } => crate::SubmitError::DiskFull(e),
+        e => crate::SubmitError::Io(e),
+    }
+}
+
+/// Appends `recs` as frames of table records, each only if the log can
+/// still hold `keep` bytes past the records (0: no condition). Several
+/// frames (a large batch) are refused at the first if they would not all
+/// leave `keep`.
+pub(crate) fn append_frames(
+    app: &mut Appender,
+    wal: &Wal,
+    recs: &Records,
+    keep: u64,
+) -> Result<u64, WalError> {
+    let max = frame_max(wal);
+    let mut after: u64 = recs.frames(max).map(|c| frame_len(c.len() as u64)).sum();
+    let mut last = 0;
+    for chunk in recs.frames(max) {
+        after = after.saturating_sub(frame_len(chunk.len() as u64));
+        last = if keep == 0 {
+            app.append(core_record::WAL_KIND, chunk)?
+        } else {
+            app.append_keeping(core_record::WAL_KIND, chunk, keep.saturating_add(after))?
+        };
+    }
+    Ok(last)
+}

@@ -1,0 +1,158 @@
+//! The daemon's write-ahead log handle ([`Log`]): appending a command's
+//! records, and what a full disk does to that.
+//!
+//! - A put's records are appended only if the log keeps the head-room of
+//!   `spindle_core::headroom::for_puts` after them; otherwise nothing is
+//!   appended and the put is refused with `OUT_OF_MEMORY`.
+//! - Records that complete work (reserve, release, bury, kick, delete,
+//!   timeouts) keep only the room compaction needs
+//!   (`headroom::for_completions`), and compaction keeps none: it frees
+//!   space.
+//! - A full disk ([`WalError::NoSpace`]) never fails the log: once space
+//!   is freed (compaction releasing segments, or another file removed)
+//!   appends succeed again. Any other append error fails it for good, and
+//!   every later change is refused (`INTERNAL_ERROR`).
+
+use std::sync::Arc;
+
+use spindle_core::record;
+use spindle_core::Records;
+use spindle_wal::{frame_len, Appender, Wal, WalError};
+
+use spindle_core::compact::Pass;
+
+/// The largest frame payload to write: at most a sixteenth of a segment,
+/// so that the padding a frame leaves at a segment's end (frames do not
+/// cross segments) wastes little of the head-room (`spindle_core::
+/// headroom::PADDING_SHARE`).
+pub(crate) fn frame_max(wal: &Wal) -> u64 {
+    wal.max_payload().min(wal.segment_size() / 16)
+}
+
+/// How an append ended, when it did not succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Logged {
+    /// The disk cannot hold the records (and the room asked for): nothing
+    /// of them was appended unless they took several frames. The log
+    /// stays usable.
+    NoSpace,
+    /// The log failed (or a record was over its limit): not appended.
+    Failed,
+}
+
+/// The write-ahead log, when the daemon has a data directory.
+pub(crate) struct Log {
+    pub wal: Arc<Wal>,
+    /// Deletes released segments off the loop thread: `release_below`
+    /// unmaps and unlinks whole segment files, which took 100-200 ms per
+    /// compaction on this machine's ext4 (measured with 10 MiB segments),
+    /// a stall every connection would see.
+    releaser: Option<std::sync::mpsc::Sender<u64>>,
+    pub app: Appender,
+    pub pass: Option<Pass>,
+    /// Compaction could not append its last batch for lack of space: it
+    /// retries on the next regular tick rather than every 10 ms.
+    pub pass_stalled: bool,
+    /// Log bytes the last pass has written (completions leave room for
+    /// the rest of it). Reset when the next pass begins, not at the
+    /// release: the release thread frees the space a moment later.
+    pub pass_written: u64,
+    /// (segments below this, once this LSN is durable).
+    pub pending_release: Option<(u64, u64)>,
+    /// Highest LSN appended, for `-f0` waits.
+    pub last_lsn: Option<u64>,
+    /// A failed append: every later change is refused.
+    pub failed: Option<String>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").field("last_lsn", &self.last_lsn).finish_non_exhaustive()
+    }
+}
+
+impl Log {
+    pub(crate) fn new(wal: Wal) -> Log {
+        let app = wal.appender();
+        let wal = Arc::new(wal);
+        let (tx, rx) = std::sync::mpsc::channel::<u64>();
+        let w = wal.clone();
+        let releaser = std::thread::Builder::new()
+            .name("spindled-release".into())
+            .spawn(move || {
+                // Ends when the Log (the sender) is dropped.
+                while let Ok(below) = rx.recv() {
+                    if let Err(e) = w.release_below(below) {
+                        tracing::warn!("releasing old log segments failed: {e}");
+                    }
+                }
+            })
+            .ok()
+            .map(|_| tx);
+        Log {
+            wal,
+            releaser,
+            app,
+            pass: None,
+            pass_stalled: false,
+            pass_written: 0,
+            pending_release: None,
+            last_lsn: None,
+            failed: None,
+        }
+    }
+
+    /// A log that releases segments on the calling thread (tests that
+    /// count segments right after a compaction).
+    #[cfg(test)]
+    pub(crate) fn inline(wal: Wal) -> Log {
+        let mut l = Log::new(wal);
+        l.releaser = None;
+        l
+    }
+
+    /// Deletes the segments below `below` (on the release thread if there
+    /// is one), and takes a fresh appender so the files can go.
+    pub(crate) fn release(&mut self, below: u64) {
+        let sent = self.releaser.as_ref().is_some_and(|tx| tx.send(below).is_ok());
+        if !sent {
+            // No release thread (it could not be started): do it here.
+            let _ = self.wal.release_below(below);
+        }
+        // The appender caches its segment: a fresh one lets the released
+        // files go.
+        self.app = self.wal.appender();
+    }
+
+    /// Appends `recs` as frames of table records, each only if the log
+    /// can still hold `keep` bytes past the records (0: no condition);
+    /// returns the bytes appended. A full disk or a single record over the
+    /// log's limit fails this append and leaves the log usable; any other
+    /// error fails the log.
+    pub(crate) fn append(&mut self, recs: &Records, keep: u64) -> Result<u64, Logged> {
+        let max = frame_max(&self.wal);
+        // The frames after each one, so the first is refused when the
+        // whole of them would not leave `keep` (several frames: a batch).
+        let total: u64 = recs.frames(max).map(|c| frame_len(c.len() as u64)).sum();
+        let mut after = total;
+        for chunk in recs.frames(max) {
+            after = after.saturating_sub(frame_len(chunk.len() as u64));
+            let res = if keep == 0 {
+                self.app.append(record::WAL_KIND, chunk)
+            } else {
+                self.app.append_keeping(record::WAL_KIND, chunk, keep.saturating_add(after))
+            };
+            match res {
+                Ok(lsn) => self.last_lsn = Some(lsn),
+                Err(WalError::NoSpace { .. }) => return Err(Logged::NoSpace),
+                Err(WalError::RecordTooLarge { .. }) => return Err(Logged::Failed),
+                Err(e) => {
+                    tracing::error!("the log failed: {e}; every change is refused until a restart");
+                    self.failed = Some(e.to_string());
+                    return Err(Logged::Failed);
+                }
+            }
+        }
+        Ok(total)
+    }
+}
