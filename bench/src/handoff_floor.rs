@@ -277,3 +277,14 @@ pub fn run(o: &FloorOpts) -> BoxResult<Report> {
     );
     Ok(r)
 }
+
+/// Adds the floor's throughput to a report's "reference" section.
+pub fn report_floor(r: &mut crate::report::Report, floor: f64, pinned: bool) {
+    r.section("reference");
+    r.metric(
+        "floor_per_sec",
+        &format!("crossbeam handoff floor ({})", if pinned { "pinned" } else { "unpinned" }),
+        floor,
+        "items/s",
+    );
+}

@@ -132,14 +132,10 @@ fn run_one(system: &str, o: &PeersOpts, workers: usize) -> BoxResult<f64> {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).build()?;
             let h = rt.handle().clone();
             start = Instant::now();
-            let mut left = o.jobs;
-            while left > 0 {
-                let n = left.min(o.batch as u64);
-                for _ in 0..n {
-                    let d = done.clone();
-                    h.spawn(async move { d.one() });
-                }
-                left -= n;
+            // One call per job: these APIs take no batch.
+            for _ in 0..o.jobs {
+                let d = done.clone();
+                h.spawn(async move { d.one() });
             }
             let end = engine_env::wait_done(&rx, &done, LIMIT)?;
             rt.shutdown_timeout(Duration::from_secs(5));
@@ -159,14 +155,10 @@ fn run_one(system: &str, o: &PeersOpts, workers: usize) -> BoxResult<f64> {
                 })
                 .collect();
             start = Instant::now();
-            let mut left = o.jobs;
-            while left > 0 {
-                let n = left.min(o.batch as u64);
-                for _ in 0..n {
-                    let d = done.clone();
-                    tx.send(Box::new(move || d.one())).map_err(|_| "crossbeam workers gone")?;
-                }
-                left -= n;
+            // One call per job: these APIs take no batch.
+            for _ in 0..o.jobs {
+                let d = done.clone();
+                tx.send(Box::new(move || d.one())).map_err(|_| "crossbeam workers gone")?;
             }
             let end = engine_env::wait_done(&rx, &done, LIMIT)?;
             drop(tx);
@@ -178,14 +170,10 @@ fn run_one(system: &str, o: &PeersOpts, workers: usize) -> BoxResult<f64> {
         "rayon" => {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(workers).build()?;
             start = Instant::now();
-            let mut left = o.jobs;
-            while left > 0 {
-                let n = left.min(o.batch as u64);
-                for _ in 0..n {
-                    let d = done.clone();
-                    pool.spawn(move || d.one());
-                }
-                left -= n;
+            // One call per job: these APIs take no batch.
+            for _ in 0..o.jobs {
+                let d = done.clone();
+                pool.spawn(move || d.one());
             }
             let end = engine_env::wait_done(&rx, &done, LIMIT)?;
             return Ok(o.jobs as f64 / end.duration_since(start).as_secs_f64());
@@ -389,13 +377,7 @@ pub fn run(o: &PeersOpts) -> BoxResult<Report> {
             r.set(&format!("{s}_vs_best_peer"), (m / rate * 1000.0).round() / 1000.0);
         }
     }
-    r.section("reference");
-    r.metric(
-        "floor_per_sec",
-        &format!("crossbeam handoff floor ({})", if pinned { "pinned" } else { "unpinned" }),
-        floor,
-        "items/s",
-    );
+    handoff_floor::report_floor(&mut r, floor, pinned);
     r.set("cores", cores as u64);
     r.set("jobs", o.jobs);
     r.set("batch", o.batch as u64);

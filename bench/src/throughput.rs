@@ -169,13 +169,7 @@ pub fn run(o: &ThroughputOpts) -> BoxResult<Report> {
     r.metric("jobs_per_sec", "jobs per second", per_sec, "jobs/s");
     r.metric("submit_seconds", "submitting alone took", submitted, "s");
     r.metric("submit_per_sec", "submit rate", o.jobs as f64 / submitted, "jobs/s");
-    r.section("reference");
-    r.metric(
-        "floor_per_sec",
-        &format!("crossbeam handoff floor ({})", if pinned { "pinned" } else { "unpinned" }),
-        floor,
-        "items/s",
-    );
+    handoff_floor::report_floor(&mut r, floor, pinned);
     r.metric("ratio_to_floor", "jobs/s ÷ floor", per_sec / floor, "x");
     // Three decimals (the report's rounding) would print tiny ratios as 0.
     r.set("ratio_to_floor", significant(per_sec / floor, 4));

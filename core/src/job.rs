@@ -12,15 +12,19 @@ use crate::time::Time;
 pub const INLINE: usize = 24;
 pub(crate) const NIL: u32 = u32::MAX;
 
-/// A job's payload: inline when small.
+/// A job's payload: inline when small (no allocation), else on the heap.
+/// Also what a runtime hands between threads (the engine's `Task`).
 #[derive(Clone, Debug)]
-pub(crate) enum Payload {
+pub enum Payload {
+    /// Up to [`INLINE`] bytes: the length and the bytes.
     Inline(u8, [u8; INLINE]),
+    /// Longer.
     Heap(Box<[u8]>),
 }
 
 impl Payload {
-    pub(crate) fn new(bytes: &[u8]) -> Payload {
+    /// A copy of `bytes`.
+    pub fn new(bytes: &[u8]) -> Payload {
         if bytes.len() <= INLINE {
             let mut b = [0u8; INLINE];
             b[..bytes.len()].copy_from_slice(bytes);
@@ -38,8 +42,9 @@ impl Payload {
         }
     }
 
+    /// The bytes.
     #[inline]
-    pub(crate) fn bytes(&self) -> &[u8] {
+    pub fn bytes(&self) -> &[u8] {
         match self {
             Payload::Inline(n, b) => &b[..usize::from(*n)],
             Payload::Heap(b) => b,

@@ -60,7 +60,7 @@ pub(crate) use idmap::IdMap;
 pub use error::{
     validate_queue_name, JobError, NameError, PutError, MAX_QUEUE_NAME, MAX_UNIQUE_KEY,
 };
-pub use job::{Counts, State, INLINE};
+pub use job::{Counts, Payload, State, INLINE};
 pub use outcome::{By, Failed, MAX_ERROR_TEXT};
 pub use queue::{QueueCounters, QueueId, URGENT};
 pub use record::Records;

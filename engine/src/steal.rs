@@ -36,39 +36,8 @@
 //! meanwhile (its timers fire on its own thread).
 
 use crate::job::Outcome;
+use spindle_core::Payload;
 use std::sync::Arc;
-
-/// Payloads up to this many bytes travel inside the [`Task`].
-const INLINE: usize = 32;
-
-/// A task's payload: small ones inline (no allocation per job), larger ones
-/// shared.
-#[derive(Debug, Clone)]
-pub(crate) enum Payload {
-    Inline(u8, [u8; INLINE]),
-    Shared(Arc<[u8]>),
-}
-
-impl Payload {
-    /// A copy of `bytes`.
-    pub(crate) fn new(bytes: &[u8]) -> Payload {
-        if bytes.len() <= INLINE {
-            let mut b = [0u8; INLINE];
-            b[..bytes.len()].copy_from_slice(bytes);
-            Payload::Inline(bytes.len() as u8, b)
-        } else {
-            Payload::Shared(Arc::from(bytes))
-        }
-    }
-
-    /// The bytes.
-    pub(crate) fn bytes(&self) -> &[u8] {
-        match self {
-            Payload::Inline(n, b) => &b[..usize::from(*n)],
-            Payload::Shared(a) => a,
-        }
-    }
-}
 
 /// A job offered to thieves (or run by its owner).
 #[derive(Debug)]
@@ -78,6 +47,7 @@ pub(crate) struct Task {
     /// The queue's id in the owner's table.
     pub(crate) qid: spindle_core::QueueId,
     pub(crate) queue: Arc<str>,
+    /// Inline when small (no allocation per job).
     pub(crate) payload: Payload,
     pub(crate) attempt: u32,
     pub(crate) priority: u32,

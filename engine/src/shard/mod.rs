@@ -42,7 +42,7 @@ use crate::control::{self, Gauges};
 use crate::engine::{Config, Counters, Handler};
 use crate::job::{JobId, JobRef, Outcome};
 use crate::stats::{self, QueueCounts, Snapshot};
-use crate::steal::{Payload, Task, TaskOutcome};
+use crate::steal::{Task, TaskOutcome};
 use crossbeam_deque::{Stealer, Worker};
 use crossbeam_queue::{ArrayQueue, SegQueue};
 use hdrhistogram::Histogram;
@@ -114,6 +114,17 @@ pub(crate) struct NewJob {
 }
 
 impl NewJob {
+    /// What a handler sees of this job on its first attempt.
+    pub(crate) fn job_ref(&self) -> JobRef<'_> {
+        JobRef {
+            id: JobId(self.id),
+            queue: &self.queue,
+            payload: &self.payload,
+            attempt: 1,
+            priority: self.priority,
+        }
+    }
+
     /// The `Put` record of this job as submitted.
     pub(crate) fn put_rec(&self) -> PutRec<'_> {
         let delay = self.due.map_or(Duration::ZERO, |d| d.since(self.created));
@@ -981,7 +992,7 @@ impl Shard {
                 .qs
                 .get(j.queue.0 as usize)
                 .map_or_else(|| Arc::from(""), |x| x.name.clone()),
-            payload: Payload::new(j.payload),
+            payload: spindle_core::Payload::new(j.payload),
             attempt: lease.token,
             priority: j.pri,
             ready_ns: self.ns_of(ready),

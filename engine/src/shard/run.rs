@@ -121,13 +121,7 @@ impl Shard {
             m.set(j.id);
         }
         let ready_ns = self.ns_of(j.created);
-        let job = JobRef {
-            id: JobId(j.id),
-            queue: &j.queue,
-            payload: &j.payload,
-            attempt: 1,
-            priority: j.priority,
-        };
+        let job = j.job_ref();
         let outcome = self.call(qi, &job, ready_ns, ready_ns, start);
         if let Some(m) = &self.sh.marker {
             m.set(0);

@@ -3,7 +3,7 @@
 //! a shard stuck in a handler (steps 4 and 5 of the loop, `mod.rs`).
 
 use super::{Msg, NewJob, Shard, ShardShared};
-use crate::job::{JobId, JobRef, Outcome};
+use crate::job::Outcome;
 use crate::shard::call_handler;
 use crate::steal::Task;
 use crossbeam_deque::Steal;
@@ -107,13 +107,7 @@ impl Shard {
         for j in jobs {
             let outcome = match self.handler_of(&j.queue) {
                 Some((h, _)) => {
-                    let job = JobRef {
-                        id: JobId(j.id),
-                        queue: &j.queue,
-                        payload: &j.payload,
-                        attempt: 1,
-                        priority: j.priority,
-                    };
+                    let job = j.job_ref();
                     // This shard's marker names the owner's job: recovery
                     // counts a crash during the run against it wherever it
                     // is logged (ids are engine-wide).
