@@ -119,7 +119,7 @@ impl Table {
             counts: j.all_counts(),
             unique: j.unique(),
             error: j.error(),
-            holder: (j.state == State::Reserved).then(|| (j.holder, j.counts.reserves)),
+            holder: (j.state == State::Reserved).then_some((j.holder, j.counts.reserves)),
         }
     }
 

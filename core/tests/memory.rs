@@ -97,7 +97,9 @@ fn a_queued_100_byte_job_costs_at_most_150_bytes_more() {
 fn a_recovered_100_byte_job_costs_at_most_150_bytes_more() {
     let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
     let mut log = Records::new();
-    drop(fill(&mut Table::new(Config::default()), &mut log));
+    let mut source = Table::new(Config::default());
+    fill(&mut source, &mut log);
+    drop(source);
     let before = LIVE.load(Ordering::Relaxed);
     let mut t = Table::new(Config::default());
     for frame in log.frames(1 << 20) {
