@@ -14,8 +14,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// How spindled asks mimalloc to keep memory it does not use unmapped.
 mod lean {
-    /// mimalloc's option number for `arena_eager_commit` (`mimalloc.h`, v2).
+    /// mimalloc's option numbers (`mi_option_e` in `mimalloc.h`, v2).
     const MI_OPTION_ARENA_EAGER_COMMIT: i32 = 4;
+    const MI_OPTION_PURGE_DELAY: i32 = 15;
 
     extern "C" {
         /// `mi_option_set` of the mimalloc linked in as the allocator.
@@ -24,15 +25,24 @@ mod lean {
         fn mi_collect(force: bool);
     }
 
-    /// Commits arena memory on demand rather than eagerly: with eager
-    /// commit, idle connections and freed memory stayed resident (about
-    /// 5 KB more per idle connection, `docs/benchmarks.md`). A constructor,
-    /// because the Rust runtime's first allocation, before `main`, reserves
-    /// the first arena.
+    /// Commits arena memory on demand rather than eagerly, and returns
+    /// freed pages to the OS at once rather than at a later allocation:
+    /// with eager commit, idle connections and freed memory stayed
+    /// resident (about 5 KB more per idle connection), and with the
+    /// default 10 ms purge delay, buffers an I/O loop read and the table's
+    /// loop freed stayed resident while the daemon was idle (the purge
+    /// runs only when something allocates). `spindle-bench peer` showed no
+    /// cost within its run-to-run noise (`docs/benchmarks.md`). A
+    /// constructor, because the Rust runtime's first allocation, before
+    /// `main`, reserves the first arena.
     extern "C" fn on_demand_commit() {
         // SAFETY: `mi_option_set` only stores the value; mimalloc reads it
-        // when it reserves arena memory. Constructors run on one thread.
-        unsafe { mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
+        // when it reserves arena memory or purges. Constructors run on one
+        // thread.
+        unsafe {
+            mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
+            mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+        }
     }
 
     #[used]
