@@ -94,29 +94,43 @@ fn an_idle_connection_costs_at_most_8_kb() {
 /// is free again afterwards.
 #[test]
 fn half_written_puts_hold_at_most_the_cap() {
-    const N: usize = 400;
-    const CAP: i64 = 4 << 20;
+    half_written(400, Some(4 << 20));
+}
+
+/// The same with the default cap (32 MiB) and 1,300 clients (39 MB).
+#[test]
+fn half_written_puts_hold_at_most_the_default_cap() {
+    half_written(1300, None);
+}
+
+fn half_written(n: usize, cap: Option<i64>) {
     const BODY: usize = 60_000;
+    let cap_bytes = cap.unwrap_or(32 << 20);
     if Kind::under_test() != Kind::Spindled {
         return; // beanstalkd has no such cap.
     }
-    open_files_allow(N as u64 + 100);
-    let server = Server::under_test(&["--max-partial-bytes", &CAP.to_string()]);
+    open_files_allow(n as u64 + 100);
+    let cap_arg = cap_bytes.to_string();
+    let args: Vec<&str> = match cap {
+        Some(_) => vec!["--max-partial-bytes", &cap_arg],
+        None => Vec::new(),
+    };
+    let server = Server::under_test(&args);
     let mut by = server.connect();
     let before = rss_anon(&server);
     let body = vec![b'x'; BODY];
-    let mut conns: Vec<Conn> = (0..N).map(|_| server.connect()).collect();
+    let mut conns: Vec<Conn> = (0..n).map(|_| server.connect()).collect();
     for c in &mut conns {
         c.send(format!("put 0 0 60 {BODY}\r\n").as_bytes());
         c.send(&body[..BODY / 2]);
     }
     // Every half has been read once the server answers a later command.
-    wait_stat(&mut by, "current-connections", &(N + 1).to_string());
+    wait_stat(&mut by, "current-connections", &(n + 1).to_string());
     assert_eq!(by.cmd_str("use sync\r\n"), "USING sync\r\n");
     // With `--shards` > 1 the halves reach the table's loop through the
     // I/O loops' windows (`remote.rs`), which the owner drains as it reads:
     // wait for that, with a deadline.
-    let bound = CAP + (N as i64) * 8192 + (2 << 20);
+    let bound = cap_bytes + (n as i64) * 8192 + (2 << 20);
     let deadline = Instant::now() + REPLY_TIMEOUT;
     let mut grown = rss_anon(&server) - before;
     while grown > bound && Instant::now() < deadline {
@@ -125,7 +139,7 @@ fn half_written_puts_hold_at_most_the_cap() {
     }
     assert!(
         grown <= bound,
-        "{grown} bytes resident for {N} half-written puts with a {CAP}-byte cap"
+        "{grown} bytes resident for {n} half-written puts with a {cap_bytes}-byte cap"
     );
     let (mut inserted, mut oom) = (0, 0);
     for c in &mut conns {
