@@ -34,6 +34,7 @@ mod handoff_floor;
 mod io_counters;
 mod latency;
 mod latency_floors;
+mod memory;
 mod open_loop;
 mod peer;
 mod peers;
@@ -81,6 +82,9 @@ scenarios:
   peers       what a Rust user would link instead (tokio spawn, a crossbeam
               channel feeding workers, rayon spawn) next to Spindle's
               Memory and Process modes: no-op jobs/s, interleaved rounds
+  memory      resident bytes per idle connection, per half-written put and
+              per queued 100-byte job (before and after a restart), spindled
+              next to beanstalkd, and per queued job for the library
   table       the job table (spindle-core) alone on one thread, no I/O:
               put → reserve → complete cycles/s, hot and with a backlog, and
               allocations per cycle
@@ -153,6 +157,11 @@ fn run() -> BoxResult<()> {
         }
         // The library trials' child process (not for direct use).
         "crash-child" => crash_engine::child(args)?,
+        "memory" if help => println!("{}", memory::USAGE),
+        "memory" => {
+            let o = memory::MemoryOpts::parse(args)?;
+            print(&memory::run(&o)?, o.json)?;
+        }
         "help" | "--help" | "-h" => println!("{USAGE}"),
         other => return Err(format!("unknown scenario {other:?}\n{USAGE}").into()),
     }

@@ -204,7 +204,7 @@ impl PeerOpts {
 // Servers
 
 /// A server process on a private Unix socket, killed on drop.
-struct Server {
+pub(crate) struct Server {
     label: &'static str,
     child: Child,
     socket: PathBuf,
@@ -212,7 +212,7 @@ struct Server {
 
 impl Server {
     /// Starts `exe` with beanstalkd's flags and waits until it accepts.
-    fn start(
+    pub(crate) fn start(
         label: &'static str,
         exe: &Path,
         socket: PathBuf,
@@ -264,6 +264,26 @@ impl Server {
 
     fn connect(&self) -> BoxResult<Conn> {
         Conn::open(&self.socket, self.label)
+    }
+
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The Unix socket it listens on.
+    pub(crate) fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Asks the server to exit (SIGTERM) and waits for it.
+    pub(crate) fn terminate(&mut self) -> BoxResult<()> {
+        let st = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status()?;
+        if !st.success() {
+            return Err(format!("{}: kill -TERM failed", self.label).into());
+        }
+        self.child.wait()?;
+        Ok(())
     }
 
     /// User + system CPU seconds of the server process, all threads.
@@ -344,7 +364,7 @@ fn version_of(exe: &Path) -> String {
     out.lines().next().map(str::trim).filter(|l| !l.is_empty()).unwrap_or("unknown").to_string()
 }
 
-fn locate_beanstalkd(given: Option<&Path>) -> BoxResult<PathBuf> {
+pub(crate) fn locate_beanstalkd(given: Option<&Path>) -> BoxResult<PathBuf> {
     if let Some(p) = given {
         return if p.is_file() {
             Ok(p.to_path_buf())

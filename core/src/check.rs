@@ -73,7 +73,7 @@ impl Table {
             let mut n = 0;
             while s != NIL {
                 let j = self.slab.get(s);
-                if j.state != State::Reserved || j.holder != h as u64 {
+                if j.state != State::Reserved || j.holder as usize != h {
                     return Err(format!("holder {h} lists job {} that it does not hold", j.id));
                 }
                 n += 1;

@@ -9,7 +9,7 @@
 use crate::time::Time;
 
 /// Payloads up to this many bytes live inside the job's slot.
-pub const INLINE: usize = 24;
+pub const INLINE: usize = 22;
 pub(crate) const NIL: u32 = u32::MAX;
 
 /// A job's payload: inline when small (no allocation), else on the heap.
@@ -105,11 +105,53 @@ pub struct Counts {
     pub interrupted: u32,
 }
 
-/// Rarely set fields, boxed so most jobs do not pay for them.
+/// The counters every run touches, kept in the slot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Hot {
+    /// [`Counts::reserves`] (also the lease token).
+    pub reserves: u32,
+    /// [`Counts::interrupted`].
+    pub interrupted: u32,
+}
+
+/// The counters of rarer events ([`Counts`]' other fields), in [`Extra`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Rare {
+    pub timeouts: u32,
+    pub releases: u32,
+    pub buries: u32,
+    pub kicks: u32,
+}
+
+/// A rare counter to add one to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Bump {
+    Timeout,
+    Release,
+    Bury,
+    Kick,
+}
+
+/// Rarely set fields, boxed so most jobs do not pay for them: a job that
+/// was never released, buried, kicked or timed out, has no unique key and
+/// no error has none.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Extra {
     pub unique: Option<Box<str>>,
     pub error: Option<Box<str>>,
+    pub rare: Rare,
+}
+
+impl Extra {
+    /// The box a job with these fields needs, if any.
+    pub(crate) fn boxed(
+        unique: Option<Box<str>>,
+        error: Option<Box<str>>,
+        rare: Rare,
+    ) -> Option<Box<Extra>> {
+        let x = Extra { unique, error, rare };
+        (x != Extra::default()).then(|| Box::new(x))
+    }
 }
 
 /// Where a ready job is queued.
@@ -143,13 +185,15 @@ pub(crate) struct Job {
     pub ttr_s: u32,
     pub delay_s: u32,
     /// Who holds the lease while reserved.
-    pub holder: u64,
+    pub holder: u32,
     /// Per-job attempt limit (0: the queue's policy).
     pub max_attempts: u32,
     /// Bumped each time the job enters the ready heap: heap entries of
     /// earlier visits are stale.
     pub epoch: u32,
-    pub counts: Counts,
+    /// Reservations and interruptions; the other counters are in `extra`
+    /// ([`Job::all_counts`]).
+    pub counts: Hot,
     pub state: State,
     pub place: Place,
     /// The slot holds a job (free slots chain through `next`).
@@ -173,13 +217,62 @@ impl Job {
         match (&mut self.extra, e) {
             (Some(x), e) => {
                 x.error = e;
-                if x.unique.is_none() && x.error.is_none() {
-                    self.extra = None;
-                }
+                self.prune();
             }
-            (None, Some(e)) => self.extra = Some(Box::new(Extra { unique: None, error: Some(e) })),
+            (None, Some(e)) => {
+                self.extra = Some(Box::new(Extra { error: Some(e), ..Extra::default() }))
+            }
             (None, None) => {}
         }
+    }
+
+    /// Drops an `extra` that holds nothing.
+    fn prune(&mut self) {
+        if self.extra.as_deref().is_some_and(|x| *x == Extra::default()) {
+            self.extra = None;
+        }
+    }
+
+    /// Every counter.
+    pub(crate) fn all_counts(&self) -> Counts {
+        let r = self.extra.as_ref().map(|x| x.rare).unwrap_or_default();
+        Counts {
+            reserves: self.counts.reserves,
+            timeouts: r.timeouts,
+            releases: r.releases,
+            buries: r.buries,
+            kicks: r.kicks,
+            interrupted: self.counts.interrupted,
+        }
+    }
+
+    /// Sets every counter.
+    pub(crate) fn set_counts(&mut self, c: Counts) {
+        self.counts = Hot { reserves: c.reserves, interrupted: c.interrupted };
+        let rare =
+            Rare { timeouts: c.timeouts, releases: c.releases, buries: c.buries, kicks: c.kicks };
+        match &mut self.extra {
+            Some(x) => {
+                x.rare = rare;
+                self.prune();
+            }
+            None if rare != Rare::default() => {
+                self.extra = Some(Box::new(Extra { rare, ..Extra::default() }))
+            }
+            None => {}
+        }
+    }
+
+    /// Adds one (saturating) to a rare counter.
+    pub(crate) fn bump(&mut self, which: Bump) {
+        let x = self.extra.get_or_insert_with(Box::default);
+        let c = match which {
+            Bump::Timeout => &mut x.rare.timeouts,
+            Bump::Release => &mut x.rare.releases,
+            Bump::Bury => &mut x.rare.buries,
+            Bump::Kick => &mut x.rare.kicks,
+        };
+        *c = c.saturating_add(1);
     }
 }
 
@@ -216,7 +309,7 @@ const FREE: Job = Job {
     holder: 0,
     max_attempts: 0,
     epoch: 0,
-    counts: Counts { reserves: 0, timeouts: 0, releases: 0, buries: 0, kicks: 0, interrupted: 0 },
+    counts: Hot { reserves: 0, interrupted: 0 },
     state: State::Ready,
     place: Place::None,
     live: false,
@@ -336,19 +429,35 @@ mod tests {
 
     #[test]
     fn a_job_slot_stays_small() {
-        assert!(std::mem::size_of::<Job>() <= 144, "{}", std::mem::size_of::<Job>());
-        assert_eq!(std::mem::size_of::<Payload>(), 32);
+        assert!(std::mem::size_of::<Job>() <= 112, "{}", std::mem::size_of::<Job>());
+        assert_eq!(std::mem::size_of::<Payload>(), 24);
     }
 
     #[test]
     fn small_payloads_are_inline_and_large_ones_boxed() {
         let small = Payload::new(&[7; INLINE]);
-        assert!(matches!(small, Payload::Inline(24, _)));
+        assert!(matches!(small, Payload::Inline(22, _)));
         assert_eq!(small.bytes(), &[7; INLINE]);
         let big = Payload::from_vec(vec![1; INLINE + 1]);
         assert!(matches!(big, Payload::Heap(_)));
         assert_eq!(big.bytes().len(), INLINE + 1);
         assert_eq!(Payload::new(b"").bytes(), b"");
+    }
+
+    #[test]
+    fn rare_counters_live_in_the_box_and_it_goes_when_empty() {
+        let mut j = FREE;
+        assert!(j.extra.is_none());
+        j.bump(Bump::Release);
+        j.bump(Bump::Kick);
+        let c = j.all_counts();
+        assert_eq!((c.releases, c.kicks, c.buries), (1, 1, 0));
+        j.set_counts(Counts { reserves: 3, ..Counts::default() });
+        assert!(j.extra.is_none());
+        assert_eq!(j.all_counts().reserves, 3);
+        j.set_error(Some("e".into()));
+        j.set_error(None);
+        assert!(j.extra.is_none());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::error::JobError;
-use crate::job::State;
+use crate::job::{Bump, State};
 use crate::queue::QueueId;
 use crate::record::{kind, Records};
 use crate::table::Table;
@@ -54,7 +54,7 @@ impl Table {
     fn held_by(&self, id: u64, by: By) -> Result<u32, JobError> {
         let s = self.slot(id).ok_or(JobError::NotFound(id))?;
         let j = self.slab.get(s);
-        if j.state != State::Reserved || j.holder != u64::from(by.holder) {
+        if j.state != State::Reserved || j.holder != by.holder {
             return Err(JobError::NotHolder(id));
         }
         if let Some(t) = by.token {
@@ -124,7 +124,7 @@ impl Table {
         {
             let j = self.slab.get_mut(s);
             j.pri = pri;
-            j.counts.releases = j.counts.releases.saturating_add(1);
+            j.bump(Bump::Release);
             j.counts.interrupted = 0;
             j.delay_s = u32::try_from(delay.as_secs()).unwrap_or(u32::MAX);
         }
@@ -160,7 +160,7 @@ impl Table {
         };
         let q = self.slab.get(s).queue;
         if !policy.may_retry(attempts) {
-            self.slab.get_mut(s).counts.buries += 1;
+            self.slab.get_mut(s).bump(Bump::Bury);
             if let Some(x) = self.q_mut(q) {
                 x.counters.buries += 1;
             }
@@ -171,7 +171,7 @@ impl Table {
         let delay = policy.delay(attempts, self.rng.next_u64());
         {
             let j = self.slab.get_mut(s);
-            j.counts.releases = j.counts.releases.saturating_add(1);
+            j.bump(Bump::Release);
             j.delay_s = u32::try_from(delay.as_millis().div_ceil(1000)).unwrap_or(u32::MAX);
         }
         if let Some(x) = self.q_mut(q) {
@@ -201,7 +201,7 @@ impl Table {
         {
             let j = self.slab.get_mut(s);
             j.pri = pri;
-            j.counts.buries = j.counts.buries.saturating_add(1);
+            j.bump(Bump::Bury);
             j.counts.interrupted = 0;
             if let Some(r) = reason {
                 // The end that fits, cut at a character (slicing a str
@@ -244,7 +244,7 @@ impl Table {
             let j = self.slab.get_mut(s);
             j.counts.interrupted = j.counts.interrupted.saturating_add(1);
             if timed_out {
-                j.counts.timeouts = j.counts.timeouts.saturating_add(1);
+                j.bump(Bump::Timeout);
             }
             (j.counts.interrupted, j.counts.reserves, j.queue)
         };
@@ -257,7 +257,7 @@ impl Table {
         if policy.buries_interrupted(interrupted, attempts) {
             let j = self.slab.get_mut(s);
             j.set_error(Some(crate::replay::poison_text(attempts, interrupted).into()));
-            j.counts.buries = j.counts.buries.saturating_add(1);
+            j.bump(Bump::Bury);
             if let Some(x) = self.q_mut(q) {
                 x.counters.buries += 1;
             }
@@ -308,7 +308,7 @@ impl Table {
     fn kick_slot(&mut self, s: u32, now: Time, out: &mut Records) {
         self.unplace(s);
         let j = self.slab.get_mut(s);
-        j.counts.kicks = j.counts.kicks.saturating_add(1);
+        j.bump(Bump::Kick);
         self.make_ready(s, now, false);
         self.log_move(s, out);
     }

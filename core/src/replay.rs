@@ -17,7 +17,7 @@
 //! reserved jobs back to ready and completed ones gone (the model test in
 //! `tests/model.rs` checks this after random operations and crashes).
 
-use crate::job::{Extra, Job, Payload, Place, State, NIL};
+use crate::job::{Extra, Hot, Job, Payload, Place, Rare, State, NIL};
 use crate::record::{decode, DecodeError, MoveRec, PutRec, Record, Records};
 use crate::table::Table;
 use crate::time::Time;
@@ -90,9 +90,10 @@ impl Table {
         // A key another live job holds (only in a damaged log) stays with
         // that job.
         let unique = p.unique.filter(|k| self.q(q.0).is_some_and(|x| !x.uniques.contains_key(*k)));
-        let extra = (unique.is_some() || p.error.is_some()).then(|| {
-            Box::new(Extra { unique: unique.map(Into::into), error: p.error.map(Into::into) })
-        });
+        let c = p.counts;
+        let rare =
+            Rare { timeouts: c.timeouts, releases: c.releases, buries: c.buries, kicks: c.kicks };
+        let extra = Extra::boxed(unique.map(Into::into), p.error.map(Into::into), rare);
         if let Some(x) = self.q_mut(q.0) {
             x.jobs += 1;
             x.counters.puts += 1;
@@ -116,7 +117,7 @@ impl Table {
             holder: 0,
             max_attempts: p.max_attempts,
             epoch: 0,
-            counts: p.counts,
+            counts: Hot { reserves: c.reserves, interrupted: c.interrupted },
             state: p.state,
             place: Place::None,
             live: true,
@@ -134,7 +135,7 @@ impl Table {
         j.pri = m.pri;
         j.delay_s = m.delay_s;
         j.state = m.state;
-        j.counts = m.counts;
+        j.set_counts(m.counts);
         j.set_error(m.error.map(Into::into));
     }
 
@@ -189,7 +190,7 @@ impl Table {
                 r.poisoned += 1;
                 let j = self.slab.get_mut(s);
                 j.set_error(Some(poison_text(attempts, interrupted).into()));
-                j.counts.buries = j.counts.buries.saturating_add(1);
+                j.bump(crate::job::Bump::Bury);
                 self.make_buried(s, None);
             } else {
                 self.make_ready(s, now, false);

@@ -172,7 +172,7 @@ impl Table {
         let s = self.slot(id).ok_or(crate::JobError::NotFound(id))?;
         {
             let j = self.slab.get(s);
-            if j.state != crate::State::Reserved || j.holder != u64::from(holder) {
+            if j.state != crate::State::Reserved || j.holder != holder {
                 return Err(crate::JobError::NotHolder(id));
             }
         }

@@ -14,7 +14,7 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::time::Duration;
 
 use crate::error::{NameError, PutError};
-use crate::job::{Counts, Extra, Job, List, Payload, Place, Slab, State, NIL};
+use crate::job::{Counts, Extra, Hot, Job, List, Payload, Place, Slab, State, NIL};
 use crate::queue::{Queue, QueueId};
 use crate::record::{kind, MoveRec, PutRec, Records};
 use crate::retry::{RetryPolicy, Rng};
@@ -369,7 +369,9 @@ impl Table {
                 PayloadIn::Borrowed(b) => Payload::new(b),
                 PayloadIn::Owned(v) => Payload::from_vec(v),
             },
-            extra: spec.unique.map(|k| Box::new(Extra { unique: Some(k.into()), error: None })),
+            extra: spec
+                .unique
+                .map(|k| Box::new(Extra { unique: Some(k.into()), ..Extra::default() })),
             prev: NIL,
             next: NIL,
             queue: q.0,
@@ -379,7 +381,7 @@ impl Table {
             holder: 0,
             max_attempts: spec.max_attempts,
             epoch: 0,
-            counts: Counts::default(),
+            counts: Hot::default(),
             state: State::Ready,
             place: Place::None,
             live: true,
@@ -544,7 +546,7 @@ impl Table {
             let j = self.slab.get_mut(s);
             j.state = State::Reserved;
             j.counts.reserves = j.counts.reserves.saturating_add(1);
-            j.holder = u64::from(holder);
+            j.holder = holder;
             let waited = now.since(j.since);
             j.since = now;
             j.at = if j.ttr_s == 0 { 0 } else { now.plus_secs(u64::from(j.ttr_s)).0 };
@@ -613,7 +615,7 @@ impl Table {
             pri: j.pri,
             delay_s: j.delay_s,
             state,
-            counts: j.counts,
+            counts: j.all_counts(),
             error: j.error(),
         });
     }
@@ -627,7 +629,7 @@ impl Table {
         let reserved = j.state == State::Reserved;
         // A running job is written as it was before this reservation: the
         // `Reserve` that follows adds the reservation back on replay.
-        let mut counts = j.counts;
+        let mut counts = j.all_counts();
         if reserved {
             counts.reserves = counts.reserves.saturating_sub(1);
         }

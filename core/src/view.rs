@@ -116,11 +116,10 @@ impl Table {
             ttr_s: j.ttr_s,
             delay_s: j.delay_s,
             max_attempts: j.max_attempts,
-            counts: j.counts,
+            counts: j.all_counts(),
             unique: j.unique(),
             error: j.error(),
-            holder: (j.state == State::Reserved)
-                .then(|| (u32::try_from(j.holder).unwrap_or(u32::MAX), j.counts.reserves)),
+            holder: (j.state == State::Reserved).then_some((j.holder, j.counts.reserves)),
         }
     }
 

@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use mio::net::{TcpStream, UnixStream};
 
+use super::budget::{IDLE_IN, IDLE_OUT};
 use super::proto::{self, Cmd, ParseError, LINE_MAX};
 use super::remote::Remote;
 use super::store::{ConnId, Flow, Store};
@@ -124,6 +125,8 @@ struct Batch {
     total: u64,
     too_big: bool,
     over: bool,
+    /// A frame did not fit the half-received body budget.
+    oom: bool,
     /// The current frame: `None` = reading its header line.
     frame: Option<(usize, Vec<u8>, bool)>,
 }
@@ -150,6 +153,9 @@ pub(crate) struct Conn {
     /// Commands take the current time (the reactor); `false` uses the
     /// time passed in (fuzzing with a simulated clock).
     real_time: bool,
+    /// Bytes this connection's half-received body (or `put-batch`) has
+    /// charged to the shared budget (`budget.rs`).
+    held: usize,
 }
 
 impl Conn {
@@ -169,6 +175,7 @@ impl Conn {
             resume: false,
             hup: false,
             real_time: true,
+            held: 0,
         }
     }
 
@@ -188,6 +195,28 @@ impl Conn {
     pub(crate) fn drive(&mut self, store: &mut Store, now: Instant) {
         self.resume = false;
         self.end_wait_if_hung_up(store, now);
+        self.read_loop(store, now);
+        self.settle(store);
+    }
+
+    /// Gives the read buffer back to the loop when what is left
+    /// unprocessed is small: an idle connection keeps at most [`IDLE_IN`]
+    /// bytes of input capacity.
+    fn settle(&mut self, store: &mut Store) {
+        if self.inbuf.capacity() <= IDLE_IN {
+            return;
+        }
+        let rest = &self.inbuf[self.pos..];
+        if rest.len() > IDLE_IN {
+            return;
+        }
+        let small = rest.to_vec();
+        let big = std::mem::replace(&mut self.inbuf, small);
+        self.pos = 0;
+        store.input.put_back(big, 2 * READ_CHUNK);
+    }
+
+    fn read_loop(&mut self, store: &mut Store, now: Instant) {
         loop {
             self.process(store, now);
             if !self.can_process() {
@@ -202,6 +231,10 @@ impl Conn {
             if self.pos > 0 {
                 self.inbuf.drain(..self.pos);
                 self.pos = 0;
+            }
+            if self.inbuf.is_empty() && self.inbuf.capacity() < READ_CHUNK {
+                // Borrow the loop's read buffer (`settle` gives it back).
+                std::mem::swap(&mut self.inbuf, &mut store.input.spare);
             }
             let old = self.inbuf.len();
             self.inbuf.resize(old + READ_CHUNK, 0);
@@ -245,8 +278,9 @@ impl Conn {
         if self.out_pos == self.out.len() {
             self.out.clear();
             self.out_pos = 0;
-            if self.out.capacity() > 4 * READ_CHUNK {
-                self.out.shrink_to(READ_CHUNK);
+            if self.out.capacity() > IDLE_OUT {
+                // Idle: keep no more than a small buffer.
+                self.out = Vec::new();
             }
         } else if self.out_pos > OUT_HIGH {
             self.out.drain(..self.out_pos);
@@ -272,6 +306,12 @@ impl Conn {
         if let In::Body { cmd: Cmd::Put { .. }, .. } = self.state {
             store.skip_ids(1);
         }
+    }
+
+    /// Returns what this connection charged to the body budget; call when
+    /// closing.
+    pub(crate) fn release(&mut self, store: &mut Store) {
+        store.input.give(std::mem::take(&mut self.held));
     }
 
     /// Processes `bytes` as if read from the socket (fuzzing and tests).
@@ -324,6 +364,24 @@ impl Conn {
                 }
                 In::Body { need, buf, .. } => {
                     let take = (*need - buf.len()).min(avail.len());
+                    // Grow as bytes arrive (doubling, up to the claimed
+                    // size), charging the budget for every byte of it.
+                    let want = buf.len() + take;
+                    if want > buf.capacity() {
+                        let grown = want.max(buf.capacity() * 2).min(*need);
+                        let more = grown - buf.capacity();
+                        if !store.input.try_take(more) {
+                            // Over the cap: drop the body, read the rest
+                            // and reply as beanstalkd does when it cannot
+                            // make a job.
+                            let left = (*need - buf.len()) as u64;
+                            self.state = In::Skip { left, reply: b"OUT_OF_MEMORY\r\n" };
+                            store.input.give(std::mem::take(&mut self.held));
+                            continue;
+                        }
+                        self.held += more;
+                        buf.reserve_exact(grown - buf.len());
+                    }
                     buf.extend_from_slice(&avail[..take]);
                     self.pos += take;
                     if buf.len() == *need {
@@ -332,6 +390,7 @@ impl Conn {
                         else {
                             return;
                         };
+                        store.input.give(std::mem::take(&mut self.held));
                         self.finish_body(cmd, &mut buf, store, now);
                     }
                 }
@@ -353,6 +412,7 @@ impl Conn {
                             let Some(i) = window.windows(2).position(|w| w == b"\r\n") else {
                                 if window.len() >= 32 {
                                     self.state = In::Line;
+                                    store.input.give(std::mem::take(&mut self.held));
                                     self.out.extend_from_slice(b"BAD_FORMAT\r\n");
                                     continue;
                                 }
@@ -365,13 +425,15 @@ impl Conn {
                             match size {
                                 None => {
                                     self.state = In::Line;
+                                    store.input.give(std::mem::take(&mut self.held));
                                     self.out.extend_from_slice(b"BAD_FORMAT\r\n");
                                 }
                                 Some(n) => {
                                     let total = b.total.saturating_add(n);
-                                    let keep = n <= max
+                                    let mut keep = n <= max
                                         && !b.over
                                         && !b.too_big
+                                        && !b.oom
                                         && total <= BATCH_BYTES_MAX;
                                     if n > max {
                                         b.too_big = true;
@@ -383,6 +445,13 @@ impl Conn {
                                     // claimed size is saturated, not trusted.
                                     let need =
                                         usize::try_from(n.saturating_add(2)).unwrap_or(usize::MAX);
+                                    if keep && !store.input.try_take(need) {
+                                        // Over the body budget (`budget.rs`).
+                                        b.oom = true;
+                                        keep = false;
+                                    } else if keep {
+                                        self.held += need;
+                                    }
                                     let cap = if keep { need } else { 0 };
                                     b.total = total;
                                     b.frame = Some((need, Vec::with_capacity(cap), keep));
@@ -415,10 +484,13 @@ impl Conn {
                                     else {
                                         return;
                                     };
+                                    store.input.give(std::mem::take(&mut self.held));
                                     if b.too_big {
                                         self.out.extend_from_slice(b"JOB_TOO_BIG\r\n");
                                     } else if b.over {
                                         self.out.extend_from_slice(b"BAD_FORMAT\r\n");
+                                    } else if b.oom {
+                                        self.out.extend_from_slice(b"OUT_OF_MEMORY\r\n");
                                     } else {
                                         store.put_batch(
                                             self.id,
@@ -476,6 +548,7 @@ impl Conn {
                     total: 0,
                     too_big: false,
                     over: false,
+                    oom: false,
                     frame: None,
                 });
             }
@@ -497,7 +570,7 @@ impl Conn {
             self.pos += need;
             self.finish_body(cmd, &mut body, store, now);
         } else {
-            self.state = In::Body { cmd, need, buf: Vec::with_capacity(need) };
+            self.state = In::Body { cmd, need, buf: Vec::new() };
         }
     }
 

@@ -251,6 +251,10 @@ impl IoConn {
         if self.out_pos >= self.out.len() {
             self.out.clear();
             self.out_pos = 0;
+            if self.out.capacity() > super::budget::IDLE_OUT {
+                // Idle: keep no more than a small buffer.
+                self.out = Vec::new();
+            }
         } else if self.out_pos >= OUT_WINDOW {
             // A client reading slower than replies arrive never empties
             // the buffer: drop the written prefix. The owner keeps at most

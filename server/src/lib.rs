@@ -42,6 +42,8 @@
 //! owner over lock-free channels (`remote.rs`). See `docs/architecture.md`
 //! ("The daemon") for why.
 
+mod budget;
+pub use budget::DEFAULT_MAX_PARTIAL_BYTES;
 mod conn;
 mod ioloop;
 mod log;
@@ -138,6 +140,11 @@ pub struct ServerConfig {
     /// (`FsStorage::with_prefault`): appends on the loop then take no page
     /// faults. On by default; `--no-log-prefault` turns it off.
     pub log_prefault: bool,
+    /// Most bytes of half-received job bodies, all connections together
+    /// (`--max-partial-bytes`, default [`DEFAULT_MAX_PARTIAL_BYTES`]): a
+    /// body beyond is read and dropped, and its command gets
+    /// `OUT_OF_MEMORY`.
+    pub max_partial_bytes: u64,
 }
 
 /// beanstalkd's default `-z`.
@@ -167,6 +174,7 @@ impl Default for ServerConfig {
             idle_spin: Duration::ZERO,
             shards: 1,
             log_prefault: true,
+            max_partial_bytes: DEFAULT_MAX_PARTIAL_BYTES,
         }
     }
 }

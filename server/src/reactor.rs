@@ -165,6 +165,7 @@ impl Server {
             }
         };
         let mut store = Store::new(scfg, log, now);
+        store.input = super::budget::InputBudget::new(cfg.max_partial_bytes);
         let rep = store.recover(now).map_err(|reason| ServerError::Recover {
             dir: cfg.data_dir.clone().unwrap_or_default(),
             reason,
@@ -601,6 +602,7 @@ impl Server {
                 }
             }
             c.abandon(&mut self.store);
+            c.release(&mut self.store);
             self.store.disconnect(i, now);
             self.free.push(i);
             self.open -= 1;

@@ -143,6 +143,9 @@ pub(crate) struct Store {
     /// Replies for connections other than the one whose command is being
     /// handled (served waiters, timeouts).
     pub out: Vec<(ConnId, Vec<u8>)>,
+    /// The connections' shared read buffer and half-received body budget
+    /// (`budget.rs`).
+    pub input: super::budget::InputBudget,
     pub started: Instant,
     pub instance_id: String,
     last_window: Instant,
@@ -191,6 +194,7 @@ impl Store {
             log,
             recs,
             out: Vec::new(),
+            input: super::budget::InputBudget::new(super::budget::DEFAULT_MAX_PARTIAL_BYTES),
             started: now,
             instance_id: String::new(),
             last_window: now,

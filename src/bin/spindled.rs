@@ -12,6 +12,52 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// How spindled asks mimalloc to keep memory it does not use unmapped.
+mod lean {
+    /// mimalloc's option numbers (`mi_option_e` in `mimalloc.h`, v2).
+    const MI_OPTION_ARENA_EAGER_COMMIT: i32 = 4;
+    const MI_OPTION_PURGE_DELAY: i32 = 15;
+
+    extern "C" {
+        /// `mi_option_set` of the mimalloc linked in as the allocator.
+        fn mi_option_set(option: i32, value: std::ffi::c_long);
+        /// `mi_collect`: frees and purges what the calling thread freed.
+        fn mi_collect(force: bool);
+    }
+
+    /// Commits arena memory on demand rather than eagerly, and returns
+    /// freed pages to the OS at once rather than at a later allocation:
+    /// with eager commit, idle connections and freed memory stayed
+    /// resident (about 5 KB more per idle connection), and with the
+    /// default 10 ms purge delay, buffers an I/O loop read and the table's
+    /// loop freed stayed resident while the daemon was idle (the purge
+    /// runs only when something allocates). `spindle-bench peer` showed no
+    /// cost within its run-to-run noise (`docs/benchmarks.md`). A
+    /// constructor, because the Rust runtime's first allocation, before
+    /// `main`, reserves the first arena.
+    extern "C" fn on_demand_commit() {
+        // SAFETY: `mi_option_set` only stores the value; mimalloc reads it
+        // when it reserves arena memory or purges. Constructors run on one
+        // thread.
+        unsafe {
+            mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
+            mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+        }
+    }
+
+    #[used]
+    #[link_section = ".init_array"]
+    static ON_DEMAND_COMMIT: extern "C" fn() = on_demand_commit;
+
+    /// Returns to the OS what recovery allocated and freed again
+    /// (temporary maps, decode buffers): mimalloc otherwise keeps it
+    /// resident until its next purge, which an idle daemon never reaches.
+    pub(crate) fn release_freed() {
+        // SAFETY: `mi_collect` takes no pointers; any thread may call it.
+        unsafe { mi_collect(true) };
+    }
+}
+
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -97,6 +143,10 @@ struct Args {
     /// Most open connections; more are closed at once.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// Most bytes of half-received job bodies, all connections together;
+    /// a body beyond is read and dropped, and its put gets OUT_OF_MEMORY.
+    #[arg(long, default_value_t = spindle_server::DEFAULT_MAX_PARTIAL_BYTES)]
+    max_partial_bytes: u64,
     /// Most live jobs; puts beyond get OUT_OF_MEMORY.
     #[arg(long, default_value_t = 10_000_000)]
     max_jobs: u64,
@@ -206,6 +256,7 @@ fn config(a: &Args) -> Result<ServerConfig, String> {
         .map_err(|_| format!("--socket-mode {}: not an octal mode like 600", a.socket_mode))?;
     cfg.allow_uids = a.allow_uid.clone();
     cfg.max_connections = a.max_connections;
+    cfg.max_partial_bytes = a.max_partial_bytes;
     cfg.max_jobs = a.max_jobs;
     cfg.max_bytes = a.max_bytes;
     cfg.latency_target = Duration::from_millis(a.latency_target_ms.max(1));
@@ -258,6 +309,7 @@ fn main() -> ExitCode {
         }
     };
     tracing::info!("listening on {where_}");
+    lean::release_freed();
     let handle = server.handle();
     // SIGTERM/SIGINT stop cleanly; SIGUSR1 enters drain mode (beanstalkd).
     let signals = signal_hook::iterator::Signals::new([
