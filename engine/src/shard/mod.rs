@@ -1250,6 +1250,10 @@ impl Shard {
                 self.drop_spin_slot();
                 continue;
             }
+            // Nothing ran: the end of the last run is no longer now (a job
+            // found after spinning or parking must not start in the past:
+            // producers would read the shard as stuck in its handler).
+            self.clock_hint = None;
             // Idle: an active worker spins for `idle_spin` first, if the
             // next job is likely to come within it (jobs arrived at gaps
             // shorter than the spin, on average); otherwise a spin only
