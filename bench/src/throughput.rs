@@ -13,7 +13,9 @@
 
 use crate::args::Args;
 use crate::engine_env::{self, BenchEngine, Completion, QUEUE};
+use crate::floor::FloorBench;
 use crate::handoff_floor;
+use crate::io_counters::IoCounters;
 use crate::report::Report;
 use crate::system::Busy;
 use crate::BoxResult;
@@ -37,6 +39,9 @@ spindle-bench throughput [options]
   --dir PATH         parent directory for the logs (default: ./target, else
                      /var/tmp, else /tmp; sync refuses tmpfs)
   --json             print one JSON object instead of tables";
+
+/// Timed syncs of the fdatasync floor measured before a Sync run.
+const SYNC_FLOOR_SYNCS: u64 = 200;
 
 /// Parsed options.
 #[derive(Debug, Clone)]
@@ -120,6 +125,19 @@ pub fn run(o: &ThroughputOpts) -> BoxResult<Report> {
 
     progress(o, "engine");
     let be = BenchEngine::build(o.durability, o.shards, o.static_workers, o.dir.as_deref())?;
+    // Sync with single-job producers: the group-commit limit of this run is
+    // producers ÷ one 4 KiB fdatasync's p50, measured now on the log's
+    // filesystem (`floor.rs`), before the engine writes anything.
+    let sync_floor = match (&be.dir, o.durability, o.producers) {
+        (Some(d), Durability::Sync, p) if p > 0 => {
+            progress(o, "fdatasync floor");
+            let io = IoCounters::for_dir(d.path())?;
+            let mut f = FloorBench::new(d.path(), SYNC_FLOOR_SYNCS)?;
+            f.run(SYNC_FLOOR_SYNCS, &io)?;
+            Some(f.finish()?.latency)
+        }
+        _ => None,
+    };
     let engine = be.engine.clone();
     let (done, done_rx) = Completion::new(o.jobs);
     let done = Arc::new(done);
@@ -170,6 +188,17 @@ pub fn run(o: &ThroughputOpts) -> BoxResult<Report> {
     r.metric("submit_seconds", "submitting alone took", submitted, "s");
     r.metric("submit_per_sec", "submit rate", o.jobs as f64 / submitted, "jobs/s");
     handoff_floor::report_floor(&mut r, floor, pinned);
+    if let Some(f) = sync_floor {
+        let limit = o.producers as f64 / (f.p50_us / 1e6);
+        r.metric(
+            "fdatasync_p50_us",
+            "4 KiB pwrite + fdatasync p50, same filesystem",
+            f.p50_us,
+            "µs",
+        );
+        r.metric("group_commit_limit_per_sec", "producers ÷ fdatasync p50", limit, "jobs/s");
+        r.metric("group_commit_share", "jobs/s ÷ that limit", per_sec / limit, "x");
+    }
     r.metric("ratio_to_floor", "jobs/s ÷ floor", per_sec / floor, "x");
     // Three decimals (the report's rounding) would print tiny ratios as 0.
     r.set("ratio_to_floor", significant(per_sec / floor, 4));
