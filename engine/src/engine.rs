@@ -677,7 +677,11 @@ impl Engine {
         }
         shards
             .iter()
-            .find(|s| s.spinning.load(Ordering::Relaxed) && s.active.load(Ordering::Relaxed))
+            .find(|s| {
+                s.spinning.load(Ordering::Relaxed)
+                    && s.active.load(Ordering::Relaxed)
+                    && s.handler_since.load(Ordering::Relaxed) == 0
+            })
             .map(|s| s.idx)
     }
 

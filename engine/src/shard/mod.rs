@@ -1121,7 +1121,7 @@ impl Shard {
         self.spin_slot
     }
 
-    fn drop_spin_slot(&mut self) {
+    pub(super) fn drop_spin_slot(&mut self) {
         if self.spin_slot {
             self.spin_slot = false;
             self.sh.spinning.store(false, Ordering::Relaxed);

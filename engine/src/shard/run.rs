@@ -168,6 +168,9 @@ impl Shard {
         submitted_ns: u64,
         start: u64,
     ) -> Outcome {
+        // No longer idle: producers must not read this shard as spinning
+        // while its handler runs (it may block).
+        self.drop_spin_slot();
         // Stall deadline (`control.rs` step 2) and what the controller
         // reports; the queue's name is stored only when it changes.
         let limit = {

@@ -10,6 +10,9 @@ use crossbeam_deque::Steal;
 use spindle_core::Time;
 use std::sync::atomic::Ordering;
 
+/// Messages of a stuck shard's inbox a rescuer looks at for new jobs.
+const RESCUE_LOOK: usize = 64;
+
 impl Shard {
     /// Moves every ready job of the core queues into the steal deque (the
     /// most urgent first) and wakes one parked active shard. The whole
@@ -81,20 +84,26 @@ impl Shard {
                 continue;
             }
             let _inflight = o.enter();
-            let Some(msg) = o.inbox.pop() else { continue };
             let runnable = |j: &NewJob| {
                 j.due.is_none_or(|d| d <= now_t) && self.handler_of(&j.queue).is_some_and(|h| !h.1)
             };
-            let jobs = match msg {
-                Msg::Jobs(jobs) if jobs.iter().all(runnable) => jobs,
-                Msg::Job(j) if runnable(&j) => vec![j],
-                other => {
-                    o.send(other);
-                    continue;
-                }
-            };
-            self.run_for(o, jobs, false);
-            return true;
+            // Messages it cannot run here (outcomes sent back to the stuck
+            // shard, registrations, ...) go to the back of its inbox; look
+            // past a bounded number of them for new jobs, rather than give
+            // up at the first (that gave up for a whole park each time).
+            for _ in 0..RESCUE_LOOK {
+                let Some(msg) = o.inbox.pop() else { break };
+                let jobs = match msg {
+                    Msg::Jobs(jobs) if jobs.iter().all(runnable) => jobs,
+                    Msg::Job(j) if runnable(&j) => vec![j],
+                    other => {
+                        o.send(other);
+                        continue;
+                    }
+                };
+                self.run_for(o, jobs, false);
+                return true;
+            }
         }
         false
     }
@@ -103,6 +112,7 @@ impl Shard {
     /// is in `o`'s submit epoch) and sends them back with their outcomes.
     /// Each job's queue has a core handler here.
     pub(super) fn run_for(&mut self, o: &ShardShared, jobs: Vec<NewJob>, from_lane: bool) {
+        self.drop_spin_slot();
         let mut done = Vec::with_capacity(jobs.len());
         for j in jobs {
             let outcome = match self.handler_of(&j.queue) {
