@@ -1242,6 +1242,7 @@ fn apply_old(table: &mut Table, d: DRec) {
             counts: counts(c),
             unique: unique.as_deref(),
             error: last_error.as_deref(),
+            deadline: None,
             payload: &body,
         })),
         DRec::PutBatch { first_id, ids, tube, pri, delay_s, ttr_s, created_ms, bodies } => {
@@ -1298,6 +1299,7 @@ fn put_spec(pri: u32, delay: u32, ttr: u32, unique: Option<&str>) -> PutSpec<'_>
         ttr_s: ttr.max(1),
         max_attempts: 0,
         unique,
+        deadline: None,
     }
 }
 
