@@ -19,9 +19,12 @@
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Map, Value};
 use spindle::client::{
-    default_socket, Client, ClientError, ConnectOptions, FailOutcome, Job, JobState, PutUnique,
-    StatsMap,
+    default_socket, Client, ClientError, ConnectOptions, Deadline, FailOutcome, Job, JobState,
+    PutUnique, StatsMap,
 };
+
+#[path = "../cli/paid.rs"]
+mod paid;
 use std::error::Error;
 use std::io::{Read, Write};
 use std::process::{Command, ExitCode, Stdio};
@@ -112,6 +115,19 @@ enum Cmd {
     /// Run CMD once per job, with the payload on stdin: exit 0 completes
     /// the job, anything else fails it (retried with backoff).
     Work(WorkArgs),
+    /// Periodic jobs: add, list, pause, resume, rm.
+    #[command(subcommand)]
+    Schedule(paid::ScheduleCmd),
+    /// Set a queue's concurrency and rate limits (spindled only).
+    Limit(paid::LimitArgs),
+    /// Cancel a job in any state; a running job's worker is told (spindled only).
+    Cancel {
+        /// The job's id.
+        id: u64,
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Live view of the queues: depth, put rate, wait p99, workers.
     Top {
         /// Print one frame and exit.
@@ -141,8 +157,11 @@ struct PutArgs {
     #[arg(long, default_value_t = 60)]
     ttr: u32,
     /// Do nothing if a live job of the queue holds this key (spindled only).
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", conflicts_with = "expires_in")]
     unique: Option<String>,
+    /// Never hand the job out after this long: 500ms, 30s, 5m, 1h (spindled only).
+    #[arg(long, value_name = "DURATION", value_parser = paid::parse_duration)]
+    expires_in: Option<Duration>,
     /// Print a JSON object.
     #[arg(long)]
     json: bool,
@@ -194,6 +213,10 @@ struct WorkArgs {
     /// Report every job on stderr.
     #[arg(long, short)]
     verbose: bool,
+    /// When a running job is cancelled (`spindle cancel`), its command gets
+    /// SIGTERM, then SIGKILL after this many seconds.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    grace: f64,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     cmd: Vec<String>,
@@ -250,6 +273,9 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Schedule(cmd) => paid::schedule(&mut connect(addr)?, cmd),
+        Cmd::Limit(args) => paid::limit(&mut connect(addr)?, args),
+        Cmd::Cancel { id, json } => paid::cancel(&mut connect(addr)?, id, json),
         Cmd::Pause { queue, secs } => {
             let mut c = connect(addr)?;
             c.pause_tube(&queue, Duration::from_secs(secs.into()))?;
@@ -334,15 +360,20 @@ fn clear_by_peeking(c: &mut Client, queue: &str, states: &[JobState]) -> CliResu
 
 // ----- put -----
 
-fn put(addr: Server<'_>, a: PutArgs) -> CliResult<ExitCode> {
-    let body = match a.data {
+/// DATA, or stdin when it is absent.
+fn read_payload(data: Option<String>) -> CliResult<Vec<u8>> {
+    Ok(match data {
         Some(d) => d.into_bytes(),
         None => {
             let mut buf = Vec::new();
             std::io::stdin().read_to_end(&mut buf)?;
             buf
         }
-    };
+    })
+}
+
+fn put(addr: Server<'_>, a: PutArgs) -> CliResult<ExitCode> {
+    let body = read_payload(a.data)?;
     let mut c = connect(addr)?;
     c.use_tube(&a.queue)?;
     let delay = Duration::from_secs(a.delay.into());
@@ -352,7 +383,10 @@ fn put(addr: Server<'_>, a: PutArgs) -> CliResult<ExitCode> {
             PutUnique::Inserted(id) => (id, false),
             PutUnique::Duplicate(id) => (id, true),
         },
-        None => (c.put(a.pri, delay, ttr, &body)?, false),
+        None => match a.expires_in {
+            Some(d) => (c.put_deadline(Deadline::In(d), a.pri, delay, ttr, &body)?, false),
+            None => (c.put(a.pri, delay, ttr, &body)?, false),
+        },
     };
     if a.json {
         println!("{}", json!({ "id": id, "queue": a.queue, "duplicate": duplicate }));
@@ -550,6 +584,7 @@ struct Shared {
     exit_when_empty: bool,
     max_attempts: u64,
     verbose: bool,
+    grace: Duration,
     stop: Arc<AtomicBool>,
     claimed: AtomicU64,
     done: AtomicU64,
@@ -578,6 +613,7 @@ fn work(addr: Server<'_>, a: WorkArgs) -> CliResult<ExitCode> {
         exit_when_empty: a.exit_when_empty,
         max_attempts: a.max_attempts.max(1),
         verbose: a.verbose,
+        grace: Duration::from_secs_f64(a.grace.max(0.0)),
         stop,
         claimed: AtomicU64::new(0),
         done: AtomicU64::new(0),
@@ -652,6 +688,22 @@ fn work_slot(mut c: Client, s: &Shared) -> CliResult {
 enum Ran {
     Ok,
     Failed(String),
+    /// The job was cancelled and the command stopped.
+    Cancelled,
+}
+
+/// How often a running job's lease is touched at most, so that a
+/// cancellation reaches its command within about this long.
+const CANCEL_POLL: Duration = Duration::from_secs(1);
+
+/// Sends `sig` to process `pid` (a command this process started).
+fn signal(pid: u32, sig: libc::c_int) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return };
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours;
+    // the worst a stale pid can do is signal nobody (ESRCH), which we
+    // ignore: the child is reaped only by our waiter thread, after this.
+    let _ = unsafe { libc::kill(pid, sig) };
 }
 
 fn run_job(c: &mut Client, s: &Shared, ext: bool, job: Job) -> CliResult {
@@ -690,6 +742,15 @@ fn run_job(c: &mut Client, s: &Shared, ext: bool, job: Job) -> CliResult {
                 eprintln!("spindle work: job {id} done in {} ms", took.as_millis());
             }
         }
+        Ran::Cancelled => {
+            // Tell the server the run is over: the job goes (its reply is
+            // `CANCELLED`, or `NOT_FOUND` if the lease ended first).
+            match c.delete(id) {
+                Ok(()) | Err(ClientError::Cancelled(_)) | Err(ClientError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            eprintln!("spindle work: job {id} was cancelled; its command was stopped");
+        }
         Ran::Failed(error) => {
             s.failed.fetch_add(1, Ordering::Relaxed);
             let outcome = if ext { fail_ext(c, id, &error)? } else { fail_plain(c, s, id)? };
@@ -726,7 +787,9 @@ fn fail_plain(c: &mut Client, s: &Shared, id: u64) -> CliResult<String> {
 }
 
 /// Runs the command with the payload on stdin, touching the job every half
-/// time-to-run while it runs. Returns what it gave and whether the lease
+/// time-to-run (at most every [`CANCEL_POLL`]) while it runs; a touch
+/// answered `CANCELLED` stops the command (SIGTERM, then SIGKILL after
+/// `--grace`). Returns what it gave and whether the lease
 /// was lost meanwhile.
 fn spawn_and_wait(c: &mut Client, s: &Shared, job: Job) -> std::io::Result<(Ran, bool)> {
     let Some((program, args)) = s.cmd.split_first() else {
@@ -740,6 +803,7 @@ fn spawn_and_wait(c: &mut Client, s: &Shared, job: Job) -> std::io::Result<(Ran,
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped())
         .spawn()?;
+    let pid = child.id();
     let id = job.id;
     let stdin = child.stdin.take();
     let body = job.body;
@@ -779,6 +843,8 @@ fn spawn_and_wait(c: &mut Client, s: &Shared, job: Job) -> std::io::Result<(Ran,
     let mut last_touch = Instant::now();
     let mut wait = Duration::from_millis(500);
     let mut lease_lost = false;
+    // When the job was found cancelled and the command got SIGTERM.
+    let mut cancelled: Option<Instant> = None;
     let status = loop {
         match rx.recv_timeout(wait) {
             Ok(status) => break status,
@@ -786,6 +852,17 @@ fn spawn_and_wait(c: &mut Client, s: &Shared, job: Job) -> std::io::Result<(Ran,
                 break Err(std::io::Error::other("lost track of the command"))
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if let Some(at) = cancelled {
+            // Still running after SIGTERM: SIGKILL once the grace is over.
+            let left = s.grace.saturating_sub(at.elapsed());
+            if left.is_zero() {
+                signal(pid, libc::SIGKILL);
+                wait = Duration::from_secs(3600);
+            } else {
+                wait = left;
+            }
+            continue;
         }
         if lease_lost {
             wait = Duration::from_secs(3600);
@@ -795,7 +872,8 @@ fn spawn_and_wait(c: &mut Client, s: &Shared, job: Job) -> std::io::Result<(Ran,
             Some(h) => h,
             None => {
                 let ttr = c.stats_job(id).ok().and_then(|st| st.get_u64("ttr")).unwrap_or(1);
-                let h = Duration::from_millis(ttr.max(1) * 500);
+                // Touched at least every second, so a cancellation is seen.
+                let h = Duration::from_millis(ttr.max(1) * 500).min(CANCEL_POLL);
                 half_ttr = Some(h);
                 h
             }
@@ -804,6 +882,12 @@ fn spawn_and_wait(c: &mut Client, s: &Shared, job: Job) -> std::io::Result<(Ran,
             match c.touch(id) {
                 Ok(()) => last_touch = Instant::now(),
                 Err(ClientError::NotFound(_)) => lease_lost = true,
+                Err(ClientError::Cancelled(_)) => {
+                    signal(pid, libc::SIGTERM);
+                    cancelled = Some(Instant::now());
+                    wait = s.grace;
+                    continue;
+                }
                 Err(e) => return Err(std::io::Error::other(e.to_string())),
             }
         }
@@ -813,6 +897,9 @@ fn spawn_and_wait(c: &mut Client, s: &Shared, job: Job) -> std::io::Result<(Ran,
     let _ = feeder.join();
     let tail = collector.join().unwrap_or_default();
     let status = status?;
+    if cancelled.is_some() {
+        return Ok((Ran::Cancelled, lease_lost));
+    }
     if status.success() {
         return Ok((Ran::Ok, lease_lost));
     }
