@@ -108,7 +108,7 @@ fn work_stops_the_command_of_a_cancelled_job() {
     let mut c = Client::connect_unix(sock(&s)).unwrap();
     c.use_tube("w").unwrap();
     let id = c.put(0, Duration::ZERO, Duration::from_secs(60), b"x").unwrap();
-    let mut work = Command::new(env!("CARGO_BIN_EXE_spindle"))
+    let work = Command::new(env!("CARGO_BIN_EXE_spindle"))
         .arg("--socket")
         .arg(sock(&s))
         .args(["work", "-q", "w", "--max-jobs", "1", "--grace", "5", "--", "sleep", "600"])
