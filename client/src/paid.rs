@@ -29,7 +29,8 @@ pub enum CancelOutcome {
 pub struct TubeLimits {
     /// Most jobs of the tube reserved at once (0: no limit).
     pub concurrency: u32,
-    /// Most starts per period: (starts, period, burst).
+    /// Most starts per period: (starts, period, burst); a burst of 0
+    /// leaves it to the server (1% of the starts, at least 1).
     pub rate: Option<(u32, Duration, u32)>,
     /// Bury expired jobs instead of deleting them.
     pub bury_expired: bool,
@@ -131,6 +132,7 @@ impl Client {
         check_tube(tube)?;
         let rate = match limits.rate {
             None => "-".to_string(),
+            Some((starts, per, 0)) => format!("{starts}/{}", millis(per)),
             Some((starts, per, burst)) => format!("{starts}/{}/{burst}", millis(per)),
         };
         let exp = if limits.bury_expired { "bury" } else { "delete" };

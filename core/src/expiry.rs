@@ -32,19 +32,46 @@ use crate::time::Time;
 pub const EXPIRED_TEXT: &str = "expired: not handed out before its deadline";
 
 /// Deadlines of live jobs, and jobs found past theirs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Expiry {
     /// (deadline, id); entries of jobs gone are removed with the job.
-    pub by_time: BTreeSet<(Time, u64)>,
+    by_time: BTreeSet<(Time, u64)>,
+    /// The earliest deadline (`u64::MAX`: none), kept beside the set so the
+    /// hot path's check is one comparison, not a walk down the tree.
+    first: u64,
     /// Jobs that became ready after their deadline.
     pub found: Vec<u64>,
+}
+
+impl Default for Expiry {
+    fn default() -> Self {
+        Expiry { by_time: BTreeSet::new(), first: u64::MAX, found: Vec::new() }
+    }
+}
+
+impl Expiry {
+    pub(crate) fn insert(&mut self, at: Time, id: u64) {
+        self.by_time.insert((at, id));
+        self.first = self.first.min(at.0);
+    }
+
+    pub(crate) fn remove(&mut self, at: Time, id: u64) {
+        if self.by_time.remove(&(at, id)) && at.0 == self.first {
+            self.first = self.by_time.first().map_or(u64::MAX, |x| x.0 .0);
+        }
+    }
+
+    /// The earliest deadline.
+    pub(crate) fn next(&self) -> Option<Time> {
+        (self.first != u64::MAX).then_some(Time(self.first))
+    }
 }
 
 impl Table {
     /// Expires the jobs due at `now` (step 2 and 3). Cheap when none is.
     #[inline]
     pub(crate) fn expire_due(&mut self, now: Time, out: &mut Records) {
-        if self.expiry.found.is_empty() && self.expiry.by_time.first().is_none_or(|x| x.0 > now) {
+        if self.expiry.found.is_empty() && self.expiry.first > now.0 {
             return;
         }
         self.expire_slow(now, out);
@@ -55,7 +82,7 @@ impl Table {
             if at > now {
                 break;
             }
-            self.expiry.by_time.remove(&(at, id));
+            self.expiry.remove(at, id);
             if let Some(s) = self.slot(id) {
                 if matches!(self.slab.get(s).state, State::Ready | State::Delayed) {
                     self.expire(s, out);
@@ -84,7 +111,7 @@ impl Table {
         if bury {
             self.unplace(s);
             if let Some(d) = self.slab.get(s).deadline() {
-                self.expiry.by_time.remove(&(d, id));
+                self.expiry.remove(d, id);
             }
             let j = self.slab.get_mut(s);
             j.set_deadline(None);

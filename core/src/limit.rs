@@ -39,14 +39,24 @@ pub struct Rate {
     pub starts: u32,
     /// The period (more than zero).
     pub per: Duration,
-    /// Starts allowed back to back after an idle spell (at least 1).
+    /// Starts allowed back to back after an idle spell (at least 1; see
+    /// [`Rate::default_burst`]).
     pub burst: u32,
 }
 
 impl Rate {
-    /// `starts` per `per`, with no burst beyond one.
+    /// `starts` per `per`, with the default burst ([`Rate::default_burst`]).
     pub fn new(starts: u32, per: Duration) -> Rate {
-        Rate { starts, per, burst: 1 }
+        Rate { starts, per, burst: Rate::default_burst(starts) }
+    }
+
+    /// The burst a rate gets when none is given: 1% of its starts per
+    /// period, at least 1. A burst of 1 spaces starts exactly and loses
+    /// every moment a reserver comes late (a woken loop always does); a
+    /// small burst lets late reservers catch up, so a greedy queue lands on
+    /// its rate, while the excess over any window stays at most the burst.
+    pub fn default_burst(starts: u32) -> u32 {
+        (starts / 100).max(1)
     }
 
     /// The emission interval `T`, in nanoseconds (at least 1).

@@ -121,7 +121,7 @@ impl Table {
             Rare { timeouts: c.timeouts, releases: c.releases, buries: c.buries, kicks: c.kicks };
         let extra = Extra::boxed(unique.map(Into::into), p.error.map(Into::into), rare, p.deadline);
         if let Some(d) = p.deadline {
-            self.expiry.by_time.insert((d, p.id));
+            self.expiry.insert(d, p.id);
         }
         if let Some(x) = self.q_mut(q.0) {
             x.jobs += 1;
@@ -174,7 +174,7 @@ impl Table {
         let (payload, extra) = self.slab.remove(s);
         self.bytes -= payload.bytes().len() as u64;
         if let Some(d) = extra.as_ref().and_then(|e| e.deadline) {
-            self.expiry.by_time.remove(&(d, id));
+            self.expiry.remove(d, id);
         }
         if let Some(x) = self.q_mut(q) {
             x.jobs -= 1;

@@ -415,7 +415,7 @@ impl Table {
         let s = self.slab.insert(job);
         self.ids.insert(id, s);
         if let Some(d) = spec.deadline {
-            self.expiry.by_time.insert((d, id));
+            self.expiry.insert(d, id);
         }
         if delayed {
             self.make_delayed(s, due);
@@ -610,7 +610,7 @@ impl Table {
         self.ids.remove(id);
         self.bytes -= payload.bytes().len() as u64;
         if let Some(d) = extra.as_ref().and_then(|e| e.deadline) {
-            self.expiry.by_time.remove(&(d, id));
+            self.expiry.remove(d, id);
         }
         if let Some(x) = self.q_mut(q) {
             x.jobs -= 1;

@@ -71,7 +71,7 @@ impl Table {
             self.next_wait_timer(),
             self.pauses.first().map(|x| x.0),
             self.gate_timers.first().map(|x| x.0),
-            self.expiry.by_time.first().map(|x| x.0),
+            self.expiry.next(),
             self.next_tick(),
         ]
         .into_iter()

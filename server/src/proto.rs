@@ -509,7 +509,7 @@ fn parse_paid(line: &[u8]) -> Option<R> {
                 let period_ms = last_u64(parts.next().ok_or(BadFormat)?)?;
                 let burst = match parts.next() {
                     Some(b) => last_u32(b)?,
-                    None => 1,
+                    None => spindle_core::Rate::default_burst(starts),
                 };
                 if parts.next().is_some() {
                     return Err(BadFormat);

@@ -83,9 +83,10 @@ pub(crate) struct LimitArgs {
     /// Most starts per period, as N/PERIOD: 100/1s, 10/500ms, 5000/1m.
     #[arg(long, value_parser = parse_rate)]
     rate: Option<(u32, Duration)>,
-    /// Starts allowed back to back after an idle spell.
-    #[arg(long, default_value_t = 1, requires = "rate")]
-    burst: u32,
+    /// Starts allowed back to back after an idle spell (default: 1% of N,
+    /// at least 1, which lets late workers catch up).
+    #[arg(long, requires = "rate")]
+    burst: Option<u32>,
     /// Bury jobs whose deadline passes (default: delete them).
     #[arg(long)]
     bury_expired: bool,
@@ -199,13 +200,16 @@ pub(crate) fn schedule(c: &mut Client, cmd: ScheduleCmd) -> CliResult<ExitCode> 
 pub(crate) fn limit(c: &mut Client, a: LimitArgs) -> CliResult<ExitCode> {
     let limits = TubeLimits {
         concurrency: a.concurrency,
-        rate: a.rate.map(|(n, per)| (n, per, a.burst)),
+        rate: a.rate.map(|(n, per)| (n, per, a.burst.unwrap_or(0))),
         bury_expired: a.bury_expired,
     };
     c.tube_limit(&a.queue, limits)?;
     let rate = a.rate.map_or_else(
         || "no rate limit".to_string(),
-        |(n, per)| format!("{n} starts per {} ms (burst {})", per.as_millis(), a.burst),
+        |(n, per)| match a.burst {
+            Some(b) => format!("{n} starts per {} ms (burst {b})", per.as_millis()),
+            None => format!("{n} starts per {} ms", per.as_millis()),
+        },
     );
     let conc = if a.concurrency == 0 {
         "no concurrency limit".to_string()
