@@ -133,6 +133,13 @@ impl Table {
         }
     }
 
+    /// Whether jobs are due to expire at `now` ([`Table::tick`] expires
+    /// them; a runtime that reserves with its log switched off ticks first).
+    #[inline]
+    pub fn expiry_due(&self, now: Time) -> bool {
+        !self.expiry.found.is_empty() || self.expiry.first <= now.0
+    }
+
     /// A job in slot `s` became ready at `now`: if it is past its deadline,
     /// it is expired at the next hand-out (step 3).
     #[inline]

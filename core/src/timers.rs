@@ -72,6 +72,8 @@ impl Table {
             self.pauses.first().map(|x| x.0),
             self.gate_timers.first().map(|x| x.0),
             self.expiry.next(),
+            // Jobs found past their deadline expire at the next tick.
+            (!self.expiry.found.is_empty()).then_some(Time::ZERO),
             self.next_tick(),
         ]
         .into_iter()
