@@ -16,7 +16,8 @@
 //!    A job buried by expiry loses its deadline, so an operator can still
 //!    kick it and run it.
 //!
-//! The deadline is in the job's `Put` record; the set is rebuilt on replay,
+//! The deadline is in the job's `Put` record (a job buried by expiry is
+//! logged with a new `Put` without it); the set is rebuilt on replay,
 //! so a deadline that passes while the process is down expires the job at
 //! the first hand-out after recovery. The check on the hot path is one
 //! comparison with the set's first entry.
@@ -75,7 +76,7 @@ impl Table {
     }
 
     /// Expires the job in slot `s`: deleted or buried, as its queue says.
-    fn expire(&mut self, s: u32, out: &mut Records) {
+    pub(crate) fn expire(&mut self, s: u32, out: &mut Records) {
         let (id, q) = {
             let j = self.slab.get(s);
             (j.id, j.queue)
@@ -95,7 +96,9 @@ impl Table {
                 x.counters.expired += 1;
                 x.counters.buries += 1;
             }
-            self.log_move(s, out);
+            // Its complete state, not a move: the deadline it lost is in
+            // its `Put`, and a move would leave it there for replay.
+            self.log_full(s, out);
         } else {
             self.destroy(s);
             if let Some(x) = self.q_mut(q) {
