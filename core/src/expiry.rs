@@ -11,8 +11,11 @@
 //!    `expired` counter. A job that is reserved or buried then is left as
 //!    it is.
 //! 3. Such a job (or any job past its deadline) that becomes ready again
-//!    later (released, kicked, its lease expired) is expired at the next
-//!    hand-out: the deadline holds for every attempt, not only the first.
+//!    later (released, kicked, its lease expired), or is delayed again
+//!    (released with a delay, retried after a backoff), is expired at the
+//!    next check: the deadline holds for every attempt, not only the
+//!    first. `reserve_id` also expires a buried job past its deadline
+//!    rather than hand it out.
 //!    A job buried by expiry loses its deadline, so an operator can still
 //!    kick it and run it.
 //!
@@ -109,8 +112,8 @@ impl Table {
         }
     }
 
-    /// A job in slot `s` became ready at `now`: if it is past its deadline,
-    /// it is expired at the next hand-out (step 3).
+    /// A job in slot `s` became ready (or was delayed again) at `now`: if
+    /// it is past its deadline, it is expired at the next check (step 3).
     #[inline]
     pub(crate) fn check_deadline(&mut self, s: u32, now: Time) {
         let j = self.slab.get(s);

@@ -671,6 +671,9 @@ impl Model {
         } else {
             j.state = State::Delayed;
             j.due = Some(now.plus(delay));
+            if j.deadline.is_some_and(|d| d <= now) {
+                self.found.push(id);
+            }
         }
         Ok(())
     }
@@ -706,6 +709,9 @@ impl Model {
         } else {
             j.state = State::Delayed;
             j.due = Some(now.plus(delay));
+            if j.deadline.is_some_and(|d| d <= now) {
+                self.found.push(id);
+            }
         }
     }
 

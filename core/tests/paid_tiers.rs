@@ -521,3 +521,20 @@ fn the_ticks_of_a_pause_are_not_run_after_a_restart() {
     assert_eq!(r.schedule(q, "s").unwrap().next, Some(T0.plus_secs(6)));
     assert_eq!(fire(&mut r, T0.plus_millis(5600), &mut out), 0);
 }
+
+#[test]
+fn a_job_delayed_again_past_its_deadline_expires_at_the_next_check() {
+    // It waited out its delay first (and a restart expired it at once, the
+    // live table only when the delay ended).
+    let (mut t, mut log) = table();
+    let q = t.queue("q").unwrap();
+    let spec = PutSpec { ttr_s: 10, deadline: Some(T0.plus_secs(5)), ..PutSpec::default() };
+    let id = put(&mut t, &mut log, T0, q, &spec);
+    t.reserve(T0, q, 0, &mut log).unwrap();
+    // The deadline passes while it runs (the tick's check leaves it be).
+    t.tick(T0.plus_secs(5), &mut log);
+    t.release(T0.plus_secs(6), id, By::holder(0), 0, Duration::from_secs(60), &mut log).unwrap();
+    t.tick(T0.plus_secs(6), &mut log);
+    assert!(t.job(id).is_none());
+    assert_eq!(t.queue_view(q).unwrap().counters.expired, 1);
+}
