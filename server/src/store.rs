@@ -1352,13 +1352,8 @@ fn writes_log(cmd: &Cmd) -> bool {
             | Cmd::Fail { .. }
             | Cmd::TubeConfig { .. }
             | Cmd::ClearTube { .. }
-            | Cmd::PutDeadline { .. }
-            | Cmd::Cancel(_)
-            | Cmd::TubeLimit { .. }
-            | Cmd::ScheduleAdd(_)
-            | Cmd::SchedulePause { .. }
-            | Cmd::ScheduleRm { .. }
-    ) || matches!(cmd, Cmd::Fenced { inner, .. } if writes_log(inner))
+    ) || (cmd.is_paid() && !matches!(cmd, Cmd::ScheduleList))
+        || matches!(cmd, Cmd::Fenced { inner, .. } if writes_log(inner))
 }
 
 /// What recovery found.
