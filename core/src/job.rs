@@ -172,7 +172,7 @@ pub(crate) enum Place {
 
 /// A job's slot.
 #[derive(Clone, Debug)]
-pub(crate) struct Job {
+pub(crate) struct Slot {
     pub id: u64,
     pub created: Time,
     /// When it entered its current state (ready: for the wait histogram;
@@ -197,7 +197,7 @@ pub(crate) struct Job {
     /// earlier visits are stale.
     pub epoch: u32,
     /// Reservations and interruptions; the other counters are in `extra`
-    /// ([`Job::all_counts`]).
+    /// ([`Slot::all_counts`]).
     pub counts: Hot,
     pub state: State,
     pub place: Place,
@@ -208,7 +208,7 @@ pub(crate) struct Job {
     pub logged: bool,
 }
 
-impl Job {
+impl Slot {
     pub(crate) fn unique(&self) -> Option<&str> {
         self.extra.as_ref().and_then(|x| x.unique.as_deref())
     }
@@ -322,14 +322,14 @@ const PAGE: usize = 1 << PAGE_BITS;
 pub(crate) struct Slab {
     /// Fixed-size pages: indexing one by a masked slot needs no bounds
     /// check, so a lookup is one checked index and two loads.
-    pages: Vec<Box<[Job; PAGE]>>,
+    pages: Vec<Box<[Slot; PAGE]>>,
     /// Slots handed out (the rest of the last page is unused).
     len: u32,
     free: u32,
 }
 
 /// What an unused slot holds.
-const FREE: Job = Job {
+const FREE: Slot = Slot {
     id: 0,
     created: Time(0),
     since: Time(0),
@@ -358,7 +358,7 @@ impl Slab {
     }
 
     /// Stores `job`, returning its slot.
-    pub(crate) fn insert(&mut self, job: Job) -> u32 {
+    pub(crate) fn insert(&mut self, job: Slot) -> u32 {
         if self.free != NIL {
             let s = self.free;
             let slot = self.get_mut(s);
@@ -368,7 +368,7 @@ impl Slab {
             return s;
         }
         if self.len as usize == self.pages.len() * PAGE {
-            let page: Box<[Job]> = vec![FREE; PAGE].into_boxed_slice();
+            let page: Box<[Slot]> = vec![FREE; PAGE].into_boxed_slice();
             match page.try_into() {
                 Ok(p) => self.pages.push(p),
                 Err(_) => unreachable!("a page has PAGE slots"),
@@ -394,12 +394,12 @@ impl Slab {
     }
 
     #[inline]
-    pub(crate) fn get(&self, s: u32) -> &Job {
+    pub(crate) fn get(&self, s: u32) -> &Slot {
         &self.pages[(s >> PAGE_BITS) as usize][s as usize & (PAGE - 1)]
     }
 
     #[inline]
-    pub(crate) fn get_mut(&mut self, s: u32) -> &mut Job {
+    pub(crate) fn get_mut(&mut self, s: u32) -> &mut Slot {
         &mut self.pages[(s >> PAGE_BITS) as usize][s as usize & (PAGE - 1)]
     }
 }
@@ -465,7 +465,7 @@ mod tests {
 
     #[test]
     fn a_job_slot_stays_small() {
-        assert!(std::mem::size_of::<Job>() <= 112, "{}", std::mem::size_of::<Job>());
+        assert!(std::mem::size_of::<Slot>() <= 112, "{}", std::mem::size_of::<Slot>());
         assert_eq!(std::mem::size_of::<Payload>(), 24);
     }
 

@@ -22,7 +22,7 @@
 //! reserved jobs back to ready and completed ones gone (the model test in
 //! `tests/model.rs` checks this after random operations and crashes).
 
-use crate::job::{Extra, Hot, Job, Payload, Place, Rare, State, NIL};
+use crate::job::{Extra, Hot, Payload, Place, Rare, Slot, State, NIL};
 use crate::record::{decode, DecodeError, MoveRec, PutRec, Record, Records};
 use crate::table::Table;
 use crate::time::Time;
@@ -130,7 +130,7 @@ impl Table {
                 x.uniques.insert(k.into(), p.id);
             }
         }
-        let s = self.slab.insert(Job {
+        let s = self.slab.insert(Slot {
             id: p.id,
             created: p.created,
             since: p.created,

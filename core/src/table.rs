@@ -14,7 +14,7 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::time::Duration;
 
 use crate::error::{NameError, PutError};
-use crate::job::{Counts, Extra, Hot, Job, List, Payload, Place, Slab, State, NIL};
+use crate::job::{Counts, Extra, Hot, List, Payload, Place, Slab, Slot, State, NIL};
 use crate::queue::{Queue, QueueId};
 use crate::record::{kind, MoveRec, PutRec, Records};
 use crate::retry::{RetryPolicy, Rng};
@@ -378,7 +378,7 @@ impl Table {
         let delay_s = u32::try_from(spec.delay.as_secs()).unwrap_or(u32::MAX);
         let due = now.plus(spec.delay);
         let delayed = !spec.delay.is_zero();
-        let job = Job {
+        let job = Slot {
             id,
             created: now,
             since: now,
