@@ -43,6 +43,8 @@ spindle-bench limits [options]
   --schedules N     schedules ticking every second (default 10000)
   --seconds S       simulated seconds of schedule ticks (default 10)
   --rate-seconds S  real seconds of the rate-limited queue (default 10)
+  --spindled PATH   spindled for the daemon's rate run (default: next to
+                    this executable); --no-daemon skips that run
   --repeat N        unused-features measurement runs, median (default 3)
   --json            print one JSON object";
 
@@ -53,6 +55,8 @@ pub struct LimitsOpts {
     seconds: u64,
     rate_seconds: u64,
     repeat: usize,
+    spindled: Option<std::path::PathBuf>,
+    daemon: bool,
     /// Print JSON.
     pub json: bool,
 }
@@ -65,6 +69,8 @@ impl LimitsOpts {
             seconds: a.value_or("--seconds", 10)?,
             rate_seconds: a.value_or("--rate-seconds", 10)?,
             repeat: a.value_or("--repeat", 3)?,
+            spindled: a.value("--spindled")?,
+            daemon: !a.flag("--no-daemon"),
             json: a.flag("--json"),
         };
         a.finish()?;
@@ -78,6 +84,7 @@ const T0: Time = Time::from_secs(1_800_000_000);
 pub fn run(o: &LimitsOpts) -> BoxResult<Report> {
     let (cpu_pct, fired) = schedules(o.schedules, o.seconds)?;
     let (starts, error_pct, jitter_p99_us) = rate(o.rate_seconds)?;
+    let daemon = if o.daemon { Some(daemon_rate(o)?) } else { None };
     let mut ratios = Vec::new();
     let mut plain = Vec::new();
     let mut busy = Vec::new();
@@ -99,6 +106,11 @@ pub fn run(o: &LimitsOpts) -> BoxResult<Report> {
     r.metric("rate_expected", "expected", 1000.0 * o.rate_seconds as f64, "");
     r.metric("rate_error_pct", "error (goal <= 1)", error_pct, "%");
     r.metric("start_jitter_p99_us", "start lateness p99", jitter_p99_us, "µs");
+    if let Some((starts, err)) = daemon {
+        r.section("rate limit through spindled: 1,000 starts/s, 4 greedy client connections");
+        r.metric("daemon_rate_starts", "starts", starts as f64, "");
+        r.metric("daemon_rate_error_pct", "error (goal <= 1)", err, "%");
+    }
     r.section("unused features");
     r.metric("plain_cycles_per_sec", "cycles/s, no feature in use", median(&mut plain), "/s");
     r.metric("busy_cycles_per_sec", "cycles/s, features used elsewhere", median(&mut busy), "/s");
@@ -252,4 +264,60 @@ fn cycles(busy: bool) -> BoxResult<f64> {
         }
     }
     Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Step 2 through spindled (memory mode): `tube-limit` 1,000/s with the
+/// default burst, a backlog put in batches, 4 client threads that reserve
+/// and delete as fast as they can for `--rate-seconds`. Returns (starts,
+/// error %).
+fn daemon_rate(o: &LimitsOpts) -> BoxResult<(u64, f64)> {
+    use spindle_client::{Client, TubeLimits};
+    let exe = crate::peer::locate_spindled(o.spindled.as_deref())?;
+    let dir = tempfile::tempdir()?;
+    let sock = dir.path().join("s.sock");
+    let log = dir.path().join("spindled.log");
+    let _server = crate::peer::Server::start("spindled", &exe, sock.clone(), None, 0, 1, &log)?;
+    let mut c = Client::connect_unix(&sock)?;
+    let limit =
+        TubeLimits { rate: Some((1000, Duration::from_secs(1), 0)), ..TubeLimits::default() };
+    c.tube_limit("limited", limit)?;
+    c.use_tube("limited")?;
+    let bodies = vec![b"x".to_vec(); 1000];
+    for _ in 0..(o.rate_seconds + 5) {
+        c.put_batch(0, Duration::ZERO, Duration::from_secs(60), &bodies)?;
+    }
+    let end = Instant::now() + Duration::from_secs(o.rate_seconds);
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let sock = sock.clone();
+        workers.push(std::thread::spawn(move || -> Result<u64, String> {
+            let mut c = Client::connect_unix(&sock).map_err(|e| e.to_string())?;
+            c.watch("limited").map_err(|e| e.to_string())?;
+            c.ignore("default").map_err(|e| e.to_string())?;
+            let mut n = 0;
+            loop {
+                let left = end.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(n);
+                }
+                // Whole seconds on the wire: a reserve may outlast the end
+                // by under a second, and its job then does not count.
+                let wait = Duration::from_secs(left.as_secs().max(1));
+                match c.reserve_with_timeout(wait).map_err(|e| e.to_string())? {
+                    Some(j) if Instant::now() < end => {
+                        n += 1;
+                        c.delete(j.id).map_err(|e| e.to_string())?;
+                    }
+                    _ => {}
+                }
+            }
+        }));
+    }
+    let mut starts = 0;
+    for w in workers {
+        starts += w.join().map_err(|_| "a worker thread panicked")??;
+    }
+    let expected = 1000 * o.rate_seconds;
+    let error = 100.0 * (starts as f64 - expected as f64).abs() / expected as f64;
+    Ok((starts, error))
 }
