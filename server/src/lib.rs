@@ -47,6 +47,7 @@ pub use budget::DEFAULT_MAX_PARTIAL_BYTES;
 mod conn;
 mod ioloop;
 mod log;
+mod metrics;
 mod persist;
 pub mod proto;
 mod reactor;

@@ -124,6 +124,21 @@ enum Cmd {
         #[arg(long, default_value_t = 1.0)]
         interval: f64,
     },
+    /// Serve a web page, a JSON API and Prometheus `/metrics` for the
+    /// server (a separate process that talks to it like any client).
+    Web {
+        /// Where to listen, IP:PORT (loopback by default; port 0 picks a
+        /// free one).
+        #[arg(long, default_value = spindle_web::DEFAULT_LISTEN, value_name = "ADDR")]
+        listen: String,
+        /// The token actions (pause, clear, kick, delete) need; without it
+        /// a random one is made and printed in the page's URL.
+        #[arg(long, env = "SPINDLE_WEB_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Show only: every action is refused and its button disabled.
+        #[arg(long)]
+        read_only: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -227,6 +242,35 @@ fn connect(server: Server<'_>) -> CliResult<Client> {
     Ok(Client::connect_with(server.addr, server.opts)?)
 }
 
+/// `spindle web`: serves until the process is stopped.
+fn web(
+    server: Server<'_>,
+    listen: String,
+    token: Option<String>,
+    read_only: bool,
+) -> CliResult<ExitCode> {
+    let mut cfg = spindle_web::WebConfig::new(server.addr);
+    cfg.connect = server.opts;
+    cfg.listen = listen;
+    cfg.token = token;
+    cfg.read_only = read_only;
+    let w = spindle_web::Web::start(cfg)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "spindle web: listening on http://{}/ (daemon at {server})", w.addr())?;
+    if read_only {
+        writeln!(out, "spindle web: read-only: actions are refused")?;
+    } else {
+        writeln!(out, "spindle web: open {} (the token in it enables actions)", w.url())?;
+    }
+    if !w.addr().ip().is_loopback() {
+        writeln!(out, "spindle web: warning: listening beyond this machine ({})", w.addr())?;
+    }
+    out.flush()?;
+    drop(out);
+    w.wait();
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run(cli: Cli) -> CliResult<ExitCode> {
     let opts = ConnectOptions::default().allow_foreign_socket(cli.allow_foreign_socket);
     let addr = Server { addr: cli.socket.as_str(), opts };
@@ -277,6 +321,7 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
         }
         Cmd::Work(args) => work(addr, args),
         Cmd::Top { once, json, interval } => top(addr, once, json, interval),
+        Cmd::Web { listen, token, read_only } => web(addr, listen, token, read_only),
     }
 }
 
