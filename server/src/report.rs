@@ -212,7 +212,8 @@ pub(crate) fn stats_yaml(st: &Store, now: Instant) -> String {
          current-waiting: {}\ntotal-connections: {}\npid: {}\nversion: {}\n\
          rusage-utime: {}\nrusage-stime: {}\nuptime: {}\nbinlog-oldest-index: {}\n\
          binlog-current-index: {}\nbinlog-records-migrated: {}\nbinlog-records-written: {}\n\
-         binlog-max-size: {}\ndraining: {}\nid: {}\nhostname: {}\nos: {}\nplatform: {}\n",
+         binlog-max-size: {}\ndraining: {}\nid: {}\nhostname: {}\nos: {}\nplatform: {}\n\
+         spindle-version: {}\n",
         tot.urgent,
         tot.ready,
         tot.reserved,
@@ -250,7 +251,7 @@ pub(crate) fn stats_yaml(st: &Store, now: Instant) -> String {
         waiting,
         c.total_connections,
         std::process::id(),
-        q(&st.cfg.version),
+        q(crate::BEANSTALKD_VERSION),
         ut,
         stime,
         secs(now.saturating_duration_since(st.started)),
@@ -264,6 +265,7 @@ pub(crate) fn stats_yaml(st: &Store, now: Instant) -> String {
         q(&proc_text("/proc/sys/kernel/hostname")),
         q(&proc_text("/proc/sys/kernel/version")),
         q(std::env::consts::ARCH),
+        q(&st.cfg.version),
     );
     s
 }

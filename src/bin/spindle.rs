@@ -427,7 +427,8 @@ fn json_value(v: &str) -> Value {
 }
 
 /// Keys whose values are strings even when they look like numbers.
-const STRING_KEYS: &[&str] = &["version", "hostname", "os", "platform", "name", "tube", "state"];
+const STRING_KEYS: &[&str] =
+    &["version", "spindle-version", "hostname", "os", "platform", "name", "tube", "state"];
 
 fn stats_json(s: &StatsMap, server: bool) -> Value {
     let mut m = Map::new();
@@ -929,7 +930,7 @@ fn top(addr: Server<'_>, once: bool, json: bool, interval: f64) -> CliResult<Exi
             }
             out.push_str(&format!(
                 "spindle top - {addr} - version {} - up {} s - {} connections, {} workers{}\n\n",
-                server.get("version").unwrap_or("?"),
+                server.get("spindle-version").or(server.get("version")).unwrap_or("?"),
                 server.get("uptime").unwrap_or("?"),
                 server.get("current-connections").unwrap_or("?"),
                 server.get("current-workers").unwrap_or("?"),
