@@ -166,6 +166,7 @@ impl Server {
         };
         let mut store = Store::new(scfg, log, now);
         store.input = super::budget::InputBudget::new(cfg.max_partial_bytes);
+        let began = Instant::now();
         let rep = store.recover(now).map_err(|reason| ServerError::Recover {
             dir: cfg.data_dir.clone().unwrap_or_default(),
             reason,
@@ -179,7 +180,12 @@ impl Server {
             store.mark_ids();
         }
         if cfg.data_dir.is_some() {
-            tracing::info!(jobs = rep.jobs, next_id = store.next_id(), "recovered");
+            tracing::info!(
+                "recovery done: {} jobs restored in {} ms (next id {})",
+                rep.jobs,
+                began.elapsed().as_millis(),
+                store.next_id()
+            );
         }
         if let Err(e) = store.check_headroom() {
             tracing::warn!(
