@@ -32,6 +32,7 @@ impl Server {
             .arg(format!("unix:{}", sock.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
                 panic!(
@@ -468,4 +469,60 @@ fn a_socket_in_a_directory_anyone_may_write_is_refused_unless_allowed() {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
     server.ok(&["put", "y"]);
     assert_eq!(c.stats().unwrap().get_u64("total-jobs"), Some(2));
+}
+
+/// `put` reads stdin only up to the server's max-job-size: an endless
+/// input is refused after about that many bytes, not read to its end.
+#[test]
+fn put_stops_reading_stdin_at_the_size_limit() {
+    use std::io::Write;
+    let s = Server::start();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spindle"))
+        .arg("--socket")
+        .arg(&s.sock)
+        .args(["put", "-q", "big"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    // An endless producer: writes until the reader closes the pipe (a
+    // bound keeps a broken CLI from hanging the test).
+    let writer = std::thread::spawn(move || {
+        let chunk = [b'x'; 64 * 1024];
+        let mut sent = 0u64;
+        while sent < 1 << 30 && pipe.write_all(&chunk).is_ok() {
+            sent += chunk.len() as u64;
+        }
+        sent
+    });
+    let out = child.wait_with_output().unwrap();
+    let sent = writer.join().unwrap();
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max-job-size (65535 bytes)"), "{err}");
+    // The limit plus what the pipe buffered: far below the gigabyte.
+    assert!(sent < 8 << 20, "spindle put read {sent} bytes of an endless stdin");
+    assert!(s.client().stats_tube("big").is_err(), "nothing was put");
+    // At the limit exactly, it is put.
+    let body = vec![b'y'; 65_535];
+    let out = s.spindle_with_stdin(&["put", "-q", "big"], Some(&body));
+    assert!(out.status.success(), "{}", describe(&out));
+}
+
+/// `kick`'s usage line is the same in its help and in its errors.
+#[test]
+fn kick_usage_matches_its_help() {
+    let s = Server::start();
+    let usage = |text: &str| -> String {
+        let from = text.find("Usage:").unwrap_or_else(|| panic!("no usage in {text}"));
+        text[from..].split("\n\n").next().unwrap().to_string()
+    };
+    let help = s.ok(&["kick", "--help"]);
+    let out = s.spindle(&["kick"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(usage(&help), usage(&err));
+    assert!(usage(&help).contains("spindle kick --id ID"), "{help}");
 }

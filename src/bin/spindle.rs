@@ -78,6 +78,7 @@ enum Cmd {
     /// Show a job: by id, or the next ready, delayed or buried one of a queue.
     Peek(PeekArgs),
     /// Move buried jobs (or, when there are none, delayed ones) to ready.
+    #[command(override_usage = "spindle kick [--queue QUEUE] COUNT\n       spindle kick --id ID")]
     Kick {
         /// The queue to kick (with a count).
         #[arg(long, short, default_value = "default")]
@@ -380,15 +381,11 @@ fn clear_by_peeking(c: &mut Client, queue: &str, states: &[JobState]) -> CliResu
 // ----- put -----
 
 fn put(addr: Server<'_>, a: PutArgs) -> CliResult<ExitCode> {
+    let mut c = connect(addr)?;
     let body = match a.data {
         Some(d) => d.into_bytes(),
-        None => {
-            let mut buf = Vec::new();
-            std::io::stdin().read_to_end(&mut buf)?;
-            buf
-        }
+        None => read_payload(&mut c, std::io::stdin().lock())?,
     };
-    let mut c = connect(addr)?;
     c.use_tube(&a.queue)?;
     let delay = Duration::from_secs(a.delay.into());
     let ttr = Duration::from_secs(a.ttr.into());
@@ -407,6 +404,26 @@ fn put(addr: Server<'_>, a: PutArgs) -> CliResult<ExitCode> {
         println!("inserted job {id} into {}", a.queue);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// beanstalkd's default `max-job-size`, for a server whose `stats` lacks it.
+const DEFAULT_MAX_JOB_SIZE: u64 = 65_535;
+
+/// Reads a payload from `input` as it arrives, stopping at the server's
+/// `max-job-size`: a larger input is refused without being read to its
+/// end (it may never end: `yes | spindle put`).
+fn read_payload(c: &mut Client, input: impl Read) -> CliResult<Vec<u8>> {
+    let limit = c.stats()?.get_u64("max-job-size").unwrap_or(DEFAULT_MAX_JOB_SIZE);
+    let mut buf = Vec::new();
+    input.take(limit.saturating_add(1)).read_to_end(&mut buf)?;
+    if buf.len() as u64 > limit {
+        return Err(format!(
+            "stdin holds more than the server's max-job-size ({limit} bytes): stopped reading \
+             there and put nothing (start spindled with -z BYTES for larger jobs)"
+        )
+        .into());
+    }
+    Ok(buf)
 }
 
 // ----- stats, queues, peek -----
