@@ -207,6 +207,15 @@ struct WorkArgs {
     /// with a delay doubling from 1 s up to 1 hour.
     #[arg(long, default_value_t = 25)]
     max_attempts: u64,
+    /// Keep extending each job's lease (a touch every half time-to-run)
+    /// for as long as its command runs. Without it a command still running
+    /// near its job's TTR is stopped (TERM, then KILL after --grace) and
+    /// the attempt fails.
+    #[arg(long)]
+    touch: bool,
+    /// Seconds between TERM and KILL for a command past its job's TTR.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    grace: f64,
     /// Report every job on stderr.
     #[arg(long, short)]
     verbose: bool,
@@ -613,7 +622,14 @@ struct Shared {
     exit_when_empty: bool,
     max_attempts: u64,
     verbose: bool,
+    touch: bool,
+    grace: Duration,
+    /// Set by the first Ctrl-C (or TERM): take no new job.
     stop: Arc<AtomicBool>,
+    /// Set by the second: kill the running commands, jobs back to ready.
+    kill: AtomicBool,
+    /// The commands running now: job id → (process group, start).
+    running: std::sync::Mutex<std::collections::BTreeMap<u64, (u32, Instant)>>,
     claimed: AtomicU64,
     done: AtomicU64,
     failed: AtomicU64,
@@ -628,12 +644,9 @@ fn work(addr: Server<'_>, a: WorkArgs) -> CliResult<ExitCode> {
     if a.concurrency == 0 {
         return Err("--concurrency must be at least 1".into());
     }
+    let grace =
+        Duration::try_from_secs_f64(a.grace).map_err(|_| "--grace must be 0 or more seconds")?;
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // A second signal while the first is being handled ends us at once.
-        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&stop))?;
-        signal_hook::flag::register(sig, Arc::clone(&stop))?;
-    }
     let shared = Arc::new(Shared {
         queue: a.queue,
         cmd: a.cmd,
@@ -641,11 +654,25 @@ fn work(addr: Server<'_>, a: WorkArgs) -> CliResult<ExitCode> {
         exit_when_empty: a.exit_when_empty,
         max_attempts: a.max_attempts.max(1),
         verbose: a.verbose,
+        touch: a.touch,
+        grace,
         stop,
+        kill: AtomicBool::new(false),
+        running: std::sync::Mutex::new(std::collections::BTreeMap::new()),
         claimed: AtomicU64::new(0),
         done: AtomicU64::new(0),
         failed: AtomicU64::new(0),
     });
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    let sh = Arc::clone(&shared);
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        for (n, _) in signals.forever().enumerate() {
+            on_signal(&sh, n == 0);
+        }
+    })?;
     // Connect every slot first, so a wrong socket fails before any job runs.
     let mut clients = Vec::with_capacity(a.concurrency);
     for _ in 0..a.concurrency {
@@ -683,6 +710,57 @@ fn work(addr: Server<'_>, a: WorkArgs) -> CliResult<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Sends `sig` to the process group `pgid` (each command runs in its own,
+/// so whatever it started goes too).
+fn kill_group(pgid: u32, sig: libc::c_int) {
+    if let Ok(pgid) = libc::pid_t::try_from(pgid) {
+        // SAFETY: kill(2) with a negative pid signals a process group; it
+        // touches no memory of ours.
+        unsafe { libc::kill(-pgid, sig) };
+    }
+}
+
+/// The first Ctrl-C: say what we wait for. The second: kill the running
+/// commands (their jobs go back to ready, `run_job`).
+fn on_signal(s: &Shared, first: bool) {
+    let running: Vec<(u64, u32, Instant)> = match s.running.lock() {
+        Ok(r) => r.iter().map(|(&id, &(pg, t))| (id, pg, t)).collect(),
+        Err(_) => Vec::new(),
+    };
+    let list = running
+        .iter()
+        .map(|(id, _, t)| format!("job {id} (running {} s)", t.elapsed().as_secs()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if first {
+        s.stop.store(true, Ordering::SeqCst);
+        if running.is_empty() {
+            eprintln!("spindle work: stopping: no job is running");
+        } else {
+            eprintln!(
+                "spindle work: stopping once the running command{} finish{}: {list}; \
+                 Ctrl-C again kills {} and puts {} job{} back to ready",
+                if running.len() == 1 { "" } else { "s" },
+                if running.len() == 1 { "es" } else { "" },
+                if running.len() == 1 { "it" } else { "them" },
+                if running.len() == 1 { "its" } else { "their" },
+                if running.len() == 1 { "" } else { "s" },
+            );
+        }
+    } else {
+        s.kill.store(true, Ordering::SeqCst);
+        if !running.is_empty() {
+            eprintln!(
+                "spindle work: killing {list}; the job{} go back to ready",
+                plural(running.len() as u64)
+            );
+        }
+        for (_, pg, _) in running {
+            kill_group(pg, libc::SIGKILL);
+        }
+    }
+}
+
 fn work_slot(mut c: Client, s: &Shared) -> CliResult {
     let ext = c.supports_extensions()?;
     loop {
@@ -715,6 +793,8 @@ fn work_slot(mut c: Client, s: &Shared) -> CliResult {
 enum Ran {
     Ok,
     Failed(String),
+    /// Killed by a second Ctrl-C: the job goes back to ready.
+    Interrupted,
 }
 
 fn run_job(c: &mut Client, s: &Shared, ext: bool, job: Job) -> CliResult {
@@ -753,6 +833,11 @@ fn run_job(c: &mut Client, s: &Shared, ext: bool, job: Job) -> CliResult {
                 eprintln!("spindle work: job {id} done in {} ms", took.as_millis());
             }
         }
+        Ran::Interrupted => {
+            let pri = c.stats_job(id).ok().and_then(|st| st.get_u64("pri")).unwrap_or(1024);
+            c.release(id, u32::try_from(pri).unwrap_or(u32::MAX), Duration::ZERO)?;
+            eprintln!("spindle work: job {id} killed; released to ready");
+        }
         Ran::Failed(error) => {
             s.failed.fetch_add(1, Ordering::Relaxed);
             let outcome = if ext { fail_ext(c, id, &error)? } else { fail_plain(c, s, id)? };
@@ -788,14 +873,19 @@ fn fail_plain(c: &mut Client, s: &Shared, id: u64) -> CliResult<String> {
     Ok(format!("attempt {reserves}, retrying in {} s", delay.as_secs()))
 }
 
-/// Runs the command with the payload on stdin, touching the job every half
-/// time-to-run while it runs. Returns what it gave and whether the lease
-/// was lost meanwhile.
+/// Runs the command (in its own process group) with the payload on stdin.
+/// With `--touch` it touches the job every half time-to-run while it
+/// runs; without, a command still running at TTR - 1 s (at least half the
+/// TTR) gets TERM, then KILL after `--grace` (the lease is touched
+/// meanwhile so the failure can be reported), and the attempt fails.
+/// Returns what it gave and whether the lease was lost meanwhile.
 fn spawn_and_wait(c: &mut Client, s: &Shared, job: Job) -> std::io::Result<(Ran, bool)> {
     let Some((program, args)) = s.cmd.split_first() else {
         return Err(std::io::Error::other("no command given"));
     };
+    use std::os::unix::process::CommandExt as _;
     let mut child = Command::new(program)
+        .process_group(0)
         .args(args)
         .env("SPINDLE_JOB_ID", job.id.to_string())
         .env("SPINDLE_QUEUE", &s.queue)
@@ -804,6 +894,14 @@ fn spawn_and_wait(c: &mut Client, s: &Shared, job: Job) -> std::io::Result<(Ran,
         .stderr(Stdio::piped())
         .spawn()?;
     let id = job.id;
+    let pgid = child.id();
+    let started = Instant::now();
+    if let Ok(mut r) = s.running.lock() {
+        r.insert(id, (pgid, started));
+    }
+    if s.kill.load(Ordering::SeqCst) {
+        kill_group(pgid, libc::SIGKILL);
+    }
     let stdin = child.stdin.take();
     let body = job.body;
     let feeder = std::thread::spawn(move || {
@@ -838,44 +936,83 @@ fn spawn_and_wait(c: &mut Client, s: &Shared, job: Job) -> std::io::Result<(Ran,
     // The lease is touched every half time-to-run. The TTR is asked for
     // only when the command is still running after half the shortest
     // possible TTR (1 s), so short jobs cost no extra round trip.
-    let mut half_ttr: Option<Duration> = None;
+    let mut ttr: Option<Duration> = None;
     let mut last_touch = Instant::now();
-    let mut wait = Duration::from_millis(500);
     let mut lease_lost = false;
+    // Past the TTR: when TERM was sent, and whether KILL was.
+    let mut termed: Option<Instant> = None;
+    let mut killed = false;
+    let mut touch_now = false;
     let status = loop {
-        match rx.recv_timeout(wait) {
+        // Short waits: a second Ctrl-C is acted on within a fifth of a second.
+        match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(status) => break status,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 break Err(std::io::Error::other("lost track of the command"))
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
-        if lease_lost {
-            wait = Duration::from_secs(3600);
+        if s.kill.load(Ordering::SeqCst) {
+            kill_group(pgid, libc::SIGKILL);
+        }
+        if lease_lost || started.elapsed() < Duration::from_millis(500) {
             continue;
         }
-        let half = match half_ttr {
-            Some(h) => h,
+        let ttr = match ttr {
+            Some(t) => t,
             None => {
-                let ttr = c.stats_job(id).ok().and_then(|st| st.get_u64("ttr")).unwrap_or(1);
-                let h = Duration::from_millis(ttr.max(1) * 500);
-                half_ttr = Some(h);
-                h
+                let secs = c.stats_job(id).ok().and_then(|st| st.get_u64("ttr")).unwrap_or(1);
+                let t = Duration::from_secs(secs.max(1));
+                ttr = Some(t);
+                t
             }
         };
-        if last_touch.elapsed() + Duration::from_millis(5) >= half {
+        let half = ttr / 2;
+        if !s.touch && termed.is_none() {
+            let limit = ttr.saturating_sub(Duration::from_secs(1)).max(half);
+            if started.elapsed() >= limit {
+                kill_group(pgid, libc::SIGTERM);
+                termed = Some(Instant::now());
+                // Hold the lease through the grace period to report the failure.
+                touch_now = true;
+            }
+        }
+        if let Some(t) = termed {
+            if !killed && t.elapsed() >= s.grace {
+                kill_group(pgid, libc::SIGKILL);
+                killed = true;
+            }
+        }
+        let due = touch_now || last_touch.elapsed() + Duration::from_millis(5) >= half;
+        if (s.touch || termed.is_some()) && due {
+            touch_now = false;
             match c.touch(id) {
                 Ok(()) => last_touch = Instant::now(),
                 Err(ClientError::NotFound(_)) => lease_lost = true,
                 Err(e) => return Err(std::io::Error::other(e.to_string())),
             }
         }
-        wait = half.saturating_sub(last_touch.elapsed()).max(Duration::from_millis(10));
     };
+    if let Ok(mut r) = s.running.lock() {
+        r.remove(&id);
+    }
     let _ = waiter.join();
     let _ = feeder.join();
     let tail = collector.join().unwrap_or_default();
     let status = status?;
+    if s.kill.load(Ordering::SeqCst) && !status.success() {
+        return Ok((Ran::Interrupted, lease_lost));
+    }
+    if let (Some(ttr), Some(_)) = (ttr, termed) {
+        let how = if killed { "TERM, then KILL after the grace period" } else { "TERM" };
+        let error = format!(
+            "`{}` ran past the job's time-to-run ({} s) and was stopped ({how}); \
+             pass --touch to let long commands keep their lease",
+            s.cmd.join(" "),
+            ttr.as_secs()
+        );
+        return Ok((Ran::Failed(error), lease_lost));
+    }
     if status.success() {
         return Ok((Ran::Ok, lease_lost));
     }
