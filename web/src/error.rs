@@ -27,6 +27,9 @@ pub enum WebError {
     /// `--listen` is not `HOST:PORT` with an IP address.
     #[error("--listen {0:?} is not IP:PORT (e.g. 127.0.0.1:8425 or [::1]:8425)")]
     BadListen(String),
+    /// A thread (sampler or HTTP worker) could not be started.
+    #[error("cannot start a thread: {0} (too many processes or threads?)")]
+    Thread(std::io::Error),
     /// No random token could be made for the actions.
     #[error("cannot read /dev/urandom for an action token: {0} (pass --token or --read-only)")]
     Token(std::io::Error),

@@ -115,7 +115,7 @@ impl Web {
         let sampler = std::thread::Builder::new()
             .name("web-sampler".into())
             .spawn(move || history::run(sd, h, every, stop_rx))
-            .map_err(|e| WebError::Bind { addr: cfg.listen.clone(), reason: e.to_string() })?;
+            .map_err(WebError::Thread)?;
 
         let shared = Arc::new(http::Shared {
             guard: guard::Guard::new(token.clone(), cfg.read_only, addr),
@@ -132,12 +132,7 @@ impl Web {
                     http::serve(req, &shared, &mut d);
                 }
             });
-            match w {
-                Ok(w) => workers.push(w),
-                Err(e) => {
-                    return Err(WebError::Bind { addr: cfg.listen.clone(), reason: e.to_string() })
-                }
-            }
+            workers.push(w.map_err(WebError::Thread)?);
         }
         Ok(Web { addr, token, server, workers, sampler: Some((stop_tx, sampler)) })
     }
