@@ -34,6 +34,7 @@ mod handoff_floor;
 mod io_counters;
 mod latency;
 mod latency_floors;
+mod limits;
 mod memory;
 mod open_loop;
 mod peer;
@@ -85,6 +86,7 @@ scenarios:
   memory      resident bytes per idle connection, per half-written put and
               per queued 100-byte job (before and after a restart), spindled
               next to beanstalkd, and per queued job for the library
+  limits      schedules, a rate limit and unused features, on the table
   table       the job table (spindle-core) alone on one thread, no I/O:
               put → reserve → complete cycles/s, hot and with a backlog, and
               allocations per cycle
@@ -149,6 +151,11 @@ fn run() -> BoxResult<()> {
         "table" => {
             let opts = table::TableOpts::parse(args)?;
             print(&table::run(&opts)?, opts.json)?;
+        }
+        "limits" if help => println!("{}", limits::USAGE),
+        "limits" => {
+            let o = limits::LimitsOpts::parse(args)?;
+            print(&limits::run(&o)?, o.json)?;
         }
         "crash" if help => println!("{}", crash::USAGE),
         "crash" => {

@@ -145,6 +145,17 @@ pub enum ClientError {
         /// What was wrong.
         detail: String,
     },
+    /// The job was cancelled while this connection held it (`cancel`).
+    #[error("`{0}`: the job was cancelled; its result is discarded and the job is gone")]
+    Cancelled(String),
+    /// The server refused an extension's arguments, and said why.
+    #[error("`{command}` refused: {reason}")]
+    Rejected {
+        /// The command.
+        command: &'static str,
+        /// The server's reason.
+        reason: String,
+    },
     /// An argument the server would reject; nothing was sent.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

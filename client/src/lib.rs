@@ -102,9 +102,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 mod error;
+mod paid;
 mod reply;
 mod trust;
 pub use error::{ClientError, Result};
+pub use paid::{CancelOutcome, Deadline, NewSchedule, ScheduleRule, TubeLimits};
 use reply::parse_list;
 pub use reply::{FailOutcome, Job, JobState, PutUnique, Reply, StatsMap};
 pub use trust::ConnectOptions;
@@ -354,7 +356,7 @@ impl Write for Stream {
 }
 
 /// A parsed reply: its words, and the data that came with it.
-struct Response {
+pub(crate) struct Response {
     line: String,
     body: Vec<u8>,
     jobs: Vec<Job>,
@@ -385,6 +387,7 @@ fn is_error_word(word: &str) -> bool {
             | "TIMED_OUT"
             | "EXPECTED_CRLF"
             | "NOT_IGNORED"
+            | "CANCELLED"
     )
 }
 
@@ -566,7 +569,11 @@ impl Client {
     }
 
     /// Sends `line` and whatever `payload` appends, then reads the reply.
-    fn call(&mut self, line: &str, payload: impl FnOnce(&mut Vec<u8>)) -> Result<Response> {
+    pub(crate) fn call(
+        &mut self,
+        line: &str,
+        payload: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Response> {
         self.check()?;
         let mut out = std::mem::take(&mut self.out);
         out.clear();
@@ -582,7 +589,7 @@ impl Client {
     }
 
     /// Sends a command without a body and reads the reply.
-    fn simple(&mut self, line: &str) -> Result<Response> {
+    pub(crate) fn simple(&mut self, line: &str) -> Result<Response> {
         self.call(line, |_| {})
     }
 
@@ -687,6 +694,9 @@ impl Client {
             "INSERTED" | "BURIED" | "USING" | "WATCHING" | "DELETED" | "RELEASED" | "TOUCHED"
             | "KICKED" | "PAUSED" | "INSERTED-BATCH" | "DUPLICATE" | "FAILED" | "FAILED-BURIED"
             | "CONFIGURED" | "CLEARED" | "LEASED" | "STALE_LEASE" => {}
+            // Schedules, limits, expiry, cancellation (`paid.rs`).
+            "CANCELLED" | "CANCELLING" | "LIMITED" | "BAD_LIMIT" | "SCHEDULED" | "EXISTS"
+            | "BAD_SCHEDULE" | "RESUMED" | "REMOVED" | "DEADLINE_PASSED" => {}
             w if is_error_word(w) => {}
             _ => return Err(self.protocol_err(command, format!("unknown reply {line:?}"))),
         }
@@ -696,7 +706,7 @@ impl Client {
 
     /// Turns a reply the command did not expect into an error. `body`: the
     /// command carried data, which the server may have read as commands.
-    fn unexpected(&mut self, command: &str, r: &Response, body: bool) -> ClientError {
+    pub(crate) fn unexpected(&mut self, command: &str, r: &Response, body: bool) -> ClientError {
         let word = r.word();
         if !is_error_word(word) {
             return self.protocol_err(command, format!("unexpected reply {:?}", r.line));
@@ -710,6 +720,7 @@ impl Client {
             "DEADLINE_SOON" => ClientError::DeadlineSoon,
             "TIMED_OUT" => ClientError::TimedOut,
             "EXPECTED_CRLF" => ClientError::ExpectedCrlf,
+            "CANCELLED" => ClientError::Cancelled(command.to_owned()),
             _ => ClientError::Server { command: command.to_owned(), reply: r.line.clone() },
         };
         if desync {
@@ -724,7 +735,12 @@ impl Client {
     /// matches command names by prefix, so `stats-job-ext`,
     /// `stats-tube-ext` and `reserve-batch` (prefixed by `stats` and
     /// `reserve`) get `BAD_FORMAT`: that asks [`Client::supports_extensions`].
-    fn unexpected_ext(&mut self, name: &'static str, command: &str, r: &Response) -> ClientError {
+    pub(crate) fn unexpected_ext(
+        &mut self,
+        name: &'static str,
+        command: &str,
+        r: &Response,
+    ) -> ClientError {
         let unsupported = match r.word() {
             "UNKNOWN_COMMAND" => true,
             "BAD_FORMAT" => match self.supports_extensions() {
@@ -739,7 +755,12 @@ impl Client {
         self.unexpected(command, r, false)
     }
 
-    fn num_arg<T: FromStr>(&mut self, command: &str, r: &Response, i: usize) -> Result<T> {
+    pub(crate) fn num_arg<T: FromStr>(
+        &mut self,
+        command: &str,
+        r: &Response,
+        i: usize,
+    ) -> Result<T> {
         let a = r.arg(i);
         let line = r.line.clone();
         self.parse_num(command, &line, a)
@@ -804,7 +825,7 @@ impl Client {
         Err(self.unexpected(command, &r, false))
     }
 
-    fn ok_body(&mut self, command: &str, r: Response) -> Result<String> {
+    pub(crate) fn ok_body(&mut self, command: &str, r: Response) -> Result<String> {
         if r.word() == "OK" {
             return match String::from_utf8(r.body) {
                 Ok(s) => Ok(s),
@@ -1109,7 +1130,7 @@ impl Client {
         Ok(known)
     }
 
-    fn require_extensions(&mut self, command: &'static str) -> Result<()> {
+    pub(crate) fn require_extensions(&mut self, command: &'static str) -> Result<()> {
         if self.supports_extensions()? {
             Ok(())
         } else {
@@ -1402,7 +1423,7 @@ fn reply_id(reply: &Reply) -> u64 {
 }
 
 /// Whole seconds, rounded up, as the protocol's 32-bit count.
-fn secs(what: &str, d: Duration) -> Result<u32> {
+pub(crate) fn secs(what: &str, d: Duration) -> Result<u32> {
     let s = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
     u32::try_from(s).map_err(|_| {
         ClientError::InvalidArgument(format!(
@@ -1413,7 +1434,7 @@ fn secs(what: &str, d: Duration) -> Result<u32> {
 }
 
 /// Whole milliseconds, rounded up.
-fn millis(d: Duration) -> u128 {
+pub(crate) fn millis(d: Duration) -> u128 {
     d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 > 0)
 }
 

@@ -36,6 +36,14 @@ pub enum PutError {
     /// No such queue (its id is stale).
     #[error("no queue with id {0}")]
     NoQueue(u32),
+    /// The deadline is not after the time of the put.
+    #[error("deadline {deadline_ms} ms since the epoch has already passed (now is {now_ms}); give a later deadline or none")]
+    DeadlinePassed {
+        /// The deadline, ms since the epoch.
+        deadline_ms: u64,
+        /// The time of the put.
+        now_ms: u64,
+    },
 }
 
 /// Why an operation on a job was refused. Nothing changed.
@@ -57,6 +65,10 @@ pub enum JobError {
         /// The job's current token.
         current: u32,
     },
+    /// The job was cancelled while reserved: the holder's outcome is
+    /// discarded and the job is gone.
+    #[error("job {0} was cancelled; its result is discarded")]
+    Cancelled(u64),
     /// The job is not in a state this operation applies to.
     #[error("job {id} is {state:?}, not {wanted}")]
     WrongState {

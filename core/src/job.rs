@@ -140,6 +140,10 @@ pub(crate) struct Extra {
     pub unique: Option<Box<str>>,
     pub error: Option<Box<str>>,
     pub rare: Rare,
+    /// Not handed out after this (`expiry.rs`).
+    pub deadline: Option<Time>,
+    /// Cancelled while reserved (`cancel.rs`).
+    pub cancelled: bool,
 }
 
 impl Extra {
@@ -148,8 +152,9 @@ impl Extra {
         unique: Option<Box<str>>,
         error: Option<Box<str>>,
         rare: Rare,
+        deadline: Option<Time>,
     ) -> Option<Box<Extra>> {
-        let x = Extra { unique, error, rare };
+        let x = Extra { unique, error, rare, deadline, cancelled: false };
         (x != Extra::default()).then(|| Box::new(x))
     }
 }
@@ -224,6 +229,37 @@ impl Job {
             }
             (None, None) => {}
         }
+    }
+
+    /// Its deadline (`expiry.rs`).
+    #[inline]
+    pub(crate) fn deadline(&self) -> Option<Time> {
+        self.extra.as_ref().and_then(|x| x.deadline)
+    }
+
+    /// Sets or clears its deadline.
+    pub(crate) fn set_deadline(&mut self, d: Option<Time>) {
+        match &mut self.extra {
+            Some(x) => {
+                x.deadline = d;
+                self.prune();
+            }
+            None if d.is_some() => {
+                self.extra = Some(Box::new(Extra { deadline: d, ..Extra::default() }))
+            }
+            None => {}
+        }
+    }
+
+    /// Whether it was cancelled while reserved (`cancel.rs`).
+    #[inline]
+    pub(crate) fn cancelled(&self) -> bool {
+        self.extra.as_ref().is_some_and(|x| x.cancelled)
+    }
+
+    /// Marks it cancelled.
+    pub(crate) fn set_cancelled(&mut self) {
+        self.extra.get_or_insert_with(Box::default).cancelled = true;
     }
 
     /// Drops an `extra` that holds nothing.

@@ -36,37 +36,47 @@
 
 #![deny(unsafe_code)]
 
+mod cancel;
 mod check;
 pub mod compact;
 mod error;
+mod expiry;
 mod fifos;
 pub mod headroom;
 mod histogram;
 mod idmap;
 mod job;
+mod limit;
 mod outcome;
 mod queue;
 pub mod record;
 mod replay;
 mod reserve;
 mod retry;
+mod schedule;
 mod table;
 mod time;
 mod timers;
 mod view;
+mod when;
 
 pub(crate) use idmap::IdMap;
 
+pub use cancel::Cancelled;
 pub use error::{
     validate_queue_name, JobError, NameError, PutError, MAX_QUEUE_NAME, MAX_UNIQUE_KEY,
 };
+pub use expiry::EXPIRED_TEXT;
 pub use job::{Counts, Payload, State, INLINE};
+pub use limit::{LimitError, Limits, OnExpiry, Rate};
 pub use outcome::{By, Failed, MAX_ERROR_TEXT};
 pub use queue::{QueueCounters, QueueId, URGENT};
 pub use record::Records;
 pub use replay::Recovered;
 pub use reserve::{Grant, Lease, Reserved, WaitEnd, SAFETY_MARGIN};
 pub use retry::{RetryPolicy, Rng, DEFAULT_MAX_ATTEMPTS};
+pub use schedule::{Missed, ScheduleError, ScheduleSpec, ScheduleView};
 pub use table::{Config, Put, PutSpec, Table};
 pub use time::{Clock, Time};
 pub use view::{JobView, QueueView, Totals};
+pub use when::{When, WhenError};

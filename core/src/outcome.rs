@@ -51,7 +51,7 @@ pub enum Failed {
 
 impl Table {
     /// Checks that `by` holds job `id`'s current lease.
-    fn held_by(&self, id: u64, by: By) -> Result<u32, JobError> {
+    pub(crate) fn held_by(&self, id: u64, by: By) -> Result<u32, JobError> {
         let s = self.slot(id).ok_or(JobError::NotFound(id))?;
         let j = self.slab.get(s);
         if j.state != State::Reserved || j.holder != by.holder {
@@ -67,7 +67,7 @@ impl Table {
 
     /// The holder finished job `id`: it is gone.
     pub fn complete(&mut self, id: u64, by: By, out: &mut Records) -> Result<(), JobError> {
-        let s = self.held_by(id, by)?;
+        let s = self.hold(id, by, out)?;
         self.destroy(s);
         out.id_only(kind::DELETE, id);
         Ok(())
@@ -78,7 +78,7 @@ impl Table {
     pub fn complete_many(&mut self, ids: &[u64], holder: u32, out: &mut Records) -> usize {
         let mut gone = 0;
         for &id in ids {
-            if let Ok(s) = self.held_by(id, By::holder(holder)) {
+            if let Ok(s) = self.hold(id, By::holder(holder), out) {
                 self.destroy(s);
                 gone += 1;
             }
@@ -101,7 +101,7 @@ impl Table {
         let s = self.slot(id).ok_or(JobError::NotFound(id))?;
         if self.slab.get(s).state == State::Reserved {
             let by = by.ok_or(JobError::NotHolder(id))?;
-            self.held_by(id, by)?;
+            self.hold(id, by, out)?;
         }
         self.destroy(s);
         out.id_only(kind::DELETE, id);
@@ -119,7 +119,7 @@ impl Table {
         delay: Duration,
         out: &mut Records,
     ) -> Result<(), JobError> {
-        let s = self.held_by(id, by)?;
+        let s = self.hold(id, by, out)?;
         self.unplace(s);
         {
             let j = self.slab.get_mut(s);
@@ -147,7 +147,7 @@ impl Table {
         error: &[u8],
         out: &mut Records,
     ) -> Result<Failed, JobError> {
-        let s = self.held_by(id, by)?;
+        let s = self.hold(id, by, out)?;
         let policy = self.policy_of(s);
         self.unplace(s);
         let tail = &error[error.len().saturating_sub(MAX_ERROR_TEXT)..];
@@ -196,7 +196,7 @@ impl Table {
         reason: Option<&str>,
         out: &mut Records,
     ) -> Result<(), JobError> {
-        let s = self.held_by(id, by)?;
+        let s = self.hold(id, by, out)?;
         self.unplace(s);
         {
             let j = self.slab.get_mut(s);
@@ -225,6 +225,9 @@ impl Table {
     /// The holder is still working on job `id`: its lease restarts.
     pub fn touch(&mut self, now: Time, id: u64, by: By) -> Result<(), JobError> {
         let s = self.held_by(id, by)?;
+        if self.slab.get(s).cancelled() {
+            return Err(JobError::Cancelled(id));
+        }
         let j = self.slab.get_mut(s);
         if j.ttr_s != 0 {
             j.at = now.plus_secs(u64::from(j.ttr_s)).0;
@@ -238,6 +241,10 @@ impl Table {
     /// expired (`timed_out`) or its holder is gone. It is ready again, or
     /// buried as a poison pill when its policy says so.
     pub(crate) fn interrupt(&mut self, s: u32, now: Time, timed_out: bool, out: &mut Records) {
+        if self.slab.get(s).cancelled() {
+            self.drop_cancelled(s, out);
+            return;
+        }
         let policy = self.policy_of(s);
         self.unplace(s);
         let (interrupted, attempts, q) = {

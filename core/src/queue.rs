@@ -137,6 +137,12 @@ pub struct QueueCounters {
     pub timeouts: u64,
     /// Pauses (beanstalkd's `cmd-pause-tube`).
     pub pauses: u64,
+    /// Jobs whose deadline passed before they were handed out.
+    pub expired: u64,
+    /// Jobs cancelled.
+    pub cancelled: u64,
+    /// Schedule ticks that made a job.
+    pub fired: u64,
 }
 
 /// One queue.
@@ -168,6 +174,8 @@ pub(crate) struct Queue {
     /// wait, swap-remove on leaving, served from a rotating cursor.
     pub waiting: Vec<u32>,
     pub waiting_last: usize,
+    /// Limits and their state (`limit.rs`).
+    pub gate: crate::limit::Gate,
 }
 
 impl Queue {
@@ -189,6 +197,7 @@ impl Queue {
             refs: 0,
             waiting: Vec::new(),
             waiting_last: 0,
+            gate: crate::limit::Gate::default(),
         }
     }
 

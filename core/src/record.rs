@@ -16,8 +16,11 @@
 //! per-record frame or checksum (the WAL frame's CRC covers the batch).
 
 use crate::job::{Counts, State};
+use crate::limit::{Limits, OnExpiry, Rate};
 use crate::retry::RetryPolicy;
+use crate::schedule::Missed;
 use crate::time::Time;
+use crate::when::When;
 use std::time::Duration;
 
 /// The WAL frame kind whose payload is a sequence of table records.
@@ -43,12 +46,29 @@ pub mod kind {
     pub const QUEUE: u8 = 6;
     /// Several jobs are gone.
     pub const DELETES: u8 = 7;
+    /// A queue's limits.
+    pub const LIMITS: u8 = 8;
+    /// A reserved job was cancelled.
+    pub const CANCEL: u8 = 9;
+    /// A schedule with its state.
+    pub const SCHEDULE: u8 = 10;
+    /// A schedule is gone.
+    pub const UNSCHEDULE: u8 = 11;
+    /// A schedule's tick, with the job it put.
+    pub const FIRE: u8 = 12;
 }
 
 const HEADER: usize = 5;
 const F_COUNTS: u8 = 1;
 const F_UNIQUE: u8 = 2;
 const F_ERROR: u8 = 4;
+const F_DEADLINE: u8 = 8;
+const L_RATE: u8 = 1;
+const L_BURY_EXPIRED: u8 = 2;
+const S_PAUSED: u8 = 1;
+const S_SKIP_MISSED: u8 = 2;
+const S_NO_OVERLAP: u8 = 4;
+const S_TICKED: u8 = 8;
 const Q_INTERRUPTIONS_USE_ATTEMPTS: u8 = 1;
 
 /// A buffer of encoded records, owned by the caller.
@@ -166,7 +186,8 @@ impl Records {
         let counts = p.counts != Counts::default();
         let flags = (if counts { F_COUNTS } else { 0 })
             | (if p.unique.is_some() { F_UNIQUE } else { 0 })
-            | (if p.error.is_some() { F_ERROR } else { 0 });
+            | (if p.error.is_some() { F_ERROR } else { 0 })
+            | (if p.deadline.is_some() { F_DEADLINE } else { 0 });
         let q = &p.queue.as_bytes()[..p.queue.len().min(255)];
         let t16 = |s: Option<&str>| s.map_or(0, |s| 2 + s.len().min(u16::MAX as usize));
         let body = 43
@@ -174,6 +195,7 @@ impl Records {
             + if counts { 24 } else { 0 }
             + t16(p.unique)
             + t16(p.error)
+            + if p.deadline.is_some() { 8 } else { 0 }
             + p.payload.len();
         let mut h = [0u8; HEADER + 43];
         h[0] = kind::PUT;
@@ -200,8 +222,97 @@ impl Records {
         if let Some(e) = p.error {
             self.text16(e);
         }
+        if let Some(d) = p.deadline {
+            self.u64(d.0);
+        }
         self.buf.extend_from_slice(p.payload);
         self.count += 1;
+    }
+
+    /// Appends a `Cancel` record.
+    pub(crate) fn cancel(&mut self, id: u64) {
+        self.id_only(kind::CANCEL, id);
+    }
+
+    fn text8(&mut self, s: &str) {
+        let b = &s.as_bytes()[..s.len().min(255)];
+        self.u8(b.len() as u8);
+        self.buf.extend_from_slice(b);
+    }
+
+    pub(crate) fn limits(&mut self, queue: &str, l: &Limits) {
+        if self.off {
+            return;
+        }
+        let start = self.begin(kind::LIMITS);
+        let flags = (if l.rate.is_some() { L_RATE } else { 0 })
+            | (if l.on_expiry == OnExpiry::Bury { L_BURY_EXPIRED } else { 0 });
+        self.u8(flags);
+        self.u32(l.concurrency);
+        let r = l.rate.unwrap_or(Rate { starts: 0, per: Duration::ZERO, burst: 0 });
+        self.u32(r.starts);
+        self.u64(u64::try_from(r.per.as_nanos()).unwrap_or(u64::MAX));
+        self.u32(r.burst);
+        self.text8(queue);
+        self.end(start);
+    }
+
+    pub(crate) fn schedule(&mut self, r: &ScheduleRec<'_>) {
+        if self.off {
+            return;
+        }
+        let start = self.begin(kind::SCHEDULE);
+        self.text8(r.queue);
+        self.text8(r.name);
+        match r.when {
+            WhenRec::Cron { expr, tz } => {
+                self.u8(0);
+                self.text16(expr);
+                self.text8(tz);
+            }
+            WhenRec::Every(d) => {
+                self.u8(1);
+                self.u64(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+            }
+        }
+        self.u64(r.anchor.0);
+        self.u32(r.pri);
+        self.u32(r.ttr_s);
+        self.u32(r.max_attempts);
+        let flags = (if r.paused { S_PAUSED } else { 0 })
+            | (if r.missed == Missed::Skip { S_SKIP_MISSED } else { 0 })
+            | (if r.no_overlap { S_NO_OVERLAP } else { 0 })
+            | (if r.last_tick.is_some() { S_TICKED } else { 0 });
+        self.u8(flags);
+        self.u64(r.last_tick.map_or(0, |t| t.0));
+        self.u64(r.last_job);
+        self.buf.extend_from_slice(r.payload);
+        self.end(start);
+    }
+
+    pub(crate) fn unschedule(&mut self, queue: &str, name: &str) {
+        if self.off {
+            return;
+        }
+        let start = self.begin(kind::UNSCHEDULE);
+        self.text8(queue);
+        self.text8(name);
+        self.end(start);
+    }
+
+    /// A `Fire` record: the tick, and the job's `Put` record (`put`, one
+    /// encoded record, empty for a skipped tick) inside it.
+    pub(crate) fn fire(&mut self, queue: &str, name: &str, tick: Time, job: u64, put: &[u8]) {
+        if self.off {
+            return;
+        }
+        let start = self.begin(kind::FIRE);
+        self.text8(queue);
+        self.text8(name);
+        self.u64(tick.0);
+        self.u64(job);
+        self.buf.extend_from_slice(put);
+        self.end(start);
     }
 
     pub(crate) fn id_only(&mut self, k: u8, id: u64) {
@@ -323,6 +434,8 @@ pub struct PutRec<'a> {
     pub unique: Option<&'a str>,
     /// Its last error.
     pub error: Option<&'a str>,
+    /// Not handed out after this.
+    pub deadline: Option<Time>,
     /// Its payload.
     pub payload: &'a [u8],
 }
@@ -355,6 +468,69 @@ pub struct QueueRec<'a> {
     pub policy: RetryPolicy,
 }
 
+/// A schedule's rule, as a record holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenRec<'a> {
+    /// A cron expression in a time zone.
+    Cron {
+        /// The expression.
+        expr: &'a str,
+        /// The IANA time zone.
+        tz: &'a str,
+    },
+    /// A fixed interval.
+    Every(Duration),
+}
+
+impl<'a> WhenRec<'a> {
+    /// The record form of `w`.
+    pub fn of(w: &'a When) -> WhenRec<'a> {
+        match w {
+            When::Cron { expr, tz } => WhenRec::Cron { expr, tz },
+            When::Every(d) => WhenRec::Every(*d),
+        }
+    }
+
+    /// The rule.
+    pub fn to_when(&self) -> When {
+        match *self {
+            WhenRec::Cron { expr, tz } => When::Cron { expr: expr.into(), tz: tz.into() },
+            WhenRec::Every(d) => When::Every(d),
+        }
+    }
+}
+
+/// A schedule with its state (kind 10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScheduleRec<'a> {
+    /// Its queue's name.
+    pub queue: &'a str,
+    /// Its name.
+    pub name: &'a str,
+    /// When it ticks.
+    pub when: WhenRec<'a>,
+    /// When an interval counts from.
+    pub anchor: Time,
+    /// The job's priority.
+    pub pri: u32,
+    /// The job's TTR, seconds.
+    pub ttr_s: u32,
+    /// The job's attempt limit.
+    pub max_attempts: u32,
+    /// Missed ticks' policy.
+    pub missed: Missed,
+    /// Skip a tick while the previous tick's job is live.
+    pub no_overlap: bool,
+    /// Paused.
+    pub paused: bool,
+    /// Its last tick.
+    pub last_tick: Option<Time>,
+    /// The job of its last fired tick (0: none).
+    pub last_job: u64,
+    /// The job's payload.
+    pub payload: &'a [u8],
+}
+
 /// One decoded record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Record<'a> {
@@ -381,6 +557,40 @@ pub enum Record<'a> {
     Queue(QueueRec<'a>),
     /// Kind 7: the ids, 8 bytes each.
     Deletes(&'a [u8]),
+    /// Kind 8.
+    Limits {
+        /// Queue name.
+        queue: &'a str,
+        /// The limits.
+        limits: Limits,
+    },
+    /// Kind 9.
+    Cancel {
+        /// Job id.
+        id: u64,
+    },
+    /// Kind 10.
+    Schedule(ScheduleRec<'a>),
+    /// Kind 11.
+    Unschedule {
+        /// Queue name.
+        queue: &'a str,
+        /// Schedule name.
+        name: &'a str,
+    },
+    /// Kind 12.
+    Fire {
+        /// Queue name.
+        queue: &'a str,
+        /// Schedule name.
+        name: &'a str,
+        /// The tick.
+        tick: Time,
+        /// The job it put (0: skipped).
+        job: u64,
+        /// That job's `Put`.
+        put: Option<PutRec<'a>>,
+    },
 }
 
 impl Record<'_> {
@@ -472,6 +682,10 @@ impl<'a> Cursor<'a> {
         let b = self.take(n, what)?;
         std::str::from_utf8(b).map_err(|_| DecodeError::Malformed { at: self.at, what })
     }
+    fn text8(&mut self, what: &'static str) -> Result<&'a str, DecodeError> {
+        let n = usize::from(self.u8(what)?);
+        self.text(n, what)
+    }
     fn counts(&mut self) -> Result<Counts, DecodeError> {
         Ok(Counts {
             reserves: self.u32("counts")?,
@@ -512,7 +726,7 @@ fn decode_one(k: u8, body: &[u8], at: usize) -> Result<Record<'_>, DecodeError> 
             let max_attempts = c.u32("max attempts")?;
             let state = c.state()?;
             let flags = c.u8("flags")?;
-            if flags & !(F_COUNTS | F_UNIQUE | F_ERROR) != 0 {
+            if flags & !(F_COUNTS | F_UNIQUE | F_ERROR | F_DEADLINE) != 0 {
                 return Err(DecodeError::Malformed { at, what: "flags" });
             }
             let qlen = usize::from(c.u8("queue length")?);
@@ -530,6 +744,8 @@ fn decode_one(k: u8, body: &[u8], at: usize) -> Result<Record<'_>, DecodeError> 
             } else {
                 None
             };
+            let deadline =
+                if flags & F_DEADLINE != 0 { Some(Time(c.u64("deadline")?)) } else { None };
             Record::Put(PutRec {
                 id,
                 queue,
@@ -543,8 +759,108 @@ fn decode_one(k: u8, body: &[u8], at: usize) -> Result<Record<'_>, DecodeError> 
                 counts,
                 unique,
                 error,
+                deadline,
                 payload: c.b,
             })
+        }
+        kind::CANCEL => {
+            let id = c.u64("id")?;
+            c.done()?;
+            Record::Cancel { id }
+        }
+        kind::LIMITS => {
+            let flags = c.u8("flags")?;
+            if flags & !(L_RATE | L_BURY_EXPIRED) != 0 {
+                return Err(DecodeError::Malformed { at, what: "flags" });
+            }
+            let concurrency = c.u32("concurrency")?;
+            let starts = c.u32("rate starts")?;
+            let per = Duration::from_nanos(c.u64("rate period")?);
+            let burst = c.u32("rate burst")?;
+            let queue = c.text8("queue name")?;
+            c.done()?;
+            let limits = Limits {
+                concurrency,
+                rate: (flags & L_RATE != 0).then_some(Rate { starts, per, burst }),
+                on_expiry: if flags & L_BURY_EXPIRED != 0 {
+                    OnExpiry::Bury
+                } else {
+                    OnExpiry::Delete
+                },
+            };
+            if limits.check().is_err() {
+                return Err(DecodeError::Malformed { at, what: "rate" });
+            }
+            Record::Limits { queue, limits }
+        }
+        kind::SCHEDULE => {
+            let queue = c.text8("queue name")?;
+            let name = c.text8("schedule name")?;
+            let when = match c.u8("rule kind")? {
+                0 => {
+                    let n = usize::from(c.u16("cron")?);
+                    let expr = c.text(n, "cron")?;
+                    let tz = c.text8("time zone")?;
+                    WhenRec::Cron { expr, tz }
+                }
+                1 => WhenRec::Every(Duration::from_nanos(c.u64("interval")?)),
+                _ => return Err(DecodeError::Malformed { at, what: "rule kind" }),
+            };
+            let anchor = Time(c.u64("anchor")?);
+            let pri = c.u32("pri")?;
+            let ttr_s = c.u32("ttr")?;
+            let max_attempts = c.u32("max attempts")?;
+            let flags = c.u8("flags")?;
+            if flags & !(S_PAUSED | S_SKIP_MISSED | S_NO_OVERLAP | S_TICKED) != 0 {
+                return Err(DecodeError::Malformed { at, what: "flags" });
+            }
+            let last_tick = Time(c.u64("last tick")?);
+            let last_job = c.u64("last job")?;
+            Record::Schedule(ScheduleRec {
+                queue,
+                name,
+                when,
+                anchor,
+                pri,
+                ttr_s,
+                max_attempts,
+                missed: if flags & S_SKIP_MISSED != 0 { Missed::Skip } else { Missed::RunOnce },
+                no_overlap: flags & S_NO_OVERLAP != 0,
+                paused: flags & S_PAUSED != 0,
+                last_tick: (flags & S_TICKED != 0).then_some(last_tick),
+                last_job,
+                payload: c.b,
+            })
+        }
+        kind::UNSCHEDULE => {
+            let queue = c.text8("queue name")?;
+            let name = c.text8("schedule name")?;
+            c.done()?;
+            Record::Unschedule { queue, name }
+        }
+        kind::FIRE => {
+            let queue = c.text8("queue name")?;
+            let name = c.text8("schedule name")?;
+            let tick = Time(c.u64("tick")?);
+            let job = c.u64("job")?;
+            let put = if job == 0 {
+                c.done()?;
+                None
+            } else {
+                let inner = c.b;
+                if inner.len() < HEADER || inner[0] != kind::PUT {
+                    return Err(DecodeError::Malformed { at, what: "fired job" });
+                }
+                let len = u32::from_le_bytes([inner[1], inner[2], inner[3], inner[4]]) as usize;
+                if inner.len() != HEADER + len {
+                    return Err(DecodeError::Malformed { at, what: "fired job" });
+                }
+                match decode_one(kind::PUT, &inner[HEADER..], at)? {
+                    Record::Put(p) if p.id == job => Some(p),
+                    _ => return Err(DecodeError::Malformed { at, what: "fired job" }),
+                }
+            };
+            Record::Fire { queue, name, tick, job, put }
         }
         kind::RESERVE | kind::DELETE | kind::ID_MARK => {
             let v = c.u64("id")?;

@@ -5,13 +5,18 @@
 //!    creates or replaces a job with its complete state, `Move` sets its
 //!    state and counters, `Reserve` counts an attempt and marks the job as
 //!    running, `Delete`/`Deletes` remove it, `IdMark` raises the id
-//!    counter, `Queue` sets a policy.
+//!    counter, `Queue` sets a policy, `Limits` a queue's limits, `Cancel`
+//!    marks a running job cancelled, `Schedule`/`Unschedule` add, change
+//!    or remove a schedule, and `Fire` records a schedule's tick and
+//!    applies the `Put` it holds.
 //! 2. [`Table::finish_replay`] then places every job, in id order: ready
 //!    jobs in their priority FIFOs, delayed ones on the timer set, buried
 //!    ones in their logged order. A job whose last record is a `Reserve`
 //!    was running at the crash: that run counts as interrupted, and the
 //!    job is ready again, or buried as a poison pill when its policy says
-//!    so; either way its new state is logged.
+//!    so; either way its new state is logged. A cancelled job is deleted
+//!    instead. Each schedule's next tick is the first after its last
+//!    logged one (`schedule.rs` step 3).
 //!
 //! The table that results is the one the records were written from, with
 //! reserved jobs back to ready and completed ones gone (the model test in
@@ -75,6 +80,27 @@ impl Table {
                     }
                 }
             }
+            Record::Limits { queue, limits } => {
+                if let Ok(q) = self.queue(queue) {
+                    if let Some(x) = self.q_mut(q.0) {
+                        x.gate.limits = limits;
+                        x.configured = true;
+                    }
+                }
+            }
+            Record::Cancel { id } => {
+                if let Some(s) = self.slot(id) {
+                    self.slab.get_mut(s).set_cancelled();
+                }
+            }
+            Record::Schedule(r) => self.replay_schedule(&r),
+            Record::Unschedule { queue, name } => self.replay_unschedule(queue, name),
+            Record::Fire { queue, name, tick, job, put } => {
+                if let Some(p) = put {
+                    self.replay_put(&p);
+                }
+                self.replay_tick(queue, name, tick, job);
+            }
         }
     }
 
@@ -93,7 +119,10 @@ impl Table {
         let c = p.counts;
         let rare =
             Rare { timeouts: c.timeouts, releases: c.releases, buries: c.buries, kicks: c.kicks };
-        let extra = Extra::boxed(unique.map(Into::into), p.error.map(Into::into), rare);
+        let extra = Extra::boxed(unique.map(Into::into), p.error.map(Into::into), rare, p.deadline);
+        if let Some(d) = p.deadline {
+            self.expiry.insert(d, p.id);
+        }
         if let Some(x) = self.q_mut(q.0) {
             x.jobs += 1;
             x.counters.puts += 1;
@@ -144,6 +173,9 @@ impl Table {
         let q = self.slab.get(s).queue;
         let (payload, extra) = self.slab.remove(s);
         self.bytes -= payload.bytes().len() as u64;
+        if let Some(d) = extra.as_ref().and_then(|e| e.deadline) {
+            self.expiry.remove(d, id);
+        }
         if let Some(x) = self.q_mut(q) {
             x.jobs -= 1;
             if let Some(k) = extra.as_ref().and_then(|e| e.unique.as_deref()) {
@@ -160,6 +192,20 @@ impl Table {
             jobs: self.ids.len() as u64,
             ..Recovered::default()
         };
+        // A cancelled job that was running at the crash is gone (`cancel.rs`
+        // step 3).
+        let cancelled: Vec<u64> = self
+            .ids
+            .iter()
+            .filter(|&(_, s)| self.slab.get(s).cancelled())
+            .map(|(id, _)| id)
+            .collect();
+        for &id in &cancelled {
+            self.replay_delete(id);
+            out.id_only(crate::record::kind::DELETE, id);
+        }
+        r.jobs -= cancelled.len() as u64;
+        self.finish_schedules();
         let all: Vec<(u64, u32)> = self.ids.iter().collect();
         let mut buried: Vec<(u64, u32)> = Vec::new();
         let mut running: Vec<u32> = Vec::new();

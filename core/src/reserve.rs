@@ -20,6 +20,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::limit::Shut;
 use crate::queue::QueueId;
 use crate::record::{kind, Records};
 use crate::table::Table;
@@ -116,6 +117,7 @@ impl Table {
         holder: u32,
         out: &mut Records,
     ) -> Option<Lease> {
+        self.expire_due(now, out);
         let s = self.slot(id)?;
         if self.slab.get(s).state == crate::State::Reserved {
             return None;
@@ -132,6 +134,7 @@ impl Table {
         holder: u32,
         out: &mut Records,
     ) -> Option<Lease> {
+        self.expire_due(now, out);
         let s = self.best_slot(now, queues)?;
         Some(self.take(s, holder, now, out))
     }
@@ -150,6 +153,7 @@ impl Table {
     /// The slot of the most urgent ready job among the unpaused `queues`.
     fn best_in(&mut self, now: Time, queues: impl Iterator<Item = u32>) -> Option<u32> {
         let mut best: Option<(u32, u64, u32)> = None;
+        let mut shut: Option<(u32, Time)> = None;
         for q in queues {
             let Some(x) = self.queues.get_mut(q as usize).and_then(|x| x.as_mut()) else {
                 continue;
@@ -159,9 +163,16 @@ impl Table {
             }
             if let Some(c) = x.ready.best(&self.slab) {
                 if best.is_none_or(|b| (c.0, c.1) < (b.0, b.1)) {
-                    best = Some(c);
+                    match x.gate.check(now, x.reserved) {
+                        Ok(()) => best = Some(c),
+                        Err(Shut::Until(at)) => shut = Some((q, at)),
+                        Err(Shut::Busy) => {}
+                    }
                 }
             }
+        }
+        if let Some((q, at)) = shut {
+            self.gate_shut_until(q, at);
         }
         best.map(|b| b.2)
     }
@@ -191,6 +202,10 @@ impl Table {
     /// Leases the job in slot `s` to `holder` and logs the reservation.
     fn take(&mut self, s: u32, holder: u32, now: Time, out: &mut Records) -> Lease {
         self.unplace(s);
+        let q = self.slab.get(s).queue;
+        if let Some(x) = self.queues.get_mut(q as usize).and_then(|x| x.as_mut()) {
+            x.gate.started(now);
+        }
         let (id, token) = self.make_reserved(s, holder, now);
         out.id_only(kind::RESERVE, id);
         self.slab.get_mut(s).logged = out.enabled();
@@ -299,6 +314,8 @@ impl Table {
         if !std::mem::take(&mut self.waits.dirty) {
             return;
         }
+        self.expire_due(now, out);
+        let mut shut: Vec<(u32, Time)> = Vec::new();
         loop {
             let mut best: Option<(u32, u64, u32, u32)> = None;
             let candidates: Vec<u32> = self.waits.queues.iter().copied().collect();
@@ -311,9 +328,16 @@ impl Table {
                 }
                 if let Some((pri, id, s)) = x.ready.best(&self.slab) {
                     if best.is_none_or(|(bp, bi, _, _)| (pri, id) < (bp, bi)) {
-                        best = Some((pri, id, s, q));
+                        match x.gate.check(now, x.reserved) {
+                            Ok(()) => best = Some((pri, id, s, q)),
+                            Err(Shut::Until(at)) => shut.push((q, at)),
+                            Err(Shut::Busy) => {}
+                        }
                     }
                 }
+            }
+            for (q, at) in shut.drain(..) {
+                self.gate_shut_until(q, at);
             }
             let Some((_, _, s, q)) = best else { return };
             let Some(x) = self.q_mut(q) else { return };

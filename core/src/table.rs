@@ -72,6 +72,8 @@ pub struct PutSpec<'a> {
     /// While a live job of the queue holds this key, a put with it makes
     /// nothing and returns that job's id.
     pub unique: Option<&'a str>,
+    /// Never handed out after this time (`expiry.rs`); must be after `now`.
+    pub deadline: Option<Time>,
 }
 
 /// What a put did.
@@ -123,6 +125,13 @@ pub struct Table {
     pub(crate) waits: crate::reserve::Waits,
     /// Names of queues dropped since [`Table::take_dropped_queues`].
     pub(crate) dropped: Vec<Box<str>>,
+    /// When shut rate gates reopen (`limit.rs`).
+    pub(crate) gate_timers: BTreeSet<(Time, u32)>,
+    /// Deadlines of jobs not started yet, and jobs found past theirs
+    /// (`expiry.rs`).
+    pub(crate) expiry: crate::expiry::Expiry,
+    /// Periodic jobs (`schedule.rs`).
+    pub(crate) schedules: crate::schedule::Schedules,
 }
 
 impl std::fmt::Debug for Table {
@@ -162,6 +171,9 @@ impl Table {
             replayed: 0,
             waits: crate::reserve::Waits::default(),
             dropped: Vec::new(),
+            gate_timers: BTreeSet::new(),
+            expiry: crate::expiry::Expiry::default(),
+            schedules: crate::schedule::Schedules::default(),
         }
     }
 
@@ -336,6 +348,12 @@ impl Table {
         if len > self.cfg.max_payload as usize {
             return Err(PutError::TooBig { len, max: self.cfg.max_payload });
         }
+        if let Some(d) = spec.deadline.filter(|d| *d <= now) {
+            return Err(PutError::DeadlinePassed {
+                deadline_ms: d.as_millis(),
+                now_ms: now.as_millis(),
+            });
+        }
         // A duplicate makes nothing, so no limit refuses it (the daemon's
         // `put-unique` answered so before the table).
         let x = self.q(q.0).ok_or(PutError::NoQueue(q.0))?;
@@ -369,9 +387,13 @@ impl Table {
                 PayloadIn::Borrowed(b) => Payload::new(b),
                 PayloadIn::Owned(v) => Payload::from_vec(v),
             },
-            extra: spec
-                .unique
-                .map(|k| Box::new(Extra { unique: Some(k.into()), ..Extra::default() })),
+            extra: (spec.unique.is_some() || spec.deadline.is_some()).then(|| {
+                Box::new(Extra {
+                    unique: spec.unique.map(Into::into),
+                    deadline: spec.deadline,
+                    ..Extra::default()
+                })
+            }),
             prev: NIL,
             next: NIL,
             queue: q.0,
@@ -392,6 +414,9 @@ impl Table {
         self.bytes += len as u64;
         let s = self.slab.insert(job);
         self.ids.insert(id, s);
+        if let Some(d) = spec.deadline {
+            self.expiry.insert(d, id);
+        }
         if delayed {
             self.make_delayed(s, due);
         } else {
@@ -412,6 +437,7 @@ impl Table {
                 counts: Counts::default(),
                 unique: spec.unique,
                 error: None,
+                deadline: spec.deadline,
                 payload: j.payload.bytes(),
             });
         }
@@ -462,8 +488,11 @@ impl Table {
                     l.unlink(&mut self.slab, s);
                     self.holders[holder as usize].reserved = l;
                 }
-                if let Some(x) = self.q_mut(q) {
+                if let Some(x) = self.queues.get_mut(q as usize).and_then(|x| x.as_mut()) {
                     x.reserved -= 1;
+                    if x.gate.limits.concurrency > 0 && !x.waiting.is_empty() {
+                        self.waits.dirty = true;
+                    }
                 }
                 self.reserved_n -= 1;
                 self.compact_leases();
@@ -509,6 +538,9 @@ impl Table {
             if !x.waiting.is_empty() {
                 self.waits.dirty = true;
             }
+        }
+        if !fresh {
+            self.check_deadline(s, now);
         }
     }
 
@@ -577,6 +609,9 @@ impl Table {
         let (payload, extra) = self.slab.remove(s);
         self.ids.remove(id);
         self.bytes -= payload.bytes().len() as u64;
+        if let Some(d) = extra.as_ref().and_then(|e| e.deadline) {
+            self.expiry.remove(d, id);
+        }
         if let Some(x) = self.q_mut(q) {
             x.jobs -= 1;
             x.counters.deletes += 1;
@@ -646,12 +681,16 @@ impl Table {
             counts,
             unique: j.unique(),
             error: j.error(),
+            deadline: j.deadline(),
             payload: j.payload.bytes(),
         });
         // Only a logged reservation: one a runtime took without logging
         // (offered, never run yet) must not come back as interrupted.
         if reserved && j.logged {
             out.id_only(kind::RESERVE, j.id);
+        }
+        if j.cancelled() {
+            out.id_only(kind::CANCEL, j.id);
         }
     }
 
@@ -666,14 +705,18 @@ impl Table {
     }
 
     /// Logs what a snapshot holds besides jobs: each configured queue's
-    /// policy and the id mark (a compaction that rewrote the jobs itself
+    /// policy and limits, the schedules, and the id mark (a compaction that rewrote the jobs itself
     /// ends with this).
     pub fn snapshot_meta(&self, out: &mut Records) {
         for x in self.queues.iter().flatten() {
             if x.configured {
                 out.queue(&x.name, &x.policy);
+                if !x.gate.limits.is_none() {
+                    out.limits(&x.name, &x.gate.limits);
+                }
             }
         }
+        self.snapshot_schedules(out);
         out.id_only(kind::ID_MARK, self.next_id);
     }
 

@@ -1,5 +1,6 @@
 //! Time passing: due delayed jobs become ready, waits time out, leases
-//! expire, pauses end. The front-end calls [`Table::tick`] with the time
+//! expire, pauses end, deadlines pass, rate gates reopen. Schedules tick
+//! in [`Table::fire_schedules`], which needs job ids from the caller. The front-end calls [`Table::tick`] with the time
 //! and sleeps until the time it returns (or until something else
 //! happens).
 
@@ -15,6 +16,8 @@ impl Table {
     /// leases: a late tick must not turn a wait's `DEADLINE_SOON` into a
     /// time-out), then serves waiters. Returns the next due time.
     pub fn tick(&mut self, now: Time, out: &mut Records) -> Option<Time> {
+        self.expire_due(now, out);
+        self.open_gates(now);
         while let Some(&(at, id)) = self.delayed.first() {
             if at > now {
                 break;
@@ -67,6 +70,9 @@ impl Table {
             self.leases.peek().map(|Reverse(x)| x.0),
             self.next_wait_timer(),
             self.pauses.first().map(|x| x.0),
+            self.gate_timers.first().map(|x| x.0),
+            self.expiry.next(),
+            self.next_tick(),
         ]
         .into_iter()
         .flatten()

@@ -32,6 +32,7 @@ fn real_log() -> Vec<u8> {
             ttr_s: 5,
             delay: Duration::from_secs(u64::from(i % 4)),
             unique: (i % 3 == 0).then_some(key.as_str()),
+            deadline: None,
             ..PutSpec::default()
         };
         let id = t.next_id();

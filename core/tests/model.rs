@@ -1085,6 +1085,7 @@ impl Run {
                     ttr_s: *ttr_s,
                     max_attempts: *max_attempts,
                     unique: key.map(|k| KEYS[k]),
+                    deadline: None,
                 };
                 let id = self.t.next_id();
                 assert_eq!(id, self.m.next_id);

@@ -273,6 +273,7 @@ fn apply_old(table: &mut Table, pri: &mut HashMap<u64, u32>, rec: Rec) {
                 counts: attempts(a),
                 unique: unique_key.as_deref(),
                 error: None,
+                deadline: None,
                 payload: &payload,
             }));
         }

@@ -121,14 +121,97 @@ pub enum Cmd {
     /// `Fail`) on behalf of whichever connection holds the job, if its
     /// reservation's token is `token`.
     Fenced { token: u64, inner: Box<Cmd> },
+    /// `put-deadline <deadline> <pri> <delay> <ttr> <bytes>`; the body
+    /// follows. `deadline` is `@<ms since the epoch>` or `+<ms from now>`.
+    PutDeadline { deadline: Deadline, pri: u32, delay: u32, ttr: u32, bytes: u32 },
+    /// `cancel <id>`
+    Cancel(u64),
+    /// `tube-limit <tube> <concurrency> <rate> <on-expiry>`: `rate` is `-`
+    /// or `<starts>/<period-ms>[/<burst>]`, `on-expiry` `delete` or `bury`.
+    TubeLimit { tube: String, concurrency: u32, rate: Option<RateArg>, bury: bool },
+    /// `schedule-add <tube> <name> <pri> <ttr> <options> <bytes> <rule>`;
+    /// the payload follows. `options` is `-` or a comma list of
+    /// `skip-missed`, `no-overlap`; `rule` is `every <ms>` or
+    /// `cron <time-zone> <expression>` (the rest of the line).
+    ScheduleAdd(Box<ScheduleArgs>),
+    /// `schedule-list`
+    ScheduleList,
+    /// `schedule-pause <tube> <name>` (`paused`) or `schedule-resume`.
+    SchedulePause { tube: String, name: String, paused: bool },
+    /// `schedule-rm <tube> <name>`
+    ScheduleRm { tube: String, name: String },
+}
+
+/// A deadline on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// `@<ms>`: milliseconds since the Unix epoch.
+    At(u64),
+    /// `+<ms>`: milliseconds after the put.
+    In(u64),
+}
+
+/// A rate on the wire: starts per period, with a burst.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateArg {
+    pub starts: u32,
+    pub period_ms: u64,
+    pub burst: u32,
+}
+
+/// The arguments of `schedule-add`.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleArgs {
+    pub tube: String,
+    pub name: String,
+    pub pri: u32,
+    pub ttr: u32,
+    pub skip_missed: bool,
+    pub no_overlap: bool,
+    pub bytes: u32,
+    pub rule: RuleArg,
+}
+
+/// A schedule's rule on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleArg {
+    /// `every <ms>`
+    Every(u64),
+    /// `cron <time-zone> <expression>`
+    Cron {
+        /// The IANA time zone.
+        tz: String,
+        /// The expression.
+        expr: String,
+    },
 }
 
 impl Cmd {
+    /// Whether this is an extension of schedules, limits, expiry or
+    /// cancellation (`store_paid.rs`).
+    pub fn is_paid(&self) -> bool {
+        matches!(
+            self,
+            Cmd::PutDeadline { .. }
+                | Cmd::Cancel(_)
+                | Cmd::TubeLimit { .. }
+                | Cmd::ScheduleAdd(_)
+                | Cmd::ScheduleList
+                | Cmd::SchedulePause { .. }
+                | Cmd::ScheduleRm { .. }
+        )
+    }
+
     /// The size of the body that follows the line, for extensions that
     /// carry one (`put` is handled on its own: beanstalkd's rules).
     pub fn ext_body(&self) -> Option<u32> {
         match self {
-            Cmd::PutUnique { bytes, .. } | Cmd::Fail { bytes, .. } => Some(*bytes),
+            Cmd::PutUnique { bytes, .. }
+            | Cmd::Fail { bytes, .. }
+            | Cmd::PutDeadline { bytes, .. } => Some(*bytes),
+            Cmd::ScheduleAdd(a) => Some(a.bytes),
             Cmd::Fenced { inner, .. } => inner.ext_body(),
             _ => None,
         }
@@ -233,6 +316,9 @@ pub fn parse(line: &[u8]) -> R {
             }
         }
         return Ok(Cmd::ClearTube { tube, ready, delayed, buried });
+    }
+    if let Some(r) = parse_paid(line) {
+        return r;
     }
     if let Some(rest) = line.strip_prefix(b"stats-tube-ext ") {
         return Ok(Cmd::StatsTubeExt(tube_name(rest)?));
@@ -377,6 +463,133 @@ fn exact(line: &[u8], name: &[u8], cmd: Cmd) -> R {
     } else {
         Err(ParseError::BadFormat)
     }
+}
+
+/// The extensions of schedules, limits, expiry and cancellation; `None`
+/// if the line is none of them.
+fn parse_paid(line: &[u8]) -> Option<R> {
+    use ParseError::BadFormat;
+    let two_names = |rest: &[u8]| -> Result<(String, String), ParseError> {
+        let (tube, r) = word(rest)?;
+        let (name, r) = word(r)?;
+        if !r.is_empty() {
+            return Err(BadFormat);
+        }
+        Ok((tube_name(tube)?, tube_name(name)?))
+    };
+    if let Some(rest) = line.strip_prefix(b"put-deadline ") {
+        return Some((|| {
+            let (d, r) = word(rest)?;
+            let deadline = match d {
+                [b'@', ms @ ..] => Deadline::At(last_u64(ms)?),
+                [b'+', ms @ ..] => Deadline::In(last_u64(ms)?),
+                _ => return Err(BadFormat),
+            };
+            let (pri, r) = num_u32(r)?;
+            let (delay, r) = num_u32(r)?;
+            let (ttr, r) = num_u32(r)?;
+            let bytes = last_u32(r)?;
+            Ok(Cmd::PutDeadline { deadline, pri, delay, ttr, bytes })
+        })());
+    }
+    if let Some(rest) = line.strip_prefix(b"cancel ") {
+        return Some(last_u64(rest).map(Cmd::Cancel));
+    }
+    if let Some(rest) = line.strip_prefix(b"tube-limit ") {
+        return Some((|| {
+            let (tube, r) = word(rest)?;
+            let tube = tube_name(tube)?;
+            let (concurrency, r) = num_u32(r)?;
+            let (rate, r) = word(r)?;
+            let rate = if rate == b"-" {
+                None
+            } else {
+                let mut parts = rate.split(|&b| b == b'/');
+                let starts = last_u32(parts.next().ok_or(BadFormat)?)?;
+                let period_ms = last_u64(parts.next().ok_or(BadFormat)?)?;
+                let burst = match parts.next() {
+                    Some(b) => last_u32(b)?,
+                    None => spindle_core::Rate::default_burst(starts),
+                };
+                if parts.next().is_some() {
+                    return Err(BadFormat);
+                }
+                Some(RateArg { starts, period_ms, burst })
+            };
+            let (exp, r) = word(r)?;
+            if !r.is_empty() {
+                return Err(BadFormat);
+            }
+            let bury = match exp {
+                b"delete" => false,
+                b"bury" => true,
+                _ => return Err(BadFormat),
+            };
+            Ok(Cmd::TubeLimit { tube, concurrency, rate, bury })
+        })());
+    }
+    if let Some(rest) = line.strip_prefix(b"schedule-add ") {
+        return Some((|| {
+            let (tube, r) = word(rest)?;
+            let (name, r) = word(r)?;
+            let (pri, r) = num_u32(r)?;
+            let (ttr, r) = num_u32(r)?;
+            let (opts, r) = word(r)?;
+            let (mut skip_missed, mut no_overlap) = (false, false);
+            if opts != b"-" {
+                for o in opts.split(|&b| b == b',') {
+                    match o {
+                        b"skip-missed" => skip_missed = true,
+                        b"no-overlap" => no_overlap = true,
+                        _ => return Err(BadFormat),
+                    }
+                }
+            }
+            let (bytes, r) = num_u32(r)?;
+            let (kind, r) = word(r)?;
+            let rule = match kind {
+                b"every" => RuleArg::Every(last_u64(skip_spaces(r))?),
+                b"cron" => {
+                    let (tz, r) = word(r)?;
+                    let expr = skip_spaces(r);
+                    if expr.is_empty() || !expr.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+                        return Err(BadFormat);
+                    }
+                    RuleArg::Cron {
+                        tz: String::from_utf8_lossy(tz).into_owned(),
+                        expr: String::from_utf8_lossy(expr).into_owned(),
+                    }
+                }
+                _ => return Err(BadFormat),
+            };
+            Ok(Cmd::ScheduleAdd(Box::new(ScheduleArgs {
+                tube: tube_name(tube)?,
+                name: tube_name(name)?,
+                pri,
+                ttr,
+                skip_missed,
+                no_overlap,
+                bytes,
+                rule,
+            })))
+        })());
+    }
+    if line == b"schedule-list" {
+        return Some(Ok(Cmd::ScheduleList));
+    }
+    for (prefix, paused) in [(&b"schedule-pause "[..], true), (&b"schedule-resume "[..], false)] {
+        if let Some(rest) = line.strip_prefix(prefix) {
+            return Some(two_names(rest).map(|(tube, name)| Cmd::SchedulePause {
+                tube,
+                name,
+                paused,
+            }));
+        }
+    }
+    if let Some(rest) = line.strip_prefix(b"schedule-rm ") {
+        return Some(two_names(rest).map(|(tube, name)| Cmd::ScheduleRm { tube, name }));
+    }
+    None
 }
 
 fn skip_spaces(mut b: &[u8]) -> &[u8] {
@@ -577,6 +790,69 @@ mod tests {
         for bad in ["lease x", "touch-lease 1", "delete-lease 1 2 3", "release-lease 1 2 3"] {
             assert_eq!(parse(bad.as_bytes()), Err(ParseError::BadFormat), "{bad}");
         }
+    }
+
+    #[test]
+    fn paid_tier_extensions() {
+        assert_eq!(
+            parse(b"put-deadline @1700000000000 1 0 60 3"),
+            Ok(Cmd::PutDeadline {
+                deadline: Deadline::At(1_700_000_000_000),
+                pri: 1,
+                delay: 0,
+                ttr: 60,
+                bytes: 3
+            })
+        );
+        assert_eq!(parse(b"put-deadline +500 1 0 60 3").map(|c| c.ext_body()), Ok(Some(3)));
+        assert_eq!(parse(b"put-deadline 500 1 0 60 3"), Err(ParseError::BadFormat));
+        assert_eq!(parse(b"cancel 42"), Ok(Cmd::Cancel(42)));
+        assert_eq!(
+            parse(b"tube-limit emails 4 100/1000/10 bury"),
+            Ok(Cmd::TubeLimit {
+                tube: "emails".into(),
+                concurrency: 4,
+                rate: Some(RateArg { starts: 100, period_ms: 1000, burst: 10 }),
+                bury: true
+            })
+        );
+        assert_eq!(
+            parse(b"tube-limit emails 0 - delete"),
+            Ok(Cmd::TubeLimit { tube: "emails".into(), concurrency: 0, rate: None, bury: false })
+        );
+        assert_eq!(parse(b"tube-limit emails 0 5/x delete"), Err(ParseError::BadFormat));
+        let Ok(Cmd::ScheduleAdd(a)) =
+            parse(b"schedule-add q nightly 5 60 skip-missed,no-overlap 2 cron Europe/Stockholm 0 0 3 * * *")
+        else {
+            panic!("not parsed");
+        };
+        assert_eq!(
+            (a.skip_missed, a.no_overlap, a.bytes, a.rule),
+            (
+                true,
+                true,
+                2,
+                RuleArg::Cron { tz: "Europe/Stockholm".into(), expr: "0 0 3 * * *".into() }
+            )
+        );
+        assert!(matches!(
+            parse(b"schedule-add q s 0 0 - 0 every 1000"),
+            Ok(Cmd::ScheduleAdd(a)) if a.rule == RuleArg::Every(1000)
+        ));
+        assert_eq!(
+            parse(b"schedule-add q s 0 0 sometimes 0 every 1000"),
+            Err(ParseError::BadFormat)
+        );
+        assert_eq!(parse(b"schedule-list"), Ok(Cmd::ScheduleList));
+        assert_eq!(
+            parse(b"schedule-resume q s"),
+            Ok(Cmd::SchedulePause { tube: "q".into(), name: "s".into(), paused: false })
+        );
+        assert_eq!(
+            parse(b"schedule-rm q s"),
+            Ok(Cmd::ScheduleRm { tube: "q".into(), name: "s".into() })
+        );
+        assert_eq!(parse(b"schedule-rm q"), Err(ParseError::BadFormat));
     }
 
     #[test]

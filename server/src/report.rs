@@ -119,7 +119,7 @@ pub(crate) fn tube_yaml(st: &Store, qid: QueueId, now: Time, ext: bool) -> Strin
             s,
             "max-attempts: {}\nbackoff-ms: {}\nbackoff-max-ms: {}\nwait-p50-us: {}\n\
              wait-p99-us: {}\nwait-p999-us: {}\nworkers-waiting: {}\nworkers-holding: {}\n\
-             desired-workers: {}\n",
+             desired-workers: {}\nexpired: {}\ncancelled: {}\nfired: {}\n{}",
             p.max_attempts,
             p.backoff_base.as_millis(),
             p.backoff_cap.as_millis(),
@@ -129,6 +129,10 @@ pub(crate) fn tube_yaml(st: &Store, qid: QueueId, now: Time, ext: bool) -> Strin
             v.waiting,
             holding,
             desired_workers(st, qid),
+            v.counters.expired,
+            v.counters.cancelled,
+            v.counters.fired,
+            super::store::limits_yaml(&st.table.limits(qid).unwrap_or_default()),
         );
     }
     s
@@ -138,7 +142,7 @@ pub(crate) fn tube_yaml(st: &Store, qid: QueueId, now: Time, ext: bool) -> Strin
 /// the tube's completion rate, `S` the mean time a worker holds a job, `q`
 /// the ready jobs and `D` the latency target (the same law as the engine's
 /// lag controller, `lag.rs`). A tube with ready jobs but no history asks
-/// for one worker.
+/// for one worker. A tube's limits cap it.
 pub(crate) fn desired_workers(st: &Store, qid: QueueId) -> u64 {
     let v = st.table.queue_view(qid).unwrap_or_default();
     let f = st.front(qid).cloned().unwrap_or_default();
@@ -147,12 +151,19 @@ pub(crate) fn desired_workers(st: &Store, qid: QueueId) -> u64 {
     let busy = f.rate * f.service_s;
     let n = busy + busy.sqrt() + q * f.service_s / d;
     let n = n.ceil();
-    if n.is_finite() && n >= 1.0 {
+    let n = if n.is_finite() && n >= 1.0 {
         n as u64
     } else if q > 0.0 || v.reserved > 0 {
         1
     } else {
         0
+    };
+    // A limited tube can keep only so many workers busy (`Limits::worker_cap`:
+    // its concurrency limit, and its rate times the service time).
+    let service = std::time::Duration::from_secs_f64(f.service_s.max(0.0));
+    match st.table.limits(qid).and_then(|l| l.worker_cap(service)) {
+        Some(cap) => n.min(cap.max(1)),
+        None => n,
     }
 }
 

@@ -22,8 +22,8 @@ use spindle_core::compact::{self, Pass};
 use spindle_core::headroom;
 use spindle_core::record::{self, MoveRec, PutRec, QueueRec, Record};
 use spindle_core::{
-    By, Clock, Config, Counts, Failed, JobView, Put, PutSpec, QueueId, Records, Reserved,
-    RetryPolicy, State, Table, Time, WaitEnd,
+    By, Clock, Config, Counts, Failed, JobError, JobView, Put, PutError, PutSpec, QueueId, Records,
+    Reserved, RetryPolicy, State, Table, Time, WaitEnd,
 };
 
 pub(crate) use super::log::Log;
@@ -455,12 +455,13 @@ impl Store {
             Cmd::Put { pri, delay, ttr, .. } => {
                 // (`cmd-put` was counted when the line parsed: conn.rs.)
                 let q = self.conn_use(c);
-                w.extend_from_slice(&self.put(c, q, pri, delay, ttr, body, None, now));
+                w.extend_from_slice(&self.put(c, q, pri, delay, ttr, body, None, None, now));
             }
             Cmd::PutUnique { key, pri, delay, ttr, .. } => {
                 self.ct.put += 1;
                 let q = self.conn_use(c);
-                w.extend_from_slice(&self.put(c, q, pri, delay, ttr, body, Some(&key), now));
+                let reply = self.put(c, q, pri, delay, ttr, body, Some(&key), None, now);
+                w.extend_from_slice(&reply);
             }
             Cmd::PutBatch { .. } => {
                 // The connection assembles batches and calls `put_batch`.
@@ -524,7 +525,7 @@ impl Store {
                             w.extend_from_slice(b"INTERNAL_ERROR\r\n");
                         }
                     }
-                    Err(_) => w.extend_from_slice(b"NOT_FOUND\r\n"),
+                    Err(e) => w.extend_from_slice(job_error_reply(&e)),
                 }
             }
             Cmd::Release { id, pri, delay } => {
@@ -536,7 +537,7 @@ impl Store {
                         self.service_done(held, t);
                         w.extend_from_slice(b"RELEASED\r\n");
                     }
-                    Err(_) => w.extend_from_slice(b"NOT_FOUND\r\n"),
+                    Err(e) => w.extend_from_slice(job_error_reply(&e)),
                 }
             }
             Cmd::Bury { id, pri } => {
@@ -547,14 +548,14 @@ impl Store {
                         self.service_done(held, t);
                         w.extend_from_slice(b"BURIED\r\n");
                     }
-                    Err(_) => w.extend_from_slice(b"NOT_FOUND\r\n"),
+                    Err(e) => w.extend_from_slice(job_error_reply(&e)),
                 }
             }
             Cmd::Touch(id) => {
                 self.ct.touch += 1;
                 match self.table.touch(t, id, By::holder(holder(c))) {
                     Ok(()) => w.extend_from_slice(b"TOUCHED\r\n"),
-                    Err(_) => w.extend_from_slice(b"NOT_FOUND\r\n"),
+                    Err(e) => w.extend_from_slice(job_error_reply(&e)),
                 }
             }
             Cmd::Watch(name) => {
@@ -745,7 +746,7 @@ impl Store {
                         self.service_done(held, t);
                         reply_fmt(w, format_args!("FAILED-BURIED {attempts}\r\n"));
                     }
-                    Err(_) => w.extend_from_slice(b"NOT_FOUND\r\n"),
+                    Err(e) => w.extend_from_slice(job_error_reply(&e)),
                 }
             }
             Cmd::TubeConfig { tube, max_attempts, backoff_ms, backoff_max_ms } => {
@@ -772,6 +773,13 @@ impl Store {
                 };
                 reply_fmt(w, format_args!("CLEARED {n}\r\n"));
             }
+            Cmd::PutDeadline { .. }
+            | Cmd::Cancel(_)
+            | Cmd::TubeLimit { .. }
+            | Cmd::ScheduleAdd(_)
+            | Cmd::ScheduleList
+            | Cmd::SchedulePause { .. }
+            | Cmd::ScheduleRm { .. } => self.dispatch_paid(c, cmd, body, now, w),
         }
         Flow::Go
     }
@@ -828,13 +836,14 @@ impl Store {
         ttr: u32,
         body: Vec<u8>,
         unique: Option<&str>,
+        deadline: Option<Time>,
         now: Instant,
     ) -> Vec<u8> {
         if let Some(conn) = self.conns.get_mut(&c) {
             conn.producer = true;
         }
         let t = self.time(now);
-        let spec = put_spec(pri, delay, ttr, unique);
+        let spec = PutSpec { deadline, ..put_spec(pri, delay, ttr, unique) };
         if let Some(k) = unique {
             // A duplicate is answered before anything else, and uses no id.
             if let Some(existing) = self.table.unique(q, k) {
@@ -864,6 +873,10 @@ impl Store {
                 format!("INSERTED {id}\r\n").into_bytes()
             }
             Ok(Put::Duplicate(existing)) => format!("DUPLICATE {existing}\r\n").into_bytes(),
+            Err(PutError::DeadlinePassed { .. }) => {
+                self.table.skip_ids(1);
+                b"DEADLINE_PASSED\r\n".to_vec()
+            }
             Err(_) => {
                 self.table.skip_ids(1);
                 b"OUT_OF_MEMORY\r\n".to_vec()
@@ -990,6 +1003,7 @@ impl Store {
     /// expire, waits time out, pauses end. Returns the next due time.
     pub(crate) fn tick(&mut self, now: Instant) -> Option<Instant> {
         let t = self.time(now);
+        self.fire_schedules(t);
         self.table.tick(t, &mut self.recs);
         self.after(now);
         // Little's-law windows, once a second.
@@ -1251,6 +1265,7 @@ fn apply_old(table: &mut Table, d: DRec) {
             counts: counts(c),
             unique: unique.as_deref(),
             error: last_error.as_deref(),
+            deadline: None,
             payload: &body,
         })),
         DRec::PutBatch { first_id, ids, tube, pri, delay_s, ttr_s, created_ms, bodies } => {
@@ -1307,6 +1322,16 @@ fn put_spec(pri: u32, delay: u32, ttr: u32, unique: Option<&str>) -> PutSpec<'_>
         ttr_s: ttr.max(1),
         max_attempts: 0,
         unique,
+        deadline: None,
+    }
+}
+
+/// The reply to a holder's command the table refused: `CANCELLED` for a
+/// job cancelled while reserved (`cancel`), else beanstalkd's `NOT_FOUND`.
+fn job_error_reply(e: &JobError) -> &'static [u8] {
+    match e {
+        JobError::Cancelled(_) => b"CANCELLED\r\n",
+        _ => b"NOT_FOUND\r\n",
     }
 }
 
@@ -1336,6 +1361,12 @@ fn writes_log(cmd: &Cmd) -> bool {
             | Cmd::Fail { .. }
             | Cmd::TubeConfig { .. }
             | Cmd::ClearTube { .. }
+            | Cmd::PutDeadline { .. }
+            | Cmd::Cancel(_)
+            | Cmd::TubeLimit { .. }
+            | Cmd::ScheduleAdd(_)
+            | Cmd::SchedulePause { .. }
+            | Cmd::ScheduleRm { .. }
     ) || matches!(cmd, Cmd::Fenced { inner, .. } if writes_log(inner))
 }
 
@@ -1364,6 +1395,10 @@ pub(crate) fn state_name(j: &JobView<'_>) -> &'static str {
         State::Buried => "buried",
     }
 }
+
+#[path = "store_paid.rs"]
+mod paid;
+pub(crate) use paid::limits_yaml;
 
 #[cfg(test)]
 #[path = "store_tests.rs"]

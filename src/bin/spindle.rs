@@ -19,9 +19,12 @@
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Map, Value};
 use spindle::client::{
-    default_socket, Client, ClientError, ConnectOptions, FailOutcome, Job, JobState, PutUnique,
-    StatsMap,
+    default_socket, Client, ClientError, ConnectOptions, Deadline, FailOutcome, Job, JobState,
+    PutUnique, StatsMap,
 };
+
+#[path = "../cli/paid.rs"]
+mod paid;
 use std::error::Error;
 use std::io::{Read, Write};
 use std::process::{Command, ExitCode, Stdio};
@@ -113,6 +116,19 @@ enum Cmd {
     /// Run CMD once per job, with the payload on stdin: exit 0 completes
     /// the job, anything else fails it (retried with backoff).
     Work(WorkArgs),
+    /// Periodic jobs: add, list, pause, resume, rm.
+    #[command(subcommand)]
+    Schedule(paid::ScheduleCmd),
+    /// Set a queue's concurrency and rate limits (spindled only).
+    Limit(paid::LimitArgs),
+    /// Cancel a job in any state; a running job's worker is told (spindled only).
+    Cancel {
+        /// The job's id.
+        id: u64,
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Live view of the queues: depth, put rate, wait p99, workers.
     Top {
         /// Print one frame and exit.
@@ -157,8 +173,11 @@ struct PutArgs {
     #[arg(long, default_value_t = 60)]
     ttr: u32,
     /// Do nothing if a live job of the queue holds this key (spindled only).
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", conflicts_with = "expires_in")]
     unique: Option<String>,
+    /// Never hand the job out after this long: 500ms, 30s, 5m, 1h (spindled only).
+    #[arg(long, value_name = "DURATION", value_parser = paid::parse_duration)]
+    expires_in: Option<Duration>,
     /// Print a JSON object.
     #[arg(long)]
     json: bool,
@@ -213,12 +232,14 @@ struct WorkArgs {
     /// the attempt fails.
     #[arg(long)]
     touch: bool,
-    /// Seconds between TERM and KILL for a command past its job's TTR.
-    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
-    grace: f64,
     /// Report every job on stderr.
     #[arg(long, short)]
     verbose: bool,
+    /// When a command is stopped (its job cancelled with `spindle cancel`,
+    /// or past its TTR) it gets SIGTERM, then SIGKILL after this many
+    /// seconds.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    grace: f64,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     cmd: Vec<String>,
@@ -304,6 +325,9 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Schedule(cmd) => paid::schedule(&mut connect(addr)?, cmd),
+        Cmd::Limit(args) => paid::limit(&mut connect(addr)?, args),
+        Cmd::Cancel { id, json } => paid::cancel(&mut connect(addr)?, id, json),
         Cmd::Pause { queue, secs } => {
             let mut c = connect(addr)?;
             c.pause_tube(&queue, Duration::from_secs(secs.into()))?;
@@ -389,11 +413,23 @@ fn clear_by_peeking(c: &mut Client, queue: &str, states: &[JobState]) -> CliResu
 
 // ----- put -----
 
+/// DATA, or stdin when it is absent.
+fn read_payload(data: Option<String>) -> CliResult<Vec<u8>> {
+    Ok(match data {
+        Some(d) => d.into_bytes(),
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf)?;
+            buf
+        }
+    })
+}
+
 fn put(addr: Server<'_>, a: PutArgs) -> CliResult<ExitCode> {
     let mut c = connect(addr)?;
     let body = match a.data {
         Some(d) => d.into_bytes(),
-        None => read_payload(&mut c, std::io::stdin().lock())?,
+        None => read_stdin_limited(&mut c, std::io::stdin().lock())?,
     };
     c.use_tube(&a.queue)?;
     let delay = Duration::from_secs(a.delay.into());
@@ -403,7 +439,10 @@ fn put(addr: Server<'_>, a: PutArgs) -> CliResult<ExitCode> {
             PutUnique::Inserted(id) => (id, false),
             PutUnique::Duplicate(id) => (id, true),
         },
-        None => (c.put(a.pri, delay, ttr, &body)?, false),
+        None => match a.expires_in {
+            Some(d) => (c.put_deadline(Deadline::In(d), a.pri, delay, ttr, &body)?, false),
+            None => (c.put(a.pri, delay, ttr, &body)?, false),
+        },
     };
     if a.json {
         println!("{}", json!({ "id": id, "queue": a.queue, "duplicate": duplicate }));
@@ -421,7 +460,7 @@ const DEFAULT_MAX_JOB_SIZE: u64 = 65_535;
 /// Reads a payload from `input` as it arrives, stopping at the server's
 /// `max-job-size`: a larger input is refused without being read to its
 /// end (it may never end: `yes | spindle put`).
-fn read_payload(c: &mut Client, input: impl Read) -> CliResult<Vec<u8>> {
+fn read_stdin_limited(c: &mut Client, input: impl Read) -> CliResult<Vec<u8>> {
     let limit = c.stats()?.get_u64("max-job-size").unwrap_or(DEFAULT_MAX_JOB_SIZE);
     let mut buf = Vec::new();
     input.take(limit.saturating_add(1)).read_to_end(&mut buf)?;
@@ -795,7 +834,13 @@ enum Ran {
     Failed(String),
     /// Killed by a second Ctrl-C: the job goes back to ready.
     Interrupted,
+    /// The job was cancelled and the command stopped.
+    Cancelled,
 }
+
+/// How often a running job's lease is touched at most, so that a
+/// cancellation reaches its command within about this long.
+const CANCEL_POLL: Duration = Duration::from_secs(1);
 
 fn run_job(c: &mut Client, s: &Shared, ext: bool, job: Job) -> CliResult {
     let id = job.id;
@@ -838,6 +883,15 @@ fn run_job(c: &mut Client, s: &Shared, ext: bool, job: Job) -> CliResult {
             c.release(id, u32::try_from(pri).unwrap_or(u32::MAX), Duration::ZERO)?;
             eprintln!("spindle work: job {id} killed; released to ready");
         }
+        Ran::Cancelled => {
+            // Tell the server the run is over: the job goes (its reply is
+            // `CANCELLED`, or `NOT_FOUND` if the lease ended first).
+            match c.delete(id) {
+                Ok(()) | Err(ClientError::Cancelled(_)) | Err(ClientError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            eprintln!("spindle work: job {id} was cancelled; its command was stopped");
+        }
         Ran::Failed(error) => {
             s.failed.fetch_add(1, Ordering::Relaxed);
             let outcome = if ext { fail_ext(c, id, &error)? } else { fail_plain(c, s, id)? };
@@ -873,12 +927,15 @@ fn fail_plain(c: &mut Client, s: &Shared, id: u64) -> CliResult<String> {
     Ok(format!("attempt {reserves}, retrying in {} s", delay.as_secs()))
 }
 
-/// Runs the command (in its own process group) with the payload on stdin.
-/// With `--touch` it touches the job every half time-to-run while it
-/// runs; without, a command still running at TTR - 1 s (at least half the
-/// TTR) gets TERM, then KILL after `--grace` (the lease is touched
-/// meanwhile so the failure can be reported), and the attempt fails.
-/// Returns what it gave and whether the lease was lost meanwhile.
+/// Runs the command (in its own process group) with the payload on stdin,
+/// touching the job every half time-to-run (at most every
+/// [`CANCEL_POLL`]) while it runs, so a cancellation is seen: a touch
+/// answered `CANCELLED` stops the command (TERM, then KILL after
+/// `--grace`). Without `--touch`, a command still running at TTR - 1 s
+/// (at least half the TTR) after it started is stopped the same way and
+/// the attempt fails: the touches only hold the lease for the failure to
+/// be reported. Returns what it gave and whether the lease was lost
+/// meanwhile.
 fn spawn_and_wait(c: &mut Client, s: &Shared, job: Job) -> std::io::Result<(Ran, bool)> {
     let Some((program, args)) = s.cmd.split_first() else {
         return Err(std::io::Error::other("no command given"));
@@ -933,14 +990,16 @@ fn spawn_and_wait(c: &mut Client, s: &Shared, job: Job) -> std::io::Result<(Ran,
         let _ = tx.send(child.wait());
     });
 
-    // The lease is touched every half time-to-run. The TTR is asked for
-    // only when the command is still running after half the shortest
-    // possible TTR (1 s), so short jobs cost no extra round trip.
+    // The TTR is asked for only when the command is still running after
+    // half the shortest possible TTR (1 s), so short jobs cost no extra
+    // round trip.
     let mut ttr: Option<Duration> = None;
     let mut last_touch = Instant::now();
     let mut lease_lost = false;
-    // Past the TTR: when TERM was sent, and whether KILL was.
+    // Why and when TERM was sent (cancelled, or past the TTR), and
+    // whether KILL followed.
     let mut termed: Option<Instant> = None;
+    let mut cancelled = false;
     let mut killed = false;
     let mut touch_now = false;
     let status = loop {
@@ -955,7 +1014,13 @@ fn spawn_and_wait(c: &mut Client, s: &Shared, job: Job) -> std::io::Result<(Ran,
         if s.kill.load(Ordering::SeqCst) {
             kill_group(pgid, libc::SIGKILL);
         }
-        if lease_lost || started.elapsed() < Duration::from_millis(500) {
+        if let Some(t) = termed {
+            if !killed && t.elapsed() >= s.grace {
+                kill_group(pgid, libc::SIGKILL);
+                killed = true;
+            }
+        }
+        if lease_lost || cancelled || started.elapsed() < Duration::from_millis(500) {
             continue;
         }
         let ttr = match ttr {
@@ -967,9 +1032,9 @@ fn spawn_and_wait(c: &mut Client, s: &Shared, job: Job) -> std::io::Result<(Ran,
                 t
             }
         };
-        let half = ttr / 2;
+        let half = (ttr / 2).min(CANCEL_POLL);
         if !s.touch && termed.is_none() {
-            let limit = ttr.saturating_sub(Duration::from_secs(1)).max(half);
+            let limit = ttr.saturating_sub(Duration::from_secs(1)).max(ttr / 2);
             if started.elapsed() >= limit {
                 kill_group(pgid, libc::SIGTERM);
                 termed = Some(Instant::now());
@@ -977,18 +1042,18 @@ fn spawn_and_wait(c: &mut Client, s: &Shared, job: Job) -> std::io::Result<(Ran,
                 touch_now = true;
             }
         }
-        if let Some(t) = termed {
-            if !killed && t.elapsed() >= s.grace {
-                kill_group(pgid, libc::SIGKILL);
-                killed = true;
-            }
-        }
-        let due = touch_now || last_touch.elapsed() + Duration::from_millis(5) >= half;
-        if (s.touch || termed.is_some()) && due {
+        if touch_now || last_touch.elapsed() + Duration::from_millis(5) >= half {
             touch_now = false;
             match c.touch(id) {
                 Ok(()) => last_touch = Instant::now(),
                 Err(ClientError::NotFound(_)) => lease_lost = true,
+                Err(ClientError::Cancelled(_)) => {
+                    cancelled = true;
+                    if termed.is_none() {
+                        kill_group(pgid, libc::SIGTERM);
+                        termed = Some(Instant::now());
+                    }
+                }
                 Err(e) => return Err(std::io::Error::other(e.to_string())),
             }
         }
@@ -1002,6 +1067,9 @@ fn spawn_and_wait(c: &mut Client, s: &Shared, job: Job) -> std::io::Result<(Ran,
     let status = status?;
     if s.kill.load(Ordering::SeqCst) && !status.success() {
         return Ok((Ran::Interrupted, lease_lost));
+    }
+    if cancelled {
+        return Ok((Ran::Cancelled, lease_lost));
     }
     if let (Some(ttr), Some(_)) = (ttr, termed) {
         let how = if killed { "TERM, then KILL after the grace period" } else { "TERM" };

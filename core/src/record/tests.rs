@@ -21,6 +21,7 @@ fn put(id: u64, payload: &'static [u8]) -> PutRec<'static> {
         counts: Counts::default(),
         unique: None,
         error: None,
+        deadline: None,
         payload,
     }
 }
@@ -198,4 +199,132 @@ fn a_disabled_buffer_records_nothing() {
     r.id_only(kind::DELETE, 1);
     assert!(r.is_empty());
     assert!(r.bytes().is_empty());
+}
+
+#[test]
+fn a_put_with_a_deadline_has_it_after_the_error_and_before_the_payload() {
+    let mut r = Records::new();
+    r.put(&PutRec { deadline: Some(Time(0x0102)), ..put(7, b"hi") });
+    assert_eq!(
+        hex(r.bytes()),
+        "01 36 00 00 00 \
+         07 00 00 00 00 00 00 00 \
+         e8 03 00 00 00 00 00 00 \
+         00 00 00 00 00 00 00 00 \
+         03 00 00 00 3c 00 00 00 00 00 00 00 00 00 00 00 \
+         00 08 01 \
+         71 02 01 00 00 00 00 00 \
+         00 68 69"
+    );
+    let got: Vec<_> = decode(r.bytes()).collect::<Result<_, _>>().unwrap();
+    assert_eq!(got, vec![Record::Put(PutRec { deadline: Some(Time(0x0102)), ..put(7, b"hi") })]);
+}
+
+#[test]
+fn limits_cancel_and_schedule_records_have_these_bytes() {
+    let mut r = Records::new();
+    let limits = Limits {
+        concurrency: 2,
+        rate: Some(Rate { starts: 5, per: Duration::from_nanos(1000), burst: 3 }),
+        on_expiry: OnExpiry::Bury,
+    };
+    r.limits("q", &limits);
+    r.cancel(9);
+    let sched = ScheduleRec {
+        queue: "q",
+        name: "s",
+        when: WhenRec::Cron { expr: "* * * * *", tz: "UTC" },
+        anchor: Time(1),
+        pri: 2,
+        ttr_s: 3,
+        max_attempts: 4,
+        missed: Missed::Skip,
+        no_overlap: true,
+        paused: false,
+        last_tick: Some(Time(5)),
+        last_job: 6,
+        payload: b"p",
+    };
+    r.schedule(&sched);
+    r.unschedule("q", "s");
+    let mut inner = Records::new();
+    inner.put(&put(8, b"x"));
+    r.fire("q", "s", Time(7), 8, inner.bytes());
+    r.fire("q", "s", Time(9), 0, &[]);
+    assert_eq!(
+        hex(r.bytes()),
+        "08 17 00 00 00 \
+         03 \
+         02 00 00 00 \
+         05 00 00 00 \
+         e8 03 00 00 00 00 00 00 \
+         03 00 00 00 \
+         01 71 \
+         09 08 00 00 00 \
+         09 00 00 00 00 00 00 00 \
+         0a 3a 00 00 00 \
+         01 71 \
+         01 73 \
+         00 \
+         09 00 2a 20 2a 20 2a 20 2a 20 2a \
+         03 55 54 43 \
+         01 \
+         00 00 00 00 00 00 00 02 \
+         00 00 00 03 \
+         00 00 00 04 \
+         00 00 00 0e \
+         05 \
+         00 00 00 00 00 00 00 06 \
+         00 00 00 00 00 00 00 70 \
+         0b \
+         04 00 00 00 01 \
+         71 01 \
+         73 0c \
+         46 00 00 00 01 \
+         71 01 \
+         73 07 \
+         00 00 00 00 00 00 00 08 \
+         00 00 00 00 00 00 00 01 \
+         2d 00 00 00 08 00 00 00 00 00 00 00 e8 03 00 00 00 00 00 00 00 00 00 00 00 00 00 00 03 00 00 00 3c 00 00 00 00 00 00 00 00 00 00 00 00 00 01 71 78 0c \
+         14 00 00 00 01 \
+         71 01 \
+         73 09 \
+         00 00 00 00 00 00 00 00 \
+         00 00 00 00 00 00 00"
+    );
+    let got: Vec<_> = decode(r.bytes()).collect::<Result<_, _>>().unwrap();
+    assert_eq!(
+        got,
+        vec![
+            Record::Limits { queue: "q", limits },
+            Record::Cancel { id: 9 },
+            Record::Schedule(sched),
+            Record::Unschedule { queue: "q", name: "s" },
+            Record::Fire { queue: "q", name: "s", tick: Time(7), job: 8, put: Some(put(8, b"x")) },
+            Record::Fire { queue: "q", name: "s", tick: Time(9), job: 0, put: None },
+        ]
+    );
+}
+
+#[test]
+fn a_fire_whose_job_id_disagrees_with_its_put_is_malformed() {
+    let mut inner = Records::new();
+    inner.put(&put(8, b"x"));
+    let mut r = Records::new();
+    r.fire("q", "s", Time(7), 9, inner.bytes());
+    assert!(matches!(
+        decode(r.bytes()).next(),
+        Some(Err(DecodeError::Malformed { what: "fired job", .. }))
+    ));
+}
+
+#[test]
+fn limits_with_a_zero_rate_are_malformed() {
+    let mut r = Records::new();
+    let bad = Limits {
+        rate: Some(Rate { starts: 0, per: Duration::from_secs(1), burst: 1 }),
+        ..Limits::default()
+    };
+    r.limits("q", &bad);
+    assert!(matches!(decode(r.bytes()).next(), Some(Err(DecodeError::Malformed { .. }))));
 }

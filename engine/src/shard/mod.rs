@@ -141,6 +141,7 @@ impl NewJob {
             counts: Default::default(),
             unique: self.unique_key.as_deref(),
             error: None,
+            deadline: None,
             payload: &self.payload,
         }
     }
@@ -617,6 +618,7 @@ impl Shard {
             ttr_s: 0,
             max_attempts: j.max_attempts,
             unique: j.unique_key.as_deref(),
+            deadline: None,
         };
         let mut off = Records::disabled();
         let out = if logged { &mut off } else { &mut self.recs };
