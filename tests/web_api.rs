@@ -138,6 +138,13 @@ fn metrics_is_prometheus_text_with_command_tube_worker_and_log_families() {
         sample(&scrape, "spindle_wait_seconds", &[("tube", "emails")]),
         Some(PromValue::Summary(_))
     ));
+    match sample(&scrape, "spindle_job_wait_seconds", &[("tube", "emails")]) {
+        Some(PromValue::Histogram(b)) => {
+            assert_eq!(b.last().unwrap().count, 1.0, "one reservation: {b:?}");
+            assert!(b.windows(2).all(|w| w[0].count <= w[1].count), "cumulative: {b:?}");
+        }
+        other => panic!("spindle_job_wait_seconds is not a histogram: {other:?}"),
+    }
     assert_eq!(scalar(sample(&scrape, "spindle_log_enabled", &[])), 1.0);
     assert!(scalar(sample(&scrape, "spindle_log_bytes", &[])) > 0.0);
     assert!(scalar(sample(&scrape, "spindle_log_segments", &[])) >= 1.0);

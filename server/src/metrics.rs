@@ -1,6 +1,7 @@
 //! The Prometheus text exposition (format 0.0.4) of the `metrics`
 //! extension command: counters per command and per tube, gauges per
-//! state, the wait summary and run-time histogram per tube, workers
+//! state, the wait summary and histogram and the run-time histogram per
+//! tube, workers
 //! (waiting, holding, desired), and the log (bytes, segments, syncs and
 //! their latency, compaction). `spindle web` serves it as `GET /metrics`;
 //! `docs/protocol.md` lists every family.
@@ -18,6 +19,10 @@ use super::store::{Front, Store};
 /// worker held a job before its outcome (delete, release, bury, fail).
 pub(crate) const RUN_BUCKETS_S: [f64; 10] =
     [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0];
+
+/// Upper bounds (microseconds) of the wait histogram's buckets.
+const WAIT_BUCKETS_US: [u64; 8] =
+    [100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 60_000_000, 600_000_000];
 
 /// Counts one run of `ns` nanoseconds in `f`'s run-time histogram.
 pub(crate) fn count_run(f: &mut Front, ns: u128) {
@@ -164,6 +169,25 @@ pub(crate) fn prometheus(st: &Store, now: Instant) -> String {
                 );
             }
             let _ = writeln!(s, "spindle_wait_seconds_count{{tube=\"{name}\"}} {n}");
+        }
+    }
+    family(
+        &mut s,
+        "job_wait_seconds",
+        "Time from ready to reserved, as a histogram (bucket edges within 6.25%; the sum is estimated).",
+        "histogram",
+    );
+    for (qid, name) in &tubes {
+        if let Some((le, total, sum_us)) = st.table.wait_histogram(*qid, &WAIT_BUCKETS_US) {
+            let mut per = Vec::with_capacity(le.len() + 1);
+            let mut prev = 0;
+            for c in le.iter().copied().chain([total]) {
+                per.push(c.saturating_sub(prev));
+                prev = prev.max(c);
+            }
+            let bounds: Vec<f64> = WAIT_BUCKETS_US.iter().map(|&u| u as f64 / 1e6).collect();
+            let labels = format!("tube=\"{name}\"");
+            histogram(&mut s, "job_wait_seconds", &labels, &bounds, &per, sum_us / 1e6);
         }
     }
     family(
