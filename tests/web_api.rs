@@ -276,6 +276,8 @@ fn read_only_refuses_every_action() {
     let w = WebProc::start(&sock(&d), &["--read-only"]);
     assert!(w.token.is_none());
     assert_eq!(w.json("/api/overview")["read_only"], true);
+    assert_eq!(w.json("/api/queues/reports")["read_only"], true);
+    assert_eq!(w.json(&format!("/api/jobs/{bid}"))["read_only"], true);
     let r = web::agent()
         .post(format!("{}/api/jobs/{bid}/kick", w.base))
         .header("Content-Type", "application/json")

@@ -111,8 +111,8 @@ pub(crate) fn route(
             let series = h.lock().unwrap_or_else(std::sync::PoisonError::into_inner).series();
             Ok(Reply::Json(json!({ "samples": series })))
         }
-        (false, ["api", "queues", name]) => queue(d, h, name).map(Reply::Json),
-        (false, ["api", "jobs", id]) => job(d, job_id(id)?).map(Reply::Json),
+        (false, ["api", "queues", name]) => queue(d, h, name, read_only).map(Reply::Json),
+        (false, ["api", "jobs", id]) => job(d, job_id(id)?, read_only).map(Reply::Json),
         (false, ["api", "jobs", id, "payload"]) => {
             let id = job_id(id)?;
             let j = d.with(|c| c.peek(id))?.ok_or_else(|| gone(id))?;
@@ -192,7 +192,12 @@ fn summary(j: Option<Job>) -> Value {
     }
 }
 
-fn queue(d: &mut Daemon, h: &SharedHistory, name: &str) -> Result<Value, ApiError> {
+fn queue(
+    d: &mut Daemon,
+    h: &SharedHistory,
+    name: &str,
+    read_only: bool,
+) -> Result<Value, ApiError> {
     spindle_client::check_tube(name)?;
     let ext = d.extensions()?;
     let m = d.with(|c| if ext { c.stats_tube_ext(name) } else { c.stats_tube(name) })?;
@@ -217,10 +222,11 @@ fn queue(d: &mut Daemon, h: &SharedHistory, name: &str) -> Result<Value, ApiErro
         "next": next,
         "put_rate": put_rate,
         "done_rate": done_rate,
+        "read_only": read_only,
     }))
 }
 
-fn job(d: &mut Daemon, id: u64) -> Result<Value, ApiError> {
+fn job(d: &mut Daemon, id: u64, read_only: bool) -> Result<Value, ApiError> {
     let ext = d.extensions()?;
     let m = d.with(|c| if ext { c.stats_job_ext(id) } else { c.stats_job(id) })?;
     let j = d.with(|c| c.peek(id))?.ok_or_else(|| gone(id))?;
@@ -232,6 +238,7 @@ fn job(d: &mut Daemon, id: u64) -> Result<Value, ApiError> {
         "truncated": j.body.len() > shown.len(),
         "utf8": std::str::from_utf8(&j.body).is_ok(),
         "payload": String::from_utf8_lossy(shown),
+        "read_only": read_only,
     }))
 }
 

@@ -144,6 +144,7 @@ function chart(c, samples) {
 
 async function queue(view, name) {
   const q = await get("/api/queues/" + encodeURIComponent(name));
+  state.readOnly = q.read_only;
   const st = q.stats;
   const base = "/api/queues/" + encodeURIComponent(name);
   const paused = st["pause-time-left"] > 0;
@@ -202,6 +203,7 @@ async function job(view, id) {
     view.replaceChildren(el("h2", {}, "Job " + id), el("p", { id: "job-missing" }, e.message));
     return;
   }
+  state.readOnly = j.read_only;
   const st = j.stats;
   const canKick = st.state === "buried" || st.state === "delayed";
   view.replaceChildren(
@@ -237,6 +239,7 @@ async function render() {
     else await overview(view);
     const mode = document.getElementById("mode");
     mode.textContent = state.readOnly ? "read-only" : (state.token ? "actions enabled" : "enter the token to act");
+    document.getElementById("token-form").hidden = state.readOnly;
     document.body.dataset.loaded = hash;
   } catch (e) {
     status("cannot load: " + e.message, false);
