@@ -39,16 +39,20 @@ impl Table {
             let j = self.slab.get(s);
             (j.state, j.queue, j.holder)
         };
-        if let Some(x) = self.q_mut(q) {
-            x.counters.cancelled += 1;
-        }
         if state == State::Reserved {
             let j = self.slab.get_mut(s);
+            // A job counts as cancelled once, however often it is asked.
             if !j.cancelled() {
                 j.set_cancelled();
                 out.cancel(id);
+                if let Some(x) = self.q_mut(q) {
+                    x.counters.cancelled += 1;
+                }
             }
             return Ok(Cancelled::Running { holder });
+        }
+        if let Some(x) = self.q_mut(q) {
+            x.counters.cancelled += 1;
         }
         self.destroy(s);
         if let Some(x) = self.q_mut(q) {

@@ -11,12 +11,16 @@
 //!    `expired` counter. A job that is reserved or buried then is left as
 //!    it is.
 //! 3. Such a job (or any job past its deadline) that becomes ready again
-//!    later (released, kicked, its lease expired) is expired at the next
-//!    hand-out: the deadline holds for every attempt, not only the first.
+//!    later (released, kicked, its lease expired), or is delayed again
+//!    (released with a delay, retried after a backoff), is expired at the
+//!    next check: the deadline holds for every attempt, not only the
+//!    first. `reserve_id` also expires a buried job past its deadline
+//!    rather than hand it out.
 //!    A job buried by expiry loses its deadline, so an operator can still
 //!    kick it and run it.
 //!
-//! The deadline is in the job's `Put` record; the set is rebuilt on replay,
+//! The deadline is in the job's `Put` record (a job buried by expiry is
+//! logged with a new `Put` without it); the set is rebuilt on replay,
 //! so a deadline that passes while the process is down expires the job at
 //! the first hand-out after recovery. The check on the hot path is one
 //! comparison with the set's first entry.
@@ -102,7 +106,7 @@ impl Table {
     }
 
     /// Expires the job in slot `s`: deleted or buried, as its queue says.
-    fn expire(&mut self, s: u32, out: &mut Records) {
+    pub(crate) fn expire(&mut self, s: u32, out: &mut Records) {
         let (id, q) = {
             let j = self.slab.get(s);
             (j.id, j.queue)
@@ -122,7 +126,9 @@ impl Table {
                 x.counters.expired += 1;
                 x.counters.buries += 1;
             }
-            self.log_move(s, out);
+            // Its complete state, not a move: the deadline it lost is in
+            // its `Put`, and a move would leave it there for replay.
+            self.log_full(s, out);
         } else {
             self.destroy(s);
             if let Some(x) = self.q_mut(q) {
@@ -133,8 +139,15 @@ impl Table {
         }
     }
 
-    /// A job in slot `s` became ready at `now`: if it is past its deadline,
-    /// it is expired at the next hand-out (step 3).
+    /// Whether jobs are due to expire at `now` ([`Table::tick`] expires
+    /// them; a runtime that reserves with its log switched off ticks first).
+    #[inline]
+    pub fn expiry_due(&self, now: Time) -> bool {
+        !self.expiry.found.is_empty() || self.expiry.first <= now.0
+    }
+
+    /// A job in slot `s` became ready (or was delayed again) at `now`: if
+    /// it is past its deadline, it is expired at the next check (step 3).
     #[inline]
     pub(crate) fn check_deadline(&mut self, s: u32, now: Time) {
         let j = self.slab.get(s);

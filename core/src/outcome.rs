@@ -132,6 +132,7 @@ impl Table {
             self.make_ready(s, now, false);
         } else {
             self.make_delayed(s, now.plus(delay));
+            self.check_deadline(s, now);
         }
         self.log_move(s, out);
         Ok(())
@@ -181,6 +182,7 @@ impl Table {
             self.make_ready(s, now, false);
         } else {
             self.make_delayed(s, now.plus(delay));
+            self.check_deadline(s, now);
         }
         self.log_move(s, out);
         Ok(Failed::Retry { attempts, delay })

@@ -205,7 +205,7 @@ impl Table {
             out.id_only(crate::record::kind::DELETE, id);
         }
         r.jobs -= cancelled.len() as u64;
-        self.finish_schedules();
+        self.finish_schedules(now);
         let all: Vec<(u64, u32)> = self.ids.iter().collect();
         let mut buried: Vec<(u64, u32)> = Vec::new();
         let mut running: Vec<u32> = Vec::new();

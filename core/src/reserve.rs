@@ -109,7 +109,8 @@ impl Table {
     }
 
     /// Reserves job `id` (beanstalkd's `reserve-job`): from any state but
-    /// reserved.
+    /// reserved, limits or not; a job past its deadline is expired
+    /// instead.
     pub fn reserve_id(
         &mut self,
         now: Time,
@@ -119,7 +120,14 @@ impl Table {
     ) -> Option<Lease> {
         self.expire_due(now, out);
         let s = self.slot(id)?;
-        if self.slab.get(s).state == crate::State::Reserved {
+        let j = self.slab.get(s);
+        if j.state == crate::State::Reserved {
+            return None;
+        }
+        // A buried job (or one delayed again) past its deadline is not in
+        // the checks above, but is never handed out either (`expiry.rs`).
+        if j.deadline().is_some_and(|d| d <= now) {
+            self.expire(s, out);
             return None;
         }
         Some(self.take(s, holder, now, out))

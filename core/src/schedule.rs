@@ -23,7 +23,8 @@
 //!    [`Missed::Skip`] it logs the latest as skipped and puts nothing.
 //! 4. A paused schedule does not tick; on resume its next tick is the first
 //!    after the time of the resume (the ticks in between are not missed
-//!    ones: they are skipped).
+//!    ones: they are skipped, and the latest of them is logged as the last
+//!    tick, so a restart does not run them).
 
 use crate::queue::QueueId;
 use crate::record::{Records, ScheduleRec, WhenRec};
@@ -150,6 +151,8 @@ pub(crate) struct Schedules {
     pub due: BTreeSet<(Time, u32, Box<str>)>,
     /// Scratch buffer for the `Put` a `Fire` record holds.
     scratch: Records,
+    /// When recovery finished: ticks before it were missed (step 3).
+    recovered_at: Time,
 }
 
 /// A schedule, as [`Table::schedules`] shows it.
@@ -282,6 +285,15 @@ impl Table {
         sc.paused = paused;
         sc.recovered = false;
         if !paused {
+            // The ticks since the last one are skipped, and the latest of
+            // them becomes the last tick: the `Schedule` record below
+            // carries it, so a restart does not take them for missed ones.
+            let after = sc.last_tick.unwrap_or(sc.anchor);
+            if let Some(t) = sc.rule.as_ref().and_then(|r| r.last_at_or_before(now, after)) {
+                if t > after {
+                    sc.last_tick = Some(t);
+                }
+            }
             sc.next = sc.rule.as_ref().and_then(|r| r.next_after(now));
             if let Some(t) = sc.next {
                 self.schedules.due.insert((t, q.0, key.1.clone()));
@@ -363,7 +375,10 @@ impl Table {
         let Some(rule) = sc.rule.clone() else { return false };
         let from = sc.next.unwrap_or(now);
         let tick = rule.last_at_or_before(now, from).unwrap_or(from);
-        let missed_skip = sc.recovered && sc.spec.missed == Missed::Skip && tick < now;
+        // Missed: the tick passed while the process was down, not merely
+        // before this (late) call.
+        let missed_skip =
+            sc.recovered && sc.spec.missed == Missed::Skip && tick < self.schedules.recovered_at;
         let overlap = sc.spec.no_overlap && sc.last_job != 0 && self.ids.get(sc.last_job).is_some();
         let Some(sc) = self.schedules.all.get_mut(&key) else { return false };
         sc.recovered = false;
@@ -465,9 +480,10 @@ impl Table {
     }
 
     /// Computes every schedule's next tick after replay (step 3): the first
-    /// after its last tick, or after it was added.
-    pub(crate) fn finish_schedules(&mut self) {
+    /// after its last tick, or after it was added; recovery ends at `now`.
+    pub(crate) fn finish_schedules(&mut self, now: Time) {
         self.schedules.due.clear();
+        self.schedules.recovered_at = now;
         for (key, sc) in self.schedules.all.iter_mut() {
             sc.next = None;
             if sc.paused {

@@ -14,9 +14,9 @@ use crate::time::Time;
 impl Table {
     /// Fires everything due at `now`, in beanstalkd's order (waits before
     /// leases: a late tick must not turn a wait's `DEADLINE_SOON` into a
-    /// time-out), then serves waiters. Returns the next due time.
+    /// time-out), expires the jobs past their deadline, then serves
+    /// waiters. Returns the next due time.
     pub fn tick(&mut self, now: Time, out: &mut Records) -> Option<Time> {
-        self.expire_due(now, out);
         self.open_gates(now);
         while let Some(&(at, id)) = self.delayed.first() {
             if at > now {
@@ -59,6 +59,9 @@ impl Table {
             self.waits.dirty = true;
             self.maybe_drop_queue(q);
         }
+        // Deadlines last: a job that became ready above past its deadline
+        // (its delay ended, its lease expired) goes in this tick too.
+        self.expire_due(now, out);
         self.serve_waiters(now, out);
         self.next_due()
     }

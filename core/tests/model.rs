@@ -7,17 +7,25 @@
 //! urgent ready job is the minimum (priority, id) over the ready jobs of
 //! the queue, and so on), never by the table's own structures. After
 //! every operation the test compares every job, the live ids, `totals()`,
-//! every queue's gauges, counters, pause and policy, the peeks, each
-//! holder's leases, and runs `Table::check`.
+//! every queue's gauges, counters, pause, policy and limits, the peeks,
+//! each holder's leases, every schedule, and runs `Table::check`.
+//!
+//! The rules of issue 21 (per-queue concurrency and rate limits, deadlines
+//! and expiry, cancellation, schedules) are in `model/tiers.rs`; the
+//! operations and their generators in `model/ops.rs`; fixed sequences and
+//! the regressions the model found in `model/fixed.rs`. Each time the test
+//! moves the clock it ticks the table, then fires its schedules.
 //!
 //! A crash keeps every record written so far (the log), builds a fresh
 //! table from it (`replay` + `finish_replay`, then a `tick`, as a
 //! front-end starting up does, possibly some seconds later) and carries on
 //! with that table; the model turns reserved jobs back to ready with the
 //! interruption counted (or buries them as poison pills per their policy)
-//! and forgets what is not durable: pauses, the expired-lease total, and
-//! the queue counters (a recovered queue counts the puts of its log; the
-//! rest start at zero). A compaction replaces the log with the table's
+//! and forgets what is not durable: pauses, the expired-lease total, the
+//! queue counters (a recovered queue counts the puts of its log; the
+//! rest start at zero), the rate limits' GCRA state and the schedules'
+//! counts; a cancelled running job is gone, and each schedule goes on from
+//! its last logged tick (ticks before the restart are missed ones). A compaction replaces the log with the table's
 //! `snapshot`, so later crashes replay full-state records too.
 //!
 //! Not modelled: holders that actually wait (`reserve_wait` is only called
@@ -25,10 +33,11 @@
 //! between a due time and the tick that handles it (the test ticks each
 //! time it moves the clock).
 //!
-//! The fixed sequences at the end push the ready heap, the lease heap and
-//! the per-priority FIFOs past their compaction thresholds, which random
-//! runs this small rarely reach; the regression tests after them pin the
-//! bugs this test found.
+//! The fixed sequences (`model/fixed.rs`) push the ready heap, the lease
+//! heap and the per-priority FIFOs past their compaction thresholds, which
+//! random runs this small rarely reach; the regression tests after them pin
+//! the bugs this test found (those in the rules of issue 21 are pinned in
+//! `paid_tiers.rs`).
 //!
 //! `PROPTEST_CASES` raises the number of cases for longer runs.
 
@@ -39,10 +48,17 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use spindle_core::{
-    By, Config, Counts, Failed, JobError, Lease, Put, PutError, PutSpec, QueueCounters, QueueId,
-    Records, Recovered, Reserved, RetryPolicy, State, Table, Time, Totals, WaitEnd, MAX_ERROR_TEXT,
-    SAFETY_MARGIN, URGENT,
+    By, Config, Counts, Failed, JobError, Lease, Limits, Put, PutError, PutSpec, QueueCounters,
+    QueueId, Records, Recovered, Reserved, RetryPolicy, State, Table, Time, Totals, WaitEnd,
+    MAX_ERROR_TEXT, SAFETY_MARGIN, URGENT,
 };
+
+#[path = "model/fixed.rs"]
+mod fixed;
+#[path = "model/tiers.rs"]
+mod tiers;
+
+use tiers::MSched;
 
 const T0: Time = Time::from_secs(1_700_000_000);
 /// The queues. The front-end holds the first `HELD`; "c" and "d" are not
@@ -101,242 +117,10 @@ fn policy(i: usize) -> RetryPolicy {
     }
 }
 
-// ------------------------------------------------------------------ ops
+#[path = "model/ops.rs"]
+mod ops;
 
-/// Which job an operation names, resolved against the model when it runs
-/// (an index into the matching ids, so shrinking keeps it meaningful).
-#[derive(Clone, Copy, Debug)]
-enum Target {
-    Any(u16),
-    Reserved(u16),
-    /// Buried or delayed.
-    Parked(u16),
-    /// A deleted id, or one never handed out.
-    Gone(u16),
-}
-
-/// Who acts on a reserved job.
-#[derive(Clone, Copy, Debug)]
-enum Who {
-    /// The job's holder (holder 0 if it is not reserved).
-    Owner,
-    Holder(u32),
-}
-
-/// The fencing token given.
-#[derive(Clone, Copy, Debug)]
-enum Tok {
-    None,
-    Current,
-    Stale,
-}
-
-#[derive(Clone, Debug)]
-enum Op {
-    Put {
-        q: usize,
-        pri: usize,
-        delay_ms: u64,
-        ttr_s: u32,
-        max_attempts: u32,
-        key: Option<usize>,
-        payload: Vec<u8>,
-        owned: bool,
-    },
-    Reserve {
-        q: usize,
-        holder: u32,
-    },
-    ReserveWait {
-        queues: Vec<usize>,
-        holder: u32,
-        batch: u32,
-        past: bool,
-    },
-    ReserveId {
-        job: Target,
-        holder: u32,
-    },
-    Complete {
-        job: Target,
-        who: Who,
-        tok: Tok,
-    },
-    CompleteMany {
-        holder: u32,
-        extra: Option<Target>,
-    },
-    Delete {
-        job: Target,
-        by: Option<(Who, Tok)>,
-    },
-    Release {
-        job: Target,
-        who: Who,
-        tok: Tok,
-        pri: usize,
-        delay_ms: u64,
-    },
-    Fail {
-        job: Target,
-        who: Who,
-        tok: Tok,
-        error: u8,
-    },
-    Bury {
-        job: Target,
-        who: Who,
-        tok: Tok,
-        pri: usize,
-        reason: u8,
-    },
-    Touch {
-        job: Target,
-        who: Who,
-        tok: Tok,
-    },
-    Kick {
-        q: usize,
-        bound: u64,
-    },
-    KickJob {
-        job: Target,
-    },
-    Clear {
-        q: usize,
-        states: u8,
-    },
-    Pause {
-        q: usize,
-        secs: u64,
-    },
-    SetPolicy {
-        q: usize,
-        policy: usize,
-    },
-    Advance {
-        ms: u64,
-    },
-    DropHolder {
-        holder: u32,
-    },
-    /// Compaction: the log becomes the table's snapshot.
-    Compact,
-    /// A crash, and a restart this much later.
-    Crash {
-        later_ms: u64,
-    },
-}
-
-/// A failure's error text: short, invalid UTF-8, or long enough to be cut
-/// (inside a multi-byte character).
-fn error_text(i: u8) -> Vec<u8> {
-    match i % 3 {
-        0 => b"boom".to_vec(),
-        1 => vec![0xff, b'x', 0xc3],
-        _ => "€".repeat(1700).into_bytes(),
-    }
-}
-
-/// A burial's reason: none, short, or long enough to be cut (4,098 bytes
-/// of 3-byte characters: the last 4,096 bytes start inside one).
-fn reason_text(i: u8) -> Option<String> {
-    match i % 3 {
-        0 => None,
-        1 => Some("why".to_string()),
-        _ => Some("€".repeat(1366)),
-    }
-}
-
-fn target() -> impl Strategy<Value = Target> {
-    prop_oneof![
-        6 => any::<u16>().prop_map(Target::Reserved),
-        2 => any::<u16>().prop_map(Target::Any),
-        1 => any::<u16>().prop_map(Target::Parked),
-        1 => any::<u16>().prop_map(Target::Gone),
-    ]
-}
-
-fn who() -> impl Strategy<Value = Who> {
-    prop_oneof![6 => Just(Who::Owner), 1 => (0..HOLDERS).prop_map(Who::Holder)]
-}
-
-fn tok() -> impl Strategy<Value = Tok> {
-    prop_oneof![4 => Just(Tok::None), 3 => Just(Tok::Current), 1 => Just(Tok::Stale)]
-}
-
-fn delay_ms() -> impl Strategy<Value = u64> {
-    prop_oneof![3 => Just(0u64), 1 => 1u64..1000, 1 => 1000u64..6000]
-}
-
-fn queue() -> impl Strategy<Value = usize> {
-    prop_oneof![3 => 0..HELD, 2 => HELD..QUEUES.len()]
-}
-
-fn pri_index() -> impl Strategy<Value = usize> {
-    prop_oneof![6 => 0..PRIS.len(), 1 => 0usize..30]
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    let put =
-        (
-            queue(),
-            pri_index(),
-            delay_ms(),
-            prop_oneof![1 => Just(0u32), 6 => 1u32..=3],
-            prop_oneof![3 => Just(0u32), 1 => 1u32..=3],
-            proptest::option::weighted(0.3, 0..KEYS.len()),
-            prop_oneof![
-                3 => proptest::collection::vec(any::<u8>(), 0..=24),
-                1 => proptest::collection::vec(any::<u8>(), 25..=44),
-            ],
-            any::<bool>(),
-        )
-            .prop_map(|(q, pri, delay_ms, ttr_s, max_attempts, key, payload, owned)| {
-                Op::Put { q, pri, delay_ms, ttr_s, max_attempts, key, payload, owned }
-            });
-    let reserve_wait = (
-        proptest::sample::subsequence(vec![0usize, 1, 2], 1..=3),
-        0..HOLDERS,
-        1u32..=3,
-        any::<bool>(),
-    )
-        .prop_map(|(queues, holder, batch, past)| Op::ReserveWait {
-            queues,
-            holder,
-            batch,
-            past,
-        });
-    prop_oneof![
-        10 => put,
-        10 => (queue(), 0..HOLDERS).prop_map(|(q, holder)| Op::Reserve { q, holder }),
-        5 => reserve_wait,
-        1 => (target(), 0..HOLDERS).prop_map(|(job, holder)| Op::ReserveId { job, holder }),
-        4 => (target(), who(), tok()).prop_map(|(job, who, tok)| Op::Complete { job, who, tok }),
-        1 => (0..HOLDERS, proptest::option::of(target()))
-            .prop_map(|(holder, extra)| Op::CompleteMany { holder, extra }),
-        2 => (target(), proptest::option::of((who(), tok())))
-            .prop_map(|(job, by)| Op::Delete { job, by }),
-        3 => (target(), who(), tok(), pri_index(), delay_ms()).prop_map(
-            |(job, who, tok, pri, delay_ms)| Op::Release { job, who, tok, pri, delay_ms }
-        ),
-        4 => (target(), who(), tok(), any::<u8>())
-            .prop_map(|(job, who, tok, error)| Op::Fail { job, who, tok, error }),
-        2 => (target(), who(), tok(), pri_index(), any::<u8>()).prop_map(
-            |(job, who, tok, pri, reason)| Op::Bury { job, who, tok, pri, reason }
-        ),
-        2 => (target(), who(), tok()).prop_map(|(job, who, tok)| Op::Touch { job, who, tok }),
-        2 => (queue(), 0u64..=3).prop_map(|(q, bound)| Op::Kick { q, bound }),
-        1 => target().prop_map(|job| Op::KickJob { job }),
-        1 => (queue(), 1u8..16).prop_map(|(q, states)| Op::Clear { q, states }),
-        1 => (queue(), 0u64..=5).prop_map(|(q, secs)| Op::Pause { q, secs }),
-        1 => (queue(), 0usize..4).prop_map(|(q, policy)| Op::SetPolicy { q, policy }),
-        6 => prop_oneof![3 => 0u64..1500, 1 => 1000u64..8000].prop_map(|ms| Op::Advance { ms }),
-        1 => (0..HOLDERS).prop_map(|holder| Op::DropHolder { holder }),
-        2 => prop_oneof![Just(0u64), 0u64..10_000].prop_map(|later_ms| Op::Crash { later_ms }),
-        1 => Just(Op::Compact),
-    ]
-}
+use ops::{error_text, op, reason_text, Op, Target, Tok, Who};
 
 // ---------------------------------------------------------------- model
 
@@ -362,6 +146,13 @@ struct MJob {
     held_seq: u64,
     /// Buried: when, in model steps (the kick order).
     bury_seq: u64,
+    /// Not handed out at or after this.
+    deadline: Option<Time>,
+    /// The table's deadline set still holds it (it leaves at the first
+    /// check at or after the deadline, whatever the job's state then).
+    pending: bool,
+    /// Reserved and cancelled.
+    cancelled: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -376,6 +167,9 @@ struct MQueue {
     in_log: bool,
     /// Put records of the queue in the log.
     puts_logged: u64,
+    limits: Limits,
+    /// GCRA's theoretical arrival time (not logged).
+    tat: Time,
 }
 
 /// What a failure should do.
@@ -401,6 +195,13 @@ struct Model {
     seq: u64,
     timeouts: u64,
     gone: Vec<u64>,
+    /// Jobs that became ready past their deadline, in that order (expired
+    /// at the next check).
+    found: Vec<u64>,
+    /// By (queue, name).
+    schedules: BTreeMap<(usize, String), MSched>,
+    /// When the table last recovered.
+    recovered_at: Time,
 }
 
 fn may_retry(p: &RetryPolicy, attempts: u32) -> bool {
@@ -441,6 +242,8 @@ impl Model {
             configured: false,
             in_log: false,
             puts_logged: 0,
+            limits: Limits::default(),
+            tat: Time::ZERO,
         };
         Model {
             now: T0,
@@ -450,6 +253,9 @@ impl Model {
             seq: 0,
             timeouts: 0,
             gone: Vec::new(),
+            found: Vec::new(),
+            schedules: BTreeMap::new(),
+            recovered_at: T0,
             cfg,
         }
     }
@@ -477,6 +283,8 @@ impl Model {
                 configured: false,
                 in_log: x.in_log,
                 puts_logged: x.puts_logged,
+                limits: Limits::default(),
+                tat: Time::ZERO,
             };
         }
     }
@@ -492,6 +300,7 @@ impl Model {
             && q >= HELD
             && !self.queues[q].configured
             && !self.has_jobs(q)
+            && !self.has_schedule(q)
         {
             self.queues[q].exists = false;
         }
@@ -505,12 +314,15 @@ impl Model {
         self.jobs.iter().filter(|(_, j)| f(j)).map(|(&id, _)| id).collect()
     }
 
-    /// The most urgent ready job of `qs`: least (priority, id).
-    fn best_ready(&self, qs: &[usize], skip_paused: bool) -> Option<u64> {
+    /// The most urgent ready job of `qs`: least (priority, id). A hand-out
+    /// (`gated`) skips paused queues and those whose limits say no.
+    fn best_ready(&self, qs: &[usize], gated: bool) -> Option<u64> {
         self.jobs
             .iter()
             .filter(|(_, j)| {
-                j.state == State::Ready && qs.contains(&j.q) && !(skip_paused && self.paused(j.q))
+                j.state == State::Ready
+                    && qs.contains(&j.q)
+                    && !(gated && (self.paused(j.q) || !self.gate_open(j.q)))
             })
             .min_by_key(|(&id, j)| (j.pri, id))
             .map(|(&id, _)| id)
@@ -614,13 +426,20 @@ impl Model {
         j.due = (j.ttr_s > 0).then(|| now.plus_secs(u64::from(j.ttr_s)));
         let (q, token) = (j.q, j.counts.reserves);
         self.queues[q].counters.reserves += 1;
+        self.started(q);
         Lease { id, token }
     }
 
+    /// Makes a job ready again (not a put): past its deadline, it is
+    /// expired at the next check.
     fn make_ready(&mut self, id: u64) {
+        let now = self.now;
         let j = self.job(id);
         j.state = State::Ready;
         j.due = None;
+        if j.deadline.is_some_and(|d| d <= now) {
+            self.found.push(id);
+        }
     }
 
     fn make_buried(&mut self, id: u64) {
@@ -632,14 +451,35 @@ impl Model {
     }
 
     fn destroy(&mut self, id: u64) {
-        let j = self.jobs.remove(&id).unwrap();
-        self.queues[j.q].counters.deletes += 1;
-        self.gone.push(id);
-        self.maybe_drop(j.q);
+        let q = self.remove(id);
+        self.queues[q].counters.deletes += 1;
     }
 
-    /// A run ended without an outcome (lease expired, holder gone).
+    /// The job goes, not counted as a delete (cancelled, expired).
+    fn remove(&mut self, id: u64) -> usize {
+        let j = self.jobs.remove(&id).unwrap();
+        self.gone.push(id);
+        self.maybe_drop(j.q);
+        j.q
+    }
+
+    /// `held_by`, and a cancelled job's holder is refused and the job goes.
+    fn hold(&mut self, id: u64, by: By) -> Result<(), JobError> {
+        self.held_by(id, by)?;
+        if self.jobs[&id].cancelled {
+            self.remove(id);
+            return Err(JobError::Cancelled(id));
+        }
+        Ok(())
+    }
+
+    /// A run ended without an outcome (lease expired, holder gone); a
+    /// cancelled job goes instead.
     fn interrupt(&mut self, id: u64, timed_out: bool) {
+        if self.jobs[&id].cancelled {
+            self.remove(id);
+            return;
+        }
         let p = self.policy_of(id);
         let j = self.job(id);
         j.counts.interrupted += 1;
@@ -667,6 +507,7 @@ impl Model {
     #[allow(clippy::too_many_arguments)]
     fn put(
         &mut self,
+        id: u64,
         q: usize,
         pri: u32,
         delay: Duration,
@@ -674,11 +515,18 @@ impl Model {
         max_attempts: u32,
         key: Option<usize>,
         payload: &[u8],
+        deadline: Option<Time>,
     ) -> Result<Put, PutError> {
         self.ensure(q);
         let len = payload.len();
         if len > MAX_PAYLOAD as usize {
             return Err(PutError::TooBig { len, max: MAX_PAYLOAD });
+        }
+        if let Some(d) = deadline.filter(|&d| d <= self.now) {
+            return Err(PutError::DeadlinePassed {
+                deadline_ms: d.as_millis(),
+                now_ms: self.now.as_millis(),
+            });
         }
         // A live job of the queue with the key: nothing is made, so no
         // limit applies.
@@ -694,8 +542,7 @@ impl Model {
         if bytes + len as u64 > MAX_BYTES {
             return Err(PutError::Full { what: "bytes", limit: MAX_BYTES });
         }
-        let id = self.next_id;
-        self.next_id += 1;
+        self.next_id = self.next_id.max(id + 1);
         let delayed = !delay.is_zero();
         self.jobs.insert(
             id,
@@ -715,6 +562,9 @@ impl Model {
                 holder: 0,
                 held_seq: 0,
                 bury_seq: 0,
+                deadline,
+                pending: deadline.is_some(),
+                cancelled: false,
             },
         );
         let x = &mut self.queues[q];
@@ -726,6 +576,7 @@ impl Model {
 
     fn reserve(&mut self, q: usize, holder: u32) -> Option<Lease> {
         self.ensure(q);
+        self.expire_due();
         if self.paused(q) {
             return None;
         }
@@ -745,6 +596,7 @@ impl Model {
             // waits, so no queue is left unused by it).
             return Reserved::Ended(WaitEnd::DeadlineSoon);
         }
+        self.expire_due();
         let mut leases = Vec::new();
         if let Some(first) = self.best_ready(qs, true) {
             let mut bytes = self.jobs[&first].payload.len();
@@ -765,16 +617,23 @@ impl Model {
         }
     }
 
+    /// Any job but a reserved one, limits or not; one past its deadline is
+    /// expired instead.
     fn reserve_id(&mut self, id: u64, holder: u32) -> Option<Lease> {
+        self.expire_due();
         let j = self.jobs.get(&id)?;
         if j.state == State::Reserved {
+            return None;
+        }
+        if j.deadline.is_some_and(|d| d <= self.now) {
+            self.expire(id);
             return None;
         }
         Some(self.take(id, holder))
     }
 
     fn complete(&mut self, id: u64, by: By) -> Result<(), JobError> {
-        self.held_by(id, by)?;
+        self.hold(id, by)?;
         self.destroy(id);
         Ok(())
     }
@@ -782,7 +641,7 @@ impl Model {
     fn complete_many(&mut self, ids: &[u64], holder: u32) -> usize {
         let mut gone = 0;
         for &id in ids {
-            if self.held_by(id, By::holder(holder)).is_ok() {
+            if self.hold(id, By::holder(holder)).is_ok() {
                 self.destroy(id);
                 gone += 1;
             }
@@ -793,14 +652,14 @@ impl Model {
     fn delete(&mut self, id: u64, by: Option<By>) -> Result<(), JobError> {
         let j = self.jobs.get(&id).ok_or(JobError::NotFound(id))?;
         if j.state == State::Reserved {
-            self.held_by(id, by.ok_or(JobError::NotHolder(id))?)?;
+            self.hold(id, by.ok_or(JobError::NotHolder(id))?)?;
         }
         self.destroy(id);
         Ok(())
     }
 
     fn release(&mut self, id: u64, by: By, pri: u32, delay: Duration) -> Result<(), JobError> {
-        self.held_by(id, by)?;
+        self.hold(id, by)?;
         let now = self.now;
         let j = self.job(id);
         j.pri = pri;
@@ -812,12 +671,15 @@ impl Model {
         } else {
             j.state = State::Delayed;
             j.due = Some(now.plus(delay));
+            if j.deadline.is_some_and(|d| d <= now) {
+                self.found.push(id);
+            }
         }
         Ok(())
     }
 
     fn fail(&mut self, id: u64, by: By, error: &[u8]) -> Result<FailWant, JobError> {
-        self.held_by(id, by)?;
+        self.hold(id, by)?;
         let p = self.policy_of(id);
         let j = self.job(id);
         j.error = Some(
@@ -847,11 +709,14 @@ impl Model {
         } else {
             j.state = State::Delayed;
             j.due = Some(now.plus(delay));
+            if j.deadline.is_some_and(|d| d <= now) {
+                self.found.push(id);
+            }
         }
     }
 
     fn bury(&mut self, id: u64, by: By, pri: u32, reason: Option<&str>) -> Result<(), JobError> {
-        self.held_by(id, by)?;
+        self.hold(id, by)?;
         let j = self.job(id);
         j.pri = pri;
         j.counts.buries += 1;
@@ -867,6 +732,9 @@ impl Model {
 
     fn touch(&mut self, id: u64, by: By) -> Result<(), JobError> {
         self.held_by(id, by)?;
+        if self.jobs[&id].cancelled {
+            return Err(JobError::Cancelled(id));
+        }
         let now = self.now;
         let j = self.job(id);
         if j.ttr_s > 0 {
@@ -946,9 +814,17 @@ impl Model {
     }
 
     /// Time passes to `now`, and the table ticks.
+    /// (Schedules fire after it, in `fire_schedules`.)
     fn advance(&mut self, now: Time) {
         self.now = now;
-        for id in self.ids_where(|j| j.state == State::Delayed && j.due.unwrap() <= now) {
+        let mut due: Vec<(Time, u64)> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.state == State::Delayed && j.due.unwrap() <= now)
+            .map(|(&id, j)| (j.due.unwrap(), id))
+            .collect();
+        due.sort_unstable();
+        for (_, id) in due {
             self.make_ready(id);
         }
         let mut expired: Vec<(Time, u64)> = self
@@ -969,6 +845,9 @@ impl Model {
                 self.maybe_drop(q);
             }
         }
+        // Deadlines last: a job that became ready in this tick past its
+        // deadline goes in it.
+        self.expire_due();
     }
 
     fn drop_holder(&mut self, holder: u32) {
@@ -982,15 +861,22 @@ impl Model {
     fn compact(&mut self) {
         for q in 0..self.queues.len() {
             let jobs = self.jobs.values().filter(|j| j.q == q).count() as u64;
+            let scheduled = self.has_schedule(q);
             let x = &mut self.queues[q];
-            x.in_log = x.configured || jobs > 0;
+            x.in_log = x.configured || jobs > 0 || scheduled;
             x.puts_logged = jobs;
         }
     }
 
     /// A crash and recovery: returns (interrupted, poisoned).
-    fn crash(&mut self) -> (u64, u64) {
+    fn crash(&mut self, now: Time) -> (u64, u64) {
+        self.now = now;
         let (mut interrupted, mut poisoned) = (0, 0);
+        // A cancelled job that was running is gone.
+        for id in self.ids_where(|j| j.cancelled) {
+            self.jobs.remove(&id);
+            self.gone.push(id);
+        }
         for id in self.ids_where(|j| j.state == State::Reserved) {
             interrupted += 1;
             let p = self.policy_of(id);
@@ -1012,17 +898,23 @@ impl Model {
         for q in 0..self.queues.len() {
             let live = self.jobs.values().filter(|j| j.q == q).count() as u64;
             let survives = self.queues[q].in_log
-                && (!self.cfg.drop_unused_queues || self.has_jobs(q) || self.queues[q].configured);
+                && (!self.cfg.drop_unused_queues
+                    || self.has_jobs(q)
+                    || self.queues[q].configured
+                    || self.has_schedule(q));
             let x = &mut self.queues[q];
             x.exists = survives;
             x.paused_until = None;
             x.pause_s = 0;
             x.counters = QueueCounters { puts: live, ..QueueCounters::default() };
+            x.tat = Time::ZERO;
             if !survives {
                 x.policy = self.cfg.policy;
                 x.configured = false;
+                x.limits = Limits::default();
             }
         }
+        self.crash_tiers();
         (interrupted, poisoned)
     }
 }
@@ -1077,7 +969,7 @@ impl Run {
         let now = self.m.now;
         let mut rec = Records::new();
         match op {
-            Op::Put { q, pri, delay_ms, ttr_s, max_attempts, key, payload, owned } => {
+            Op::Put { q, pri, delay_ms, ttr_s, max_attempts, key, payload, owned, deadline_ms } => {
                 let qid = self.qid(*q);
                 let spec = PutSpec {
                     pri: pri_of(*pri),
@@ -1085,7 +977,7 @@ impl Run {
                     ttr_s: *ttr_s,
                     max_attempts: *max_attempts,
                     unique: key.map(|k| KEYS[k]),
-                    deadline: None,
+                    deadline: deadline_ms.map(|ms| now.plus_millis(ms)),
                 };
                 let id = self.t.next_id();
                 assert_eq!(id, self.m.next_id);
@@ -1094,8 +986,17 @@ impl Run {
                 } else {
                     self.t.put(now, id, qid, &spec, payload, &mut rec)
                 };
-                let want =
-                    self.m.put(*q, spec.pri, spec.delay, *ttr_s, *max_attempts, *key, payload);
+                let want = self.m.put(
+                    id,
+                    *q,
+                    spec.pri,
+                    spec.delay,
+                    *ttr_s,
+                    *max_attempts,
+                    *key,
+                    payload,
+                    spec.deadline,
+                );
                 assert_eq!(got, want);
             }
             Op::Reserve { q, holder } => {
@@ -1206,6 +1107,21 @@ impl Run {
                 let now = now.plus_millis(*ms);
                 self.t.tick(now, &mut rec);
                 self.m.advance(now);
+                self.fire(now, &mut rec);
+            }
+            Op::Cancel { job } => {
+                let id = self.m.resolve(*job);
+                assert_eq!(self.t.cancel(id, &mut rec), self.m.cancel(id));
+            }
+            Op::SetLimits { q, concurrency, rate, bury } => {
+                let qid = self.qid(*q);
+                let limits = tiers::limits(*concurrency, *rate, *bury);
+                assert_eq!(self.t.set_limits(qid, limits, &mut rec), self.m.set_limits(*q, limits));
+            }
+            Op::Schedule(op) => {
+                let qid = self.qid(op.q());
+                let got = tiers::apply(&mut self.t, now, qid, op, &mut rec);
+                assert_eq!(got, self.m.schedule_op(op));
             }
             Op::DropHolder { holder } => {
                 self.t.drop_holder(now, *holder, &mut rec);
@@ -1225,21 +1141,40 @@ impl Run {
                 let n = t.replay(&self.log).unwrap();
                 assert_eq!(n, self.records, "every record replayed");
                 let got = t.finish_replay(now, &mut rec);
-                let (interrupted, poisoned) = self.m.crash();
+                let (interrupted, poisoned) = self.m.crash(now);
                 let want =
                     Recovered { records: n, jobs: self.m.jobs.len() as u64, interrupted, poisoned };
                 assert_eq!(got, want);
-                // A front-end ticks at once: jobs that came due while it was
-                // down, or since their last record (a due job's move to
-                // ready is not logged).
-                t.tick(now, &mut rec);
-                self.m.advance(now);
+                // A front-end holds its queues again (before anything can
+                // drop them: an expiry in this tick, say) and ticks at once:
+                // jobs that came due while it was down, or since their last
+                // record (a due job's move to ready is not logged).
                 self.t = t;
                 self.hold_queues();
+                self.t.tick(now, &mut rec);
+                self.m.advance(now);
+                self.fire(now, &mut rec);
             }
         }
         self.logged(&rec);
         self.check();
+    }
+
+    /// Schedules fire (the front-end calls this after each tick), with
+    /// ids from a counter of the caller's.
+    fn fire(&mut self, now: Time, rec: &mut Records) {
+        let mut next = self.t.next_id();
+        assert_eq!(next, self.m.next_id);
+        let got = self.t.fire_schedules(
+            now,
+            &mut || {
+                next += 1;
+                next - 1
+            },
+            rec,
+        );
+        let order = QUEUES.map(|n| self.t.find_queue(n).map_or(u32::MAX, |q| q.0));
+        assert_eq!(got, self.m.fire_schedules(&order));
     }
 
     /// The table and the model agree.
@@ -1261,6 +1196,7 @@ impl Run {
                 "job {id}"
             );
             assert_eq!(v.counts, mj.counts, "job {id} counts");
+            assert_eq!(t.is_cancelled(id), mj.cancelled, "job {id} cancelled");
             assert_eq!(
                 (v.ttr_s, v.delay_s, v.max_attempts, v.unique, v.error, v.holder),
                 (
@@ -1318,6 +1254,7 @@ impl Run {
             assert_eq!(v.counters, mq.counters, "queue {} counters", QUEUES[q]);
             assert_eq!((v.paused_until, v.pause_s), (mq.paused_until, mq.pause_s));
             assert_eq!(t.policy(qid), Some(mq.policy));
+            assert_eq!(t.limits(qid), Some(mq.limits), "queue {} limits", QUEUES[q]);
             let ready = m.best_ready(&[q], false);
             assert_eq!(t.peek_ready(qid).map(|j| j.id), ready, "peek ready {}", QUEUES[q]);
             let delayed = m
@@ -1352,10 +1289,13 @@ impl Run {
             .filter(|j| matches!(j.state, State::Delayed | State::Reserved))
             .filter_map(|j| j.due)
             .chain(m.queues.iter().filter(|x| x.exists).filter_map(|x| x.paused_until))
+            .chain(m.jobs.values().filter(|j| j.pending).filter_map(|j| j.deadline))
+            .chain(m.schedules.values().filter_map(|s| s.next))
             .min();
         if let Some(w) = want_next {
             assert!(next.is_some_and(|x| x <= w), "next due {next:?}, want by {w:?}");
         }
+        tiers::check(t, m);
     }
 }
 
@@ -1385,133 +1325,4 @@ proptest! {
     ) {
         run(drop_unused_queues, &ops);
     }
-}
-
-// ------------------------------------------- fixed sequences through the model
-
-fn put_op(q: usize, pri: usize, ttr_s: u32) -> Op {
-    Op::Put {
-        q,
-        pri,
-        delay_ms: 0,
-        ttr_s,
-        max_attempts: 0,
-        key: None,
-        payload: vec![pri as u8; 3],
-        owned: false,
-    }
-}
-
-fn release_op(pri: usize) -> Op {
-    Op::Release { job: Target::Reserved(0), who: Who::Owner, tok: Tok::Current, pri, delay_ms: 0 }
-}
-
-#[test]
-fn a_ready_heap_of_mostly_stale_entries_is_compacted_and_keeps_its_order() {
-    // Ten jobs released into the re-ready heap, then the one at its bottom
-    // taken out and put back 80 times: each leaves a stale entry behind,
-    // past the 64 entries at which the heap is compacted.
-    let mut ops: Vec<Op> = (0..10).map(|_| put_op(0, 1, 0)).collect();
-    ops.extend((0..10).map(|_| Op::Reserve { q: 0, holder: 0 }));
-    ops.extend((0..10).map(|_| release_op(1)));
-    for _ in 0..80 {
-        ops.push(Op::ReserveId { job: Target::Any(9), holder: 1 });
-        ops.push(release_op(1));
-    }
-    ops.extend((0..10).map(|_| Op::Reserve { q: 0, holder: 2 }));
-    run(false, &ops);
-}
-
-#[test]
-fn a_lease_touched_a_thousand_times_expires_once_and_its_stale_entries_go() {
-    // Over 1,024 lease entries for one job (the lease heap is compacted
-    // when a reservation ends), then a second job's lease expires on time.
-    let mut ops = vec![put_op(0, 0, 3), put_op(0, 0, 2), Op::Reserve { q: 0, holder: 0 }];
-    for _ in 0..1100 {
-        ops.push(Op::Advance { ms: 1 });
-        ops.push(Op::Touch { job: Target::Reserved(0), who: Who::Owner, tok: Tok::Current });
-    }
-    ops.push(Op::Complete { job: Target::Reserved(0), who: Who::Owner, tok: Tok::None });
-    ops.push(Op::Reserve { q: 0, holder: 1 });
-    ops.push(Op::Advance { ms: 2500 });
-    run(false, &ops);
-}
-
-#[test]
-fn many_priorities_come_and_go_in_order() {
-    // More than 16 priorities in one queue (empty per-priority FIFOs are
-    // then dropped), interleaved with older ones coming back.
-    let mut ops = Vec::new();
-    for round in 0..3 {
-        ops.extend((0..12).map(|i| put_op(0, 5 + (i * 7 + round * 3) % 30, 0)));
-        ops.extend((0..6).map(|_| Op::Reserve { q: 0, holder: 0 }));
-        ops.extend((0..3).map(|i| release_op(5 + (i + round) % 30)));
-        ops.extend((0..10).map(|_| Op::Reserve { q: 0, holder: 1 }));
-        ops.push(Op::CompleteMany { holder: 0, extra: None });
-        ops.push(Op::CompleteMany { holder: 1, extra: None });
-    }
-    run(false, &ops);
-}
-
-// ----------------------------------------------- regressions the model found
-
-#[test]
-fn recovery_reports_the_records_it_replayed() {
-    let now = T0;
-    let mut t = Table::new(Config::default());
-    let mut log = Records::new();
-    let q = t.queue("q").unwrap();
-    t.put(now, 1, q, &PutSpec::default(), b"x", &mut log).unwrap();
-    t.reserve(now, q, 0, &mut log).unwrap();
-    let mut r = Table::new(Config::default());
-    assert_eq!(r.replay(log.bytes()).unwrap(), 2);
-    let got = r.finish_replay(now, &mut Records::new());
-    assert_eq!(got, Recovered { records: 2, jobs: 1, interrupted: 1, poisoned: 0 });
-}
-
-#[test]
-fn a_long_burial_reason_is_cut_at_a_character() {
-    // 4,098 bytes of 3-byte characters: the last 4,096 bytes start inside
-    // one. The job keeps the longest end that fits, whole characters only.
-    let mut t = Table::new(Config::default());
-    let mut log = Records::new();
-    let q = t.queue("q").unwrap();
-    t.put(T0, 1, q, &PutSpec::default(), b"x", &mut log).unwrap();
-    t.reserve(T0, q, 0, &mut log).unwrap();
-    let reason = "€".repeat(1366);
-    t.bury(1, By::holder(0), 0, Some(&reason), &mut log).unwrap();
-    assert_eq!(t.job(1).unwrap().error, Some("€".repeat(1365).as_str()));
-}
-
-#[test]
-fn a_snapshot_of_a_running_job_replays_its_reservations_once() {
-    let mut t = Table::new(Config::default());
-    let mut log = Records::new();
-    let q = t.queue("q").unwrap();
-    t.put(T0, 1, q, &PutSpec::default(), b"x", &mut log).unwrap();
-    t.reserve(T0, q, 0, &mut log).unwrap();
-    t.release(T0, 1, By::holder(0), 0, Duration::ZERO, &mut log).unwrap();
-    t.reserve(T0, q, 0, &mut log).unwrap();
-    let mut snap = Records::new();
-    t.snapshot(&mut snap);
-    let mut r = Table::new(Config::default());
-    r.replay(snap.bytes()).unwrap();
-    r.finish_replay(T0, &mut Records::new());
-    let j = r.job(1).unwrap();
-    assert_eq!(j.state, State::Ready);
-    assert_eq!((j.counts.reserves, j.counts.releases, j.counts.interrupted), (2, 1, 1));
-}
-
-#[test]
-fn a_duplicate_put_returns_its_job_even_when_the_table_is_full() {
-    let mut t = Table::new(Config { max_jobs: 1, ..Config::default() });
-    let mut log = Records::new();
-    let q = t.queue("q").unwrap();
-    let spec = PutSpec { unique: Some("k"), ..PutSpec::default() };
-    assert_eq!(t.put(T0, 1, q, &spec, b"x", &mut log), Ok(Put::Created(1)));
-    assert_eq!(t.put(T0, 2, q, &spec, b"x", &mut log), Ok(Put::Duplicate(1)));
-    assert_eq!(
-        t.put(T0, 3, q, &PutSpec::default(), b"x", &mut log),
-        Err(PutError::Full { what: "jobs", limit: 1 })
-    );
 }

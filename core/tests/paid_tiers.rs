@@ -435,3 +435,106 @@ fn bad_schedules_are_refused_with_a_reason() {
     let e = t.remove_schedule(q, "nope", &mut log).unwrap_err();
     assert!(e.to_string().contains("no schedule named \"nope\""), "{e}");
 }
+
+// ------------------------------------- regressions the model test found
+
+#[test]
+fn a_lease_that_ends_past_the_deadline_expires_its_job_in_the_same_tick() {
+    // The tick checked deadlines before leases: the job came back ready past
+    // its deadline and stayed so until the next hand-out.
+    let (mut t, mut log) = table();
+    let q = t.queue("q").unwrap();
+    let spec = PutSpec { ttr_s: 10, deadline: Some(T0.plus_secs(5)), ..PutSpec::default() };
+    let id = put(&mut t, &mut log, T0, q, &spec);
+    t.reserve(T0, q, 0, &mut log).unwrap();
+    t.tick(T0.plus_secs(10), &mut log);
+    assert!(t.job(id).is_none());
+    assert_eq!(t.queue_view(q).unwrap().counters.expired, 1);
+}
+
+#[test]
+fn a_job_buried_by_expiry_keeps_no_deadline_after_a_restart() {
+    // Its burial was logged as a move, which left the deadline in its `Put`:
+    // after a restart a kick expired it again instead of running it.
+    let (mut t, mut log) = table();
+    let q = t.queue("q").unwrap();
+    t.set_limits(q, Limits { on_expiry: OnExpiry::Bury, ..Limits::default() }, &mut log).unwrap();
+    let spec = PutSpec { deadline: Some(T0.plus_secs(5)), ..PutSpec::default() };
+    let id = put(&mut t, &mut log, T0, q, &spec);
+    t.tick(T0.plus_secs(6), &mut log);
+    let (mut r, mut out) = recover(&log, T0.plus_secs(7));
+    let q = r.find_queue("q").unwrap();
+    r.tick(T0.plus_secs(7), &mut out);
+    r.kick_job(T0.plus_secs(7), id, &mut out).unwrap();
+    assert_eq!(r.reserve(T0.plus_secs(7), q, 0, &mut out).map(|l| l.id), Some(id));
+    assert_eq!(r.queue_view(q).unwrap().counters.expired, 0);
+}
+
+#[test]
+fn reserving_a_buried_job_by_id_past_its_deadline_expires_it() {
+    let (mut t, mut log) = table();
+    let q = t.queue("q").unwrap();
+    let spec = PutSpec { deadline: Some(T0.plus_secs(5)), ..PutSpec::default() };
+    let id = put(&mut t, &mut log, T0, q, &spec);
+    t.reserve(T0, q, 0, &mut log).unwrap();
+    t.bury(id, By::holder(0), 0, None, &mut log).unwrap();
+    assert_eq!(t.reserve_id(T0.plus_secs(5), id, 0, &mut log), None);
+    assert!(t.job(id).is_none());
+    assert_eq!(t.queue_view(q).unwrap().counters.expired, 1);
+}
+
+#[test]
+fn a_running_job_cancelled_twice_counts_once() {
+    let (mut t, mut log) = table();
+    let q = t.queue("q").unwrap();
+    let id = put(&mut t, &mut log, T0, q, &ttr());
+    t.reserve(T0, q, 3, &mut log).unwrap();
+    assert_eq!(t.cancel(id, &mut log), Ok(Cancelled::Running { holder: 3 }));
+    assert_eq!(t.cancel(id, &mut log), Ok(Cancelled::Running { holder: 3 }));
+    assert_eq!(t.queue_view(q).unwrap().counters.cancelled, 1);
+}
+
+#[test]
+fn skip_missed_skips_only_ticks_before_the_restart() {
+    // The first tick after a restart was taken for a missed one whenever the
+    // fire came after it, as a real timer's always does.
+    let (mut t, mut log) = table();
+    let q = t.queue("q").unwrap();
+    let spec = ScheduleSpec { missed: Missed::Skip, ..every("s", 1000) };
+    t.add_schedule(T0, q, spec, &mut log).unwrap();
+    let (mut r, mut out) = recover(&log, T0.plus_millis(500));
+    assert_eq!(fire(&mut r, T0.plus_millis(1001), &mut out), 1);
+}
+
+#[test]
+fn the_ticks_of_a_pause_are_not_run_after_a_restart() {
+    // A resume did not log the ticks it skipped: after a restart the first
+    // fire ran one of them as a missed tick.
+    let (mut t, mut log) = table();
+    let q = t.queue("q").unwrap();
+    t.add_schedule(T0, q, every("s", 1000), &mut log).unwrap();
+    t.pause_schedule(T0, q, "s", true, &mut log).unwrap();
+    t.pause_schedule(T0.plus_millis(5500), q, "s", false, &mut log).unwrap();
+    assert_eq!(t.schedule(q, "s").unwrap().last_tick, Some(T0.plus_secs(5)));
+    let (mut r, mut out) = recover(&log, T0.plus_millis(5600));
+    let q = r.find_queue("q").unwrap();
+    assert_eq!(r.schedule(q, "s").unwrap().next, Some(T0.plus_secs(6)));
+    assert_eq!(fire(&mut r, T0.plus_millis(5600), &mut out), 0);
+}
+
+#[test]
+fn a_job_delayed_again_past_its_deadline_expires_at_the_next_check() {
+    // It waited out its delay first (and a restart expired it at once, the
+    // live table only when the delay ended).
+    let (mut t, mut log) = table();
+    let q = t.queue("q").unwrap();
+    let spec = PutSpec { ttr_s: 10, deadline: Some(T0.plus_secs(5)), ..PutSpec::default() };
+    let id = put(&mut t, &mut log, T0, q, &spec);
+    t.reserve(T0, q, 0, &mut log).unwrap();
+    // The deadline passes while it runs (the tick's check leaves it be).
+    t.tick(T0.plus_secs(5), &mut log);
+    t.release(T0.plus_secs(6), id, By::holder(0), 0, Duration::from_secs(60), &mut log).unwrap();
+    t.tick(T0.plus_secs(6), &mut log);
+    assert!(t.job(id).is_none());
+    assert_eq!(t.queue_view(q).unwrap().counters.expired, 1);
+}

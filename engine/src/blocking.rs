@@ -130,6 +130,7 @@ fn run(sh: &ShardShared, epoch: &Instant, task: Task, h: Arc<dyn Handler>) {
         payload: task.payload.bytes(),
         attempt: task.attempt,
         priority: task.priority,
+        cancels: Some(&sh.cancels),
     };
     let outcome = crate::shard::call_handler(h.as_ref(), &job);
     let end_ns = epoch.elapsed().as_nanos() as u64;

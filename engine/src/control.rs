@@ -29,7 +29,8 @@
 //! 5. **Publish.** Store the decision and inputs for `stats()`, and emit a
 //!    `tracing` debug event when the active count changes. Every tenth tick
 //!    recompute each queue's `desired_workers` from the shards' published
-//!    per-queue counters.
+//!    per-queue counters, capped for a limited queue by its concurrency
+//!    limit and its rate times its run time (`Limits::worker_cap`).
 
 use crate::builder::Workers;
 use crate::lag::{Lag, Sample, Settings};
@@ -457,8 +458,10 @@ impl QueueRates {
         d: Duration,
     ) -> HashMap<String, u64> {
         let mut sums: BTreeMap<String, ([u64; 3], u64)> = BTreeMap::new();
+        let mut limits: BTreeMap<String, spindle_core::Limits> = BTreeMap::new();
         for s in shards {
             let g = s.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+            limits.extend(g.1.limits.iter().map(|(k, v)| (k.clone(), *v)));
             for (name, c) in &g.1.counts {
                 let e = sums.entry(name.clone()).or_default();
                 e.0[0] += c.arrived;
@@ -490,6 +493,13 @@ impl QueueRates {
             let mut want = lambda * run + ready as f64 * run / d.as_secs_f64().max(1e-6);
             if ready > 0 && run == 0.0 {
                 want = want.max(1.0); // work waits and nobody has run any yet
+            }
+            // A limited queue keeps only so many workers busy: its
+            // concurrency, and by Little's law its rate times the run time.
+            if let Some(cap) =
+                limits.get(&name).and_then(|l| l.worker_cap(Duration::from_secs_f64(run)))
+            {
+                want = want.min(cap.max(1) as f64);
             }
             out.insert(name, if want.is_finite() { want.ceil().min(1e9) as u64 } else { 0 });
         }

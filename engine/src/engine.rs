@@ -117,29 +117,38 @@ impl Counters {
         Ok(())
     }
 
+    /// Counts jobs the engine made itself (a schedule's ticks), past the
+    /// limits: a tick is never refused for them.
+    pub(crate) fn add(&self, jobs: u64, bytes: u64) {
+        self.jobs.fetch_add(jobs, Ordering::AcqRel);
+        self.bytes.fetch_add(bytes, Ordering::AcqRel);
+    }
+
     pub(crate) fn release(&self, jobs: u64, bytes: u64) {
         self.jobs.fetch_sub(jobs, Ordering::AcqRel);
         self.bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 }
 
-struct Inner {
+pub(crate) struct Inner {
     ctl: Arc<control::Pool>,
     controller: Mutex<Option<JoinHandle<()>>>,
-    shards: Arc<[Arc<ShardShared>]>,
+    pub(crate) shards: Arc<[Arc<ShardShared>]>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     cfg: Arc<Config>,
     counters: Arc<Counters>,
     max_payload: usize,
     rr: AtomicUsize,
     accepting: AtomicBool,
+    /// Queues that live on one shard (`paid.rs` step 1).
+    pub(crate) homes: crate::paid::Homes,
 }
 
 /// A running engine. Cheap to clone: clones share the same shards, so other
 /// threads and handlers can submit follow-up jobs.
 #[derive(Clone)]
 pub struct Engine {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -463,6 +472,19 @@ impl Engine {
             max_bytes: b.max_bytes,
         });
 
+        let cancels = Arc::new(crate::cancel::Cancels::default());
+        // Queues the logs give limits or schedules live on that shard.
+        let homes = crate::paid::Homes::default();
+        for (i, table) in recovered.iter().enumerate() {
+            for (q, name) in table.queues() {
+                if table.is_limited(q) {
+                    homes.set(name, i);
+                }
+            }
+            for s in table.schedules() {
+                homes.set(&s.queue_name, i);
+            }
+        }
         let mut workers = Vec::with_capacity(n);
         let mut shared = Vec::with_capacity(n);
         for (i, (wal, marker)) in wals.into_iter().zip(markers).enumerate() {
@@ -490,6 +512,7 @@ impl Engine {
                 pool: Default::default(),
                 put_keep: AtomicU64::new(0),
                 outcome_keep: AtomicU64::new(0),
+                cancels: cancels.clone(),
             }));
             workers.push(worker);
         }
@@ -567,6 +590,7 @@ impl Engine {
                 counters,
                 max_payload: b.max_payload,
                 rr: AtomicUsize::new(0),
+                homes,
                 accepting: AtomicBool::new(true),
             }),
         };
@@ -625,6 +649,9 @@ impl Engine {
             return Err(SubmitError::ShuttingDown);
         }
         validate_queue(&job.queue)?;
+        if job.deadline.is_some_and(|d| d <= self.inner.cfg.clock.now()) {
+            return Err(SubmitError::DeadlinePassed);
+        }
         if job.payload.len() > self.inner.max_payload {
             return Err(SubmitError::PayloadTooLarge {
                 len: job.payload.len(),
@@ -651,11 +678,16 @@ impl Engine {
             due: (!job.delay.is_zero()).then(|| created.plus(job.delay)),
             max_attempts: job.max_attempts,
             unique_key: job.unique_key.map(Into::into),
+            deadline: job.deadline,
+            homed: false,
         }
     }
 
     fn pick_shard(&self, job: &Job) -> usize {
         let n = self.inner.shards.len();
+        if let Some(home) = self.inner.homes.get(&job.queue) {
+            return home;
+        }
         match &job.unique_key {
             Some(k) => {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -738,10 +770,12 @@ impl Engine {
         self.check(&job)?;
         let len = job.payload.len() as u64;
         self.inner.counters.reserve(1, len)?;
-        let shard = &self.inner.shards[self.pick_shard(&job)];
+        let home = self.inner.homes.get(&job.queue);
+        let shard = &self.inner.shards[home.unwrap_or_else(|| self.pick_shard(&job))];
         let id = self.inner.counters.next_id.fetch_add(1, Ordering::AcqRel);
         let unique = job.unique_key.is_some();
-        let nj = self.new_job(job, id);
+        let mut nj = self.new_job(job, id);
+        nj.homed = home.is_some();
         if unique {
             let reply: Arc<UniqueReply> = Arc::new(ArrayQueue::new(1));
             shard.send(Msg::Unique(nj, reply.clone(), std::thread::current()));
@@ -798,10 +832,14 @@ impl Engine {
     /// returned so far are accepted, the rest are not.
     pub fn submit_batch(&self, jobs: Vec<Job>) -> Result<Vec<JobId>, SubmitError> {
         let mut ids = Vec::with_capacity(jobs.len());
-        let (plain, unique): (Vec<Job>, Vec<Job>) = if jobs.iter().all(|j| j.unique_key.is_none()) {
+        // Jobs with a unique key, or of a queue with a home shard
+        // (`paid.rs`), go one by one to the shard they belong on.
+        let homes = &self.inner.homes;
+        let single = |j: &Job| j.unique_key.is_some() || homes.get(&j.queue).is_some();
+        let (plain, unique): (Vec<Job>, Vec<Job>) = if !jobs.iter().any(single) {
             (jobs, Vec::new())
         } else {
-            jobs.into_iter().partition(|j| j.unique_key.is_none())
+            jobs.into_iter().partition(|j| !single(j))
         };
         // Checked once per run of jobs to the same queue.
         let mut checked: Option<&str> = None;

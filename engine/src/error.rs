@@ -38,6 +38,9 @@ pub enum SubmitError {
         /// The job holding the key.
         existing: JobId,
     },
+    /// The job's deadline is not after the time of the submit.
+    #[error("the job's deadline has already passed; give a later one or none")]
+    DeadlinePassed,
     /// `shutdown()` has begun.
     #[error("the engine is shutting down")]
     ShuttingDown,

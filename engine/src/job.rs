@@ -36,6 +36,7 @@ pub struct Job {
     pub(crate) delay: Duration,
     pub(crate) max_attempts: u32,
     pub(crate) unique_key: Option<String>,
+    pub(crate) deadline: Option<spindle_core::Time>,
 }
 
 impl Job {
@@ -49,6 +50,7 @@ impl Job {
             delay: Duration::ZERO,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             unique_key: None,
+            deadline: None,
         }
     }
 
@@ -70,6 +72,21 @@ impl Job {
         self
     }
 
+    /// Never run the job after `at` (it is deleted, or buried if its
+    /// queue's limits say so: [`crate::Engine::set_limits`]). A deadline
+    /// not after the submit is refused ([`SubmitError::DeadlinePassed`]).
+    pub fn deadline(mut self, at: std::time::SystemTime) -> Self {
+        let ns = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        self.deadline = Some(spindle_core::Time(u64::try_from(ns).unwrap_or(u64::MAX)));
+        self
+    }
+
+    /// Never run the job later than `ttl` after it is submitted.
+    pub fn expires_in(self, ttl: Duration) -> Self {
+        let at = std::time::SystemTime::now() + ttl;
+        self.deadline(at)
+    }
+
     /// While a live job of the same queue holds this key, submitting another
     /// one with it creates nothing and reports [`SubmitError::Duplicate`].
     pub fn unique_key(mut self, key: impl Into<String>) -> Self {
@@ -86,9 +103,16 @@ pub struct JobRef<'a> {
     pub(crate) payload: &'a [u8],
     pub(crate) attempt: u32,
     pub(crate) priority: u32,
+    pub(crate) cancels: Option<&'a crate::cancel::Cancels>,
 }
 
 impl<'a> JobRef<'a> {
+    /// Whether [`crate::Engine::cancel`] was called for this job while it
+    /// runs: a long handler may check it and return early; whatever it
+    /// returns then, the job is deleted, never retried.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancels.is_some_and(|c| c.contains(self.id.0))
+    }
     /// The job's id.
     pub fn id(&self) -> JobId {
         self.id

@@ -298,6 +298,8 @@ mod tests {
             due: None,
             max_attempts: 5,
             unique_key: None,
+            deadline: None,
+            homed: false,
         }
     }
 

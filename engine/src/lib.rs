@@ -29,12 +29,14 @@
 mod append;
 mod blocking;
 mod builder;
+mod cancel;
 mod control;
 mod engine;
 mod error;
 mod job;
 mod lag;
 mod lane;
+mod paid;
 mod pin;
 mod record;
 mod shard;
@@ -49,6 +51,11 @@ pub use builder::{Durability, EngineBuilder, Workers};
 pub use engine::{Engine, Handler};
 pub use error::{BuildError, ShutdownError, SubmitError};
 pub use job::{Job, JobId, JobRef, Outcome, DEFAULT_MAX_ATTEMPTS, MAX_QUEUE_NAME};
+pub use paid::ControlError;
+pub use spindle_core::{
+    Cancelled, LimitError, Limits, Missed, OnExpiry, Rate, ScheduleError, ScheduleSpec,
+    ScheduleView, When,
+};
 pub use spindle_wal as wal;
 pub use spindle_wal::FileAccess;
 pub use stats::{

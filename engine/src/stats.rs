@@ -183,6 +183,8 @@ pub(crate) struct QueueCounts {
 pub(crate) struct Snapshot {
     pub(crate) queues: BTreeMap<String, QueueStats>,
     pub(crate) counts: BTreeMap<String, QueueCounts>,
+    /// Limits of this shard's limited queues (they cap `desired_workers`).
+    pub(crate) limits: BTreeMap<String, spindle_core::Limits>,
     pub(crate) shard: ShardStats,
     pub(crate) dispatch: Histogram<u64>,
     pub(crate) run_time: Histogram<u64>,
@@ -194,6 +196,7 @@ impl Default for Snapshot {
         Snapshot {
             queues: BTreeMap::new(),
             counts: BTreeMap::new(),
+            limits: BTreeMap::new(),
             shard: ShardStats::default(),
             dispatch: histogram(),
             run_time: histogram(),

@@ -31,6 +31,7 @@
 //! between iterations.
 
 mod compact;
+pub(crate) mod ctl;
 mod publish;
 mod run;
 mod share;
@@ -111,17 +112,23 @@ pub(crate) struct NewJob {
     pub(crate) due: Option<Time>,
     pub(crate) max_attempts: u32,
     pub(crate) unique_key: Option<Box<str>>,
+    /// Never handed out after this (`spindle_core`'s `expiry.rs`).
+    pub(crate) deadline: Option<Time>,
+    /// Its queue lives on one shard (limits or schedules): it never enters
+    /// the lane nor leaves its shard's table to be rescued.
+    pub(crate) homed: bool,
 }
 
 impl NewJob {
     /// What a handler sees of this job on its first attempt.
-    pub(crate) fn job_ref(&self) -> JobRef<'_> {
+    pub(crate) fn job_ref<'a>(&'a self, cancels: Option<&'a crate::cancel::Cancels>) -> JobRef<'a> {
         JobRef {
             id: JobId(self.id),
             queue: &self.queue,
             payload: &self.payload,
             attempt: 1,
             priority: self.priority,
+            cancels,
         }
     }
 
@@ -141,7 +148,7 @@ impl NewJob {
             counts: Default::default(),
             unique: self.unique_key.as_deref(),
             error: None,
-            deadline: None,
+            deadline: self.deadline,
             payload: &self.payload,
         }
     }
@@ -165,6 +172,8 @@ pub(crate) enum Msg {
     Rescued(Vec<(NewJob, Outcome)>, bool),
     /// A job this shard's blocking pool ran.
     Blocking(BlockingDone),
+    /// Limits, schedules, cancellation (`ctl.rs`).
+    Ctl(ctl::CtlMsg),
     Shutdown,
 }
 
@@ -213,6 +222,8 @@ pub(crate) struct ShardShared {
     /// outcome must leave, as of the shard's last log write.
     pub(crate) put_keep: AtomicU64,
     pub(crate) outcome_keep: AtomicU64,
+    /// Jobs being cancelled, shared by every shard (`cancel.rs`).
+    pub(crate) cancels: Arc<crate::cancel::Cancels>,
 }
 
 /// A producer's presence in a submit epoch; leaving drops the count.
@@ -618,7 +629,7 @@ impl Shard {
             ttr_s: 0,
             max_attempts: j.max_attempts,
             unique: j.unique_key.as_deref(),
-            deadline: None,
+            deadline: j.deadline,
         };
         let mut off = Records::disabled();
         let out = if logged { &mut off } else { &mut self.recs };
@@ -648,6 +659,8 @@ impl Shard {
         let plain = |j: &NewJob| {
             j.due.is_none()
                 && j.unique_key.is_none()
+                && j.deadline.is_none()
+                && !j.homed
                 && j.priority == first.priority
                 && (Arc::ptr_eq(&j.queue, &first.queue) || j.queue == first.queue)
         };
@@ -655,6 +668,9 @@ impl Shard {
             return None;
         }
         let q = self.qid(&first.queue)?;
+        if self.table.is_limited(q) {
+            return None;
+        }
         let x = self.qs.get(q.0 as usize)?;
         (x.handler.is_some() && !x.blocking).then_some(q)
     }
@@ -912,6 +928,7 @@ impl Shard {
                     }
                 }
             }
+            Msg::Ctl(m) => self.control(m),
             Msg::Shutdown => {
                 self.shutting_down = true;
                 self.shutdown_at = Some(Instant::now());
@@ -962,7 +979,7 @@ impl Shard {
             return false;
         }
         let before = self.table.totals().ready;
-        self.table.tick(now, &mut self.recs);
+        self.tick_table(now);
         let after = self.table.totals().ready;
         if after > before {
             self.g_arrivals += after - before;
@@ -979,6 +996,11 @@ impl Shard {
     /// as a task. The reservation is logged when its run starts, so a job
     /// offered to thieves and never run does not count as interrupted.
     fn take_from(&mut self, blocking: bool, now: Time) -> Option<Task> {
+        if self.table.expiry_due(now) {
+            // Expired jobs go through the timer step (logged, counted),
+            // not as a side effect of the reservation below.
+            self.tick_table(now);
+        }
         let qs = if blocking { &self.blocking_qs } else { &self.core_qs };
         let (id, ready) = {
             let j = self.table.peek_from(now, qs)?;

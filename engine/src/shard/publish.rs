@@ -8,6 +8,7 @@ impl Shard {
     pub(super) fn publish(&mut self) {
         let mut queues = std::collections::BTreeMap::new();
         let mut counts = std::collections::BTreeMap::new();
+        let mut limits = std::collections::BTreeMap::new();
         self.release_counts();
         let lane = self.sh.lane.count();
         for (name, &q) in &self.qids {
@@ -33,10 +34,16 @@ impl Shard {
                 },
             );
             counts.insert(name.to_string(), c);
+            if self.table.is_limited(q) {
+                if let Some(l) = self.table.limits(q) {
+                    limits.insert(name.to_string(), l);
+                }
+            }
         }
         let snap = Snapshot {
             queues,
             counts,
+            limits,
             shard: crate::stats::ShardStats {
                 pinned_core: self.pinned_core,
                 jobs_run: self.jobs_run,

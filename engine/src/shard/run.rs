@@ -7,7 +7,7 @@ use super::{
 };
 use crate::job::{JobId, JobRef, Outcome};
 use crate::steal::{Task, TaskOutcome};
-use spindle_core::{By, Failed, QueueId};
+use spindle_core::{By, Failed, JobError, QueueId};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -67,6 +67,7 @@ impl Shard {
             payload: t.payload.bytes(),
             attempt: t.attempt,
             priority: t.priority,
+            cancels: None,
         };
         let outcome = self.call(qi, &job, t.ready_ns, t.submitted_ns, start);
         if own {
@@ -121,11 +122,18 @@ impl Shard {
             m.set(j.id);
         }
         let ready_ns = self.ns_of(j.created);
-        let job = j.job_ref();
+        let job = j.job_ref(None);
         let outcome = self.call(qi, &job, ready_ns, ready_ns, start);
         if let Some(m) = &self.sh.marker {
             m.set(0);
         }
+        let outcome = if self.sh.cancels.contains(j.id) {
+            // Cancelled while it ran: it goes, whatever it said.
+            self.sh.cancels.remove(j.id);
+            Outcome::Done
+        } else {
+            outcome
+        };
         match outcome {
             Outcome::Done => {
                 // Logged with the next frame (a crash before it reruns the
@@ -191,6 +199,8 @@ impl Shard {
             }
         }
         self.sh.handler_since.store(start.max(1), Ordering::Relaxed);
+        // The handler sees cancellation through the engine's set.
+        let job = &JobRef { cancels: Some(&self.sh.cancels), ..*job };
         let outcome = match self.qs[qi].handler.as_deref() {
             Some(h) => call_handler(h, job),
             None => Outcome::Retry("no handler".into()),
@@ -223,6 +233,17 @@ impl Shard {
     pub(super) fn finish(&mut self, id: u64, q: QueueId, outcome: Outcome) {
         let by = By::holder(HOLDER);
         let len = self.table.job(id).map_or(0, |j| j.payload.len() as u64);
+        if self.sh.cancels.contains(id) {
+            // Cancelled while it ran (`cancel.rs`): whatever the handler
+            // said, the job goes; the table logs its deletion.
+            let _ = self.table.cancel(id, &mut self.recs);
+            if self.table.complete(id, by, &mut self.recs) == Err(JobError::Cancelled(id))
+                || self.table.job(id).is_none()
+            {
+                self.gone(id, len);
+            }
+            return;
+        }
         match outcome {
             Outcome::Done => {
                 if self.table.complete(id, by, &mut self.recs).is_ok() {

@@ -85,7 +85,10 @@ impl Shard {
             }
             let _inflight = o.enter();
             let runnable = |j: &NewJob| {
-                j.due.is_none_or(|d| d <= now_t) && self.handler_of(&j.queue).is_some_and(|h| !h.1)
+                j.due.is_none_or(|d| d <= now_t)
+                    && !j.homed
+                    && j.deadline.is_none()
+                    && self.handler_of(&j.queue).is_some_and(|h| !h.1)
             };
             // Messages it cannot run here (outcomes sent back to the stuck
             // shard, registrations, ...) go to the back of its inbox; look
@@ -117,7 +120,7 @@ impl Shard {
         for j in jobs {
             let outcome = match self.handler_of(&j.queue) {
                 Some((h, _)) => {
-                    let job = j.job_ref();
+                    let job = j.job_ref(Some(&self.sh.cancels));
                     // This shard's marker names the owner's job: recovery
                     // counts a crash during the run against it wherever it
                     // is logged (ids are engine-wide).
