@@ -2,8 +2,8 @@
 //! chromedriver (WebDriver), against `spindle web` and a real spindled
 //! under live traffic. It opens the overview while a burst arrives, saves
 //! a screenshot, pauses a queue from the page and sees the daemon report
-//! it paused, kicks a buried job, and checks that a `<script>` payload is
-//! shown as text and never runs.
+//! it paused, kicks a buried job, checks that a `<script>` payload is
+//! shown as text and never runs, and that `--read-only` disables actions.
 //!
 //! Skips (with a printed reason) when chromium or chromedriver is missing,
 //! unless `CI` is set: then it fails (`.ci/run` installs both). The
@@ -174,5 +174,14 @@ fn the_page_shows_a_burst_pauses_a_queue_kicks_a_buried_job_and_keeps_a_script_p
     let v = b
         .js("return [window.__pwned === undefined, document.querySelectorAll('img').length];", &[]);
     assert_eq!(v, json!([true, 0]));
-    let _: Value = v;
+
+    // A read-only page offers no action, even opened straight on a job.
+    let ro = WebProc::start(&sock, &["--read-only"]);
+    b.goto(&format!("{}/#/job/{evil}", ro.base));
+    b.poll("the read-only job page", || (b.text("#mode") == "read-only").then_some(()));
+    let v: Value = b.js(
+        "return ['#kick-btn', '#delete-btn'].map(s => document.querySelector(s).disabled);",
+        &[],
+    );
+    assert_eq!(v, json!([true, true]));
 }
