@@ -28,3 +28,4 @@ pub use spindle_engine::{
 };
 pub use spindle_server as server;
 pub use spindle_wal as wal;
+pub use spindle_web as web;

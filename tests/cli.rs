@@ -32,6 +32,7 @@ impl Server {
             .arg(format!("unix:{}", sock.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
                 panic!(
@@ -288,8 +289,9 @@ fn work_touches_jobs_that_run_longer_than_half_their_ttr() {
     let mut c = s.client();
     c.use_tube("slow").unwrap();
     let id = c.put(0, Duration::ZERO, Duration::from_secs(1), b"x").unwrap();
-    // Runs 1.6 s against a 1 s lease: only touching keeps it.
-    let out = s.spindle(&["work", "-q", "slow", "--max-jobs", "1", "--", "sleep", "1.6"]);
+    // Runs 1.6 s against a 1 s lease: only touching (--touch) keeps it.
+    let out =
+        s.spindle(&["work", "-q", "slow", "--max-jobs", "1", "--touch", "--", "sleep", "1.6"]);
     assert!(out.status.success(), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("1 job done, 0 failed"),
@@ -468,4 +470,138 @@ fn a_socket_in_a_directory_anyone_may_write_is_refused_unless_allowed() {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
     server.ok(&["put", "y"]);
     assert_eq!(c.stats().unwrap().get_u64("total-jobs"), Some(2));
+}
+
+/// `put` reads stdin only up to the server's max-job-size: an endless
+/// input is refused after about that many bytes, not read to its end.
+#[test]
+fn put_stops_reading_stdin_at_the_size_limit() {
+    use std::io::Write;
+    let s = Server::start();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spindle"))
+        .arg("--socket")
+        .arg(&s.sock)
+        .args(["put", "-q", "big"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    // An endless producer: writes until the reader closes the pipe (a
+    // bound keeps a broken CLI from hanging the test).
+    let writer = std::thread::spawn(move || {
+        let chunk = [b'x'; 64 * 1024];
+        let mut sent = 0u64;
+        while sent < 1 << 30 && pipe.write_all(&chunk).is_ok() {
+            sent += chunk.len() as u64;
+        }
+        sent
+    });
+    let out = child.wait_with_output().unwrap();
+    let sent = writer.join().unwrap();
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max-job-size (65535 bytes)"), "{err}");
+    // The limit plus what the pipe buffered: far below the gigabyte.
+    assert!(sent < 8 << 20, "spindle put read {sent} bytes of an endless stdin");
+    assert!(s.client().stats_tube("big").is_err(), "nothing was put");
+    // At the limit exactly, it is put.
+    let body = vec![b'y'; 65_535];
+    let out = s.spindle_with_stdin(&["put", "-q", "big"], Some(&body));
+    assert!(out.status.success(), "{}", describe(&out));
+}
+
+/// `kick`'s usage line is the same in its help and in its errors.
+#[test]
+fn kick_usage_matches_its_help() {
+    let s = Server::start();
+    let usage = |text: &str| -> String {
+        let from = text.find("Usage:").unwrap_or_else(|| panic!("no usage in {text}"));
+        text[from..].split("\n\n").next().unwrap().to_string()
+    };
+    let help = s.ok(&["kick", "--help"]);
+    let out = s.spindle(&["kick"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(usage(&help), usage(&err));
+    assert!(usage(&help).contains("spindle kick --id ID"), "{help}");
+}
+
+/// Without --touch a command past its job's TTR is stopped, TERM then
+/// KILL after --grace (here it ignores TERM, and so does the child it
+/// started: its whole process group goes), and the attempt fails.
+#[test]
+fn work_stops_a_command_past_its_ttr_and_fails_the_attempt() {
+    let s = Server::start();
+    let mut c = s.client();
+    c.use_tube("stuck").unwrap();
+    let id = c.put(0, Duration::ZERO, Duration::from_secs(2), b"x").unwrap();
+    let out = s.spindle(&[
+        "work",
+        "-q",
+        "stuck",
+        "--max-jobs",
+        "1",
+        "--grace",
+        "0.5",
+        "--",
+        "sh",
+        "-c",
+        "trap '' TERM; sleep 600",
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("0 jobs done, 1 failed"), "{}", describe(&out));
+    let st = c.stats_job(id).unwrap();
+    assert_ne!(st.get("state"), Some("reserved"), "{st:?}");
+    assert_eq!(c.stats().unwrap().get_u64("job-timeouts"), Some(0), "failed by us, not timed out");
+    if let Ok(Some(reason)) = c.stats_job_ext(id).map(|m| m.get("last-error").map(str::to_string)) {
+        assert!(reason.contains("time-to-run") && reason.contains("KILL"), "{reason}");
+    }
+}
+
+/// The first Ctrl-C says what the worker waits for; the second kills the
+/// command and puts its job back to ready.
+#[test]
+fn work_ctrl_c_waits_then_kills_and_returns_the_job() {
+    use std::io::{BufRead, BufReader};
+    let s = Server::start();
+    let mut c = s.client();
+    c.use_tube("long").unwrap();
+    let id = c.put(0, Duration::ZERO, Duration::from_secs(600), b"x").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spindle"))
+        .arg("--socket")
+        .arg(&s.sock)
+        .args(["work", "-q", "long", "--", "sleep", "600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    let deadline = Instant::now() + START_LIMIT;
+    while c.stats_job(id).unwrap().get("state") != Some("reserved") {
+        assert!(Instant::now() < deadline, "the job was never reserved");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = child.id().to_string();
+    let int = || {
+        let st = Command::new("kill").args(["-s", "INT", &pid]).status();
+        assert!(st.unwrap().success());
+    };
+    int();
+    let said = rx.recv_timeout(START_LIMIT).expect("a line after the first Ctrl-C");
+    assert!(said.contains(&format!("job {id}")) && said.contains("Ctrl-C again"), "{said}");
+    assert!(child.try_wait().unwrap().is_none(), "the first Ctrl-C waits for the job");
+    int();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(c.stats_job(id).unwrap().get("state"), Some("ready"));
 }

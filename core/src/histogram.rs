@@ -68,6 +68,28 @@ impl Histogram {
         self.total == 0
     }
 
+    /// Recorded values whose bucket ends at or below `v`: a cumulative
+    /// count for a Prometheus `le` bucket, short by at most the values in
+    /// the one bucket that straddles `v` (6.25% of `v` wide).
+    pub(crate) fn count_at_most(&self, v: u64) -> u64 {
+        self.counts.iter().enumerate().take_while(|&(i, _)| upper(i) <= v).map(|(_, &c)| c).sum()
+    }
+
+    /// An estimate of the sum of the recorded values: each bucket's count
+    /// times its midpoint.
+    pub(crate) fn approx_sum(&self) -> f64 {
+        let mut sum = 0.0;
+        let mut lower = 0u64;
+        for (i, &c) in self.counts.iter().enumerate() {
+            let up = upper(i);
+            if c > 0 {
+                sum += c as f64 * (lower as f64 + up as f64) / 2.0;
+            }
+            lower = up.saturating_add(1);
+        }
+        sum
+    }
+
     /// The value at quantile `q` (0..=1): the upper end of the bucket that
     /// holds it.
     pub(crate) fn value_at_quantile(&self, q: f64) -> u64 {
@@ -116,5 +138,20 @@ mod tests {
         assert!((500..=532).contains(&p50), "{p50}");
         assert!((990..=1055).contains(&p99), "{p99}");
         assert!(h.value_at_quantile(1.0) >= 1000);
+    }
+
+    #[test]
+    fn cumulative_counts_and_the_sum_follow_the_recorded_values() {
+        let mut h = Histogram::new();
+        for v in 1..=1000u64 {
+            h.record(v);
+        }
+        assert_eq!(h.count_at_most(0), 0);
+        assert_eq!(h.count_at_most(15), 15);
+        let c = h.count_at_most(500);
+        assert!((470..=500).contains(&c), "{c}");
+        assert_eq!(h.count_at_most(u64::MAX), 1000);
+        let sum = h.approx_sum();
+        assert!((sum - 500_500.0).abs() < 500_500.0 * 0.04, "{sum}");
     }
 }

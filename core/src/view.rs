@@ -177,6 +177,16 @@ impl Table {
         Some((h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.value_at_quantile(0.999)))
     }
 
+    /// Queue `q`'s waits (ready to reserved, microseconds) as a cumulative
+    /// histogram: for each of `bounds_us`, the reservations whose wait's
+    /// bucket ends at or below it; then the count of all and an estimate
+    /// of their sum. None before the queue's first reservation.
+    pub fn wait_histogram(&self, q: QueueId, bounds_us: &[u64]) -> Option<(Vec<u64>, u64, f64)> {
+        let h = self.q(q.0)?.wait_us.as_ref()?;
+        let le = bounds_us.iter().map(|&b| h.count_at_most(b)).collect();
+        Some((le, h.len(), h.approx_sum()))
+    }
+
     /// Reservations recorded in queue `q`'s wait histogram.
     pub fn wait_count(&self, q: QueueId) -> Option<u64> {
         Some(self.q(q.0)?.wait_us.as_ref()?.len())

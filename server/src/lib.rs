@@ -47,6 +47,7 @@ pub use budget::DEFAULT_MAX_PARTIAL_BYTES;
 mod conn;
 mod ioloop;
 mod log;
+mod metrics;
 mod persist;
 pub mod proto;
 mod reactor;
@@ -60,6 +61,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use reactor::Server;
+
+/// The `version` that `stats` reports: the beanstalkd release whose
+/// protocol spindled speaks, as semver, so clients that compare it with
+/// beanstalkd versions (`>= 1.8.0`) accept it. Spindle's own version is
+/// `spindle-version` ([`ServerConfig::version`]).
+pub const BEANSTALKD_VERSION: &str = "1.12.0";
 
 /// Where to listen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +132,8 @@ pub struct ServerConfig {
     pub max_bytes: u64,
     /// Latency target used for `desired-workers`.
     pub latency_target: Duration,
-    /// The `version` reported by `stats`.
+    /// Spindle's own version, reported by `stats` as `spindle-version`
+    /// (`version` is [`BEANSTALKD_VERSION`]).
     pub version: String,
     /// After activity, keep polling without blocking this long before
     /// parking in `epoll_wait` (0 = always block). Trades one core's idle

@@ -166,6 +166,7 @@ impl Server {
         };
         let mut store = Store::new(scfg, log, now);
         store.input = super::budget::InputBudget::new(cfg.max_partial_bytes);
+        let began = Instant::now();
         let rep = store.recover(now).map_err(|reason| ServerError::Recover {
             dir: cfg.data_dir.clone().unwrap_or_default(),
             reason,
@@ -179,7 +180,12 @@ impl Server {
             store.mark_ids();
         }
         if cfg.data_dir.is_some() {
-            tracing::info!(jobs = rep.jobs, next_id = store.next_id(), "recovered");
+            tracing::info!(
+                "recovery done: {} jobs restored in {} ms (next id {})",
+                rep.jobs,
+                began.elapsed().as_millis(),
+                store.next_id()
+            );
         }
         if let Err(e) = store.check_headroom() {
             tracing::warn!(
@@ -649,21 +655,71 @@ impl Server {
 
 /// Binds a Unix socket: a stale socket file is replaced, a live one is an
 /// error, and so is anything else at the path (a regular file, a directory,
-/// a symbolic link...: it is never removed). The socket gets `mode` before
-/// anyone can connect.
+/// a symbolic link...: it is never removed). The socket is bound at its
+/// final path (a client reading its peer's name sees that path) and has
+/// at most `mode` from the moment it exists ([`bind_unix_at`]).
 fn bind_unix(path: &PathBuf, mode: u32) -> Result<UnixListener, ServerError> {
     let err = |source| ServerError::Listen { addr: format!("unix:{}", path.display()), source };
     if check_socket_path(path)? {
         std::fs::remove_file(path).map_err(err)?;
     }
-    // Bind under a private temporary name, set the mode, then rename into
-    // place: the socket is never reachable with a wider mode.
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let l = UnixListener::bind(&tmp).map_err(err)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
-    Ok(l)
+    let l = bind_unix_at(path, mode).map_err(err)?;
+    l.set_nonblocking(true).map_err(err)?;
+    Ok(UnixListener::from_std(l))
+}
+
+/// `socket`, `fchmod(mode)`, `bind(path)`, `chmod(mode)`, `listen`. On
+/// Linux `bind` creates the file with the unbound socket's mode less the
+/// umask, and `fchmod` on the unbound socket sets that mode: the file
+/// never has a bit `mode` lacks. The `chmod` after restores bits the umask
+/// took (it never widens beyond `mode`).
+#[allow(unsafe_code)]
+fn bind_unix_at(path: &std::path::Path, mode: u32) -> io::Result<std::os::unix::net::UnixListener> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: `sockaddr_un` is plain old data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("socket path is longer than {} bytes", addr.sun_path.len() - 1),
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: a plain system call with constant arguments.
+    let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a descriptor we just opened and nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: `fd` is an open descriptor for the duration of the call.
+    if unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // SAFETY: `addr` is a valid, NUL-terminated `sockaddr_un` that lives
+    // across the call, and `len` does not exceed its size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            std::ptr::addr_of!(addr).cast::<libc::sockaddr>(),
+            len as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    // SAFETY: `fd` is an open, bound socket.
+    if unsafe { libc::listen(fd.as_raw_fd(), 1024) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(std::os::unix::net::UnixListener::from(fd))
 }
 
 /// What is at a socket path we are to listen on: `Ok(false)` nothing,

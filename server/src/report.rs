@@ -1,6 +1,6 @@
 //! The YAML of `stats`, `stats-tube` and `stats-job` (keys, order and
-//! number formats as beanstalkd 1.12 prints them), our extended stats, and
-//! the Prometheus text exposition of `metrics`.
+//! number formats as beanstalkd 1.12 prints them) and our extended stats;
+//! `metrics.rs` has the Prometheus text exposition of `metrics`.
 //!
 //! String values are quoted the way beanstalkd 1.13 quotes them (see
 //! [`q`]); 1.12 quoted only `version`.
@@ -18,7 +18,7 @@ fn q(s: &str) -> String {
     format!("\"{s}\"")
 }
 
-fn secs(d: std::time::Duration) -> u64 {
+pub(crate) fn secs(d: std::time::Duration) -> u64 {
     d.as_secs()
 }
 
@@ -223,7 +223,8 @@ pub(crate) fn stats_yaml(st: &Store, now: Instant) -> String {
          current-waiting: {}\ntotal-connections: {}\npid: {}\nversion: {}\n\
          rusage-utime: {}\nrusage-stime: {}\nuptime: {}\nbinlog-oldest-index: {}\n\
          binlog-current-index: {}\nbinlog-records-migrated: {}\nbinlog-records-written: {}\n\
-         binlog-max-size: {}\ndraining: {}\nid: {}\nhostname: {}\nos: {}\nplatform: {}\n",
+         binlog-max-size: {}\ndraining: {}\nid: {}\nhostname: {}\nos: {}\nplatform: {}\n\
+         spindle-version: {}\n",
         tot.urgent,
         tot.ready,
         tot.reserved,
@@ -261,7 +262,7 @@ pub(crate) fn stats_yaml(st: &Store, now: Instant) -> String {
         waiting,
         c.total_connections,
         std::process::id(),
-        q(&st.cfg.version),
+        q(crate::BEANSTALKD_VERSION),
         ut,
         stime,
         secs(now.saturating_duration_since(st.started)),
@@ -275,69 +276,7 @@ pub(crate) fn stats_yaml(st: &Store, now: Instant) -> String {
         q(&proc_text("/proc/sys/kernel/hostname")),
         q(&proc_text("/proc/sys/kernel/version")),
         q(std::env::consts::ARCH),
+        q(&st.cfg.version),
     );
-    s
-}
-
-/// Prometheus text exposition format 0.0.4.
-pub(crate) fn prometheus(st: &Store, now: Instant) -> String {
-    let mut s = String::with_capacity(4096);
-    let g = |s: &mut String, name: &str, help: &str, kind: &str| {
-        let _ = write!(s, "# HELP spindle_{name} {help}\n# TYPE spindle_{name} {kind}\n");
-    };
-    let tubes: Vec<(QueueId, &str)> =
-        st.tube_order.iter().filter_map(|n| st.table.find_queue(n).map(|q| (q, &**n))).collect();
-    g(&mut s, "jobs", "Jobs by tube and state.", "gauge");
-    for &(qid, name) in &tubes {
-        let v = st.table.queue_view(qid).unwrap_or_default();
-        for (state, n) in [
-            ("ready", v.ready),
-            ("reserved", v.reserved),
-            ("delayed", v.delayed),
-            ("buried", v.buried),
-        ] {
-            let _ = writeln!(s, "spindle_jobs{{tube=\"{name}\",state=\"{state}\"}} {n}");
-        }
-    }
-    g(&mut s, "tube_jobs_total", "Jobs created per tube.", "counter");
-    for &(qid, name) in &tubes {
-        let v = st.table.queue_view(qid).unwrap_or_default();
-        let _ = writeln!(s, "spindle_tube_jobs_total{{tube=\"{name}\"}} {}", v.counters.puts);
-    }
-    g(&mut s, "wait_seconds", "Time from ready to reserved (quantiles).", "summary");
-    for &(qid, name) in &tubes {
-        if let (Some((p50, p99, p999)), Some(n)) =
-            (st.table.wait_quantiles(qid), st.table.wait_count(qid))
-        {
-            for (qn, v) in [(0.5, p50), (0.99, p99), (0.999, p999)] {
-                let _ = writeln!(
-                    s,
-                    "spindle_wait_seconds{{tube=\"{name}\",quantile=\"{qn}\"}} {:.6}",
-                    v as f64 / 1e6
-                );
-            }
-            let _ = writeln!(s, "spindle_wait_seconds_count{{tube=\"{name}\"}} {n}");
-        }
-    }
-    g(&mut s, "workers_waiting", "Connections waiting in reserve, per tube.", "gauge");
-    for &(qid, name) in &tubes {
-        let v = st.table.queue_view(qid).unwrap_or_default();
-        let _ = writeln!(s, "spindle_workers_waiting{{tube=\"{name}\"}} {}", v.waiting);
-    }
-    g(&mut s, "desired_workers", "Workers each tube needs (Little's law).", "gauge");
-    for &(qid, name) in &tubes {
-        let _ =
-            writeln!(s, "spindle_desired_workers{{tube=\"{name}\"}} {}", desired_workers(st, qid));
-    }
-    let tot = st.table.totals();
-    g(&mut s, "job_timeouts_total", "Reservations that passed their TTR.", "counter");
-    let _ = writeln!(s, "spindle_job_timeouts_total {}", tot.timeouts);
-    g(&mut s, "connections", "Open connections.", "gauge");
-    let _ = writeln!(s, "spindle_connections {}", st.conns.len());
-    g(&mut s, "bytes", "Bytes of job bodies held.", "gauge");
-    let _ = writeln!(s, "spindle_bytes {}", tot.bytes);
-    g(&mut s, "uptime_seconds", "Seconds since start.", "gauge");
-    let _ =
-        writeln!(s, "spindle_uptime_seconds {}", secs(now.saturating_duration_since(st.started)));
     s
 }

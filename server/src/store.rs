@@ -76,6 +76,11 @@ pub(crate) struct Front {
     /// Smoothed completion rate (per second) and service time (seconds).
     pub rate: f64,
     pub service_s: f64,
+    /// Every run that ended with an outcome, by how long it ran
+    /// (buckets of [`crate::metrics::RUN_BUCKETS_S`]; the last slot counts
+    /// the longer ones), and their total, for the `metrics` histogram.
+    pub run_buckets: [u64; crate::metrics::RUN_BUCKETS_S.len() + 1],
+    pub run_ns_total: u128,
 }
 
 /// Global command counters, in `stats` order.
@@ -107,6 +112,8 @@ pub(crate) struct Counters {
     pub total_connections: u64,
     pub records_written: u64,
     pub records_migrated: u64,
+    /// Compaction passes finished (`metrics`).
+    pub compactions: u64,
 }
 
 /// What the connection does after a command.
@@ -419,6 +426,7 @@ impl Store {
             let f = self.front_mut(q);
             f.done_window += 1;
             f.service_ns_window += ns;
+            crate::metrics::count_run(f, ns);
         }
     }
 
@@ -646,7 +654,7 @@ impl Store {
                 self.ct.stats += 1;
                 yaml_reply(w, &super::report::stats_yaml(self, now));
             }
-            Cmd::Metrics => yaml_reply(w, &super::report::prometheus(self, now)),
+            Cmd::Metrics => yaml_reply(w, &super::metrics::prometheus(self, now)),
             Cmd::ListTubes => {
                 self.ct.list_tubes += 1;
                 let mut s = String::from("---\n");
@@ -1110,6 +1118,7 @@ impl Store {
         self.ct.records_migrated += jobs as u64;
         self.ct.records_written += n;
         if done {
+            self.ct.compactions += 1;
             log.pass = None;
             if let Some(mark) = log.last_lsn {
                 log.pending_release = Some((pass.cut, mark));

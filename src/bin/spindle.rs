@@ -81,6 +81,7 @@ enum Cmd {
     /// Show a job: by id, or the next ready, delayed or buried one of a queue.
     Peek(PeekArgs),
     /// Move buried jobs (or, when there are none, delayed ones) to ready.
+    #[command(override_usage = "spindle kick [--queue QUEUE] COUNT\n       spindle kick --id ID")]
     Kick {
         /// The queue to kick (with a count).
         #[arg(long, short, default_value = "default")]
@@ -139,6 +140,21 @@ enum Cmd {
         /// Seconds between frames.
         #[arg(long, default_value_t = 1.0)]
         interval: f64,
+    },
+    /// Serve a web page, a JSON API and Prometheus `/metrics` for the
+    /// server (a separate process that talks to it like any client).
+    Web {
+        /// Where to listen, IP:PORT (loopback by default; port 0 picks a
+        /// free one).
+        #[arg(long, default_value = spindle_web::DEFAULT_LISTEN, value_name = "ADDR")]
+        listen: String,
+        /// The token actions (pause, clear, kick, delete) need; without it
+        /// a random one is made and printed in the page's URL.
+        #[arg(long, env = "SPINDLE_WEB_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Show only: every action is refused and its button disabled.
+        #[arg(long)]
+        read_only: bool,
     },
 }
 
@@ -210,11 +226,18 @@ struct WorkArgs {
     /// with a delay doubling from 1 s up to 1 hour.
     #[arg(long, default_value_t = 25)]
     max_attempts: u64,
+    /// Keep extending each job's lease (a touch every half time-to-run)
+    /// for as long as its command runs. Without it a command still running
+    /// near its job's TTR is stopped (TERM, then KILL after --grace) and
+    /// the attempt fails.
+    #[arg(long)]
+    touch: bool,
     /// Report every job on stderr.
     #[arg(long, short)]
     verbose: bool,
-    /// When a running job is cancelled (`spindle cancel`), its command gets
-    /// SIGTERM, then SIGKILL after this many seconds.
+    /// When a command is stopped (its job cancelled with `spindle cancel`,
+    /// or past its TTR) it gets SIGTERM, then SIGKILL after this many
+    /// seconds.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     grace: f64,
     /// The command and its arguments.
@@ -248,6 +271,35 @@ impl std::fmt::Display for Server<'_> {
 
 fn connect(server: Server<'_>) -> CliResult<Client> {
     Ok(Client::connect_with(server.addr, server.opts)?)
+}
+
+/// `spindle web`: serves until the process is stopped.
+fn web(
+    server: Server<'_>,
+    listen: String,
+    token: Option<String>,
+    read_only: bool,
+) -> CliResult<ExitCode> {
+    let mut cfg = spindle_web::WebConfig::new(server.addr);
+    cfg.connect = server.opts;
+    cfg.listen = listen;
+    cfg.token = token;
+    cfg.read_only = read_only;
+    let w = spindle_web::Web::start(cfg)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "spindle web: listening on http://{}/ (daemon at {server})", w.addr())?;
+    if read_only {
+        writeln!(out, "spindle web: read-only: actions are refused")?;
+    } else {
+        writeln!(out, "spindle web: open {} (the token in it enables actions)", w.url())?;
+    }
+    if !w.addr().ip().is_loopback() {
+        writeln!(out, "spindle web: warning: listening beyond this machine ({})", w.addr())?;
+    }
+    out.flush()?;
+    drop(out);
+    w.wait();
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run(cli: Cli) -> CliResult<ExitCode> {
@@ -303,6 +355,7 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
         }
         Cmd::Work(args) => work(addr, args),
         Cmd::Top { once, json, interval } => top(addr, once, json, interval),
+        Cmd::Web { listen, token, read_only } => web(addr, listen, token, read_only),
     }
 }
 
@@ -373,8 +426,11 @@ fn read_payload(data: Option<String>) -> CliResult<Vec<u8>> {
 }
 
 fn put(addr: Server<'_>, a: PutArgs) -> CliResult<ExitCode> {
-    let body = read_payload(a.data)?;
     let mut c = connect(addr)?;
+    let body = match a.data {
+        Some(d) => d.into_bytes(),
+        None => read_stdin_limited(&mut c, std::io::stdin().lock())?,
+    };
     c.use_tube(&a.queue)?;
     let delay = Duration::from_secs(a.delay.into());
     let ttr = Duration::from_secs(a.ttr.into());
@@ -398,6 +454,26 @@ fn put(addr: Server<'_>, a: PutArgs) -> CliResult<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// beanstalkd's default `max-job-size`, for a server whose `stats` lacks it.
+const DEFAULT_MAX_JOB_SIZE: u64 = 65_535;
+
+/// Reads a payload from `input` as it arrives, stopping at the server's
+/// `max-job-size`: a larger input is refused without being read to its
+/// end (it may never end: `yes | spindle put`).
+fn read_stdin_limited(c: &mut Client, input: impl Read) -> CliResult<Vec<u8>> {
+    let limit = c.stats()?.get_u64("max-job-size").unwrap_or(DEFAULT_MAX_JOB_SIZE);
+    let mut buf = Vec::new();
+    input.take(limit.saturating_add(1)).read_to_end(&mut buf)?;
+    if buf.len() as u64 > limit {
+        return Err(format!(
+            "stdin holds more than the server's max-job-size ({limit} bytes): stopped reading \
+             there and put nothing (start spindled with -z BYTES for larger jobs)"
+        )
+        .into());
+    }
+    Ok(buf)
+}
+
 // ----- stats, queues, peek -----
 
 /// A stats value as JSON: integers and booleans typed, the rest strings.
@@ -416,7 +492,8 @@ fn json_value(v: &str) -> Value {
 }
 
 /// Keys whose values are strings even when they look like numbers.
-const STRING_KEYS: &[&str] = &["version", "hostname", "os", "platform", "name", "tube", "state"];
+const STRING_KEYS: &[&str] =
+    &["version", "spindle-version", "hostname", "os", "platform", "name", "tube", "state"];
 
 fn stats_json(s: &StatsMap, server: bool) -> Value {
     let mut m = Map::new();
@@ -584,8 +661,14 @@ struct Shared {
     exit_when_empty: bool,
     max_attempts: u64,
     verbose: bool,
+    touch: bool,
     grace: Duration,
+    /// Set by the first Ctrl-C (or TERM): take no new job.
     stop: Arc<AtomicBool>,
+    /// Set by the second: kill the running commands, jobs back to ready.
+    kill: AtomicBool,
+    /// The commands running now: job id → (process group, start).
+    running: std::sync::Mutex<std::collections::BTreeMap<u64, (u32, Instant)>>,
     claimed: AtomicU64,
     done: AtomicU64,
     failed: AtomicU64,
@@ -600,12 +683,9 @@ fn work(addr: Server<'_>, a: WorkArgs) -> CliResult<ExitCode> {
     if a.concurrency == 0 {
         return Err("--concurrency must be at least 1".into());
     }
+    let grace =
+        Duration::try_from_secs_f64(a.grace).map_err(|_| "--grace must be 0 or more seconds")?;
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // A second signal while the first is being handled ends us at once.
-        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&stop))?;
-        signal_hook::flag::register(sig, Arc::clone(&stop))?;
-    }
     let shared = Arc::new(Shared {
         queue: a.queue,
         cmd: a.cmd,
@@ -613,12 +693,25 @@ fn work(addr: Server<'_>, a: WorkArgs) -> CliResult<ExitCode> {
         exit_when_empty: a.exit_when_empty,
         max_attempts: a.max_attempts.max(1),
         verbose: a.verbose,
-        grace: Duration::from_secs_f64(a.grace.max(0.0)),
+        touch: a.touch,
+        grace,
         stop,
+        kill: AtomicBool::new(false),
+        running: std::sync::Mutex::new(std::collections::BTreeMap::new()),
         claimed: AtomicU64::new(0),
         done: AtomicU64::new(0),
         failed: AtomicU64::new(0),
     });
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    let sh = Arc::clone(&shared);
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        for (n, _) in signals.forever().enumerate() {
+            on_signal(&sh, n == 0);
+        }
+    })?;
     // Connect every slot first, so a wrong socket fails before any job runs.
     let mut clients = Vec::with_capacity(a.concurrency);
     for _ in 0..a.concurrency {
@@ -656,6 +749,57 @@ fn work(addr: Server<'_>, a: WorkArgs) -> CliResult<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Sends `sig` to the process group `pgid` (each command runs in its own,
+/// so whatever it started goes too).
+fn kill_group(pgid: u32, sig: libc::c_int) {
+    if let Ok(pgid) = libc::pid_t::try_from(pgid) {
+        // SAFETY: kill(2) with a negative pid signals a process group; it
+        // touches no memory of ours.
+        unsafe { libc::kill(-pgid, sig) };
+    }
+}
+
+/// The first Ctrl-C: say what we wait for. The second: kill the running
+/// commands (their jobs go back to ready, `run_job`).
+fn on_signal(s: &Shared, first: bool) {
+    let running: Vec<(u64, u32, Instant)> = match s.running.lock() {
+        Ok(r) => r.iter().map(|(&id, &(pg, t))| (id, pg, t)).collect(),
+        Err(_) => Vec::new(),
+    };
+    let list = running
+        .iter()
+        .map(|(id, _, t)| format!("job {id} (running {} s)", t.elapsed().as_secs()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if first {
+        s.stop.store(true, Ordering::SeqCst);
+        if running.is_empty() {
+            eprintln!("spindle work: stopping: no job is running");
+        } else {
+            eprintln!(
+                "spindle work: stopping once the running command{} finish{}: {list}; \
+                 Ctrl-C again kills {} and puts {} job{} back to ready",
+                if running.len() == 1 { "" } else { "s" },
+                if running.len() == 1 { "es" } else { "" },
+                if running.len() == 1 { "it" } else { "them" },
+                if running.len() == 1 { "its" } else { "their" },
+                if running.len() == 1 { "" } else { "s" },
+            );
+        }
+    } else {
+        s.kill.store(true, Ordering::SeqCst);
+        if !running.is_empty() {
+            eprintln!(
+                "spindle work: killing {list}; the job{} go back to ready",
+                plural(running.len() as u64)
+            );
+        }
+        for (_, pg, _) in running {
+            kill_group(pg, libc::SIGKILL);
+        }
+    }
+}
+
 fn work_slot(mut c: Client, s: &Shared) -> CliResult {
     let ext = c.supports_extensions()?;
     loop {
@@ -688,6 +832,8 @@ fn work_slot(mut c: Client, s: &Shared) -> CliResult {
 enum Ran {
     Ok,
     Failed(String),
+    /// Killed by a second Ctrl-C: the job goes back to ready.
+    Interrupted,
     /// The job was cancelled and the command stopped.
     Cancelled,
 }
@@ -695,16 +841,6 @@ enum Ran {
 /// How often a running job's lease is touched at most, so that a
 /// cancellation reaches its command within about this long.
 const CANCEL_POLL: Duration = Duration::from_secs(1);
-
-/// Sends `sig` to process `pid` (a command this process started).
-fn signal(pid: u32, sig: libc::c_int) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return };
-    #[allow(unsafe_code)]
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours;
-    // the worst a stale pid can do is signal nobody (ESRCH), which we
-    // ignore: the child is reaped only by our waiter thread, after this.
-    let _ = unsafe { libc::kill(pid, sig) };
-}
 
 fn run_job(c: &mut Client, s: &Shared, ext: bool, job: Job) -> CliResult {
     let id = job.id;
@@ -741,6 +877,11 @@ fn run_job(c: &mut Client, s: &Shared, ext: bool, job: Job) -> CliResult {
             if s.verbose {
                 eprintln!("spindle work: job {id} done in {} ms", took.as_millis());
             }
+        }
+        Ran::Interrupted => {
+            let pri = c.stats_job(id).ok().and_then(|st| st.get_u64("pri")).unwrap_or(1024);
+            c.release(id, u32::try_from(pri).unwrap_or(u32::MAX), Duration::ZERO)?;
+            eprintln!("spindle work: job {id} killed; released to ready");
         }
         Ran::Cancelled => {
             // Tell the server the run is over: the job goes (its reply is
@@ -786,16 +927,22 @@ fn fail_plain(c: &mut Client, s: &Shared, id: u64) -> CliResult<String> {
     Ok(format!("attempt {reserves}, retrying in {} s", delay.as_secs()))
 }
 
-/// Runs the command with the payload on stdin, touching the job every half
-/// time-to-run (at most every [`CANCEL_POLL`]) while it runs; a touch
-/// answered `CANCELLED` stops the command (SIGTERM, then SIGKILL after
-/// `--grace`). Returns what it gave and whether the lease
-/// was lost meanwhile.
+/// Runs the command (in its own process group) with the payload on stdin,
+/// touching the job every half time-to-run (at most every
+/// [`CANCEL_POLL`]) while it runs, so a cancellation is seen: a touch
+/// answered `CANCELLED` stops the command (TERM, then KILL after
+/// `--grace`). Without `--touch`, a command still running at TTR - 1 s
+/// (at least half the TTR) after it started is stopped the same way and
+/// the attempt fails: the touches only hold the lease for the failure to
+/// be reported. Returns what it gave and whether the lease was lost
+/// meanwhile.
 fn spawn_and_wait(c: &mut Client, s: &Shared, job: Job) -> std::io::Result<(Ran, bool)> {
     let Some((program, args)) = s.cmd.split_first() else {
         return Err(std::io::Error::other("no command given"));
     };
+    use std::os::unix::process::CommandExt as _;
     let mut child = Command::new(program)
+        .process_group(0)
         .args(args)
         .env("SPINDLE_JOB_ID", job.id.to_string())
         .env("SPINDLE_QUEUE", &s.queue)
@@ -803,8 +950,15 @@ fn spawn_and_wait(c: &mut Client, s: &Shared, job: Job) -> std::io::Result<(Ran,
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped())
         .spawn()?;
-    let pid = child.id();
     let id = job.id;
+    let pgid = child.id();
+    let started = Instant::now();
+    if let Ok(mut r) = s.running.lock() {
+        r.insert(id, (pgid, started));
+    }
+    if s.kill.load(Ordering::SeqCst) {
+        kill_group(pgid, libc::SIGKILL);
+    }
     let stdin = child.stdin.take();
     let body = job.body;
     let feeder = std::thread::spawn(move || {
@@ -836,69 +990,96 @@ fn spawn_and_wait(c: &mut Client, s: &Shared, job: Job) -> std::io::Result<(Ran,
         let _ = tx.send(child.wait());
     });
 
-    // The lease is touched every half time-to-run. The TTR is asked for
-    // only when the command is still running after half the shortest
-    // possible TTR (1 s), so short jobs cost no extra round trip.
-    let mut half_ttr: Option<Duration> = None;
+    // The TTR is asked for only when the command is still running after
+    // half the shortest possible TTR (1 s), so short jobs cost no extra
+    // round trip.
+    let mut ttr: Option<Duration> = None;
     let mut last_touch = Instant::now();
-    let mut wait = Duration::from_millis(500);
     let mut lease_lost = false;
-    // When the job was found cancelled and the command got SIGTERM.
-    let mut cancelled: Option<Instant> = None;
+    // Why and when TERM was sent (cancelled, or past the TTR), and
+    // whether KILL followed.
+    let mut termed: Option<Instant> = None;
+    let mut cancelled = false;
+    let mut killed = false;
+    let mut touch_now = false;
     let status = loop {
-        match rx.recv_timeout(wait) {
+        // Short waits: a second Ctrl-C is acted on within a fifth of a second.
+        match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(status) => break status,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 break Err(std::io::Error::other("lost track of the command"))
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
-        if let Some(at) = cancelled {
-            // Still running after SIGTERM: SIGKILL once the grace is over.
-            let left = s.grace.saturating_sub(at.elapsed());
-            if left.is_zero() {
-                signal(pid, libc::SIGKILL);
-                wait = Duration::from_secs(3600);
-            } else {
-                wait = left;
+        if s.kill.load(Ordering::SeqCst) {
+            kill_group(pgid, libc::SIGKILL);
+        }
+        if let Some(t) = termed {
+            if !killed && t.elapsed() >= s.grace {
+                kill_group(pgid, libc::SIGKILL);
+                killed = true;
             }
+        }
+        if lease_lost || cancelled || started.elapsed() < Duration::from_millis(500) {
             continue;
         }
-        if lease_lost {
-            wait = Duration::from_secs(3600);
-            continue;
-        }
-        let half = match half_ttr {
-            Some(h) => h,
+        let ttr = match ttr {
+            Some(t) => t,
             None => {
-                let ttr = c.stats_job(id).ok().and_then(|st| st.get_u64("ttr")).unwrap_or(1);
-                // Touched at least every second, so a cancellation is seen.
-                let h = Duration::from_millis(ttr.max(1) * 500).min(CANCEL_POLL);
-                half_ttr = Some(h);
-                h
+                let secs = c.stats_job(id).ok().and_then(|st| st.get_u64("ttr")).unwrap_or(1);
+                let t = Duration::from_secs(secs.max(1));
+                ttr = Some(t);
+                t
             }
         };
-        if last_touch.elapsed() + Duration::from_millis(5) >= half {
+        let half = (ttr / 2).min(CANCEL_POLL);
+        if !s.touch && termed.is_none() {
+            let limit = ttr.saturating_sub(Duration::from_secs(1)).max(ttr / 2);
+            if started.elapsed() >= limit {
+                kill_group(pgid, libc::SIGTERM);
+                termed = Some(Instant::now());
+                // Hold the lease through the grace period to report the failure.
+                touch_now = true;
+            }
+        }
+        if touch_now || last_touch.elapsed() + Duration::from_millis(5) >= half {
+            touch_now = false;
             match c.touch(id) {
                 Ok(()) => last_touch = Instant::now(),
                 Err(ClientError::NotFound(_)) => lease_lost = true,
                 Err(ClientError::Cancelled(_)) => {
-                    signal(pid, libc::SIGTERM);
-                    cancelled = Some(Instant::now());
-                    wait = s.grace;
-                    continue;
+                    cancelled = true;
+                    if termed.is_none() {
+                        kill_group(pgid, libc::SIGTERM);
+                        termed = Some(Instant::now());
+                    }
                 }
                 Err(e) => return Err(std::io::Error::other(e.to_string())),
             }
         }
-        wait = half.saturating_sub(last_touch.elapsed()).max(Duration::from_millis(10));
     };
+    if let Ok(mut r) = s.running.lock() {
+        r.remove(&id);
+    }
     let _ = waiter.join();
     let _ = feeder.join();
     let tail = collector.join().unwrap_or_default();
     let status = status?;
-    if cancelled.is_some() {
+    if s.kill.load(Ordering::SeqCst) && !status.success() {
+        return Ok((Ran::Interrupted, lease_lost));
+    }
+    if cancelled {
         return Ok((Ran::Cancelled, lease_lost));
+    }
+    if let (Some(ttr), Some(_)) = (ttr, termed) {
+        let how = if killed { "TERM, then KILL after the grace period" } else { "TERM" };
+        let error = format!(
+            "`{}` ran past the job's time-to-run ({} s) and was stopped ({how}); \
+             pass --touch to let long commands keep their lease",
+            s.cmd.join(" "),
+            ttr.as_secs()
+        );
+        return Ok((Ran::Failed(error), lease_lost));
     }
     if status.success() {
         return Ok((Ran::Ok, lease_lost));
@@ -971,7 +1152,7 @@ fn top(addr: Server<'_>, once: bool, json: bool, interval: f64) -> CliResult<Exi
             }
             out.push_str(&format!(
                 "spindle top - {addr} - version {} - up {} s - {} connections, {} workers{}\n\n",
-                server.get("version").unwrap_or("?"),
+                server.get("spindle-version").or(server.get("version")).unwrap_or("?"),
                 server.get("uptime").unwrap_or("?"),
                 server.get("current-connections").unwrap_or("?"),
                 server.get("current-workers").unwrap_or("?"),

@@ -279,12 +279,18 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let level = match args.verbose {
-        0 => tracing::Level::WARN,
-        1 => tracing::Level::INFO,
-        2 => tracing::Level::DEBUG,
+        0 => tracing::Level::INFO,
+        1 => tracing::Level::DEBUG,
         _ => tracing::Level::TRACE,
     };
-    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).init();
+    // Colour codes only for a person at a terminal, never into a log file
+    // or journald.
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
     let cfg = match config(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -301,6 +307,16 @@ fn main() -> ExitCode {
         })
         .collect::<Vec<_>>()
         .join(", ");
+    let data = match &cfg.data_dir {
+        Some(d) => format!("data dir {}", d.display()),
+        None => "no data dir (jobs in memory only: -b DIR keeps them)".to_string(),
+    };
+    let durability = match (&cfg.data_dir, cfg.sync) {
+        (None, _) => "none".to_string(),
+        (Some(_), SyncMode::Never) => "no fsync (-F: survives kill -9, not power loss)".to_string(),
+        (Some(_), SyncMode::Interval(d)) => format!("fsync every {} ms (-f)", d.as_millis()),
+        (Some(_), SyncMode::Always) => "fsync before every reply (-f 0)".to_string(),
+    };
     let server = match Server::bind(cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -308,7 +324,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!("listening on {where_}");
+    tracing::info!("listening on {where_}; {data}; durability: {durability}");
     lean::release_freed();
     let handle = server.handle();
     // SIGTERM/SIGINT stop cleanly; SIGUSR1 enters drain mode (beanstalkd).

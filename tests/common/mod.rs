@@ -710,6 +710,9 @@ pub const QUOTED_IN_1_13: [&str; 5] = ["hostname", "os", "platform", "name", "tu
 /// | `id` | random per process | 16 lowercase hex digits |
 /// | `cmd-stats` | only after [`Session::wait_stat`] polled `stats` a varying number of times | decimal |
 ///
+/// spindled's `spindle-version` line (quoted), the last of its `stats`,
+/// is dropped: beanstalkd has no such key.
+///
 /// Nothing else is normalised: hostname, os and platform come from the
 /// same uname; `max-job-size` and the `binlog-*` values are the same
 /// because both servers get the same flags and no `-b`;
@@ -754,6 +757,10 @@ fn normalise_one(from: Kind, reply: &[u8], polled: bool) -> Vec<u8> {
             continue;
         };
         let mut value = value.to_string();
+        if is_stats && from == Kind::Spindled && key == "spindle-version" && value.starts_with('"')
+        {
+            continue; // spindled's own version: a key beanstalkd has not
+        }
         if from == Kind::Beanstalkd && QUOTED_IN_1_13.contains(&key) && !value.starts_with('"') {
             value = format!("\"{value}\"");
         }

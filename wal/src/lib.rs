@@ -54,7 +54,7 @@ mod waiters;
 
 pub use access::FileAccess;
 pub use error::WalError;
-pub use log::{Appender, SyncPolicy, Wal, WalOptions, WalStats};
+pub use log::{Appender, SyncPolicy, Wal, WalOptions, WalStats, SYNC_BUCKETS_US};
 pub use marker::{RunMarker, MARKER_FILE};
 pub use record::{
     decode, encode_into, frame_len, Decoded, Invalid, Record, FRAME_ALIGN, MAX_PAYLOAD,

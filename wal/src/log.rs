@@ -105,7 +105,17 @@ pub struct WalStats {
     pub segment_waits: u64,
     /// Segments currently held (old and current run, prepared included).
     pub live_segments: usize,
+    /// Successful syncs by how long they took: `sync_buckets[i]` counts
+    /// those of at most [`SYNC_BUCKETS_US`]`[i]` microseconds (and above the
+    /// one before); the last slot counts the slower ones.
+    pub sync_buckets: [u64; SYNC_BUCKETS_US.len() + 1],
+    /// The time all successful syncs took, nanoseconds.
+    pub sync_ns_total: u64,
 }
+
+/// Upper bounds (microseconds) of the sync-latency buckets of
+/// [`WalStats::sync_buckets`], for metrics.
+pub const SYNC_BUCKETS_US: [u64; 8] = [100, 250, 500, 1_000, 2_500, 10_000, 50_000, 250_000];
 
 #[derive(Debug)]
 struct State {
@@ -152,6 +162,8 @@ struct Shared {
     waiters: Waiters,
     prep_cv: Condvar,
     syncs: AtomicU64,
+    sync_buckets: [AtomicU64; SYNC_BUCKETS_US.len() + 1],
+    sync_ns: AtomicU64,
     created: AtomicU64,
     released: AtomicU64,
     segment_waits: AtomicU64,
@@ -300,6 +312,17 @@ impl Shared {
         }
     }
 
+    /// Counts one successful sync that took `took` (metrics).
+    fn record_sync(&self, took: std::time::Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let i = SYNC_BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(SYNC_BUCKETS_US.len());
+        if let Some(b) = self.sync_buckets.get(i) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.sync_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
     fn flusher(self: &Arc<Self>) {
         let mut st = self.lock();
         let mut last = Instant::now();
@@ -315,15 +338,18 @@ impl Shared {
             if st.failure.is_none() && published > durable && (asked || due || closing) {
                 let segs = segments_between(&st, durable, published);
                 drop(st);
+                let began = Instant::now();
                 let res = segs.iter().try_for_each(|s| {
                     s.0.sync(durable.max(s.0.base), s.1).map_err(|e| (s.0.base, e))
                 });
+                let took = began.elapsed();
                 st = self.lock();
                 last = Instant::now();
                 match res {
                     Ok(()) => {
                         self.durable.store(published, Ordering::Release);
                         self.syncs.fetch_add(1, Ordering::Relaxed);
+                        self.record_sync(took);
                         self.waiters.wake_below(published);
                     }
                     Err((base, e)) => {
@@ -441,6 +467,8 @@ impl Wal {
             waiters: Waiters::default(),
             prep_cv: Condvar::new(),
             syncs: AtomicU64::new(0),
+            sync_buckets: Default::default(),
+            sync_ns: AtomicU64::new(0),
             created: AtomicU64::new(0),
             released: AtomicU64::new(0),
             segment_waits: AtomicU64::new(0),
@@ -636,6 +664,10 @@ impl Wal {
             segments_released: sh.released.load(Ordering::Relaxed),
             segment_waits: sh.segment_waits.load(Ordering::Relaxed),
             live_segments: live,
+            sync_buckets: std::array::from_fn(|i| {
+                sh.sync_buckets.get(i).map_or(0, |b| b.load(Ordering::Relaxed))
+            }),
+            sync_ns_total: sh.sync_ns.load(Ordering::Relaxed),
         }
     }
 

@@ -1,0 +1,15 @@
+//! The page's files, embedded in the binary: no CDN, works offline.
+
+const INDEX: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const STYLE: &str = include_str!("assets/style.css");
+
+/// The asset at `path` and its content type.
+pub(crate) fn get(path: &str) -> Option<(&'static str, &'static str)> {
+    match path {
+        "/" | "/index.html" => Some(("text/html; charset=utf-8", INDEX)),
+        "/app.js" => Some(("text/javascript; charset=utf-8", APP_JS)),
+        "/style.css" => Some(("text/css; charset=utf-8", STYLE)),
+        _ => None,
+    }
+}
