@@ -1,0 +1,302 @@
+//! Reserving jobs: [`Worker`], [`Lease`], and the pull pump behind them.
+//!
+//! 1. [`Node::worker`] starts a pump on the runtime thread: it pulls from
+//!    the queue's shared durable consumer through the client's `messages()`
+//!    stream (one standing pull, renewed as it drains: no per-fetch
+//!    subscription) and sends each delivery into a bounded channel.
+//! 2. A delivery past the queue's attempts (its last lease expired: the
+//!    worker crashed or timed out) is buried by the pump without running:
+//!    the consumer's MaxDeliver is attempts + 1 for this step.
+//! 3. [`Worker::reserve`] takes the next lease. The lease is the
+//!    consumer's AckWait (= TTR), from when the server delivered it.
+//! 4. [`Lease::complete`] acks, [`Lease::touch`] sends an in-progress ack,
+//!    [`Lease::fail`] Naks with the backoff delay, or on the last attempt
+//!    buries: republish to the dead subject (its `Nats-Msg-Id`, `d:<seq>`,
+//!    makes a repeat harmless), then Term. Dropping a lease unsettled leaves
+//!    it to expire and be redelivered, to any node.
+
+use crate::error::Error;
+use crate::node::{Inner, Node};
+use crate::put::ID_HEADER;
+use crate::queue::QueueConfig;
+use async_nats::jetstream::message::{AckKind, Acker};
+use async_nats::jetstream::{consumer, Context};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// A leased job from a distributed queue. Settle it with one of the
+/// consuming methods; dropped unsettled, it is redelivered after its TTR.
+pub struct Lease {
+    queue: Arc<str>,
+    seq: u64,
+    attempt: u32,
+    payload: Bytes,
+    msg_id: Option<String>,
+    acker: Acker,
+    cfg: Arc<QueueConfig>,
+    dead: Dead,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("queue", &self.queue)
+            .field("seq", &self.seq)
+            .field("attempt", &self.attempt)
+            .field("msg_id", &self.msg_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Lease::fail`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failed {
+    /// Redelivered (to any node) after this backoff.
+    Retrying(Duration),
+    /// Out of attempts: moved to the dead-letter stream.
+    Buried,
+}
+
+/// Where and how to bury: enough to republish without the node.
+#[derive(Clone)]
+struct Dead {
+    js: Context,
+    subject: String,
+    rt: tokio::runtime::Handle,
+}
+
+impl Lease {
+    /// The job's id: its stream sequence (the same on every node).
+    pub fn id(&self) -> u64 {
+        self.seq
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// Which delivery this is, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// The `Nats-Msg-Id` it was put with (or `Spindle-Id` for a scheduled
+    /// job), if any.
+    pub fn msg_id(&self) -> Option<&str> {
+        self.msg_id.as_deref()
+    }
+
+    /// Done: a plain ack. If the ack is lost the job runs once more
+    /// (at-least-once).
+    pub fn complete(self) -> Result<(), Error> {
+        let rt = self.dead.rt.clone();
+        rt.block_on(self.acker.ack()).map_err(|e| Error::api("ack", e))
+    }
+
+    /// Done, confirmed: waits for the server to record the ack (a round
+    /// trip and a subscription per call; for queues that need it).
+    pub fn complete_confirmed(self) -> Result<(), Error> {
+        let rt = self.dead.rt.clone();
+        rt.block_on(self.acker.double_ack()).map_err(|e| Error::api("confirmed ack", e))
+    }
+
+    /// Extends the lease by another TTR (in-progress ack).
+    pub fn touch(&self) -> Result<(), Error> {
+        self.dead
+            .rt
+            .block_on(self.acker.ack_with(AckKind::Progress))
+            .map_err(|e| Error::api("in-progress ack", e))
+    }
+
+    /// Failed, may succeed later: redelivered after the queue's backoff, or
+    /// buried if this was the last attempt.
+    pub fn fail(self, error: &str) -> Result<Failed, Error> {
+        if self.attempt >= self.cfg.max_attempts {
+            self.bury(error)?;
+            return Ok(Failed::Buried);
+        }
+        let delay = self.cfg.backoff_for(self.attempt, self.seq);
+        let rt = self.dead.rt.clone();
+        rt.block_on(self.acker.ack_with(AckKind::Nak(Some(delay))))
+            .map_err(|e| Error::api("nak", e))?;
+        Ok(Failed::Retrying(delay))
+    }
+
+    /// Failed for good: buried now.
+    pub fn bury(self, error: &str) -> Result<(), Error> {
+        let rt = self.dead.rt.clone();
+        let error = error.to_owned();
+        rt.block_on(bury(self, &error))
+    }
+}
+
+async fn bury(lease: Lease, error: &str) -> Result<(), Error> {
+    let mut h = HeaderMap::new();
+    h.insert("Nats-Msg-Id", format!("d:{}", lease.seq).as_str());
+    h.insert("Spindle-Queue", &*lease.queue);
+    h.insert("Spindle-Seq", lease.seq.to_string().as_str());
+    h.insert("Spindle-Attempts", lease.attempt.to_string().as_str());
+    // Header values are one line.
+    h.insert("Spindle-Error", error.replace(['\r', '\n'], " ").as_str());
+    if let Some(id) = &lease.msg_id {
+        h.insert(ID_HEADER, id.as_str());
+    }
+    let fut = lease
+        .dead
+        .js
+        .publish_with_headers(lease.dead.subject.clone(), h, lease.payload.clone())
+        .await
+        .map_err(|e| Error::api("dead-letter publish", e))?;
+    fut.await.map_err(|e| Error::api("dead-letter ack", e))?;
+    lease.acker.ack_with(AckKind::Term).await.map_err(|e| Error::api("term", e))
+}
+
+/// A worker's handle on one distributed queue: leases arrive here from the
+/// pump on the runtime thread. One per worker thread; dropping it stops its
+/// pump (leases already delivered to it expire and are redelivered).
+pub struct Worker {
+    rx: mpsc::Receiver<Lease>,
+    rt: tokio::runtime::Handle,
+    pump: tokio::task::AbortHandle,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}
+
+impl Worker {
+    /// The next lease, waiting up to `timeout`; `None` if none came.
+    pub fn reserve(&mut self, timeout: Duration) -> Result<Option<Lease>, Error> {
+        match self.rx.try_recv() {
+            Ok(l) => return Ok(Some(l)),
+            Err(mpsc::error::TryRecvError::Disconnected) => return Err(Error::Closed),
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        let rx = &mut self.rx;
+        match self.rt.block_on(async { tokio::time::timeout(timeout, rx.recv()).await }) {
+            Ok(Some(l)) => Ok(Some(l)),
+            Ok(None) => Err(Error::Closed),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+impl Node {
+    /// A worker for `queue` (declared first with [`Node::declare`]) that
+    /// keeps up to `prefetch` leases ready. Prefetched leases' TTRs run
+    /// while they wait, so keep `prefetch` small against TTR ÷ run time.
+    pub fn worker(&self, queue: &str, prefetch: usize) -> Result<Worker, Error> {
+        let cfg = self.inner.queue(queue)?;
+        let prefetch = prefetch.max(1);
+        let inner: &Inner = &self.inner;
+        let stream = inner
+            .block_on(inner.js.get_stream_no_info(inner.names.stream()))
+            .map_err(|e| Error::api("stream lookup", e))?;
+        let name = inner.names.consumer(queue);
+        let consumer: consumer::PullConsumer = inner
+            .block_on(stream.get_consumer(&name))
+            .map_err(|e| Error::api("consumer lookup", e))?;
+        let (tx, rx) = mpsc::channel(prefetch);
+        let dead = Dead {
+            js: inner.js.clone(),
+            subject: inner.names.dead_subject(queue),
+            rt: inner.rt.clone(),
+        };
+        let queue: Arc<str> = Arc::from(queue);
+        let task = inner.rt.spawn(pump(consumer, tx, prefetch, queue, cfg, dead));
+        Ok(Worker { rx, rt: inner.rt.clone(), pump: task.abort_handle() })
+    }
+}
+
+async fn pump(
+    consumer: consumer::PullConsumer,
+    tx: mpsc::Sender<Lease>,
+    batch: usize,
+    queue: Arc<str>,
+    cfg: Arc<QueueConfig>,
+    dead: Dead,
+) {
+    loop {
+        let built = consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .expires(Duration::from_secs(5))
+            .heartbeat(Duration::from_secs(2))
+            .messages()
+            .await;
+        let mut messages = match built {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(%queue, error = %e, "starting a pull failed; retrying");
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+        };
+        while let Some(next) = messages.next().await {
+            let msg = match next {
+                Ok(m) => m,
+                Err(e) => {
+                    // Missed heartbeats (a server restart) and the like: the
+                    // stream re-issues its pull; leases are the server's.
+                    tracing::debug!(%queue, error = %e, "pull stream error");
+                    if tx.is_closed() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let (seq, delivered) = match msg.info() {
+                Ok(i) => (i.stream_sequence, i.delivered),
+                Err(e) => {
+                    tracing::warn!(%queue, error = %e, "delivery without JetStream metadata");
+                    continue;
+                }
+            };
+            let msg_id = msg.headers.as_ref().and_then(|h| {
+                h.get("Nats-Msg-Id").or_else(|| h.get(ID_HEADER)).map(|v| v.as_str().to_owned())
+            });
+            let (m, acker) = msg.split();
+            let lease = Lease {
+                queue: queue.clone(),
+                seq,
+                attempt: u32::try_from(delivered).unwrap_or(u32::MAX),
+                payload: m.payload,
+                msg_id,
+                acker,
+                cfg: cfg.clone(),
+                dead: dead.clone(),
+            };
+            if lease.attempt > cfg.max_attempts {
+                let why = "lease expired on its last attempt (worker crashed or timed out)";
+                if let Err(e) = bury(lease, why).await {
+                    tracing::warn!(%queue, seq, error = %e, "burying failed; it is redelivered");
+                }
+                continue;
+            }
+            if tx.send(lease).await.is_err() {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! [`WorkPool`]: handler threads on a distributed queue, the same
+//! [`Outcome`] contract as the engine's local queues; and the queue's lag.
+
+use crate::error::Error;
+use crate::lease::Lease;
+use crate::node::Node;
+use spindle_engine::Outcome;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// A distributed queue's backlog, from its shared consumer: what the lag
+/// controller and an external autoscaler (KEDA's JetStream scaler reads the
+/// same consumer) size workers from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lag {
+    /// Jobs not yet delivered (`num_pending`).
+    pub pending: u64,
+    /// Jobs leased and not yet settled, across all nodes (`num_ack_pending`).
+    pub leased: u64,
+    /// Pull requests waiting for jobs (`num_waiting`): idle workers.
+    pub waiting: u64,
+}
+
+impl Lag {
+    /// `pending + leased`: the jobs not yet done.
+    pub fn backlog(&self) -> u64 {
+        self.pending + self.leased
+    }
+}
+
+/// Handler threads running one distributed queue; stop with
+/// [`WorkPool::stop`] (or drop).
+#[derive(Debug)]
+pub struct WorkPool {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl WorkPool {
+    /// Stops taking jobs, lets running handlers finish, joins the threads.
+    /// Prefetched leases not yet run are redelivered after their TTR.
+    pub fn stop(mut self) {
+        self.join();
+    }
+
+    fn join(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for WorkPool {
+    fn drop(&mut self) {
+        self.join();
+    }
+}
+
+impl Node {
+    /// Runs `handler` on `threads` threads for `queue`: [`Outcome::Done`]
+    /// completes, [`Outcome::Retry`] fails with backoff (buried when out of
+    /// attempts), [`Outcome::Bury`] buries; a panic counts as a retry.
+    pub fn work<F>(&self, queue: &str, threads: usize, handler: F) -> Result<WorkPool, Error>
+    where
+        F: Fn(&Lease) -> Outcome + Send + Sync + 'static,
+    {
+        let handler = Arc::new(handler);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut pool = WorkPool { stop: stop.clone(), threads: Vec::new() };
+        for i in 0..threads.max(1) {
+            let mut worker = self.worker(queue, 16)?;
+            let handler = handler.clone();
+            let stop = stop.clone();
+            let queue = queue.to_owned();
+            let t = std::thread::Builder::new()
+                .name(format!("spindle-js-work-{i}"))
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let lease = match worker.reserve(Duration::from_millis(100)) {
+                            Ok(Some(l)) => l,
+                            Ok(None) => continue,
+                            Err(e) => {
+                                tracing::warn!(%queue, error = %e, "worker stopped");
+                                return;
+                            }
+                        };
+                        let outcome = catch_unwind(AssertUnwindSafe(|| handler(&lease)))
+                            .unwrap_or_else(|_| Outcome::Retry("handler panicked".to_owned()));
+                        let settled = match outcome {
+                            Outcome::Done => lease.complete(),
+                            Outcome::Retry(e) => lease.fail(&e).map(|_| ()),
+                            Outcome::Bury(e) => lease.bury(&e),
+                        };
+                        if let Err(e) = settled {
+                            // The lease expires and the job is redelivered.
+                            tracing::warn!(%queue, error = %e, "settling a job failed");
+                        }
+                    }
+                })
+                .map_err(Error::Runtime)?;
+            pool.threads.push(t);
+        }
+        Ok(pool)
+    }
+
+    /// The queue's backlog from its shared consumer.
+    pub fn lag(&self, queue: &str) -> Result<Lag, Error> {
+        self.inner.queue(queue)?;
+        let inner = &self.inner;
+        inner.block_on(async {
+            let stream = inner
+                .js
+                .get_stream_no_info(inner.names.stream())
+                .await
+                .map_err(|e| Error::api("stream lookup", e))?;
+            let info = stream
+                .consumer_info(inner.names.consumer(queue))
+                .await
+                .map_err(|e| Error::api("consumer info", e))?;
+            Ok(Lag {
+                pending: info.num_pending,
+                leased: info.num_ack_pending as u64,
+                waiting: info.num_waiting as u64,
+            })
+        })
+    }
+
+    /// How many buried jobs of `queue` the dead-letter stream holds.
+    pub fn buried(&self, queue: &str) -> Result<u64, Error> {
+        let inner = &self.inner;
+        let subject = inner.names.dead_subject(queue);
+        inner.block_on(async {
+            let stream = inner
+                .js
+                .get_stream_no_info(inner.names.dead_stream())
+                .await
+                .map_err(|e| Error::api("stream lookup", e))?;
+            let mut subjects = stream
+                .info_with_subjects(subject.as_str())
+                .await
+                .map_err(|e| Error::api("stream info", e))?;
+            use futures_util::StreamExt;
+            let mut n = 0;
+            while let Some(s) = subjects.next().await {
+                let (_, count) = s.map_err(|e| Error::api("stream info", e))?;
+                n += count as u64;
+            }
+            Ok(n)
+        })
+    }
+}
