@@ -195,7 +195,8 @@ impl Node {
     /// Adds a periodic job on a distributed queue: a server-side schedule
     /// (`@every`, 2.14+) named `name`, so no node has to be a leader.
     /// Putting the same name again replaces it. On older servers this is
-    /// refused with [`Error::Unsupported`], never emulated.
+    /// refused with [`Error::Unsupported`], never emulated. The interval is
+    /// rounded up to whole seconds (the server's unit).
     pub fn schedule_every(
         &self,
         queue: &str,
@@ -220,7 +221,9 @@ impl Node {
             });
         }
         let mut h = HeaderMap::new();
-        h.insert("Nats-Schedule", format!("@every {}ms", every.as_millis().max(1)).as_str());
+        // The server takes whole seconds (2.15.1 refuses "@every 500ms").
+        let secs = every.as_secs() + u64::from(every.subsec_nanos() > 0);
+        h.insert("Nats-Schedule", format!("@every {}s", secs.max(1)).as_str());
         h.insert("Nats-Schedule-Target", inner.names.queue_subject(queue).as_str());
         let subject = inner.names.schedule_subject(queue, &format!("every-{name}"));
         let payload = payload.into();

@@ -115,8 +115,8 @@ fn namespace(test: &str) -> String {
 }
 
 fn skip(test: &str, why: &str) {
-    println!("SKIP {test}: {why}");
-    eprintln!("SKIP {test}: {why}");
+    // Straight to stderr: libtest captures print! of passing tests.
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
 }
 
 /// The server for `test`, or `None` (with a printed reason) when no server
