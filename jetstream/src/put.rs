@@ -16,6 +16,7 @@
 //!    missing: keeping it in the node's local log, `docs/jetstream.md`).
 
 use crate::error::Error;
+use crate::names;
 use crate::node::{Inner, Node};
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -163,13 +164,16 @@ impl Node {
     }
 
     /// Puts jobs pipelined: all are published, then the PubAcks awaited.
-    /// The outer error is for the whole batch (an undeclared queue); each
-    /// job has its own result.
+    /// The queue need not be declared on this node (a producer-only node
+    /// does not know its TTR); its jobs wait until some node declares it.
+    /// The outer error is for the whole batch (an invalid queue name, the
+    /// streams not usable); each job has its own result.
     pub fn put_batch(&self, jobs: Vec<Put>) -> Result<Vec<Result<Receipt, Error>>, Error> {
         for j in &jobs {
-            self.inner.queue(&j.queue)?;
+            names::check_queue(&j.queue)?;
         }
         let inner = &self.inner;
+        inner.block_on(crate::setup::ensure_streams(inner))?;
         Ok(inner.block_on(async {
             let mut pending = Vec::with_capacity(jobs.len());
             for job in jobs {
@@ -204,7 +208,7 @@ impl Node {
         every: Duration,
         payload: impl Into<Bytes>,
     ) -> Result<(), Error> {
-        self.inner.queue(queue)?;
+        names::check_queue(queue)?;
         let inner = &self.inner;
         if !inner.features.schedule_every {
             return Err(Error::Unsupported {
@@ -228,6 +232,7 @@ impl Node {
         let subject = inner.names.schedule_subject(queue, &format!("every-{name}"));
         let payload = payload.into();
         inner.block_on(async {
+            crate::setup::ensure_streams(inner).await?;
             let ack = inner
                 .js
                 .publish_with_headers(subject, h, payload)

@@ -13,13 +13,21 @@ use std::sync::PoisonError;
 
 /// Creates or finds the streams (once per node) and the queue's consumer.
 pub(crate) async fn declare(node: &Inner, queue: &str, cfg: &QueueConfig) -> Result<(), Error> {
+    ensure_streams(node).await?;
+    ensure_consumer(node, queue, cfg).await
+}
+
+/// Creates or finds the namespace's two streams and checks them, once per
+/// node (puts need only these: a queue's jobs wait in the work stream until
+/// some node declares the queue's consumer).
+pub(crate) async fn ensure_streams(node: &Inner) -> Result<(), Error> {
     let ready = *node.streams_ready.lock().unwrap_or_else(PoisonError::into_inner);
     if !ready {
         ensure_stream(node, work_stream(node)).await?;
         ensure_stream(node, dead_stream(node)).await?;
         *node.streams_ready.lock().unwrap_or_else(PoisonError::into_inner) = true;
     }
-    ensure_consumer(node, queue, cfg).await
+    Ok(())
 }
 
 fn work_stream(node: &Inner) -> stream::Config {
