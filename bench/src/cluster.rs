@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 /// `--help` text.
 pub const USAGE: &str = "\
 usage: spindle-bench cluster [--nodes 1,2,3] [--jobs N] [--rate R] [--seconds S]
-                             [--threads T] [--server PATH | --url nats://HOST:PORT] [--json]
+                             [--threads T] [--prefetch P] [--server PATH | --url nats://HOST:PORT] [--json]
 
 Node processes on this machine share one queue through one nats-server
 (started here from --server, default `nats-server` on PATH, with a temporary
@@ -43,7 +43,8 @@ latency at --rate (p50/p99/p999), and jobs lost.
   --jobs      jobs per throughput run (default 50000)
   --rate      jobs/s for the latency run (default 5000)
   --seconds   length of the latency run (default 2)
-  --threads   handler threads per node (default 2)";
+  --threads   handler threads per node (default 2)
+  --prefetch  leases each handler thread keeps ready (default 256)";
 
 const QUEUE: &str = "bench";
 
@@ -54,6 +55,7 @@ pub struct ClusterOpts {
     rate: u64,
     seconds: f64,
     threads: usize,
+    prefetch: usize,
     server: String,
     url: Option<String>,
     /// Print JSON.
@@ -77,6 +79,7 @@ impl ClusterOpts {
             rate: a.value("--rate")?.unwrap_or(5_000),
             seconds: a.value("--seconds")?.unwrap_or(2.0),
             threads: a.value("--threads")?.unwrap_or(2),
+            prefetch: a.value("--prefetch")?.unwrap_or(256),
             server: a.value("--server")?.unwrap_or_else(|| "nats-server".into()),
             url: a.value("--url")?,
             json: a.flag("--json"),
@@ -98,9 +101,10 @@ struct NodeProc {
 }
 
 impl NodeProc {
-    fn spawn(url: &str, ns: &str, threads: usize) -> BoxResult<NodeProc> {
+    fn spawn(url: &str, ns: &str, threads: usize, prefetch: usize) -> BoxResult<NodeProc> {
         let mut child = Command::new(std::env::current_exe()?)
             .args(["cluster-node", "--url", url, "--ns", ns, "--threads", &threads.to_string()])
+            .args(["--prefetch", &prefetch.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
@@ -150,8 +154,10 @@ pub fn node_child(mut a: Args) -> BoxResult<()> {
     let url: String = a.value("--url")?.ok_or("--url")?;
     let ns: String = a.value("--ns")?.ok_or("--ns")?;
     let threads: usize = a.value("--threads")?.unwrap_or(2);
+    let prefetch: usize = a.value("--prefetch")?.unwrap_or(256);
     a.finish()?;
-    let node = Node::connect(NodeOptions::new(url).namespace(ns).name("bench-node"))?;
+    let opts = NodeOptions::new(url).namespace(ns).name("bench-node").prefetch(prefetch);
+    let node = Node::connect(opts)?;
     node.declare(QUEUE, queue_cfg())?;
     let ran = std::sync::Arc::new(std::sync::Mutex::new((Vec::new(), Vec::new())));
     println!("READY");
@@ -210,8 +216,9 @@ fn run_nodes(o: &ClusterOpts, url: &str, n: usize) -> BoxResult<NodeRun> {
     let ns = format!("bench{n}_{}", std::process::id());
     let producer = Node::connect(NodeOptions::new(url).namespace(&ns).name("bench-producer"))?;
     producer.declare(QUEUE, queue_cfg())?;
-    let mut procs =
-        (0..n).map(|_| NodeProc::spawn(url, &ns, o.threads)).collect::<BoxResult<Vec<_>>>()?;
+    let mut procs = (0..n)
+        .map(|_| NodeProc::spawn(url, &ns, o.threads, o.prefetch))
+        .collect::<BoxResult<Vec<_>>>()?;
     let mut acked = HashSet::new();
     let mut put_errors = 0u64;
     let mut tally = |rs: Vec<Result<Receipt, spindle_jetstream::Error>>| {
@@ -384,6 +391,7 @@ pub fn run(o: &ClusterOpts) -> BoxResult<Report> {
     r.set("jobs", o.jobs);
     r.set("rate", o.rate);
     r.set("threads_per_node", o.threads as u64);
+    r.set("prefetch", o.prefetch as u64);
     r.set("busy_before", busy_before.to_json());
     r.set("busy_after", busy_after.to_json());
     r.note(format!("before: {}; after: {}", busy_before.describe(), busy_after.describe()));

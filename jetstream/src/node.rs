@@ -33,6 +33,7 @@ pub struct NodeOptions {
     pub(crate) max_payload: usize,
     pub(crate) duplicate_window: Duration,
     pub(crate) connect_timeout: Duration,
+    pub(crate) prefetch: usize,
 }
 
 impl NodeOptions {
@@ -46,7 +47,16 @@ impl NodeOptions {
             max_payload: 64 << 10,
             duplicate_window: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(5),
+            prefetch: 64,
         }
+    }
+
+    /// Leases each [`Node::work`] thread keeps ready (default 64): larger
+    /// pulls fewer times; each waiting lease's TTR runs meanwhile, so keep
+    /// it well under TTR ÷ the jobs' run time.
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = n.max(1);
+        self
     }
 
     /// The namespace: one work-queue stream `SPINDLE_<ns>` (and its dead
@@ -112,6 +122,7 @@ pub(crate) struct Inner {
     pub(crate) features: Features,
     pub(crate) max_payload: usize,
     pub(crate) duplicate_window: Duration,
+    pub(crate) prefetch: usize,
     pub(crate) queues: Mutex<HashMap<String, Arc<QueueConfig>>>,
     pub(crate) streams_ready: Mutex<bool>,
     pub(crate) ids: IdSource,
@@ -227,6 +238,7 @@ impl Node {
             features: version.features(),
             max_payload: opts.max_payload,
             duplicate_window: opts.duplicate_window,
+            prefetch: opts.prefetch,
             queues: Mutex::new(HashMap::new()),
             streams_ready: Mutex::new(false),
             ids: IdSource::new(),

@@ -64,6 +64,7 @@ impl Node {
     /// Runs `handler` on `threads` threads for `queue`: [`Outcome::Done`]
     /// completes, [`Outcome::Retry`] fails with backoff (buried when out of
     /// attempts), [`Outcome::Bury`] buries; a panic counts as a retry.
+    /// Each thread keeps [`crate::NodeOptions::prefetch`] leases ready.
     pub fn work<F>(&self, queue: &str, threads: usize, handler: F) -> Result<WorkPool, Error>
     where
         F: Fn(&Lease) -> Outcome + Send + Sync + 'static,
@@ -72,7 +73,7 @@ impl Node {
         let stop = Arc::new(AtomicBool::new(false));
         let mut pool = WorkPool { stop: stop.clone(), threads: Vec::new() };
         for i in 0..threads.max(1) {
-            let mut worker = self.worker(queue, 16)?;
+            let mut worker = self.worker(queue, self.inner.prefetch)?;
             let handler = handler.clone();
             let stop = stop.clone();
             let queue = queue.to_owned();
