@@ -73,7 +73,7 @@ fn a_lease_expiring_on_the_last_attempt_is_buried_not_lost() {
 fn touch_keeps_a_lease_past_its_ttr() {
     let Some(srv) = nats("touch") else { return };
     let node = Node::connect(srv.options()).unwrap();
-    node.declare("long", QueueConfig::default().ttr(Duration::from_millis(500))).unwrap();
+    node.declare("long", QueueConfig::default().ttr(Duration::from_millis(1500))).unwrap();
     node.put(Put::new("long", b"x".to_vec())).unwrap();
     let mut w = node.worker("long", 1).unwrap();
     let lease = w.reserve(LIMIT).unwrap().expect("a delivery");
