@@ -91,6 +91,15 @@ pub enum Error {
         /// The client's or server's reason.
         reason: String,
     },
+    /// The hold log (delayed jobs held by the node, `NodeOptions::hold_dir`)
+    /// could not be read or written.
+    #[error("hold log {path}: {reason} (check the directory given to NodeOptions::hold_dir)")]
+    HoldLog {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The system's reason.
+        reason: String,
+    },
     /// The node was shut down.
     #[error("the JetStream node is shut down")]
     Closed,

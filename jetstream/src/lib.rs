@@ -32,6 +32,7 @@
 //! map.
 
 mod error;
+mod hold;
 mod lease;
 mod names;
 mod node;

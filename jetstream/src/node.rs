@@ -34,6 +34,7 @@ pub struct NodeOptions {
     pub(crate) duplicate_window: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) prefetch: usize,
+    pub(crate) hold_dir: Option<std::path::PathBuf>,
 }
 
 impl NodeOptions {
@@ -48,7 +49,18 @@ impl NodeOptions {
             duplicate_window: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(5),
             prefetch: 64,
+            hold_dir: None,
         }
+    }
+
+    /// Where delayed jobs this node holds until due are logged (servers
+    /// without `@at` schedules, before 2.12): a put returns `Held` once its
+    /// job is synced there, and a node connecting with the same directory
+    /// (after a crash) publishes every job held and not yet published.
+    /// Without it, held jobs live only in memory. One node per directory.
+    pub fn hold_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.hold_dir = Some(dir.into());
+        self
     }
 
     /// Leases each [`Node::work`] thread keeps ready (default 64): larger
@@ -128,6 +140,8 @@ pub(crate) struct Inner {
     pub(crate) ids: IdSource,
     /// Delayed jobs this node holds until due (old servers only).
     pub(crate) held: Arc<AtomicUsize>,
+    /// Where they are logged, if anywhere.
+    pub(crate) hold_log: Option<Arc<crate::hold::HoldLog>>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -170,6 +184,13 @@ impl Node {
     /// within the connect timeout, and [`Error::NoJetStream`] without `-js`.
     pub fn connect(opts: NodeOptions) -> Result<Node, Error> {
         names::check_namespace(&opts.namespace)?;
+        let (hold_log, pending) = match &opts.hold_dir {
+            Some(dir) => {
+                let (log, pending) = crate::hold::HoldLog::open(dir)?;
+                (Some(Arc::new(log)), pending)
+            }
+            None => (None, Vec::new()),
+        };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -243,6 +264,7 @@ impl Node {
             streams_ready: Mutex::new(false),
             ids: IdSource::new(),
             held: Arc::new(AtomicUsize::new(0)),
+            hold_log,
             stop: Mutex::new(Some(stop_tx)),
             thread: Mutex::new(Some(thread)),
         };
@@ -252,6 +274,12 @@ impl Node {
             return Err(Error::NoJetStream { url, version });
         }
         tracing::info!(url = %inner.url, server = %version, "connected to NATS JetStream");
+        if !pending.is_empty() {
+            tracing::info!(jobs = pending.len(), "publishing delayed jobs held before a restart");
+        }
+        for h in pending {
+            crate::put::hold_again(&inner, h);
+        }
         Ok(Node { inner: Arc::new(inner) })
     }
 
@@ -266,8 +294,8 @@ impl Node {
     }
 
     /// Delayed jobs this node holds until they are due (only on servers
-    /// without `@at` schedules; they are lost if this process dies, see
-    /// `docs/jetstream.md`).
+    /// without `@at` schedules; if this process dies they are lost, unless
+    /// [`NodeOptions::hold_dir`] logs them for a node restarted on it).
     pub fn held(&self) -> usize {
         self.inner.held.load(Ordering::Relaxed)
     }
@@ -286,7 +314,8 @@ impl Node {
 
     /// Flushes what this node has published and stops its runtime thread.
     /// Leases not yet settled are redelivered to other nodes after their
-    /// TTR; delayed jobs still held here are lost (counted in the log).
+    /// TTR; delayed jobs still held here are published by the next node on
+    /// the same [`NodeOptions::hold_dir`], or else lost (counted in the log).
     pub fn shutdown(self) {
         let held = self.held();
         if held > 0 {

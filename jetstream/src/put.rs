@@ -12,10 +12,13 @@
 //!    message on its own subject under `spindle.<ns>.sched.`, which the
 //!    server publishes to the queue's subject when due. On an older server
 //!    the node holds it on its runtime thread until due and then publishes
-//!    it with its Msg-Id; a node that dies meanwhile loses it (what is
-//!    missing: keeping it in the node's local log, `docs/jetstream.md`).
+//!    it with its Msg-Id. With `NodeOptions::hold_dir` the hold is synced
+//!    to the node's hold log first (`hold.rs`), and a node restarted on it
+//!    publishes what a crashed one held; without, a node that dies
+//!    meanwhile loses it.
 
 use crate::error::Error;
+use crate::hold::Held;
 use crate::names;
 use crate::node::{Inner, Node};
 use async_nats::HeaderMap;
@@ -285,22 +288,36 @@ async fn publish(inner: &Inner, job: Put) -> Pending {
             Err(e) => Err(Error::api("schedule ack", e)),
         });
     }
-    hold(inner, target, msg_id.clone(), job.payload, job.delay);
-    Pending::Done(Ok(Receipt::Held { due, msg_id }))
+    let h = Held { msg_id: msg_id.clone(), subject: target, due, payload: job.payload.to_vec() };
+    Pending::Done(hold(inner, h).map(|()| Receipt::Held { due, msg_id }))
 }
 
-/// Holds a delayed job on the runtime thread until due, then publishes it
-/// (retrying until the server takes it; the Msg-Id makes a retry harmless).
-fn hold(inner: &Inner, subject: String, msg_id: String, payload: Bytes, delay: Duration) {
+/// Holds a delayed job on the runtime thread until due, logging it first
+/// when the node has a hold log.
+fn hold(inner: &Inner, h: Held) -> Result<(), Error> {
+    if let Some(log) = &inner.hold_log {
+        log.hold(&h)?;
+    }
+    hold_again(inner, h);
+    Ok(())
+}
+
+/// Holds an already logged job until due, then publishes it (retrying
+/// until the server takes it; the Msg-Id makes a retry harmless) and logs
+/// it done.
+pub(crate) fn hold_again(inner: &Inner, h: Held) {
     let js = inner.js.clone();
     let held = inner.held.clone();
+    let log = inner.hold_log.clone();
     held.fetch_add(1, Ordering::Relaxed);
     inner.rt.spawn(async move {
-        tokio::time::sleep(delay).await;
+        let wait = h.due.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+        tokio::time::sleep(wait).await;
+        let payload = Bytes::from(h.payload);
         loop {
-            let mut h = HeaderMap::new();
-            h.insert("Nats-Msg-Id", msg_id.as_str());
-            let sent = js.publish_with_headers(subject.clone(), h, payload.clone()).await;
+            let mut hdr = HeaderMap::new();
+            hdr.insert("Nats-Msg-Id", h.msg_id.as_str());
+            let sent = js.publish_with_headers(h.subject.clone(), hdr, payload.clone()).await;
             let acked = match sent {
                 Ok(fut) => fut.await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
@@ -308,10 +325,13 @@ fn hold(inner: &Inner, subject: String, msg_id: String, payload: Bytes, delay: D
             match acked {
                 Ok(_) => break,
                 Err(e) => {
-                    tracing::warn!(%msg_id, error = %e, "publishing a held delayed job failed; retrying");
+                    tracing::warn!(msg_id = %h.msg_id, error = %e, "publishing a held delayed job failed; retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
+        }
+        if let Some(log) = log {
+            log.done(&h.msg_id);
         }
         held.fetch_sub(1, Ordering::Relaxed);
     });

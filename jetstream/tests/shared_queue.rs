@@ -198,3 +198,68 @@ fn a_server_restart_loses_nothing_acknowledged() {
     a.shutdown();
     b.shutdown();
 }
+
+/// Run as a child process by `a_delayed_job_survives_the_node_that_put_it`:
+/// puts one delayed job, says how it was placed, waits to be killed.
+#[test]
+fn child_node_putting_a_delayed_job() {
+    let (Ok(url), Ok(ns), Ok(dir)) = (
+        std::env::var("SPINDLE_JS_HOLD_URL"),
+        std::env::var("SPINDLE_JS_HOLD_NS"),
+        std::env::var("SPINDLE_JS_HOLD_DIR"),
+    ) else {
+        return; // Not a child: nothing to do.
+    };
+    let opts = spindle_jetstream::NodeOptions::new(url).namespace(ns).hold_dir(dir);
+    let node = Node::connect(opts).unwrap();
+    let r =
+        node.put(Put::new("later", b"survivor".to_vec()).delay(Duration::from_secs(2))).unwrap();
+    let how = match r {
+        Receipt::Held { .. } => "HELD",
+        Receipt::Scheduled { .. } => "SCHEDULED",
+        other => panic!("{other:?}"),
+    };
+    println!("PUT {how}");
+    loop {
+        std::thread::park();
+    }
+}
+
+#[test]
+fn a_delayed_job_survives_the_node_that_put_it_being_killed() {
+    let Some(srv) = nats("delayed_kill9") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_node_putting_a_delayed_job", "--nocapture", "--test-threads=1"])
+        .env("SPINDLE_JS_HOLD_URL", &srv.url)
+        .env("SPINDLE_JS_HOLD_NS", &srv.ns)
+        .env("SPINDLE_JS_HOLD_DIR", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut how = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(at) = line.find("PUT ") {
+            how = line[at + 4..].trim().to_owned();
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL, before the job is due
+    child.wait().unwrap();
+
+    // On 2.12+ the server holds the schedule; before, the node restarted
+    // on the same hold directory publishes what the dead one held.
+    let node = Node::connect(srv.options().hold_dir(dir.path())).unwrap();
+    let expect = if node.features().schedule_at { "SCHEDULED" } else { "HELD" };
+    assert_eq!(how, expect, "on {}", node.server_version());
+    node.declare("later", QueueConfig::default()).unwrap();
+    let mut w = node.worker("later", 1).unwrap();
+    let lease = w.reserve(LIMIT).unwrap().expect("the delayed job after the kill");
+    assert_eq!(lease.payload(), b"survivor");
+    lease.complete_confirmed().unwrap();
+    assert!(w.reserve(Duration::from_millis(200)).unwrap().is_none(), "ran twice");
+    assert_eq!(node.held(), 0);
+    node.shutdown();
+}
