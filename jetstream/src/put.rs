@@ -255,6 +255,14 @@ async fn publish(inner: &Inner, job: Put) -> Pending {
         }));
     }
     let msg_id = match &job.unique_key {
+        // A header value is one line of text.
+        Some(k) if k.is_empty() || k.chars().any(char::is_control) => {
+            return Pending::Done(Err(Error::InvalidName {
+                what: "unique key",
+                name: k.clone(),
+                reason: "use 1 or more characters, none of them control characters",
+            }));
+        }
         Some(k) => format!("k:{}:{}", job.queue, k),
         None => inner.ids.next(),
     };

@@ -120,6 +120,8 @@ fn a_unique_key_is_refused_as_a_duplicate_with_the_existing_id() {
     let dup = c.put(Put::new("mail", b"5".to_vec()).unique_key("user-7")).unwrap();
     assert!(matches!(dup, Receipt::Duplicate { seq: s, .. } if s == seq), "{dup:?}");
     assert!(matches!(c.put(Put::new("-bad", b"".to_vec())), Err(Error::InvalidName { .. })));
+    let bad_key = c.put(Put::new("mail", b"".to_vec()).unique_key("a\r\nb"));
+    assert!(matches!(bad_key, Err(Error::InvalidName { what: "unique key", .. })), "{bad_key:?}");
     c.shutdown();
     a.shutdown();
     b.shutdown();
