@@ -38,7 +38,7 @@ pub struct Lease {
     msg_id: Option<String>,
     acker: Acker,
     cfg: Arc<QueueConfig>,
-    dead: Dead,
+    dead: Arc<Dead>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -61,8 +61,8 @@ pub enum Failed {
     Buried,
 }
 
-/// Where and how to bury: enough to republish without the node.
-#[derive(Clone)]
+/// Where and how to bury: enough to republish without the node (one per
+/// worker, shared by its leases).
 struct Dead {
     js: Context,
     subject: String,
@@ -215,11 +215,11 @@ impl Node {
             .block_on(stream.get_consumer(&name))
             .map_err(|e| Error::api("consumer lookup", e))?;
         let (tx, rx) = mpsc::channel(prefetch);
-        let dead = Dead {
+        let dead = Arc::new(Dead {
             js: inner.js.clone(),
             subject: inner.names.dead_subject(queue),
             rt: inner.rt.clone(),
-        };
+        });
         let queue: Arc<str> = Arc::from(queue);
         let task = inner.rt.spawn(pump(consumer, tx, prefetch, queue, cfg, dead));
         Ok(Worker { rx, rt: inner.rt.clone(), pump: task.abort_handle() })
@@ -232,7 +232,7 @@ async fn pump(
     batch: usize,
     queue: Arc<str>,
     cfg: Arc<QueueConfig>,
-    dead: Dead,
+    dead: Arc<Dead>,
 ) {
     loop {
         let built = consumer
