@@ -43,7 +43,7 @@ latency at --rate (p50/p99/p999), and jobs lost.
   --jobs      jobs per throughput run (default 50000)
   --rate      jobs/s for the latency run (default 5000)
   --seconds   length of the latency run (default 2)
-  --threads   handler threads per node (default 2)
+  --threads   handler threads per node (default 1)
   --prefetch  leases each handler thread keeps ready (default 256)";
 
 const QUEUE: &str = "bench";
@@ -78,7 +78,7 @@ impl ClusterOpts {
             jobs: a.value("--jobs")?.unwrap_or(50_000),
             rate: a.value("--rate")?.unwrap_or(5_000),
             seconds: a.value("--seconds")?.unwrap_or(2.0),
-            threads: a.value("--threads")?.unwrap_or(2),
+            threads: a.value("--threads")?.unwrap_or(1),
             prefetch: a.value("--prefetch")?.unwrap_or(256),
             server: a.value("--server")?.unwrap_or_else(|| "nats-server".into()),
             url: a.value("--url")?,
