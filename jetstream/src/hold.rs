@@ -2,7 +2,7 @@
 //! schedules, before 2.12), kept in a file so a node restarted on the same
 //! directory publishes what a crashed one held.
 //!
-//! 1. A hold appends `Hold { msg_id, subject, due, payload }` to
+//! 1. A hold appends `Hold { msg_id, subject, due, expires, payload }` to
 //!    `DIR/held.log` and syncs it before the put returns `Receipt::Held`.
 //! 2. Once the server acknowledges the published job, a `Done { msg_id }`
 //!    is appended (not synced: a lost one means one more publish of the same
@@ -35,6 +35,8 @@ pub(crate) struct Held {
     pub(crate) subject: String,
     pub(crate) due: SystemTime,
     pub(crate) payload: Vec<u8>,
+    /// The job's deadline (Unix ms), if it has one.
+    pub(crate) expires_ms: Option<u64>,
 }
 
 pub(crate) struct HoldLog {
@@ -67,6 +69,8 @@ fn hold_body(h: &Held) -> Vec<u8> {
     put_str(&mut b, &h.subject);
     let ms = h.due.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     b.extend_from_slice(&ms.to_le_bytes());
+    // 0: no deadline.
+    b.extend_from_slice(&h.expires_ms.unwrap_or(0).to_le_bytes());
     b.extend_from_slice(&h.payload);
     b
 }
@@ -99,7 +103,8 @@ fn parse_hold(body: &[u8]) -> Option<Held> {
     let msg_id = c.str()?;
     let subject = c.str()?;
     let due = UNIX_EPOCH + Duration::from_millis(c.u64()?);
-    Some(Held { msg_id, subject, due, payload: c.0.to_vec() })
+    let expires_ms = Some(c.u64()?).filter(|&ms| ms > 0);
+    Some(Held { msg_id, subject, due, payload: c.0.to_vec(), expires_ms })
 }
 
 /// Reads every intact record; holds without their done, in order.
@@ -197,6 +202,7 @@ mod tests {
             subject: "spindle.t.q.a".into(),
             due: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             payload: vec![1, 2, 3],
+            expires_ms: Some(1_700_000_005_000),
         }
     }
 

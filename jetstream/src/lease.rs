@@ -7,6 +7,9 @@
 //! 2. A delivery past the queue's attempts (its last lease expired: the
 //!    worker crashed or timed out) is buried by the pump without running:
 //!    the consumer's MaxDeliver is attempts + 1 for this step.
+//!    A delivery past its deadline (`Spindle-Expires`) is dropped (Term)
+//!    without running: a job not started by its deadline is never handed
+//!    out.
 //! 3. [`Worker::reserve`] takes the next lease. The lease is the
 //!    consumer's AckWait (= TTR), from when the server delivered it.
 //! 4. [`Lease::complete`] acks, [`Lease::touch`] sends an in-progress ack,
@@ -17,7 +20,7 @@
 
 use crate::error::Error;
 use crate::node::{Inner, Node};
-use crate::put::ID_HEADER;
+use crate::put::{EXPIRES_HEADER, ID_HEADER};
 use crate::queue::QueueConfig;
 use async_nats::jetstream::message::{AckKind, Acker};
 use async_nats::jetstream::{consumer, Context};
@@ -226,6 +229,13 @@ impl Node {
     }
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 async fn pump(
     consumer: consumer::PullConsumer,
     tx: mpsc::Sender<Lease>,
@@ -273,6 +283,18 @@ async fn pump(
                     continue;
                 }
             };
+            let expires = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(EXPIRES_HEADER))
+                .and_then(|v| v.as_str().parse::<u64>().ok());
+            if expires.is_some_and(|ms| ms <= now_ms()) {
+                // Past its deadline: never handed out (dropped for good).
+                if let Err(e) = msg.ack_with(AckKind::Term).await {
+                    tracing::warn!(%queue, seq, error = %e, "dropping an expired job failed; it is redelivered");
+                }
+                continue;
+            }
             let msg_id = msg.headers.as_ref().and_then(|h| {
                 h.get("Nats-Msg-Id").or_else(|| h.get(ID_HEADER)).map(|v| v.as_str().to_owned())
             });

@@ -28,6 +28,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Header naming the job's Spindle id on scheduled and buried copies.
 pub(crate) const ID_HEADER: &str = "Spindle-Id";
+/// Header carrying a job's deadline (Unix milliseconds).
+pub(crate) const EXPIRES_HEADER: &str = "Spindle-Expires";
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
 
 /// A job to put on a distributed queue.
 #[derive(Debug, Clone)]
@@ -36,6 +42,7 @@ pub struct Put {
     pub(crate) payload: Bytes,
     pub(crate) unique_key: Option<String>,
     pub(crate) delay: Duration,
+    pub(crate) expires_in: Option<Duration>,
 }
 
 impl Put {
@@ -46,7 +53,18 @@ impl Put {
             payload: payload.into(),
             unique_key: None,
             delay: Duration::ZERO,
+            expires_in: None,
         }
+    }
+
+    /// Never handed out once `d` has passed since the put (counted from the
+    /// put, delay included). Every node checks the deadline (header
+    /// `Spindle-Expires`) at delivery and drops an expired job (Term); on
+    /// 2.11+ a job put without delay also carries `Nats-TTL` (whole
+    /// seconds, rounded up), so the server removes it by itself.
+    pub fn expires_in(mut self, d: Duration) -> Self {
+        self.expires_in = Some(d);
+        self
     }
 
     /// A unique key: a second put with it (within the stream's duplicate
@@ -267,9 +285,17 @@ async fn publish(inner: &Inner, job: Put) -> Pending {
         None => inner.ids.next(),
     };
     let target = inner.names.queue_subject(&job.queue);
+    let deadline = job.expires_in.map(|d| unix_ms(SystemTime::now() + d).to_string());
     if job.delay.is_zero() {
         let mut h = HeaderMap::new();
         h.insert("Nats-Msg-Id", msg_id.as_str());
+        if let (Some(d), Some(ms)) = (job.expires_in, &deadline) {
+            h.insert(EXPIRES_HEADER, ms.as_str());
+            if inner.features.message_ttl {
+                let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+                h.insert("Nats-TTL", format!("{}s", secs.max(1)).as_str());
+            }
+        }
         return match inner.js.publish_with_headers(target, h, job.payload).await {
             Ok(fut) => Pending::Ack(fut, msg_id),
             Err(e) => Pending::Done(Err(Error::api("publish", e))),
@@ -285,6 +311,9 @@ async fn publish(inner: &Inner, job: Put) -> Pending {
         h.insert("Nats-Schedule", format!("@at {}", rfc3339(due)).as_str());
         h.insert("Nats-Schedule-Target", target.as_str());
         h.insert(ID_HEADER, msg_id.as_str());
+        if let Some(ms) = &deadline {
+            h.insert(EXPIRES_HEADER, ms.as_str());
+        }
         let subject = inner.names.schedule_subject(&job.queue, &msg_id);
         let fut = match inner.js.publish_with_headers(subject, h, job.payload).await {
             Ok(f) => f,
@@ -296,7 +325,13 @@ async fn publish(inner: &Inner, job: Put) -> Pending {
             Err(e) => Err(Error::api("schedule ack", e)),
         });
     }
-    let h = Held { msg_id: msg_id.clone(), subject: target, due, payload: job.payload.to_vec() };
+    let h = Held {
+        msg_id: msg_id.clone(),
+        subject: target,
+        due,
+        payload: job.payload.to_vec(),
+        expires_ms: deadline.and_then(|d| d.parse().ok()),
+    };
     Pending::Done(hold(inner, h).map(|()| Receipt::Held { due, msg_id }))
 }
 
@@ -325,6 +360,9 @@ pub(crate) fn hold_again(inner: &Inner, h: Held) {
         loop {
             let mut hdr = HeaderMap::new();
             hdr.insert("Nats-Msg-Id", h.msg_id.as_str());
+            if let Some(ms) = h.expires_ms {
+                hdr.insert(EXPIRES_HEADER, ms.to_string().as_str());
+            }
             let sent = js.publish_with_headers(h.subject.clone(), hdr, payload.clone()).await;
             let acked = match sent {
                 Ok(fut) => fut.await.map_err(|e| e.to_string()),

@@ -42,6 +42,9 @@ fn work_stream(node: &Inner) -> stream::Config {
         // Delayed jobs as server-side `@at` schedules, where the server has
         // them (2.12+); older servers get no such field at all.
         allow_message_schedules: node.features.schedule_at,
+        // Per-message TTL for jobs with a deadline, where the server has it
+        // (2.11+); older servers get no such field.
+        allow_message_ttl: node.features.message_ttl,
         ..Default::default()
     }
 }
@@ -102,6 +105,16 @@ async fn ensure_stream(node: &Inner, want: stream::Config) -> Result<(), Error> 
             "duplicate_window",
             want.duplicate_window,
             got.duplicate_window,
+        ));
+    }
+    if got.allow_message_ttl != want.allow_message_ttl {
+        return Err(mismatch(
+            node,
+            "stream",
+            name,
+            "allow_msg_ttl",
+            want.allow_message_ttl,
+            got.allow_message_ttl,
         ));
     }
     if got.allow_message_schedules != want.allow_message_schedules {

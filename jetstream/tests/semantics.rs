@@ -196,3 +196,32 @@ fn an_unreachable_server_is_a_clear_error() {
     let e = Node::connect(opts).unwrap_err();
     assert!(matches!(e, Error::Connect { .. }), "{e:?}");
 }
+
+#[test]
+fn a_job_past_its_deadline_is_never_handed_out() {
+    let Some(srv) = nats("expiry") else { return };
+    let node = Node::connect(srv.options()).unwrap();
+    node.declare("fresh", QueueConfig::default()).unwrap();
+    let life = Duration::from_millis(300);
+    let put_at = std::time::SystemTime::now();
+    node.put(Put::new("fresh", b"stale".to_vec()).expires_in(life)).unwrap();
+    node.put(Put::new("fresh", b"kept".to_vec()).expires_in(Duration::from_secs(600))).unwrap();
+    // No worker until the first job's deadline has passed (waiting for the
+    // clock, not for another thread).
+    wait_until(LIMIT, "the deadline to pass", || {
+        put_at.elapsed().is_ok_and(|e| e > life + Duration::from_millis(50))
+    });
+    let mut w = node.worker("fresh", 4).unwrap();
+    let lease = w.reserve(LIMIT).unwrap().expect("the job with time left");
+    assert_eq!(lease.payload(), b"kept");
+    lease.complete_confirmed().unwrap();
+    // The expired one is gone: dropped by the node at delivery (2.9.10) or
+    // removed by the server's Nats-TTL (2.11+); either way never handed out.
+    wait_until(LIMIT, "the queue to drain", || node.lag("fresh").unwrap().backlog() == 0);
+    assert!(
+        w.reserve(Duration::from_millis(100)).unwrap().is_none(),
+        "an expired job was handed out"
+    );
+    assert_eq!(node.buried("fresh").unwrap(), 0);
+    node.shutdown();
+}
