@@ -27,6 +27,7 @@ use async_nats::jetstream::{consumer, Context};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -70,6 +71,17 @@ struct Dead {
     js: Context,
     subject: String,
     rt: tokio::runtime::Handle,
+    stopped: Arc<AtomicBool>,
+}
+
+impl Dead {
+    /// Runs `fut` on the node's runtime, or `Error::Closed` once it stops.
+    fn run<F: std::future::Future>(&self, fut: F) -> Result<F::Output, Error> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(self.rt.block_on(fut))
+    }
 }
 
 impl Lease {
@@ -102,22 +114,21 @@ impl Lease {
     /// Done: a plain ack. If the ack is lost the job runs once more
     /// (at-least-once).
     pub fn complete(self) -> Result<(), Error> {
-        let rt = self.dead.rt.clone();
-        rt.block_on(self.acker.ack()).map_err(|e| Error::api("ack", e))
+        let dead = self.dead.clone();
+        dead.run(self.acker.ack())?.map_err(|e| Error::api("ack", e))
     }
 
     /// Done, confirmed: waits for the server to record the ack (a round
     /// trip and a subscription per call; for queues that need it).
     pub fn complete_confirmed(self) -> Result<(), Error> {
-        let rt = self.dead.rt.clone();
-        rt.block_on(self.acker.double_ack()).map_err(|e| Error::api("confirmed ack", e))
+        let dead = self.dead.clone();
+        dead.run(self.acker.double_ack())?.map_err(|e| Error::api("confirmed ack", e))
     }
 
     /// Extends the lease by another TTR (in-progress ack).
     pub fn touch(&self) -> Result<(), Error> {
         self.dead
-            .rt
-            .block_on(self.acker.ack_with(AckKind::Progress))
+            .run(self.acker.ack_with(AckKind::Progress))?
             .map_err(|e| Error::api("in-progress ack", e))
     }
 
@@ -129,17 +140,17 @@ impl Lease {
             return Ok(Failed::Buried);
         }
         let delay = self.cfg.backoff_for(self.attempt, self.seq);
-        let rt = self.dead.rt.clone();
-        rt.block_on(self.acker.ack_with(AckKind::Nak(Some(delay))))
+        let dead = self.dead.clone();
+        dead.run(self.acker.ack_with(AckKind::Nak(Some(delay))))?
             .map_err(|e| Error::api("nak", e))?;
         Ok(Failed::Retrying(delay))
     }
 
     /// Failed for good: buried now.
     pub fn bury(self, error: &str) -> Result<(), Error> {
-        let rt = self.dead.rt.clone();
+        let dead = self.dead.clone();
         let error = error.to_owned();
-        rt.block_on(bury(self, &error))
+        dead.run(bury(self, &error))?
     }
 }
 
@@ -169,7 +180,7 @@ async fn bury(lease: Lease, error: &str) -> Result<(), Error> {
 /// pump (leases already delivered to it expire and are redelivered).
 pub struct Worker {
     rx: mpsc::Receiver<Lease>,
-    rt: tokio::runtime::Handle,
+    dead: Arc<Dead>,
     pump: tokio::task::AbortHandle,
 }
 
@@ -194,7 +205,7 @@ impl Worker {
             Err(mpsc::error::TryRecvError::Empty) => {}
         }
         let rx = &mut self.rx;
-        match self.rt.block_on(async { tokio::time::timeout(timeout, rx.recv()).await }) {
+        match self.dead.run(async { tokio::time::timeout(timeout, rx.recv()).await })? {
             Ok(Some(l)) => Ok(Some(l)),
             Ok(None) => Err(Error::Closed),
             Err(_) => Ok(None),
@@ -222,10 +233,11 @@ impl Node {
             js: inner.js.clone(),
             subject: inner.names.dead_subject(queue),
             rt: inner.rt.clone(),
+            stopped: inner.stopped.clone(),
         });
         let queue: Arc<str> = Arc::from(queue);
-        let task = inner.rt.spawn(pump(consumer, tx, prefetch, queue, cfg, dead));
-        Ok(Worker { rx, rt: inner.rt.clone(), pump: task.abort_handle() })
+        let task = inner.rt.spawn(pump(consumer, tx, prefetch, queue, cfg, dead.clone()));
+        Ok(Worker { rx, dead, pump: task.abort_handle() })
     }
 }
 

@@ -143,6 +143,9 @@ pub(crate) struct Inner {
     /// Where they are logged, if anywhere.
     pub(crate) hold_log: Option<Arc<crate::hold::HoldLog>>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
+    /// Set once the runtime is stopping: workers and leases then answer
+    /// `Error::Closed` instead of waiting on it.
+    pub(crate) stopped: Arc<std::sync::atomic::AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -154,6 +157,7 @@ impl Drop for Inner {
 
 impl Inner {
     fn stop_runtime(&self) {
+        self.stopped.store(true, Ordering::Release);
         let stop = self.stop.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(tx) = stop {
             let _ = tx.send(());
@@ -266,6 +270,7 @@ impl Node {
             held: Arc::new(AtomicUsize::new(0)),
             hold_log,
             stop: Mutex::new(Some(stop_tx)),
+            stopped: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             thread: Mutex::new(Some(thread)),
         };
         if !info.jetstream {
@@ -312,9 +317,10 @@ impl Node {
         Ok(())
     }
 
-    /// Flushes what this node has published and stops its runtime thread.
-    /// Leases not yet settled are redelivered to other nodes after their
-    /// TTR; delayed jobs still held here are published by the next node on
+    /// Flushes what this node has published and, if this is the last clone
+    /// of the node, stops its runtime thread (else the last clone's drop
+    /// does). Leases not yet settled are redelivered to other nodes after
+    /// their TTR; delayed jobs still held here are published by the next node on
     /// the same [`NodeOptions::hold_dir`], or else lost (counted in the log).
     pub fn shutdown(self) {
         let held = self.held();
@@ -322,6 +328,8 @@ impl Node {
             tracing::warn!(held, "JetStream node shut down holding delayed jobs (old server)");
         }
         let _ = self.inner.block_on(self.inner.client.flush());
-        self.inner.stop_runtime();
+        if Arc::strong_count(&self.inner) == 1 {
+            self.inner.stop_runtime();
+        }
     }
 }

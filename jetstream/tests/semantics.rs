@@ -225,3 +225,17 @@ fn a_job_past_its_deadline_is_never_handed_out() {
     assert_eq!(node.buried("fresh").unwrap(), 0);
     node.shutdown();
 }
+
+#[test]
+fn workers_and_leases_say_closed_after_the_node_shuts_down() {
+    let Some(srv) = nats("closed") else { return };
+    let node = Node::connect(srv.options()).unwrap();
+    node.declare("q", QueueConfig::default()).unwrap();
+    node.put(Put::new("q", b"x".to_vec())).unwrap();
+    let mut w = node.worker("q", 1).unwrap();
+    let lease = w.reserve(LIMIT).unwrap().expect("a delivery");
+    node.shutdown();
+    assert!(matches!(lease.touch(), Err(Error::Closed)));
+    assert!(matches!(lease.complete_confirmed(), Err(Error::Closed)));
+    assert!(matches!(w.reserve(Duration::from_millis(10)), Err(Error::Closed)));
+}
