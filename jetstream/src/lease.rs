@@ -15,8 +15,9 @@
 //! 4. [`Lease::complete`] acks, [`Lease::touch`] sends an in-progress ack,
 //!    [`Lease::fail`] Naks with the backoff delay, or on the last attempt
 //!    buries: republish to the dead subject (its `Nats-Msg-Id`, `d:<seq>`,
-//!    makes a repeat harmless), then Term. Dropping a lease unsettled leaves
-//!    it to expire and be redelivered, to any node.
+//!    makes a repeat harmless), then Term. Dropping a lease unsettled
+//!    releases it at once (a Nak); a node that dies leaves its leases to
+//!    expire after their TTR and be redelivered, to any node.
 
 use crate::error::Error;
 use crate::node::{Inner, Node};
@@ -33,14 +34,16 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// A leased job from a distributed queue. Settle it with one of the
-/// consuming methods; dropped unsettled, it is redelivered after its TTR.
+/// consuming methods; dropped unsettled, it is released at once (a Nak, to
+/// any node); if its node dies, it is redelivered after its TTR.
 pub struct Lease {
     queue: Arc<str>,
     seq: u64,
     attempt: u32,
     payload: Bytes,
     msg_id: Option<String>,
-    acker: Acker,
+    /// `None` once settled.
+    acker: Option<Acker>,
     cfg: Arc<QueueConfig>,
     dead: Arc<Dead>,
 }
@@ -113,37 +116,44 @@ impl Lease {
 
     /// Done: a plain ack. If the ack is lost the job runs once more
     /// (at-least-once).
-    pub fn complete(self) -> Result<(), Error> {
-        let dead = self.dead.clone();
-        dead.run(self.acker.ack())?.map_err(|e| Error::api("ack", e))
+    pub fn complete(mut self) -> Result<(), Error> {
+        let acker = self.settle()?;
+        self.dead.run(acker.ack())?.map_err(|e| Error::api("ack", e))
     }
 
     /// Done, confirmed: waits for the server to record the ack (a round
     /// trip and a subscription per call; for queues that need it).
-    pub fn complete_confirmed(self) -> Result<(), Error> {
-        let dead = self.dead.clone();
-        dead.run(self.acker.double_ack())?.map_err(|e| Error::api("confirmed ack", e))
+    pub fn complete_confirmed(mut self) -> Result<(), Error> {
+        let acker = self.settle()?;
+        self.dead.run(acker.double_ack())?.map_err(|e| Error::api("confirmed ack", e))
     }
 
     /// Extends the lease by another TTR (in-progress ack).
     pub fn touch(&self) -> Result<(), Error> {
+        let acker = self.acker.as_ref().ok_or(Error::Closed)?;
         self.dead
-            .run(self.acker.ack_with(AckKind::Progress))?
+            .run(acker.ack_with(AckKind::Progress))?
             .map_err(|e| Error::api("in-progress ack", e))
     }
 
     /// Failed, may succeed later: redelivered after the queue's backoff, or
     /// buried if this was the last attempt.
-    pub fn fail(self, error: &str) -> Result<Failed, Error> {
+    pub fn fail(mut self, error: &str) -> Result<Failed, Error> {
         if self.attempt >= self.cfg.max_attempts {
             self.bury(error)?;
             return Ok(Failed::Buried);
         }
         let delay = self.cfg.backoff_for(self.attempt, self.seq);
-        let dead = self.dead.clone();
-        dead.run(self.acker.ack_with(AckKind::Nak(Some(delay))))?
+        let acker = self.settle()?;
+        self.dead
+            .run(acker.ack_with(AckKind::Nak(Some(delay))))?
             .map_err(|e| Error::api("nak", e))?;
         Ok(Failed::Retrying(delay))
+    }
+
+    /// Takes the acker: the lease is settled from here on (no Nak on drop).
+    fn settle(&mut self) -> Result<Acker, Error> {
+        self.acker.take().ok_or(Error::Closed)
     }
 
     /// Failed for good: buried now.
@@ -154,7 +164,9 @@ impl Lease {
     }
 }
 
-async fn bury(lease: Lease, error: &str) -> Result<(), Error> {
+/// Republishes to the dead subject, then Terms. If the republish fails the
+/// lease is dropped unsettled (released, see `Drop`), and the job comes back.
+async fn bury(mut lease: Lease, error: &str) -> Result<(), Error> {
     let mut h = HeaderMap::new();
     h.insert("Nats-Msg-Id", format!("d:{}", lease.seq).as_str());
     h.insert("Spindle-Queue", &*lease.queue);
@@ -172,12 +184,31 @@ async fn bury(lease: Lease, error: &str) -> Result<(), Error> {
         .await
         .map_err(|e| Error::api("dead-letter publish", e))?;
     fut.await.map_err(|e| Error::api("dead-letter ack", e))?;
-    lease.acker.ack_with(AckKind::Term).await.map_err(|e| Error::api("term", e))
+    let acker = lease.settle()?;
+    acker.ack_with(AckKind::Term).await.map_err(|e| Error::api("term", e))
+}
+
+impl Drop for Lease {
+    /// A lease dropped unsettled (a handler that returned without settling,
+    /// a worker stopping with leases prefetched) is released at once: a Nak
+    /// without delay, so any node gets it now rather than after its TTR.
+    /// The delivery counts as an attempt, as an expiry would.
+    fn drop(&mut self) {
+        if let Some(acker) = self.acker.take() {
+            if !self.dead.stopped.load(Ordering::Acquire) {
+                // Detached: the task runs on the node's runtime by itself.
+                drop(self.dead.rt.spawn(async move {
+                    let _ = acker.ack_with(AckKind::Nak(None)).await;
+                }));
+            }
+        }
+    }
 }
 
 /// A worker's handle on one distributed queue: leases arrive here from the
 /// pump on the runtime thread. One per worker thread; dropping it stops its
-/// pump (leases already delivered to it expire and are redelivered).
+/// pump (leases waiting in it are released at once; a delivery already on
+/// its way from the server when the pull stops waits for its TTR).
 pub struct Worker {
     rx: mpsc::Receiver<Lease>,
     dead: Arc<Dead>,
@@ -197,6 +228,12 @@ impl Drop for Worker {
 }
 
 impl Worker {
+    /// Stops pulling: no new leases come; those already here are still
+    /// returned by [`Worker::reserve`], which then answers `Error::Closed`.
+    pub fn stop_pulling(&mut self) {
+        self.pump.abort();
+    }
+
     /// The next lease, waiting up to `timeout`; `None` if none came.
     pub fn reserve(&mut self, timeout: Duration) -> Result<Option<Lease>, Error> {
         match self.rx.try_recv() {
@@ -317,7 +354,7 @@ async fn pump(
                 attempt: u32::try_from(delivered).unwrap_or(u32::MAX),
                 payload: m.payload,
                 msg_id,
-                acker,
+                acker: Some(acker),
                 cfg: cfg.clone(),
                 dead: dead.clone(),
             };

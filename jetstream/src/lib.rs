@@ -31,6 +31,7 @@
 //! Spindle's semantics to JetStream per server version, and what does not
 //! map.
 
+mod elastic;
 mod error;
 mod hold;
 mod lease;
@@ -42,6 +43,7 @@ mod setup;
 mod version;
 mod work;
 
+pub use elastic::{ElasticOptions, ElasticPool};
 pub use error::Error;
 pub use lease::{Failed, Lease, Worker};
 pub use node::{Node, NodeOptions};

@@ -56,6 +56,11 @@ impl Names {
         Names { ns: ns.to_owned() }
     }
 
+    /// The namespace.
+    pub(crate) fn ns(&self) -> &str {
+        &self.ns
+    }
+
     /// The work-queue stream holding every queue's jobs.
     pub(crate) fn stream(&self) -> String {
         format!("SPINDLE_{}", self.ns)

@@ -2,14 +2,14 @@
 //! [`Outcome`] contract as the engine's local queues; and the queue's lag.
 
 use crate::error::Error;
-use crate::lease::Lease;
+use crate::lease::{Lease, Worker};
 use crate::node::Node;
 use spindle_engine::Outcome;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A distributed queue's backlog, from its shared consumer: what the lag
 /// controller and an external autoscaler (KEDA's JetStream scaler reads the
@@ -31,6 +31,61 @@ impl Lag {
     }
 }
 
+/// A handler on a distributed queue.
+pub(crate) type Handler = dyn Fn(&Lease) -> Outcome + Send + Sync;
+
+/// Counts what handlers did, for the elastic pool's controller.
+#[derive(Debug, Default)]
+pub(crate) struct Meter {
+    pub(crate) runs: AtomicU64,
+    pub(crate) busy_ns: AtomicU64,
+}
+
+/// One worker thread's loop: reserve, run, settle, until `stop`; then stop
+/// pulling and run the leases already prefetched (rather than leave them to
+/// expire and wait a TTR).
+pub(crate) fn run_worker(
+    mut worker: Worker,
+    stop: &AtomicBool,
+    handler: &Handler,
+    queue: &str,
+    meter: Option<&Meter>,
+) {
+    let mut stopping = false;
+    loop {
+        if !stopping && stop.load(Ordering::Relaxed) {
+            stopping = true;
+            worker.stop_pulling();
+        }
+        let lease = match worker.reserve(Duration::from_millis(100)) {
+            Ok(Some(l)) => l,
+            Ok(None) => continue,
+            Err(Error::Closed) if stopping => return,
+            Err(e) => {
+                tracing::warn!(%queue, error = %e, "worker stopped");
+                return;
+            }
+        };
+        let started = Instant::now();
+        let outcome = catch_unwind(AssertUnwindSafe(|| handler(&lease)))
+            .unwrap_or_else(|_| Outcome::Retry("handler panicked".to_owned()));
+        if let Some(m) = meter {
+            let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            m.busy_ns.fetch_add(ns, Ordering::Relaxed);
+            m.runs.fetch_add(1, Ordering::Relaxed);
+        }
+        let settled = match outcome {
+            Outcome::Done => lease.complete(),
+            Outcome::Retry(e) => lease.fail(&e).map(|_| ()),
+            Outcome::Bury(e) => lease.bury(&e),
+        };
+        if let Err(e) = settled {
+            // The lease expires and the job is redelivered.
+            tracing::warn!(%queue, error = %e, "settling a job failed");
+        }
+    }
+}
+
 /// Handler threads running one distributed queue; stop with
 /// [`WorkPool::stop`] (or drop).
 #[derive(Debug)]
@@ -40,8 +95,8 @@ pub struct WorkPool {
 }
 
 impl WorkPool {
-    /// Stops taking jobs, lets running handlers finish, joins the threads.
-    /// Prefetched leases not yet run are redelivered after their TTR.
+    /// Stops pulling jobs, runs those already prefetched, lets running
+    /// handlers finish, joins the threads.
     pub fn stop(mut self) {
         self.join();
     }
@@ -69,39 +124,15 @@ impl Node {
     where
         F: Fn(&Lease) -> Outcome + Send + Sync + 'static,
     {
-        let handler = Arc::new(handler);
+        let handler: Arc<Handler> = Arc::new(handler);
         let stop = Arc::new(AtomicBool::new(false));
         let mut pool = WorkPool { stop: stop.clone(), threads: Vec::new() };
         for i in 0..threads.max(1) {
-            let mut worker = self.worker(queue, self.inner.prefetch)?;
-            let handler = handler.clone();
-            let stop = stop.clone();
-            let queue = queue.to_owned();
+            let worker = self.worker(queue, self.inner.prefetch)?;
+            let (handler, stop, queue) = (handler.clone(), stop.clone(), queue.to_owned());
             let t = std::thread::Builder::new()
                 .name(format!("spindle-js-work-{i}"))
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        let lease = match worker.reserve(Duration::from_millis(100)) {
-                            Ok(Some(l)) => l,
-                            Ok(None) => continue,
-                            Err(e) => {
-                                tracing::warn!(%queue, error = %e, "worker stopped");
-                                return;
-                            }
-                        };
-                        let outcome = catch_unwind(AssertUnwindSafe(|| handler(&lease)))
-                            .unwrap_or_else(|_| Outcome::Retry("handler panicked".to_owned()));
-                        let settled = match outcome {
-                            Outcome::Done => lease.complete(),
-                            Outcome::Retry(e) => lease.fail(&e).map(|_| ()),
-                            Outcome::Bury(e) => lease.bury(&e),
-                        };
-                        if let Err(e) = settled {
-                            // The lease expires and the job is redelivered.
-                            tracing::warn!(%queue, error = %e, "settling a job failed");
-                        }
-                    }
-                })
+                .spawn(move || run_worker(worker, &stop, &*handler, &queue, None))
                 .map_err(Error::Runtime)?;
             pool.threads.push(t);
         }

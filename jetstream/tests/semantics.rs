@@ -60,9 +60,11 @@ fn a_lease_expiring_on_the_last_attempt_is_buried_not_lost() {
     let mut w = node.worker("stuck", 1).unwrap();
     let lease = w.reserve(LIMIT).unwrap().expect("a delivery");
     assert_eq!(lease.attempt(), 1);
-    drop(lease); // as if the worker died: the lease expires
-                 // The node's dead-letter step buries the extra delivery (MaxDeliver is
-                 // attempts + 1); JetStream alone would keep the message for good.
+    // As if the worker died: nothing settles or releases it (a dropped
+    // lease would be released at once); it expires after its TTR.
+    std::mem::forget(lease);
+    // The node's dead-letter step buries the extra delivery (MaxDeliver is
+    // attempts + 1); JetStream alone would keep the message for good.
     wait_until(LIMIT, "the expired job to be buried", || node.buried("stuck").unwrap() == 1);
     wait_until(LIMIT, "the queue to drain", || node.lag("stuck").unwrap().backlog() == 0);
     assert!(w.reserve(Duration::from_millis(50)).unwrap().is_none());
@@ -238,4 +240,53 @@ fn workers_and_leases_say_closed_after_the_node_shuts_down() {
     assert!(matches!(lease.touch(), Err(Error::Closed)));
     assert!(matches!(lease.complete_confirmed(), Err(Error::Closed)));
     assert!(matches!(w.reserve(Duration::from_millis(10)), Err(Error::Closed)));
+}
+
+#[test]
+fn an_elastic_pool_grows_on_a_backlog_publishes_desired_workers_and_shrinks_back() {
+    use spindle_jetstream::ElasticOptions;
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+    let Some(srv) = nats("elastic") else { return };
+    let node = Node::connect(srv.options()).unwrap();
+    node.declare("batch", QueueConfig::default()).unwrap();
+    // Watch the desired_workers reports (core NATS, not stored).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut sub = rt.block_on(async {
+        let c = async_nats::connect(srv.url.as_str()).await.unwrap();
+        let sub = c.subscribe(format!("spindle.{}.desired.batch", srv.ns)).await.unwrap();
+        c.flush().await.unwrap();
+        (c, sub)
+    });
+    let jobs = (0..60).map(|i| Put::new("batch", vec![i as u8])).collect();
+    node.put_batch(jobs).unwrap();
+    let runs: Arc<Mutex<BTreeMap<u64, u32>>> = Arc::default();
+    let r2 = runs.clone();
+    let opts = ElasticOptions::default()
+        .threads(1, 4)
+        .tick(Duration::from_millis(20))
+        .drain_within(Duration::from_millis(200))
+        .stabilise(3);
+    let pool = node
+        .work_elastic("batch", opts, move |job| {
+            // 20 ms of "work" per job: one thread needs 1.2 s for all 60.
+            std::thread::sleep(Duration::from_millis(20));
+            *r2.lock().unwrap().entry(job.id()).or_default() += 1;
+            spindle_engine::Outcome::Done
+        })
+        .unwrap();
+    wait_until(LIMIT, "the pool to grow past one thread", || pool.active() > 1);
+    wait_until(LIMIT, "all 60 jobs to run", || runs.lock().unwrap().len() == 60);
+    wait_until(LIMIT, "the pool to shrink back to one thread", || pool.active() == 1);
+    let report = rt.block_on(async {
+        use futures_util::StreamExt;
+        tokio::time::timeout(LIMIT, sub.1.next()).await.unwrap().unwrap()
+    });
+    let v: serde_json::Value = serde_json::from_slice(&report.payload).unwrap();
+    assert_eq!(v["queue"], "batch", "{v}");
+    assert!(v["desired_workers"].is_u64(), "{v}");
+    pool.stop();
+    let runs = runs.lock().unwrap();
+    assert!(runs.values().all(|&n| n == 1), "a job ran twice: {runs:?}");
+    node.shutdown();
 }
