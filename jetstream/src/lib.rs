@@ -25,6 +25,13 @@
 //! # Ok(()) }
 //! ```
 //!
+//! The door in: [`Node::connect`], [`Node::declare`], then [`Node::put`] /
+//! [`Node::put_batch`] ([`Put`] with unique key, delay, deadline), and
+//! either [`Node::work`] (fixed threads), [`Node::work_elastic`] (threads
+//! sized from the queue's lag, publishing `desired_workers`) or
+//! [`Node::worker`] and [`Lease`] by hand. [`Node::schedule_every`] adds a
+//! server-side periodic job (2.14+).
+//!
 //! Each feature is used only where the server's version (read from its
 //! INFO) has it, and every created stream and consumer is read back and
 //! checked. `docs/jetstream.md` in the repository has the mapping from
