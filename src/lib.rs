@@ -26,6 +26,9 @@ pub use spindle_engine::{
     BuildError, Durability, Engine, EngineBuilder, FileAccess, Handler, Job, JobId, JobRef,
     Latency, Outcome, QueueStats, ShutdownError, Stats, SubmitError, WorkerStats, Workers,
 };
+/// Distributed queues shared by many nodes through NATS JetStream
+/// ([`jetstream::Node`]; `docs/jetstream.md`).
+pub use spindle_jetstream as jetstream;
 pub use spindle_server as server;
 pub use spindle_wal as wal;
 pub use spindle_web as web;

@@ -10,6 +10,7 @@
 //! spindle-bench peer beanstalkd [--seconds S] [--spindled PATH] [--json]
 //! spindle-bench table [--seconds S | --cycles N] [--repeat N] [--json]
 //! spindle-bench crash [--trials N] [--seed S] [--target T] [--mode M] [--json]
+//! spindle-bench cluster [--nodes 1,2,3] [--server PATH | --url URL] [--json]
 //! ```
 
 #![deny(unsafe_code)]
@@ -22,6 +23,9 @@ mod burst_mono;
 mod burst_plot;
 mod burst_replay;
 mod burst_trace;
+mod cluster;
+mod cluster_raw;
+mod cluster_server;
 mod commit;
 mod crash;
 mod crash_daemon;
@@ -90,6 +94,9 @@ scenarios:
   table       the job table (spindle-core) alone on one thread, no I/O:
               put → reserve → complete cycles/s, hot and with a backlog, and
               allocations per cycle
+  cluster     Spindle node processes sharing a queue through one nats-server
+              (JetStream) beside the raw async-nats client in the same run:
+              jobs/s, put→start latency at 5 k/s, jobs lost, per node count
   crash       kill -9 campaign: spindled and the library engine under mixed
               load in every durability mode, killed at random moments
               (rollover and compaction included), restarted, books checked
@@ -162,6 +169,13 @@ fn run() -> BoxResult<()> {
             let opts = crash::CrashOpts::parse(args)?;
             print(&crash::run(&opts)?, opts.json)?;
         }
+        "cluster" if help => println!("{}", cluster::USAGE),
+        "cluster" => {
+            let o = cluster::ClusterOpts::parse(args)?;
+            print(&cluster::run(&o)?, o.json)?;
+        }
+        // A cluster run's node process (not for direct use).
+        "cluster-node" => cluster::node_child(args)?,
         // The library trials' child process (not for direct use).
         "crash-child" => crash_engine::child(args)?,
         "memory" if help => println!("{}", memory::USAGE),

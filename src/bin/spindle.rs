@@ -10,6 +10,10 @@
 //! spindle top
 //! ```
 //!
+//! With `--jetstream nats://HOST:PORT` (or `$SPINDLE_JETSTREAM`), `put` and
+//! `work` use a distributed queue shared through NATS JetStream instead
+//! (`docs/jetstream.md`).
+//!
 //! Every command talks to `--socket` (or `$SPINDLE_SOCKET`, else the default
 //! socket spindled listens on). A Unix socket owned by another user (not
 //! the caller, not root), or in a directory anyone may write to, is refused
@@ -34,6 +38,9 @@ use std::time::{Duration, Instant};
 
 type CliResult<T = ()> = Result<T, Box<dyn Error>>;
 
+#[path = "spindle_cli/jetstream.rs"]
+mod jetstream;
+
 /// Command line for the spindled job server (speaks the beanstalkd protocol).
 #[derive(Parser, Debug)]
 #[command(name = "spindle", version, propagate_version = true)]
@@ -52,6 +59,13 @@ struct Cli {
     /// such a socket is refused: another user may have bound it first.
     #[arg(long, global = true)]
     allow_foreign_socket: bool,
+    /// Use distributed queues on this NATS JetStream server instead of a
+    /// spindled socket (`put` and `work` only).
+    #[arg(long, global = true, env = "SPINDLE_JETSTREAM", value_name = "URL")]
+    jetstream: Option<String>,
+    /// With --jetstream: the namespace (one stream, SPINDLE_<NS>, per namespace).
+    #[arg(long, global = true, env = "SPINDLE_JETSTREAM_NAMESPACE", default_value = "spindle")]
+    namespace: String,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -232,6 +246,10 @@ struct WorkArgs {
     /// the attempt fails.
     #[arg(long)]
     touch: bool,
+    /// With --jetstream: the queue's lease in seconds (its consumer's
+    /// AckWait); every node working the queue must give the same.
+    #[arg(long, default_value_t = 60)]
+    ttr: u32,
     /// Report every job on stderr.
     #[arg(long, short)]
     verbose: bool,
@@ -303,6 +321,9 @@ fn web(
 }
 
 fn run(cli: Cli) -> CliResult<ExitCode> {
+    if let Some(url) = &cli.jetstream {
+        return jetstream::run(url, &cli.namespace, cli.command);
+    }
     let opts = ConnectOptions::default().allow_foreign_socket(cli.allow_foreign_socket);
     let addr = Server { addr: cli.socket.as_str(), opts };
     match cli.command {

@@ -1,0 +1,210 @@
+//! Creating a namespace's streams and a queue's consumer, and reading each
+//! back: an old server (2.9.10) silently drops settings it does not know,
+//! and an existing stream or consumer may carry other settings, so nothing
+//! is used until the server's copy matches what was asked.
+
+use crate::error::Error;
+use crate::node::Inner;
+use crate::queue::QueueConfig;
+use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
+use std::fmt::Debug;
+use std::sync::PoisonError;
+
+/// Creates or finds the streams (once per node) and the queue's consumer.
+pub(crate) async fn declare(node: &Inner, queue: &str, cfg: &QueueConfig) -> Result<(), Error> {
+    ensure_streams(node).await?;
+    ensure_consumer(node, queue, cfg).await
+}
+
+/// Creates or finds the namespace's two streams and checks them, once per
+/// node (puts need only these: a queue's jobs wait in the work stream until
+/// some node declares the queue's consumer).
+pub(crate) async fn ensure_streams(node: &Inner) -> Result<(), Error> {
+    let ready = *node.streams_ready.lock().unwrap_or_else(PoisonError::into_inner);
+    if !ready {
+        ensure_stream(node, work_stream(node)).await?;
+        ensure_stream(node, dead_stream(node)).await?;
+        *node.streams_ready.lock().unwrap_or_else(PoisonError::into_inner) = true;
+    }
+    Ok(())
+}
+
+fn work_stream(node: &Inner) -> stream::Config {
+    stream::Config {
+        name: node.names.stream(),
+        subjects: node.names.stream_subjects(),
+        // A job is gone once acknowledged; one consumer per subject.
+        retention: RetentionPolicy::WorkQueue,
+        storage: StorageType::File,
+        duplicate_window: node.duplicate_window,
+        max_message_size: i32::try_from(node.max_payload + 4096).unwrap_or(i32::MAX),
+        // Delayed jobs as server-side `@at` schedules, where the server has
+        // them (2.12+); older servers get no such field at all.
+        allow_message_schedules: node.features.schedule_at,
+        // Per-message TTL for jobs with a deadline, where the server has it
+        // (2.11+); older servers get no such field.
+        allow_message_ttl: node.features.message_ttl,
+        ..Default::default()
+    }
+}
+
+fn dead_stream(node: &Inner) -> stream::Config {
+    stream::Config {
+        name: node.names.dead_stream(),
+        subjects: node.names.dead_subjects(),
+        // Dead letters stay for people to read (and kick by republishing).
+        retention: RetentionPolicy::Limits,
+        storage: StorageType::File,
+        duplicate_window: node.duplicate_window,
+        ..Default::default()
+    }
+}
+
+fn mismatch<T: Debug>(
+    node: &Inner,
+    what: &'static str,
+    name: &str,
+    setting: &'static str,
+    wanted: T,
+    got: T,
+) -> Error {
+    Error::SettingMismatch {
+        what,
+        name: name.to_owned(),
+        setting,
+        wanted: format!("{wanted:?}"),
+        got: format!("{got:?}"),
+        server: node.version,
+    }
+}
+
+async fn ensure_stream(node: &Inner, want: stream::Config) -> Result<(), Error> {
+    let stream = node
+        .js
+        .get_or_create_stream(want.clone())
+        .await
+        .map_err(|e| Error::api("stream create", e))?;
+    let got = stream.get_info().await.map_err(|e| Error::api("stream info", e))?.config;
+    let name = want.name.as_str();
+    if got.retention != want.retention {
+        return Err(mismatch(node, "stream", name, "retention", want.retention, got.retention));
+    }
+    let mut want_subjects = want.subjects.clone();
+    let mut got_subjects = got.subjects.clone();
+    want_subjects.sort();
+    got_subjects.sort();
+    if got_subjects != want_subjects {
+        return Err(mismatch(node, "stream", name, "subjects", want_subjects, got_subjects));
+    }
+    if got.duplicate_window != want.duplicate_window {
+        return Err(mismatch(
+            node,
+            "stream",
+            name,
+            "duplicate_window",
+            want.duplicate_window,
+            got.duplicate_window,
+        ));
+    }
+    if got.allow_message_ttl != want.allow_message_ttl {
+        return Err(mismatch(
+            node,
+            "stream",
+            name,
+            "allow_msg_ttl",
+            want.allow_message_ttl,
+            got.allow_message_ttl,
+        ));
+    }
+    if got.allow_message_schedules != want.allow_message_schedules {
+        return Err(mismatch(
+            node,
+            "stream",
+            name,
+            "allow_msg_schedules",
+            want.allow_message_schedules,
+            got.allow_message_schedules,
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn consumer_config(node: &Inner, queue: &str, cfg: &QueueConfig) -> pull::Config {
+    pull::Config {
+        durable_name: Some(node.names.consumer(queue)),
+        filter_subject: node.names.queue_subject(queue),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: cfg.ttr,
+        max_deliver: cfg.max_deliver(),
+        max_ack_pending: cfg.max_ack_pending,
+        ..Default::default()
+    }
+}
+
+async fn ensure_consumer(node: &Inner, queue: &str, cfg: &QueueConfig) -> Result<(), Error> {
+    let want = consumer_config(node, queue, cfg);
+    let stream = node
+        .js
+        .get_stream_no_info(node.names.stream())
+        .await
+        .map_err(|e| Error::api("stream lookup", e))?;
+    let name = node.names.consumer(queue);
+    let c: consumer::Consumer<pull::Config> = stream
+        .get_or_create_consumer(&name, want.clone())
+        .await
+        .map_err(|e| Error::api("consumer create", e))?;
+    let got = c.get_info().await.map_err(|e| Error::api("consumer info", e))?.config;
+    if got.filter_subject != want.filter_subject {
+        return Err(mismatch(
+            node,
+            "consumer",
+            &name,
+            "filter_subject",
+            want.filter_subject,
+            got.filter_subject,
+        ));
+    }
+    if got.ack_policy != want.ack_policy {
+        return Err(mismatch(
+            node,
+            "consumer",
+            &name,
+            "ack_policy",
+            want.ack_policy,
+            got.ack_policy,
+        ));
+    }
+    if got.ack_wait != want.ack_wait {
+        return Err(mismatch(
+            node,
+            "consumer",
+            &name,
+            "ack_wait (TTR)",
+            want.ack_wait,
+            got.ack_wait,
+        ));
+    }
+    if got.max_deliver != want.max_deliver {
+        return Err(mismatch(
+            node,
+            "consumer",
+            &name,
+            "max_deliver (attempts + 1)",
+            want.max_deliver,
+            got.max_deliver,
+        ));
+    }
+    if got.max_ack_pending != want.max_ack_pending {
+        return Err(mismatch(
+            node,
+            "consumer",
+            &name,
+            "max_ack_pending",
+            want.max_ack_pending,
+            got.max_ack_pending,
+        ));
+    }
+    Ok(())
+}
