@@ -269,6 +269,38 @@ fn actions_reach_the_daemon_and_need_the_token_and_the_page_origin() {
 }
 
 #[test]
+fn the_queue_view_shows_limits_schedules_and_a_job_can_be_cancelled() {
+    use spindle::client::{NewSchedule, ScheduleRule, TubeLimits};
+    let d = Server::spindled(&[]);
+    let mut c = client(&d);
+    let limits = TubeLimits { concurrency: 3, ..TubeLimits::default() };
+    c.tube_limit("mail", limits).unwrap();
+    c.schedule_add(&NewSchedule {
+        tube: "mail".into(),
+        name: "digest".into(),
+        rule: ScheduleRule::Cron { tz: "UTC".into(), expr: "0 0 7 * * *".into() },
+        pri: 0,
+        ttr: std::time::Duration::from_secs(60),
+        skip_missed: false,
+        no_overlap: true,
+        payload: b"d".to_vec(),
+    })
+    .unwrap();
+    let id = put(&mut c, "mail", b"to cancel");
+    let w = WebProc::start(&sock(&d), &[]);
+    let q = w.json("/api/queues/mail");
+    assert_eq!(q["stats"]["limit-concurrency"], json!(3), "{q}");
+    let s = &q["schedules"][0];
+    assert_eq!((&s["name"], &s["rule"]), (&json!("digest"), &json!("cron UTC 0 0 7 * * *")), "{q}");
+    let (st, b) = w.act(&format!("/api/jobs/{id}/cancel"), &json!({}));
+    assert_eq!((st, &b["running"]), (200, &json!(false)), "{b}");
+    assert!(c.peek(id).unwrap().is_none());
+    assert_eq!(w.json("/api/queues/mail")["stats"]["cancelled"], json!(1));
+    let (st, _) = w.act(&format!("/api/jobs/{id}/cancel"), &json!({}));
+    assert_eq!(st, 404);
+}
+
+#[test]
 fn read_only_refuses_every_action() {
     let d = Server::spindled(&[]);
     let mut c = client(&d);

@@ -216,9 +216,21 @@ fn queue(
     let rates =
         h.lock().unwrap_or_else(std::sync::PoisonError::into_inner).rates(Some(name), RATE_WINDOW);
     let (put_rate, done_rate) = rates.unwrap_or((0.0, 0.0));
+    // The tube's schedules (`docs/schedules-and-limits.md`); its limits and
+    // its expired, cancelled and fired counts are `stats-tube-ext` keys.
+    let schedules: Vec<Value> = if ext {
+        d.with(Client::schedule_list)?
+            .iter()
+            .filter(|s| s.get("tube") == Some(name))
+            .map(stats_json)
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(json!({
         "name": name,
         "stats": stats_json(&m),
+        "schedules": schedules,
         "next": next,
         "put_rate": put_rate,
         "done_rate": done_rate,
@@ -322,7 +334,16 @@ fn job_action(d: &mut Daemon, id: u64, action: &str) -> Result<Value, ApiError> 
             })?;
             Ok(json!({ "deleted": id }))
         }
-        a => Err(ApiError::not_found(format!("no job action {a:?} (kick, delete)"))),
+        "cancel" => {
+            let running = d.with(|c| c.cancel(id)).map_err(|e| match e {
+                ClientError::NotFound(_) => gone(id),
+                e => e.into(),
+            })?;
+            Ok(
+                json!({ "cancelled": id, "running": running == spindle_client::CancelOutcome::Running }),
+            )
+        }
+        a => Err(ApiError::not_found(format!("no job action {a:?} (kick, delete, cancel)"))),
     }
 }
 

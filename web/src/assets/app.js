@@ -168,6 +168,12 @@ async function queue(view, name) {
       card(fmtUs(st["wait-p50-us"]), "wait p50"), card(fmtUs(st["wait-p99-us"]), "wait p99"),
       card(st["current-waiting"], "workers waiting"), card(st["workers-holding"] ?? "–", "holding"),
       card(st["desired-workers"] ?? "–", "desired")),
+    el("div", { class: "cards", id: "q-limits" },
+      card(st["limit-concurrency"] ? st["limit-concurrency"] : "none", "concurrency limit", "q-limit-concurrency"),
+      card(st["limit-rate"] && st["limit-rate"] !== "-" ? st["limit-rate"] : "none", "rate limit (starts/ms/burst)", "q-limit-rate"),
+      card(st["on-expiry"] ?? "–", "on expiry"),
+      card(st.expired ?? "–", "expired", "q-expired"), card(st.cancelled ?? "–", "cancelled", "q-cancelled"),
+      card(st.fired ?? "–", "fired by schedules", "q-fired")),
     el("div", { class: "actions" },
       el("button", { id: "pause-btn", ...actionAttrs(),
         onclick: () => run("pause " + name, base + "/pause", { seconds: Number(secs.value) }) }, "Pause"),
@@ -183,6 +189,16 @@ async function queue(view, name) {
         if (!confirm("Delete every " + states.join(", ") + " job of " + name + "?")) return;
         run("clear " + name, base + "/clear", { states });
       } }, "Clear")),
+    el("h3", {}, "Schedules"),
+    (q.schedules || []).length
+      ? el("table", { id: "schedules" },
+          el("thead", {}, el("tr", {}, ["name", "rule", "paused", "next in", "last job", "fired", "skipped"].map((t) => el("th", {}, t)))),
+          el("tbody", {}, q.schedules.map((s) => el("tr", { "data-schedule": s.name },
+            el("td", {}, s.name), el("td", {}, s.rule), el("td", {}, String(s.paused)),
+            el("td", {}, s.paused ? "–" : (s["next-in-ms"] / 1000).toFixed(1) + " s"),
+            el("td", {}, s["last-job"] ? jlink(s["last-job"]) : "none"),
+            el("td", {}, s.fired), el("td", {}, s.skipped)))))
+      : el("p", { id: "no-schedules" }, "none"),
     el("h3", {}, "Next job by state (peek)"),
     el("table", { id: "next" }, el("thead", {}, el("tr", {}, ["state", "job", "size", "payload"].map((t) => el("th", {}, t)))),
       el("tbody", {}, next)),
@@ -220,6 +236,10 @@ async function job(view, id) {
         if (!confirm("Delete job " + j.id + "?")) return;
         run("delete job " + j.id, "/api/jobs/" + j.id + "/delete");
       } }, "Delete"),
+      el("button", { id: "cancel-btn", ...actionAttrs(), onclick: () => {
+        if (!confirm("Cancel job " + j.id + "? A running job's worker is told at its next command.")) return;
+        run("cancel job " + j.id, "/api/jobs/" + j.id + "/cancel");
+      } }, "Cancel"),
       el("a", { id: "download", href: "/api/jobs/" + j.id + "/payload", download: "job-" + j.id + ".bin" }, "Download payload")),
     el("h3", {}, "Payload (" + j.size + " bytes" + (j.truncated ? ", first 4096 shown" : "") + (j.utf8 ? "" : ", not UTF-8") + ")"),
     el("pre", { id: "payload" }, j.payload),
