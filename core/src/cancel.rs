@@ -69,6 +69,7 @@ impl Table {
 
     /// As `held_by`, and a cancelled job's holder gets
     /// [`JobError::Cancelled`] and the job is deleted (step 2).
+    #[inline]
     pub(crate) fn hold(&mut self, id: u64, by: By, out: &mut Records) -> Result<u32, JobError> {
         let s = self.held_by(id, by)?;
         if self.slab.get(s).cancelled() {
@@ -79,6 +80,7 @@ impl Table {
     }
 
     /// Deletes a cancelled job whose run ended.
+    #[cold]
     pub(crate) fn drop_cancelled(&mut self, s: u32, out: &mut Records) {
         let (id, q) = {
             let j = self.slab.get(s);

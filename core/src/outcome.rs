@@ -51,6 +51,7 @@ pub enum Failed {
 
 impl Table {
     /// Checks that `by` holds job `id`'s current lease.
+    #[inline]
     pub(crate) fn held_by(&self, id: u64, by: By) -> Result<u32, JobError> {
         let s = self.slot(id).ok_or(JobError::NotFound(id))?;
         let j = self.slab.get(s);

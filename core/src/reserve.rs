@@ -154,11 +154,13 @@ impl Table {
         self.job(id)
     }
 
+    #[inline]
     fn best_slot(&mut self, now: Time, queues: &[QueueId]) -> Option<u32> {
         self.best_in(now, queues.iter().map(|q| q.0))
     }
 
     /// The slot of the most urgent ready job among the unpaused `queues`.
+    #[inline]
     fn best_in(&mut self, now: Time, queues: impl Iterator<Item = u32>) -> Option<u32> {
         let mut best: Option<(u32, u64, u32)> = None;
         let mut shut: Option<(u32, Time)> = None;
@@ -171,10 +173,14 @@ impl Table {
             }
             if let Some(c) = x.ready.best(&self.slab) {
                 if best.is_none_or(|b| (c.0, c.1) < (b.0, b.1)) {
-                    match x.gate.check(now, x.reserved) {
-                        Ok(()) => best = Some(c),
-                        Err(Shut::Until(at)) => shut = Some((q, at)),
-                        Err(Shut::Busy) => {}
+                    if !x.gate.limited() {
+                        best = Some(c);
+                    } else {
+                        match x.gate.check(now, x.reserved) {
+                            Ok(()) => best = Some(c),
+                            Err(Shut::Until(at)) => shut = Some((q, at)),
+                            Err(Shut::Busy) => {}
+                        }
                     }
                 }
             }
@@ -210,10 +216,6 @@ impl Table {
     /// Leases the job in slot `s` to `holder` and logs the reservation.
     fn take(&mut self, s: u32, holder: u32, now: Time, out: &mut Records) -> Lease {
         self.unplace(s);
-        let q = self.slab.get(s).queue;
-        if let Some(x) = self.queues.get_mut(q as usize).and_then(|x| x.as_mut()) {
-            x.gate.started(now);
-        }
         let (id, token) = self.make_reserved(s, holder, now);
         out.id_only(kind::RESERVE, id);
         self.slab.get_mut(s).logged = out.enabled();

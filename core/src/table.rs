@@ -589,6 +589,8 @@ impl Table {
         }
         self.reserved_n += 1;
         if let Some(x) = self.q_mut(q) {
+            // A start, for the queue's rate limit (`limit.rs`).
+            x.gate.started(now);
             x.reserved += 1;
             x.counters.reserves += 1;
             x.record_wait(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX));

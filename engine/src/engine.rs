@@ -678,7 +678,7 @@ impl Engine {
             due: (!job.delay.is_zero()).then(|| created.plus(job.delay)),
             max_attempts: job.max_attempts,
             unique_key: job.unique_key.map(Into::into),
-            deadline: job.deadline,
+            deadline: job.deadline.map_or(0, |t| t.0),
             homed: false,
         }
     }

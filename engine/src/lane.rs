@@ -298,7 +298,7 @@ mod tests {
             due: None,
             max_attempts: 5,
             unique_key: None,
-            deadline: None,
+            deadline: 0,
             homed: false,
         }
     }

@@ -112,14 +112,21 @@ pub(crate) struct NewJob {
     pub(crate) due: Option<Time>,
     pub(crate) max_attempts: u32,
     pub(crate) unique_key: Option<Box<str>>,
-    /// Never handed out after this (`spindle_core`'s `expiry.rs`).
-    pub(crate) deadline: Option<Time>,
+    /// Never handed out after this table time (`spindle_core`'s
+    /// `expiry.rs`); 0: no deadline (8 bytes, not an `Option`'s 16: a
+    /// `NewJob` is moved through the lane per job).
+    pub(crate) deadline: u64,
     /// Its queue lives on one shard (limits or schedules): it never enters
     /// the lane nor leaves its shard's table to be rescued.
     pub(crate) homed: bool,
 }
 
 impl NewJob {
+    /// Its deadline, if it has one.
+    pub(crate) fn deadline_at(&self) -> Option<Time> {
+        (self.deadline != 0).then_some(Time(self.deadline))
+    }
+
     /// What a handler sees of this job on its first attempt.
     pub(crate) fn job_ref<'a>(&'a self, cancels: Option<&'a crate::cancel::Cancels>) -> JobRef<'a> {
         JobRef {
@@ -148,7 +155,7 @@ impl NewJob {
             counts: Default::default(),
             unique: self.unique_key.as_deref(),
             error: None,
-            deadline: self.deadline,
+            deadline: self.deadline_at(),
             payload: &self.payload,
         }
     }
@@ -629,7 +636,7 @@ impl Shard {
             ttr_s: 0,
             max_attempts: j.max_attempts,
             unique: j.unique_key.as_deref(),
-            deadline: j.deadline,
+            deadline: j.deadline_at(),
         };
         let mut off = Records::disabled();
         let out = if logged { &mut off } else { &mut self.recs };
@@ -659,7 +666,7 @@ impl Shard {
         let plain = |j: &NewJob| {
             j.due.is_none()
                 && j.unique_key.is_none()
-                && j.deadline.is_none()
+                && j.deadline == 0
                 && !j.homed
                 && j.priority == first.priority
                 && (Arc::ptr_eq(&j.queue, &first.queue) || j.queue == first.queue)

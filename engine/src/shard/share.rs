@@ -87,7 +87,7 @@ impl Shard {
             let runnable = |j: &NewJob| {
                 j.due.is_none_or(|d| d <= now_t)
                     && !j.homed
-                    && j.deadline.is_none()
+                    && j.deadline == 0
                     && self.handler_of(&j.queue).is_some_and(|h| !h.1)
             };
             // Messages it cannot run here (outcomes sent back to the stuck
