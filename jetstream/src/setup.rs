@@ -61,21 +61,32 @@ fn dead_stream(node: &Inner) -> stream::Config {
     }
 }
 
-fn mismatch<T: Debug>(
-    node: &Inner,
+/// Compares the settings the server kept with the ones asked for, one by
+/// one: the first that differs is [`Error::SettingMismatch`].
+struct ReadBack<'a> {
+    node: &'a Inner,
     what: &'static str,
-    name: &str,
-    setting: &'static str,
-    wanted: T,
-    got: T,
-) -> Error {
-    Error::SettingMismatch {
-        what,
-        name: name.to_owned(),
-        setting,
-        wanted: format!("{wanted:?}"),
-        got: format!("{got:?}"),
-        server: node.version,
+    name: &'a str,
+}
+
+impl ReadBack<'_> {
+    fn check<T: Debug + PartialEq>(
+        &self,
+        setting: &'static str,
+        wanted: T,
+        got: T,
+    ) -> Result<(), Error> {
+        if wanted == got {
+            return Ok(());
+        }
+        Err(Error::SettingMismatch {
+            what: self.what,
+            name: self.name.to_owned(),
+            setting,
+            wanted: format!("{wanted:?}"),
+            got: format!("{got:?}"),
+            server: self.node.version,
+        })
     }
 }
 
@@ -86,47 +97,16 @@ async fn ensure_stream(node: &Inner, want: stream::Config) -> Result<(), Error> 
         .await
         .map_err(|e| Error::api("stream create", e))?;
     let got = stream.get_info().await.map_err(|e| Error::api("stream info", e))?.config;
-    let name = want.name.as_str();
-    if got.retention != want.retention {
-        return Err(mismatch(node, "stream", name, "retention", want.retention, got.retention));
-    }
+    let rb = ReadBack { node, what: "stream", name: want.name.as_str() };
+    rb.check("retention", want.retention, got.retention)?;
     let mut want_subjects = want.subjects.clone();
     let mut got_subjects = got.subjects.clone();
     want_subjects.sort();
     got_subjects.sort();
-    if got_subjects != want_subjects {
-        return Err(mismatch(node, "stream", name, "subjects", want_subjects, got_subjects));
-    }
-    if got.duplicate_window != want.duplicate_window {
-        return Err(mismatch(
-            node,
-            "stream",
-            name,
-            "duplicate_window",
-            want.duplicate_window,
-            got.duplicate_window,
-        ));
-    }
-    if got.allow_message_ttl != want.allow_message_ttl {
-        return Err(mismatch(
-            node,
-            "stream",
-            name,
-            "allow_msg_ttl",
-            want.allow_message_ttl,
-            got.allow_message_ttl,
-        ));
-    }
-    if got.allow_message_schedules != want.allow_message_schedules {
-        return Err(mismatch(
-            node,
-            "stream",
-            name,
-            "allow_msg_schedules",
-            want.allow_message_schedules,
-            got.allow_message_schedules,
-        ));
-    }
+    rb.check("subjects", want_subjects, got_subjects)?;
+    rb.check("duplicate_window", want.duplicate_window, got.duplicate_window)?;
+    rb.check("allow_msg_ttl", want.allow_message_ttl, got.allow_message_ttl)?;
+    rb.check("allow_msg_schedules", want.allow_message_schedules, got.allow_message_schedules)?;
     Ok(())
 }
 
@@ -156,55 +136,11 @@ async fn ensure_consumer(node: &Inner, queue: &str, cfg: &QueueConfig) -> Result
         .await
         .map_err(|e| Error::api("consumer create", e))?;
     let got = c.get_info().await.map_err(|e| Error::api("consumer info", e))?.config;
-    if got.filter_subject != want.filter_subject {
-        return Err(mismatch(
-            node,
-            "consumer",
-            &name,
-            "filter_subject",
-            want.filter_subject,
-            got.filter_subject,
-        ));
-    }
-    if got.ack_policy != want.ack_policy {
-        return Err(mismatch(
-            node,
-            "consumer",
-            &name,
-            "ack_policy",
-            want.ack_policy,
-            got.ack_policy,
-        ));
-    }
-    if got.ack_wait != want.ack_wait {
-        return Err(mismatch(
-            node,
-            "consumer",
-            &name,
-            "ack_wait (TTR)",
-            want.ack_wait,
-            got.ack_wait,
-        ));
-    }
-    if got.max_deliver != want.max_deliver {
-        return Err(mismatch(
-            node,
-            "consumer",
-            &name,
-            "max_deliver (attempts + 1)",
-            want.max_deliver,
-            got.max_deliver,
-        ));
-    }
-    if got.max_ack_pending != want.max_ack_pending {
-        return Err(mismatch(
-            node,
-            "consumer",
-            &name,
-            "max_ack_pending",
-            want.max_ack_pending,
-            got.max_ack_pending,
-        ));
-    }
+    let rb = ReadBack { node, what: "consumer", name: &name };
+    rb.check("filter_subject", &want.filter_subject, &got.filter_subject)?;
+    rb.check("ack_policy", want.ack_policy, got.ack_policy)?;
+    rb.check("ack_wait (TTR)", want.ack_wait, got.ack_wait)?;
+    rb.check("max_deliver (attempts + 1)", want.max_deliver, got.max_deliver)?;
+    rb.check("max_ack_pending", want.max_ack_pending, got.max_ack_pending)?;
     Ok(())
 }
