@@ -173,3 +173,38 @@ fn cancelling_a_reserved_job_tells_its_holder() {
     assert!(matches!(admin.cancel(running), Err(ClientError::NotFound(_))));
     assert_eq!(c.stats_tube_ext("default").unwrap().get_u64("cancelled"), Some(2));
 }
+
+#[test]
+fn a_deadline_and_a_running_jobs_cancellation_survive_kill_9() {
+    let dir = common::tempdir();
+    let data = dir.path().to_str().unwrap();
+    let mut server = Server::start(Kind::Spindled, &["-b", data]);
+    let mut c = client(&server);
+    c.use_tube("k").unwrap();
+    c.watch("k").unwrap();
+    c.ignore("default").unwrap();
+    // Reserved, then cancelled: after the crash it must not come back.
+    let running = c.put(0, Duration::ZERO, Duration::from_secs(60), b"run").unwrap();
+    assert_eq!(c.reserve().unwrap().id, running);
+    let mut admin = client(&server);
+    assert_eq!(admin.cancel(running).unwrap(), CancelOutcome::Running);
+    // Delayed past its deadline: after the crash it must never be handed out.
+    let expiring = c
+        .put_deadline(
+            Deadline::In(Duration::from_millis(200)),
+            0,
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+            b"late",
+        )
+        .unwrap();
+    server.kill9();
+    let server = Server::start(Kind::Spindled, &["-b", data]);
+    let mut c = client(&server);
+    assert!(matches!(c.stats_job(running), Err(ClientError::NotFound(_))), "cancelled job back");
+    c.watch("k").unwrap();
+    c.ignore("default").unwrap();
+    // The delay ends after the deadline: nothing is ever ready.
+    assert!(c.reserve_with_timeout(Duration::from_secs(3)).unwrap().is_none());
+    assert!(matches!(c.stats_job(expiring), Err(ClientError::NotFound(_))));
+}
