@@ -32,6 +32,14 @@ impl When {
     pub fn cron(expr: &str) -> When {
         When::Cron { expr: expr.to_string(), tz: "UTC".to_string() }
     }
+
+    /// Checks the rule as [`crate::Table::add_schedule`] does (for a
+    /// front-end that hands it to someone else, say a server-side
+    /// schedule): a cron expression that parses and fires, a known time
+    /// zone, an interval of at least 1 ms.
+    pub fn check(&self, now: Time) -> Result<(), WhenError> {
+        Rule::new(self, now).map(drop)
+    }
 }
 
 impl std::fmt::Display for When {

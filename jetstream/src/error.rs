@@ -65,7 +65,7 @@ pub enum Error {
     /// A name cannot be used (queue names follow DESIGN.md's rules).
     #[error("invalid {what} {name:?}: {reason}")]
     InvalidName {
-        /// "queue", "namespace", "schedule" or "unique key".
+        /// "queue", "namespace", "schedule", "cron schedule" or "unique key".
         what: &'static str,
         /// The name given.
         name: String,

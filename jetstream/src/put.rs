@@ -265,6 +265,79 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Adds a periodic job on a distributed queue from a cron expression
+    /// (5 fields, or 6 with seconds first) in an IANA time zone: a
+    /// server-side schedule (`Nats-Schedule` with `Nats-Schedule-Time-Zone`,
+    /// 2.14+) named `name`; putting the same name again replaces it. The
+    /// expression and zone are checked here first, by the same rules as
+    /// the job table's schedules (`croner`, `chrono-tz`), so a typo is a
+    /// clear [`Error::InvalidName`] rather than a server error. On older
+    /// servers this is refused with [`Error::Unsupported`].
+    pub fn schedule_cron(
+        &self,
+        queue: &str,
+        name: &str,
+        expr: &str,
+        tz: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), Error> {
+        names::check_queue(queue)?;
+        let inner = &self.inner;
+        if !inner.features.schedule_every {
+            return Err(Error::Unsupported {
+                feature: "a cron job on a distributed queue (server-side cron schedule)",
+                needs: "2.14",
+                server: inner.version,
+            });
+        }
+        if name.is_empty()
+            || name.chars().any(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            return Err(Error::InvalidName {
+                what: "schedule",
+                name: name.to_owned(),
+                reason: "use 1 or more of A-Z a-z 0-9 - _",
+            });
+        }
+        let when = spindle_core::When::Cron { expr: expr.to_owned(), tz: tz.to_owned() };
+        if let Err(e) = when.check(spindle_core::Clock::new().now()) {
+            return Err(Error::InvalidName {
+                what: "cron schedule",
+                name: format!("{expr} ({tz})"),
+                reason: match e {
+                    spindle_core::WhenError::BadTimeZone(_) => "unknown IANA time zone",
+                    spindle_core::WhenError::Never(_) => "the expression never fires",
+                    _ => "not a cron expression of 5 fields, or 6 with seconds first",
+                },
+            });
+        }
+        // The server's cron has seconds first: a 5-field expression fires
+        // at second 0.
+        let expr = if expr.split_whitespace().count() == 5 {
+            format!("0 {}", expr.trim())
+        } else {
+            expr.trim().to_owned()
+        };
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Schedule", expr.as_str());
+        h.insert("Nats-Schedule-Time-Zone", tz);
+        h.insert("Nats-Schedule-Target", inner.names.queue_subject(queue).as_str());
+        let subject = inner.names.schedule_subject(queue, &format!("cron-{name}"));
+        let payload = payload.into();
+        inner.block_on(async {
+            crate::setup::ensure_streams(inner).await?;
+            let ack = inner
+                .js
+                .publish_with_headers(subject, h, payload)
+                .await
+                .map_err(|e| Error::api("schedule publish", e))?;
+            ack.await.map_err(|e| Error::api("schedule ack", e))?;
+            Ok(())
+        })
+    }
+}
+
 async fn publish(inner: &Inner, job: Put) -> Pending {
     if job.payload.len() > inner.max_payload {
         return Pending::Done(Err(Error::TooLarge {

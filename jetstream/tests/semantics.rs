@@ -177,6 +177,37 @@ fn periodic_jobs_need_a_server_with_schedules_and_say_so() {
 }
 
 #[test]
+fn cron_jobs_in_a_time_zone_run_on_current_servers_and_are_refused_on_old_ones() {
+    let Some(srv) = nats("cron") else { return };
+    let node = Node::connect(srv.options()).unwrap();
+    node.declare("cron", QueueConfig::default()).unwrap();
+    // Checked here, before any server sees it.
+    let e = node.schedule_cron("cron", "bad", "61 * * * *", "UTC", b"x".to_vec()).unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidName { what: "cron schedule", .. } | Error::Unsupported { .. }),
+        "{e:?}"
+    );
+    let r =
+        node.schedule_cron("cron", "each-second", "* * * * * *", "Europe/Stockholm", b"c".to_vec());
+    if node.features().schedule_every {
+        r.unwrap();
+        let e =
+            node.schedule_cron("cron", "z", "* * * * *", "Mars/Base", b"x".to_vec()).unwrap_err();
+        assert!(e.to_string().contains("time zone"), "{e}");
+        let mut w = node.worker("cron", 4).unwrap();
+        for _ in 0..2 {
+            let lease = w.reserve(LIMIT).unwrap().expect("a cron tick");
+            assert_eq!(lease.payload(), b"c");
+            lease.complete().unwrap();
+        }
+    } else {
+        let e = r.unwrap_err();
+        assert!(matches!(e, Error::Unsupported { needs: "2.14", .. }), "{e:?}");
+    }
+    node.shutdown();
+}
+
+#[test]
 fn a_queue_declared_with_other_settings_is_refused_after_read_back() {
     let Some(srv) = nats("readback") else { return };
     let a = Node::connect(srv.options()).unwrap();
