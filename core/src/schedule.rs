@@ -370,58 +370,59 @@ impl Table {
         next_id: &mut dyn FnMut() -> u64,
         out: &mut Records,
     ) -> bool {
-        let key = (q, name);
-        let Some(sc) = self.schedules.all.get_mut(&key) else { return false };
-        let Some(rule) = sc.rule.clone() else { return false };
+        let recovered_at = self.schedules.recovered_at;
+        let ids = &self.ids;
+        let Some(sc) = self.schedules.all.get_mut(&(q, name)) else { return false };
+        let Some(rule) = sc.rule.as_ref() else { return false };
         let from = sc.next.unwrap_or(now);
         let tick = rule.last_at_or_before(now, from).unwrap_or(from);
+        let next = rule.next_after(tick.max(now));
         // Missed: the tick passed while the process was down, not merely
         // before this (late) call.
-        let missed_skip =
-            sc.recovered && sc.spec.missed == Missed::Skip && tick < self.schedules.recovered_at;
-        let overlap = sc.spec.no_overlap && sc.last_job != 0 && self.ids.get(sc.last_job).is_some();
-        let Some(sc) = self.schedules.all.get_mut(&key) else { return false };
+        let missed_skip = sc.recovered && sc.spec.missed == Missed::Skip && tick < recovered_at;
+        let overlap = sc.spec.no_overlap && sc.last_job != 0 && ids.get(sc.last_job).is_some();
         sc.recovered = false;
         sc.last_tick = Some(tick);
-        sc.next = rule.next_after(tick.max(now));
-        let spec = sc.spec.clone();
-        if let Some(t) = sc.next {
-            self.schedules.due.insert((t, q, key.1.clone()));
+        sc.next = next;
+        let put_spec = PutSpec {
+            pri: sc.spec.pri,
+            ttr_s: sc.spec.ttr_s,
+            max_attempts: sc.spec.max_attempts,
+            ..PutSpec::default()
+        };
+        // Lent to the put below (the schedule keeps it).
+        let payload = std::mem::take(&mut sc.spec.payload);
+        let name = Box::<str>::from(sc.spec.name.as_str());
+        if let Some(t) = next {
+            self.schedules.due.insert((t, q, name.clone()));
         }
-        let queue = self.q(q).map_or_else(String::new, |x| x.name.to_string());
         let mut made = 0u64;
+        let mut scratch = std::mem::take(&mut self.schedules.scratch);
+        scratch.clear();
         if !missed_skip && !overlap {
             let id = next_id();
-            let mut scratch = std::mem::take(&mut self.schedules.scratch);
-            scratch.clear();
-            let put_spec = PutSpec {
-                pri: spec.pri,
-                ttr_s: spec.ttr_s,
-                max_attempts: spec.max_attempts,
-                ..PutSpec::default()
-            };
             if let Ok(Put::Created(id)) =
-                self.put(now, id, QueueId(q), &put_spec, &spec.payload, &mut scratch)
+                self.put(now, id, QueueId(q), &put_spec, &payload, &mut scratch)
             {
                 made = id;
             }
-            if made != 0 {
-                out.fire(&queue, &key.1, tick, made, scratch.bytes());
-            }
-            self.schedules.scratch = scratch;
         }
-        if let Some(x) = self.q_mut(q) {
-            if made != 0 {
+        let queue = self.q(q).map_or("", |x| &x.name);
+        // The tick and its job's `Put` in one record; a skipped tick alone.
+        out.fire(queue, &name, tick, made, if made != 0 { scratch.bytes() } else { &[] });
+        self.schedules.scratch = scratch;
+        if made != 0 {
+            if let Some(x) = self.q_mut(q) {
                 x.counters.fired += 1;
             }
         }
-        let Some(sc) = self.schedules.all.get_mut(&key) else { return made != 0 };
+        let Some(sc) = self.schedules.all.get_mut(&(q, name)) else { return made != 0 };
+        sc.spec.payload = payload;
         if made != 0 {
             sc.last_job = made;
             sc.fired += 1;
         } else {
             sc.skipped += 1;
-            out.fire(&queue, &key.1, tick, 0, &[]);
         }
         made != 0
     }

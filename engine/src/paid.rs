@@ -20,9 +20,10 @@
 //!    so a running handler sees [`crate::JobRef::is_cancelled`] at once,
 //!    then asks every shard (`cancel.rs`).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -33,11 +34,38 @@ use crate::engine::Engine;
 use crate::job::{validate_queue, JobId};
 use crate::shard::ctl::{CtlMsg, CtlOp, CtlReply};
 
-/// Queues that live on one shard.
-#[derive(Debug, Default)]
+/// Queues that live on one shard. Producers look a queue up on every
+/// submit, so the map is read without a lock: each thread keeps the last
+/// version it saw (`CACHED`) and takes the lock only when `version` moved,
+/// which happens once per queue that gets a home.
+#[derive(Debug)]
 pub(crate) struct Homes {
-    any: std::sync::atomic::AtomicBool,
-    map: RwLock<HashMap<Box<str>, usize>>,
+    /// Unique per `Homes` in the process (not its address, which a later
+    /// engine may reuse).
+    id: u64,
+    any: AtomicBool,
+    version: AtomicU64,
+    map: RwLock<Arc<HashMap<Box<str>, usize>>>,
+}
+
+/// A thread's copy of one engine's homes: (the `Homes` it belongs to, its
+/// version, the map).
+type Cached = Option<(u64, u64, Arc<HashMap<Box<str>, usize>>)>;
+
+impl Default for Homes {
+    fn default() -> Homes {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Homes {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            any: AtomicBool::new(false),
+            version: AtomicU64::new(0),
+            map: RwLock::default(),
+        }
+    }
+}
+
+thread_local! {
+    static CACHED: RefCell<Cached> = const { RefCell::new(None) };
 }
 
 impl Homes {
@@ -47,12 +75,36 @@ impl Homes {
         if !self.any.load(Ordering::Acquire) {
             return None;
         }
-        self.map.read().unwrap_or_else(|p| p.into_inner()).get(queue).copied()
+        self.lookup(queue)
+    }
+
+    fn lookup(&self, queue: &str) -> Option<usize> {
+        let me = self.id;
+        let version = self.version.load(Ordering::Acquire);
+        let fresh = || {
+            let map = self.map.read().unwrap_or_else(|p| p.into_inner()).clone();
+            (me, version, map)
+        };
+        CACHED
+            .try_with(|cell| {
+                let Ok(mut c) = cell.try_borrow_mut() else {
+                    return fresh().2.get(queue).copied();
+                };
+                if !c.as_ref().is_some_and(|(m, v, _)| *m == me && *v == version) {
+                    *c = Some(fresh());
+                }
+                c.as_ref().and_then(|(_, _, map)| map.get(queue).copied())
+            })
+            .unwrap_or_else(|_| fresh().2.get(queue).copied())
     }
 
     pub(crate) fn set(&self, queue: &str, shard: usize) {
         let mut m = self.map.write().unwrap_or_else(|p| p.into_inner());
-        m.entry(queue.into()).or_insert(shard);
+        if m.contains_key(queue) {
+            return;
+        }
+        Arc::make_mut(&mut m).insert(queue.into(), shard);
+        self.version.fetch_add(1, Ordering::AcqRel);
         self.any.store(true, Ordering::Release);
     }
 }

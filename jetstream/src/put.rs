@@ -231,13 +231,10 @@ impl Node {
     ) -> Result<(), Error> {
         names::check_queue(queue)?;
         let inner = &self.inner;
-        if !inner.features.schedule_every {
-            return Err(Error::Unsupported {
-                feature: "a periodic job on a distributed queue (server-side @every schedule)",
-                needs: "2.14",
-                server: inner.version,
-            });
-        }
+        needs_schedules(
+            inner,
+            "a periodic job on a distributed queue (server-side @every schedule)",
+        )?;
         if name.is_empty() {
             return Err(Error::InvalidName {
                 what: "schedule",
@@ -251,17 +248,7 @@ impl Node {
         h.insert("Nats-Schedule", format!("@every {}s", secs.max(1)).as_str());
         h.insert("Nats-Schedule-Target", inner.names.queue_subject(queue).as_str());
         let subject = inner.names.schedule_subject(queue, &format!("every-{name}"));
-        let payload = payload.into();
-        inner.block_on(async {
-            crate::setup::ensure_streams(inner).await?;
-            let ack = inner
-                .js
-                .publish_with_headers(subject, h, payload)
-                .await
-                .map_err(|e| Error::api("schedule publish", e))?;
-            ack.await.map_err(|e| Error::api("schedule ack", e))?;
-            Ok(())
-        })
+        publish_schedule(inner, subject, h, payload.into())
     }
 }
 
@@ -284,13 +271,7 @@ impl Node {
     ) -> Result<(), Error> {
         names::check_queue(queue)?;
         let inner = &self.inner;
-        if !inner.features.schedule_every {
-            return Err(Error::Unsupported {
-                feature: "a cron job on a distributed queue (server-side cron schedule)",
-                needs: "2.14",
-                server: inner.version,
-            });
-        }
+        needs_schedules(inner, "a cron job on a distributed queue (server-side cron schedule)")?;
         if name.is_empty()
             || name.chars().any(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
         {
@@ -324,18 +305,36 @@ impl Node {
         h.insert("Nats-Schedule-Time-Zone", tz);
         h.insert("Nats-Schedule-Target", inner.names.queue_subject(queue).as_str());
         let subject = inner.names.schedule_subject(queue, &format!("cron-{name}"));
-        let payload = payload.into();
-        inner.block_on(async {
-            crate::setup::ensure_streams(inner).await?;
-            let ack = inner
-                .js
-                .publish_with_headers(subject, h, payload)
-                .await
-                .map_err(|e| Error::api("schedule publish", e))?;
-            ack.await.map_err(|e| Error::api("schedule ack", e))?;
-            Ok(())
-        })
+        publish_schedule(inner, subject, h, payload.into())
     }
+}
+
+/// Refuses `feature` on a server without repeating schedules (before 2.14).
+fn needs_schedules(inner: &Inner, feature: &'static str) -> Result<(), Error> {
+    if inner.features.schedule_every {
+        return Ok(());
+    }
+    Err(Error::Unsupported { feature, needs: "2.14", server: inner.version })
+}
+
+/// Publishes a server-side schedule message (its headers say when and
+/// where to) and waits for its acknowledgement.
+fn publish_schedule(
+    inner: &Inner,
+    subject: String,
+    h: HeaderMap,
+    payload: Bytes,
+) -> Result<(), Error> {
+    inner.block_on(async {
+        crate::setup::ensure_streams(inner).await?;
+        let ack = inner
+            .js
+            .publish_with_headers(subject, h, payload)
+            .await
+            .map_err(|e| Error::api("schedule publish", e))?;
+        ack.await.map_err(|e| Error::api("schedule ack", e))?;
+        Ok(())
+    })
 }
 
 async fn publish(inner: &Inner, job: Put) -> Pending {
