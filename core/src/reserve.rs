@@ -298,6 +298,12 @@ impl Table {
         Some(if soon { WaitEnd::DeadlineSoon } else { WaitEnd::TimedOut })
     }
 
+    /// Ends `holder`'s wait without an answer: it was served elsewhere
+    /// (spindled's distributed tubes hand out leases beside the table).
+    pub fn end_wait(&mut self, holder: u32) {
+        self.stop_waiting(holder);
+    }
+
     pub(crate) fn stop_waiting(&mut self, holder: u32) {
         let Some(w) = self.holders.get_mut(holder as usize).and_then(|h| h.wait.take()) else {
             return;

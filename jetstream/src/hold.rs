@@ -140,9 +140,15 @@ fn replay(bytes: &[u8]) -> Vec<Held> {
 
 impl HoldLog {
     /// Opens `dir/held.log` (creating `dir`), returning the log, rewritten
-    /// with only the holds still pending, and those holds.
+    /// with only the holds still pending, and those holds. A directory it
+    /// creates is 0700 and the log 0600: jobs are private to their owner.
     pub(crate) fn open(dir: &Path) -> Result<(HoldLog, Vec<Held>), Error> {
-        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io(dir, e))?;
         let path = dir.join("held.log");
         let mut bytes = Vec::new();
         match File::open(&path) {
@@ -159,7 +165,13 @@ impl HoldLog {
         for h in &pending {
             out.extend_from_slice(&frame(HOLD, &hold_body(h)));
         }
-        let mut f = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io(&tmp, e))?;
         f.write_all(&out).and_then(|_| f.sync_data()).map_err(|e| io(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
         if let Ok(d) = File::open(dir) {

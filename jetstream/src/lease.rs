@@ -42,10 +42,11 @@ pub struct Lease {
     attempt: u32,
     payload: Bytes,
     msg_id: Option<String>,
-    /// `None` once settled.
-    acker: Option<Acker>,
-    cfg: Arc<QueueConfig>,
-    dead: Arc<Dead>,
+    /// `None` once settled. Shared so that an in-progress ack can be sent
+    /// from the runtime thread without waiting (`evented.rs`).
+    pub(crate) acker: Option<Arc<Acker>>,
+    pub(crate) cfg: Arc<QueueConfig>,
+    pub(crate) dead: Arc<Dead>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -70,11 +71,11 @@ pub enum Failed {
 
 /// Where and how to bury: enough to republish without the node (one per
 /// worker, shared by its leases).
-struct Dead {
+pub(crate) struct Dead {
     js: Context,
     subject: String,
-    rt: tokio::runtime::Handle,
-    stopped: Arc<AtomicBool>,
+    pub(crate) rt: tokio::runtime::Handle,
+    pub(crate) stopped: Arc<AtomicBool>,
 }
 
 impl Dead {
@@ -152,7 +153,7 @@ impl Lease {
     }
 
     /// Takes the acker: the lease is settled from here on (no Nak on drop).
-    fn settle(&mut self) -> Result<Acker, Error> {
+    pub(crate) fn settle(&mut self) -> Result<Arc<Acker>, Error> {
         self.acker.take().ok_or(Error::Closed)
     }
 
@@ -166,7 +167,7 @@ impl Lease {
 
 /// Republishes to the dead subject, then Terms. If the republish fails the
 /// lease is dropped unsettled (released, see `Drop`), and the job comes back.
-async fn bury(mut lease: Lease, error: &str) -> Result<(), Error> {
+pub(crate) async fn bury(mut lease: Lease, error: &str) -> Result<(), Error> {
     let mut h = HeaderMap::new();
     h.insert("Nats-Msg-Id", format!("d:{}", lease.seq).as_str());
     h.insert("Spindle-Queue", &*lease.queue);
@@ -266,16 +267,21 @@ impl Node {
             .block_on(stream.get_consumer(&name))
             .map_err(|e| Error::api("consumer lookup", e))?;
         let (tx, rx) = mpsc::channel(prefetch);
-        let dead = Arc::new(Dead {
-            js: inner.js.clone(),
-            subject: inner.names.dead_subject(queue),
-            rt: inner.rt.clone(),
-            stopped: inner.stopped.clone(),
-        });
+        let dead = dead_for(inner, queue);
         let queue: Arc<str> = Arc::from(queue);
         let task = inner.rt.spawn(pump(consumer, tx, prefetch, queue, cfg, dead.clone()));
         Ok(Worker { rx, dead, pump: task.abort_handle() })
     }
+}
+
+/// Where `queue`'s leases are buried.
+pub(crate) fn dead_for(inner: &Inner, queue: &str) -> Arc<Dead> {
+    Arc::new(Dead {
+        js: inner.js.clone(),
+        subject: inner.names.dead_subject(queue),
+        rt: inner.rt.clone(),
+        stopped: inner.stopped.clone(),
+    })
 }
 
 fn now_ms() -> u64 {
@@ -325,49 +331,63 @@ async fn pump(
                     continue;
                 }
             };
-            let (seq, delivered) = match msg.info() {
-                Ok(i) => (i.stream_sequence, i.delivered),
-                Err(e) => {
-                    tracing::warn!(%queue, error = %e, "delivery without JetStream metadata");
-                    continue;
-                }
-            };
-            let expires = msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(EXPIRES_HEADER))
-                .and_then(|v| v.as_str().parse::<u64>().ok());
-            if expires.is_some_and(|ms| ms <= now_ms()) {
-                // Past its deadline: never handed out (dropped for good).
-                if let Err(e) = msg.ack_with(AckKind::Term).await {
-                    tracing::warn!(%queue, seq, error = %e, "dropping an expired job failed; it is redelivered");
-                }
-                continue;
-            }
-            let msg_id = msg.headers.as_ref().and_then(|h| {
-                h.get("Nats-Msg-Id").or_else(|| h.get(ID_HEADER)).map(|v| v.as_str().to_owned())
-            });
-            let (m, acker) = msg.split();
-            let lease = Lease {
-                queue: queue.clone(),
-                seq,
-                attempt: u32::try_from(delivered).unwrap_or(u32::MAX),
-                payload: m.payload,
-                msg_id,
-                acker: Some(acker),
-                cfg: cfg.clone(),
-                dead: dead.clone(),
-            };
-            if lease.attempt > cfg.max_attempts {
-                let why = "lease expired on its last attempt (worker crashed or timed out)";
-                if let Err(e) = bury(lease, why).await {
-                    tracing::warn!(%queue, seq, error = %e, "burying failed; it is redelivered");
-                }
-                continue;
-            }
+            let Some(lease) = admit(msg, &queue, &cfg, &dead).await else { continue };
             if tx.send(lease).await.is_err() {
                 return;
             }
         }
     }
+}
+
+/// Step 2 for one delivery: a job past its deadline is dropped (Term) and
+/// one past its attempts is buried, neither handed out; anything else
+/// becomes a lease. Shared by the standing pull (`pump`) and the pulls on
+/// demand (`pull.rs`).
+pub(crate) async fn admit(
+    msg: async_nats::jetstream::Message,
+    queue: &Arc<str>,
+    cfg: &Arc<QueueConfig>,
+    dead: &Arc<Dead>,
+) -> Option<Lease> {
+    let (seq, delivered) = match msg.info() {
+        Ok(i) => (i.stream_sequence, i.delivered),
+        Err(e) => {
+            tracing::warn!(%queue, error = %e, "delivery without JetStream metadata");
+            return None;
+        }
+    };
+    let expires = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(EXPIRES_HEADER))
+        .and_then(|v| v.as_str().parse::<u64>().ok());
+    if expires.is_some_and(|ms| ms <= now_ms()) {
+        // Past its deadline: never handed out (dropped for good).
+        if let Err(e) = msg.ack_with(AckKind::Term).await {
+            tracing::warn!(%queue, seq, error = %e, "dropping an expired job failed; it is redelivered");
+        }
+        return None;
+    }
+    let msg_id = msg.headers.as_ref().and_then(|h| {
+        h.get("Nats-Msg-Id").or_else(|| h.get(ID_HEADER)).map(|v| v.as_str().to_owned())
+    });
+    let (m, acker) = msg.split();
+    let lease = Lease {
+        queue: queue.clone(),
+        seq,
+        attempt: u32::try_from(delivered).unwrap_or(u32::MAX),
+        payload: m.payload,
+        msg_id,
+        acker: Some(Arc::new(acker)),
+        cfg: cfg.clone(),
+        dead: dead.clone(),
+    };
+    if lease.attempt > cfg.max_attempts {
+        let why = "lease expired on its last attempt (worker crashed or timed out)";
+        if let Err(e) = bury(lease, why).await {
+            tracing::warn!(%queue, seq, error = %e, "burying failed; it is redelivered");
+        }
+        return None;
+    }
+    Some(lease)
 }

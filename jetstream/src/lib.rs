@@ -40,10 +40,12 @@
 
 mod elastic;
 mod error;
+mod evented;
 mod hold;
 mod lease;
 mod names;
 mod node;
+mod pull;
 mod put;
 mod queue;
 mod setup;
@@ -52,8 +54,10 @@ mod work;
 
 pub use elastic::{ElasticOptions, ElasticPool};
 pub use error::Error;
+pub use evented::{Settle, Settled};
 pub use lease::{Failed, Lease, Worker};
 pub use node::{Node, NodeOptions};
+pub use pull::Puller;
 pub use put::{Put, Receipt};
 pub use queue::QueueConfig;
 pub use version::{Features, ServerVersion};

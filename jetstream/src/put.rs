@@ -177,6 +177,25 @@ enum Pending {
     Done(Result<Receipt, Error>),
 }
 
+impl Pending {
+    /// Awaits the PubAck, if there is one to await.
+    async fn receipt(self) -> Result<Receipt, Error> {
+        match self {
+            Pending::Done(r) => r,
+            Pending::Ack(fut, msg_id) => match fut.await {
+                Ok(ack) if ack.duplicate => Ok(Receipt::Duplicate { seq: ack.sequence, msg_id }),
+                Ok(ack) => Ok(Receipt::Queued { seq: ack.sequence, msg_id }),
+                Err(e) => Err(Error::api("publish ack", e)),
+            },
+        }
+    }
+}
+
+/// One job published and its PubAck awaited (the streams must exist).
+pub(crate) async fn put_one(inner: &Inner, job: Put) -> Result<Receipt, Error> {
+    publish(inner, job).await.receipt().await
+}
+
 impl Node {
     /// Puts one job; see [`Node::put_batch`].
     pub fn put(&self, job: Put) -> Result<Receipt, Error> {
@@ -202,16 +221,7 @@ impl Node {
             }
             let mut out = Vec::with_capacity(pending.len());
             for p in pending {
-                out.push(match p {
-                    Pending::Done(r) => r,
-                    Pending::Ack(fut, msg_id) => match fut.await {
-                        Ok(ack) if ack.duplicate => {
-                            Ok(Receipt::Duplicate { seq: ack.sequence, msg_id })
-                        }
-                        Ok(ack) => Ok(Receipt::Queued { seq: ack.sequence, msg_id }),
-                        Err(e) => Err(Error::api("publish ack", e)),
-                    },
-                });
+                out.push(p.receipt().await);
             }
             out
         }))

@@ -142,23 +142,7 @@ impl Node {
     /// The queue's backlog from its shared consumer.
     pub fn lag(&self, queue: &str) -> Result<Lag, Error> {
         self.inner.queue(queue)?;
-        let inner = &self.inner;
-        inner.block_on(async {
-            let stream = inner
-                .js
-                .get_stream_no_info(inner.names.stream())
-                .await
-                .map_err(|e| Error::api("stream lookup", e))?;
-            let info = stream
-                .consumer_info(inner.names.consumer(queue))
-                .await
-                .map_err(|e| Error::api("consumer info", e))?;
-            Ok(Lag {
-                pending: info.num_pending,
-                leased: info.num_ack_pending as u64,
-                waiting: info.num_waiting as u64,
-            })
-        })
+        self.inner.block_on(lag(&self.inner, queue))
     }
 
     /// How many buried jobs of `queue` the dead-letter stream holds.
@@ -184,4 +168,22 @@ impl Node {
             Ok(n)
         })
     }
+}
+
+/// The queue's lag, read from its consumer's info.
+pub(crate) async fn lag(inner: &crate::node::Inner, queue: &str) -> Result<Lag, Error> {
+    let stream = inner
+        .js
+        .get_stream_no_info(inner.names.stream())
+        .await
+        .map_err(|e| Error::api("stream lookup", e))?;
+    let info = stream
+        .consumer_info(inner.names.consumer(queue))
+        .await
+        .map_err(|e| Error::api("consumer info", e))?;
+    Ok(Lag {
+        pending: info.num_pending,
+        leased: info.num_ack_pending as u64,
+        waiting: info.num_waiting as u64,
+    })
 }

@@ -140,6 +140,9 @@ pub(crate) struct Conn {
     out_pos: usize,
     state: In,
     pub waiting: bool,
+    /// It waits for a reply that comes later (`Flow::Later`): even a peer
+    /// that half-closed gets it before the connection closes.
+    pub later: bool,
     pub closing: bool,
     pub eof: bool,
     /// Edge-triggered: the socket may have unread bytes.
@@ -169,6 +172,7 @@ impl Conn {
             out_pos: 0,
             state: In::Line,
             waiting: false,
+            later: false,
             closing: false,
             eof: false,
             may_read: true,
@@ -290,7 +294,7 @@ impl Conn {
     }
 
     fn end_wait_if_hung_up(&mut self, store: &mut Store, now: Instant) {
-        if !(self.waiting && self.hup) {
+        if !(self.waiting && self.hup) || self.later {
             return;
         }
         let now = if self.real_time { Instant::now() } else { now };
@@ -596,6 +600,10 @@ impl Conn {
             Flow::Wait => {
                 self.waiting = true;
                 self.end_wait_if_hung_up(store, now);
+            }
+            Flow::Later => {
+                self.waiting = true;
+                self.later = true;
             }
             Flow::Close => self.closing = true,
         }

@@ -45,6 +45,7 @@
 mod budget;
 pub use budget::DEFAULT_MAX_PARTIAL_BYTES;
 mod conn;
+mod dist;
 mod ioloop;
 mod log;
 mod metrics;
@@ -153,6 +154,25 @@ pub struct ServerConfig {
     /// body beyond is read and dropped, and its command gets
     /// `OUT_OF_MEMORY`.
     pub max_partial_bytes: u64,
+    /// Tubes that live in NATS JetStream, shared with every spindled (and
+    /// Spindle node) on the same server and namespace (`--jetstream`).
+    pub jetstream: Option<JetStreamTubes>,
+}
+
+/// `--jetstream`: which tubes are distributed, and where.
+#[derive(Debug, Clone)]
+pub struct JetStreamTubes {
+    /// The NATS server, `nats://HOST:PORT`.
+    pub url: String,
+    /// The namespace (one stream per namespace).
+    pub namespace: String,
+    /// The distributed tubes; every other tube stays local.
+    pub tubes: Vec<String>,
+    /// The lease time (TTR) of every job of these tubes: JetStream's
+    /// AckWait is the consumer's, not the job's.
+    pub ttr: Duration,
+    /// Runs per job before it is buried (releases count, as deliveries).
+    pub max_attempts: u32,
 }
 
 /// beanstalkd's default `-z`.
@@ -183,6 +203,7 @@ impl Default for ServerConfig {
             shards: 1,
             log_prefault: true,
             max_partial_bytes: DEFAULT_MAX_PARTIAL_BYTES,
+            jetstream: None,
         }
     }
 }
@@ -223,6 +244,15 @@ pub enum ServerError {
     /// The settings cannot work.
     #[error("invalid server configuration: {0}")]
     Config(String),
+    /// The distributed tubes could not be set up.
+    #[error("cannot set up the distributed tubes on {url}: {source}")]
+    JetStream {
+        /// The server.
+        url: String,
+        /// What went wrong.
+        #[source]
+        source: Box<spindle_jetstream::Error>,
+    },
     /// The log could not be opened.
     #[error("cannot open the data directory {dir}: {source}")]
     Wal {

@@ -195,6 +195,22 @@ impl Server {
 
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        if let Some(js) = &cfg.jetstream {
+            let w = waker.clone();
+            let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+                let _ = w.wake();
+            });
+            let dir = cfg.data_dir.as_deref();
+            let dist = super::dist::Dist::connect(js, cfg.max_job_size as usize, dir, wake)
+                .map_err(|e| ServerError::JetStream { url: js.url.clone(), source: Box::new(e) })?;
+            tracing::info!(
+                url = %js.url,
+                tubes = ?js.tubes,
+                "distributed tubes on NATS JetStream {}",
+                dist.node.server_version()
+            );
+            store.dist = Some(dist);
+        }
         // TCP listeners first: a Unix socket appearing in the file system
         // (what scripts and tests wait for) then means every listener is
         // bound.
@@ -381,6 +397,9 @@ impl Server {
             }
             let before = touched.len();
             self.take_from_loops(&mut touched);
+            // Replies and leases from distributed tubes (`dist.rs`).
+            self.store.poll_dist();
+            self.deliver(&mut touched);
             if !events.is_empty() || touched.len() > before {
                 last_busy = Instant::now();
             }
@@ -454,6 +473,7 @@ impl Server {
             if let Some(conn) = self.conns.get_mut(c).and_then(Option::as_mut) {
                 conn.out.extend_from_slice(&bytes);
                 conn.waiting = false;
+                conn.later = false;
                 conn.resume = true;
                 touched.push(c);
             }
@@ -493,7 +513,7 @@ impl Server {
         // while parked in `reserve` can send nothing more either).
         let done = !alive
             || (c.closing && c.unsent() == 0)
-            || (c.eof && c.unsent() == 0 && (c.waiting || !c.can_progress()));
+            || (c.eof && c.unsent() == 0 && !c.later && (c.waiting || !c.can_progress()));
         if done {
             self.close(i, now, again);
             return;

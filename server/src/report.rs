@@ -77,7 +77,16 @@ fn yaml_escape(s: &str) -> String {
 
 pub(crate) fn tube_yaml(st: &Store, qid: QueueId, now: Time, ext: bool) -> String {
     let name = st.table.queue_name(qid).unwrap_or("");
-    let v = st.table.queue_view(qid).unwrap_or_default();
+    let mut v = st.table.queue_view(qid).unwrap_or_default();
+    if let Some((lag, waiting)) = st.dist_stats(qid) {
+        // A distributed tube: its jobs are the stream's, across every node
+        // (as of the last reading, once a second).
+        if let Some(l) = lag {
+            v.ready = l.pending;
+            v.reserved = l.leased;
+        }
+        v.waiting = waiting as u64;
+    }
     let f = st.front(qid).cloned().unwrap_or_default();
     let pause_left = v.paused_until.map_or(0, |u| secs(u.since(now)));
     let mut s = String::with_capacity(512);

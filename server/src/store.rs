@@ -59,6 +59,11 @@ pub(crate) struct Session {
     pub watch: Vec<QueueId>,
     pub producer: bool,
     pub worker: bool,
+    /// Tells this connection from a later one in the same slot (replies
+    /// computed elsewhere carry it: `dist.rs`).
+    pub serial: u64,
+    /// Counts its waits for distributed tubes (`dist.rs`).
+    pub dist_wait: u64,
 }
 
 /// What a tube has besides its jobs: connections using and watching it,
@@ -123,6 +128,10 @@ pub(crate) enum Flow {
     Go,
     /// Parked in `reserve`: read nothing more until served.
     Wait,
+    /// The reply comes later, from elsewhere (a distributed tube's put,
+    /// bury or fail: `dist.rs`): read nothing more until it has come, even
+    /// if the peer half-closes.
+    Later,
     /// Close after flushing (`quit`).
     Close,
 }
@@ -148,8 +157,12 @@ pub(crate) struct Store {
     /// This command's records (disabled without a log).
     recs: Records,
     /// Replies for connections other than the one whose command is being
-    /// handled (served waiters, timeouts).
+    /// handled (served waiters, timeouts), and replies that came later
+    /// (`Flow::Later`).
     pub out: Vec<(ConnId, Vec<u8>)>,
+    /// Tubes that live in NATS JetStream (`dist.rs`), if any.
+    pub dist: Option<super::dist::Dist>,
+    next_serial: u64,
     /// The connections' shared read buffer and half-received body budget
     /// (`budget.rs`).
     pub input: super::budget::InputBudget,
@@ -201,6 +214,8 @@ impl Store {
             log,
             recs,
             out: Vec::new(),
+            dist: None,
+            next_serial: 0,
             input: super::budget::InputBudget::new(super::budget::DEFAULT_MAX_PARTIAL_BYTES),
             started: now,
             instance_id: String::new(),
@@ -291,7 +306,19 @@ impl Store {
         f.using += 1;
         f.watching += 1;
         self.ct.total_connections += 1;
-        self.conns.insert(c, Session { use_q: d, watch: vec![d], producer: false, worker: false });
+        self.next_serial += 1;
+        let serial = self.next_serial;
+        self.conns.insert(
+            c,
+            Session {
+                use_q: d,
+                watch: vec![d],
+                producer: false,
+                worker: false,
+                serial,
+                dist_wait: 0,
+            },
+        );
     }
 
     /// The connection is gone: its wait ends and its reservations return
@@ -300,6 +327,7 @@ impl Store {
         let t = self.time(now);
         self.table.drop_holder(t, holder(c), &mut self.recs);
         self.flush_log();
+        self.dist_disconnect(c);
         let Some(conn) = self.conns.remove(&c) else { return };
         if let Some(f) = self.fronts.get_mut(conn.use_q.0 as usize) {
             f.using -= 1;
@@ -450,16 +478,27 @@ impl Store {
             w.extend_from_slice(b"INTERNAL_ERROR\r\n");
             return Flow::Go;
         }
+        if let Some(flow) = self.dist_job_cmd(c, &cmd, &body, w) {
+            return flow;
+        }
         let t = self.time(now);
         match cmd {
             Cmd::Put { pri, delay, ttr, .. } => {
                 // (`cmd-put` was counted when the line parsed: conn.rs.)
                 let q = self.conn_use(c);
+                if let Some(i) = self.dist_of(q) {
+                    let p = DistPut { delay, unique: None, expires_in: None };
+                    return self.dist_put(c, i, body, p, w);
+                }
                 w.extend_from_slice(&self.put(c, q, pri, delay, ttr, body, None, None, now));
             }
             Cmd::PutUnique { key, pri, delay, ttr, .. } => {
                 self.ct.put += 1;
                 let q = self.conn_use(c);
+                if let Some(i) = self.dist_of(q) {
+                    let p = DistPut { delay, unique: Some(&key), expires_in: None };
+                    return self.dist_put(c, i, body, p, w);
+                }
                 let reply = self.put(c, q, pri, delay, ttr, body, Some(&key), None, now);
                 w.extend_from_slice(&reply);
             }
@@ -779,7 +818,7 @@ impl Store {
             | Cmd::ScheduleAdd(_)
             | Cmd::ScheduleList
             | Cmd::SchedulePause { .. }
-            | Cmd::ScheduleRm { .. } => self.dispatch_paid(c, cmd, body, now, w),
+            | Cmd::ScheduleRm { .. } => return self.dispatch_paid(c, cmd, body, now, w),
         }
         Flow::Go
     }
@@ -914,6 +953,11 @@ impl Store {
             return;
         }
         let q = self.conn_use(c);
+        if self.dist_of(q).is_some() {
+            // Its jobs' ids (stream sequences) need not be consecutive.
+            w.extend_from_slice(b"NOT_SUPPORTED\r\n");
+            return;
+        }
         let t = self.time(now);
         let spec = put_spec(pri, delay, ttr, None);
         let first = self.table.next_id();
@@ -974,6 +1018,9 @@ impl Store {
         let watch = conn.watch.clone();
         let t = self.time(now);
         let until = timeout_at.map(|a| self.time(a));
+        if let Some(flow) = self.dist_reserve(c, &watch, until, batch, t, w) {
+            return flow;
+        }
         match self.table.reserve_wait(t, holder(c), &watch, until, batch, &mut self.recs) {
             Reserved::Now(leases) => {
                 let ids: Vec<u64> = leases.iter().map(|l| l.id).collect();
@@ -1010,6 +1057,9 @@ impl Store {
         if now.saturating_duration_since(self.last_window) >= Duration::from_secs(1) {
             let secs = now.saturating_duration_since(self.last_window).as_secs_f64();
             self.last_window = now;
+            if let Some(d) = &self.dist {
+                d.refresh_lag();
+            }
             for f in &mut self.fronts {
                 let rate = f.done_window as f64 / secs;
                 f.rate = 0.5 * f.rate + 0.5 * rate;
@@ -1390,6 +1440,10 @@ pub(crate) fn state_name(j: &JobView<'_>) -> &'static str {
         State::Buried => "buried",
     }
 }
+
+#[path = "store_dist.rs"]
+mod dist;
+use dist::DistPut;
 
 #[path = "store_paid.rs"]
 mod paid;

@@ -10,7 +10,7 @@ use spindle_core::{
     Cancelled, Limits, Missed, OnExpiry, Rate, ScheduleError, ScheduleSpec, Time, When,
 };
 
-use super::{reply_fmt, yaml_reply, ConnId, Store};
+use super::{reply_fmt, yaml_reply, ConnId, DistPut, Flow, Store};
 use crate::proto::{Cmd, Deadline, RuleArg};
 
 impl Store {
@@ -22,7 +22,7 @@ impl Store {
         body: Vec<u8>,
         now: Instant,
         w: &mut Vec<u8>,
-    ) {
+    ) -> Flow {
         let t = self.time(now);
         match cmd {
             Cmd::PutDeadline { deadline, pri, delay, ttr, .. } => {
@@ -32,6 +32,14 @@ impl Store {
                     Deadline::In(ms) => t.plus_millis(ms),
                 };
                 let q = self.conn_use(c);
+                if let Some(i) = self.dist_of(q) {
+                    if at <= t {
+                        w.extend_from_slice(b"DEADLINE_PASSED\r\n");
+                        return Flow::Go;
+                    }
+                    let p = DistPut { delay, unique: None, expires_in: Some(at.since(t)) };
+                    return self.dist_put(c, i, body, p, w);
+                }
                 let reply = self.put(c, q, pri, delay, ttr, body, None, Some(at), now);
                 w.extend_from_slice(&reply);
             }
@@ -103,6 +111,7 @@ impl Store {
             // The caller sends only the commands above.
             _ => w.extend_from_slice(b"INTERNAL_ERROR\r\n"),
         }
+        Flow::Go
     }
 
     /// Writes `reply` once the command's records are in the log, or

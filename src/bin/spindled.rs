@@ -65,8 +65,8 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 use spindle::server::{
-    Listen, Recovery, Server, ServerConfig, SyncMode, DEFAULT_MAX_JOB_SIZE, DEFAULT_SEGMENT_SIZE,
-    MAX_JOB_SIZE_LIMIT,
+    JetStreamTubes, Listen, Recovery, Server, ServerConfig, SyncMode, DEFAULT_MAX_JOB_SIZE,
+    DEFAULT_SEGMENT_SIZE, MAX_JOB_SIZE_LIMIT,
 };
 use spindle::FileAccess;
 
@@ -174,6 +174,26 @@ struct Args {
     /// segment's zeroed pages back once; appends then take the page faults).
     #[arg(long)]
     no_log_prefault: bool,
+    /// Put the tubes named by --jetstream-tube in NATS JetStream at this
+    /// server (nats://HOST:PORT), shared with every spindled and Spindle
+    /// node on it (docs/jetstream.md, "spindled").
+    #[arg(long, value_name = "URL")]
+    jetstream: Option<String>,
+    /// A tube to keep in JetStream (repeat, or separate with commas); the
+    /// others stay local.
+    #[arg(long = "jetstream-tube", value_name = "TUBE", value_delimiter = ',')]
+    jetstream_tubes: Vec<String>,
+    /// The JetStream namespace (one stream per namespace).
+    #[arg(long, default_value = "default", value_name = "NAME")]
+    jetstream_namespace: String,
+    /// Lease time of every job of the distributed tubes, in seconds (the
+    /// TTR a put gives is not used: JetStream's lease is per queue).
+    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    jetstream_ttr: u64,
+    /// Runs per job of the distributed tubes before it is buried (each
+    /// release counts as a run).
+    #[arg(long, default_value_t = 25, value_name = "N")]
+    jetstream_attempts: u32,
 }
 
 fn config(a: &Args) -> Result<ServerConfig, String> {
@@ -264,6 +284,22 @@ fn config(a: &Args) -> Result<ServerConfig, String> {
     cfg.recovery = if a.strict_recovery { Recovery::Strict } else { Recovery::Truncate };
     cfg.shards = a.shards;
     cfg.log_prefault = !a.no_log_prefault;
+    match (&a.jetstream, a.jetstream_tubes.is_empty()) {
+        (Some(url), false) => {
+            cfg.jetstream = Some(JetStreamTubes {
+                url: url.clone(),
+                namespace: a.jetstream_namespace.clone(),
+                tubes: a.jetstream_tubes.clone(),
+                ttr: Duration::from_secs(a.jetstream_ttr.max(1)),
+                max_attempts: a.jetstream_attempts.max(1),
+            });
+        }
+        (Some(_), true) => {
+            return Err("--jetstream needs at least one --jetstream-tube NAME".into());
+        }
+        (None, false) => return Err("--jetstream-tube needs --jetstream URL".into()),
+        (None, true) => {}
+    }
     if let Some(u) = &a.user {
         return Err(format!(
             "-u {u}: spindled does not switch users; start it as that user (systemd User=)"
