@@ -88,6 +88,9 @@ pub(crate) struct Config {
     /// The table's clock, and its reading at `epoch`.
     pub(crate) clock: spindle_core::Clock,
     pub(crate) clock_epoch: Time,
+    /// The time-stamp counter's rate, where it may stand in for the clock
+    /// inside lane bursts (`tsc.rs`).
+    pub(crate) tsc: Option<crate::tsc::Tsc>,
     /// The retry policy of every queue (jobs carry their own attempts).
     pub(crate) policy: RetryPolicy,
     pub(crate) close_errors: Mutex<Option<(usize, String)>>,
@@ -373,6 +376,7 @@ impl Engine {
             epoch,
             clock,
             clock_epoch: clock.at(epoch),
+            tsc: crate::tsc::Tsc::calibrate(),
             policy: RetryPolicy {
                 max_attempts: crate::job::DEFAULT_MAX_ATTEMPTS,
                 backoff_base: b.retry_base,
@@ -841,12 +845,15 @@ impl Engine {
         } else {
             jobs.into_iter().partition(|j| !single(j))
         };
-        // Checked once per run of jobs to the same queue.
+        // Checked once per run of jobs to the same queue; `runs` holds where
+        // each run begins (one name comparison per job, here only).
         let mut checked: Option<&str> = None;
-        for j in &plain {
+        let mut runs: Vec<usize> = Vec::new();
+        for (k, j) in plain.iter().enumerate() {
             if checked != Some(j.queue.as_str()) {
                 self.check(j)?;
                 checked = Some(j.queue.as_str());
+                runs.push(k);
             } else if j.payload.len() > self.inner.max_payload {
                 return Err(SubmitError::PayloadTooLarge {
                     len: j.payload.len(),
@@ -864,13 +871,17 @@ impl Engine {
             // One clock reading and one name lookup per run of a queue.
             let created = self.inner.cfg.clock.now();
             let mut name: Option<Arc<str>> = None;
+            let mut next_run = runs.iter().copied().peekable();
             let batch: Vec<NewJob> = plain
                 .into_iter()
                 .enumerate()
                 .map(|(k, job)| {
                     let q = match &name {
-                        Some(n) if **n == *job.queue => n.clone(),
-                        _ => name.insert(self.queue_name(&job.queue)).clone(),
+                        Some(n) if next_run.peek() != Some(&k) => n.clone(),
+                        _ => {
+                            next_run.next();
+                            name.insert(self.queue_name(&job.queue)).clone()
+                        }
                     };
                     Self::new_job_at(job, first + k as u64, created, q)
                 })

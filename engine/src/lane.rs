@@ -20,8 +20,10 @@
 //! 2. **Choice** (the owner, before each run). The next job is the more
 //!    urgent of the lane's front and the table's best ready job, by
 //!    (priority, id): [`Lane::pop_before`] pops the front only if it comes
-//!    first. Jobs the shard offered to thieves from its table keep their
-//!    place as before (`shard.rs`).
+//!    first. While runs are short, a burst takes up to 8 such jobs under
+//!    one lock ([`Lane::pop_many_before`]) and puts back at the front those
+//!    it does not run ([`Lane::unpop`]). Jobs the shard offered to thieves
+//!    from its table keep their place as before (`shard.rs`).
 //! 3. **Run**. The owner stores the job's id in its run marker (durable
 //!    modes, `spindle_wal::RunMarker`: a crash during the run counts an
 //!    interruption on recovery, as a logged `Reserve` would, for a store
@@ -33,16 +35,20 @@
 //!    half of the lane ([`Lane::steal`]), or all of it while the owner is
 //!    inside a handler, so a handler that blocks the owner strands nothing
 //!    behind it. The thief first enters the
-//!    owner's submit epoch, runs the jobs, and sends them back with their
-//!    outcomes (`Msg::Rescued`); the owner logs the outcomes. Compaction
-//!    cannot release their `Put`s meanwhile (the epoch).
+//!    owner's submit epoch and runs the jobs. It finishes those that
+//!    succeed itself: their `Delete`s go to the owner's log from the
+//!    thief's thread, in one frame, and they count as the thief's
+//!    completions. The others go back with their outcomes (`Msg::Rescued`)
+//!    for the owner to apply through its table. Compaction cannot release
+//!    their `Put`s meanwhile (the epoch).
 //! 5. **Spill**. Before a compaction pass (which rewrites the live jobs of
 //!    the table), and when the lane's queue stops being runnable here (its
 //!    handler became blocking), the owner moves the lane into the table, in
 //!    order.
 //!
 //! The lane is a mutex around a queue of batches: the owner takes it once
-//! per job, uncontended unless a thief is taking half. `len` and `pri` are
+//! per job (once per 8 while runs are short), uncontended unless a thief is
+//! taking half. `len` and `pri` are
 //! hints for readers that do not take the lock (the controller's gauges,
 //! idle shards deciding whether to steal).
 
@@ -221,6 +227,69 @@ impl Lane {
         }
         self.publish(&g);
         Some((job, q))
+    }
+
+    /// Step 2 for several jobs at once: pops up to `max` front jobs that
+    /// come before `other`, appending them to `out` in order (one lock for
+    /// all). Returns their queue if any were popped.
+    pub(crate) fn pop_many_before(
+        &self,
+        other: Option<(u32, u64)>,
+        max: usize,
+        out: &mut Vec<NewJob>,
+    ) -> Option<QueueId> {
+        if self.len() == 0 {
+            return None;
+        }
+        let mut g = self.lock();
+        let q = g.queue.as_ref()?.0;
+        let pri = g.pri;
+        let mut n = 0;
+        let mut bytes = 0;
+        while n < max {
+            let Some(front) = g.batches.front_mut() else { break };
+            let Some(id) = front.front().map(|j| j.id) else {
+                g.retire_front();
+                continue;
+            };
+            if other.is_some_and(|o| o <= (pri, id)) {
+                break;
+            }
+            let Some(job) = front.pop_front() else { break };
+            if front.is_empty() {
+                g.retire_front();
+            }
+            bytes += job.payload.len() as u64;
+            out.push(job);
+            n += 1;
+        }
+        if n == 0 {
+            return None;
+        }
+        g.len -= n;
+        g.bytes = g.bytes.saturating_sub(bytes);
+        if g.len == 0 {
+            g.queue = None;
+        }
+        self.publish(&g);
+        Some(q)
+    }
+
+    /// Puts jobs popped by [`Lane::pop_many_before`] and not run back at
+    /// the front, in order (of queue `q`, named `name`).
+    pub(crate) fn unpop(&self, q: QueueId, name: &Arc<str>, jobs: Vec<NewJob>) {
+        let (Some(first), Some(last)) = (jobs.first(), jobs.last()) else { return };
+        let (pri, last_id) = (first.priority, last.id);
+        let mut g = self.lock();
+        if g.len == 0 {
+            g.queue = Some((q, name.clone()));
+            g.pri = pri;
+            g.last = last_id;
+        }
+        g.len += jobs.len();
+        g.bytes += jobs.iter().map(|j| j.payload.len() as u64).sum::<u64>();
+        g.batches.push_front(VecDeque::from(jobs));
+        self.publish(&g);
     }
 
     /// Step 4: the newest half of the lane (`whole`: all of it), at most

@@ -42,6 +42,7 @@ mod record;
 mod shard;
 mod stats;
 mod steal;
+mod tsc;
 mod sync {
     //! The loom shim (`spindle-park`), for the engine's atomics.
     pub(crate) use spindle_park::sync::*;

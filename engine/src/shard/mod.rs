@@ -75,6 +75,12 @@ const FLUSH_BYTES: usize = 16 << 10;
 /// Lane jobs run back to back after one, while nothing else asks for the
 /// loop (`Shard::lane_burst`).
 const LANE_BURST: u32 = 32;
+/// Lane jobs taken at once (one lock) in a burst while runs are short.
+const LANE_TAKE: usize = 8;
+/// A run at most this long is short: the next burst takes [`LANE_TAKE`]
+/// jobs at once. Longer, it takes one at a time, so jobs wait in the lane
+/// (where thieves can take them) rather than behind a long handler.
+const SHORT_RUN_NS: u64 = 5_000;
 /// Completed jobs whose engine-wide counts a shard gives back at once.
 const RELEASE_BATCH: u64 = 64;
 /// How long a compaction pass waits after a full disk refused a batch.
@@ -445,6 +451,14 @@ pub(crate) struct Shard {
     /// The end of the last handler run, while no message came in since: the
     /// time the next iteration starts at.
     clock_hint: Option<Time>,
+    /// How long the last handler run took (ns).
+    last_run_ns: u64,
+    /// Inside a lane burst: where readings of the time-stamp counter start
+    /// from (`tsc.rs`); `None` reads the real clock.
+    anchor: Option<crate::tsc::Anchor>,
+    /// Lane jobs taken at once and not yet run (`lane_burst`); empty
+    /// between bursts.
+    hand: Vec<NewJob>,
     /// When messages last came in, and the moving average (weight 1/8) of
     /// the gaps between such arrivals, in engine-clock nanoseconds.
     last_arrival_ns: u64,
@@ -514,6 +528,9 @@ impl Shard {
             served: 0,
             out: 0,
             clock_hint: None,
+            last_run_ns: u64::MAX,
+            anchor: None,
+            hand: Vec::new(),
             last_arrival_ns: 0,
             arrival_gap_ns: 0,
             released: (0, 0),

@@ -3,7 +3,8 @@
 //! handler call with its gauges and latencies, and applying the outcome.
 
 use super::{
-    call_handler, Msg, NewJob, Records, Shard, FLUSH_BYTES, HOLDER, LANE_BURST, RELEASE_BATCH,
+    call_handler, Msg, NewJob, Records, Shard, FLUSH_BYTES, HOLDER, LANE_BURST, LANE_TAKE,
+    RELEASE_BATCH, SHORT_RUN_NS,
 };
 use crate::job::{JobId, JobRef, Outcome};
 use crate::steal::{Task, TaskOutcome};
@@ -84,36 +85,96 @@ impl Shard {
     /// still active. Each is still chosen against the table's best (step 4
     /// of the loop); only the loop's bookkeeping is skipped between them.
     /// Returns how many ran.
+    ///
+    /// 1. The table's next due time and best ready job are read once, and
+    ///    again only after a job went into the table (a lane job that
+    ///    succeeds does not touch it).
+    /// 2. While runs are short ([`SHORT_RUN_NS`]), up to [`LANE_TAKE`] jobs
+    ///    that all come before the table's best are taken at once (one
+    ///    lock) into the shard's hand; otherwise one.
+    /// 3. Jobs in hand that do not run (the burst ends, or a failed job
+    ///    entered the table ahead of them) go back to the lane's front.
     pub(super) fn lane_burst(&mut self) -> u32 {
         let mut ran = 0;
+        let mut due = self.table.next_due();
+        let mut best: Option<Option<(u32, u64)>> = None;
+        // In reverse order: the next job is the last.
+        let mut hand = std::mem::take(&mut self.hand);
+        let mut hand_q = None;
+        // Each run's end from the counter, anchored at the real reading
+        // that ended the run before the burst (taken a moment ago: the
+        // first lane job runs from the loop, on the real clock).
+        self.anchor = match (&self.cfg.tsc, self.clock_hint) {
+            (Some(tsc), Some(now)) => tsc.anchor(now),
+            _ => None,
+        };
         while ran < LANE_BURST {
             let Some(now) = self.clock_hint else { break };
             if !self.sh.inbox.is_empty()
                 || self.shutting_down
                 || self.sh.snapshot_req.load(Ordering::Relaxed) > self.served
                 || !self.sh.active.load(Ordering::Relaxed)
-                || self.table.next_due().is_some_and(|d| d <= now)
+                || due.is_some_and(|d| d <= now)
                 || (!self.worker.is_empty() && self.offered_best <= self.sh.lane.pri())
             {
                 break;
             }
-            let best = self.table.peek_from(now, &self.core_qs).map(|j| (j.pri, j.id));
-            let Some((j, q)) = self.sh.lane.pop_before(best) else { break };
+            if hand.is_empty() {
+                let before = match best {
+                    Some(b) => b,
+                    None => {
+                        let b = self.table.peek_from(now, &self.core_qs).map(|j| (j.pri, j.id));
+                        best = Some(b);
+                        b
+                    }
+                };
+                let take = if self.last_run_ns <= SHORT_RUN_NS {
+                    LANE_TAKE.min((LANE_BURST - ran) as usize)
+                } else {
+                    1
+                };
+                hand_q = self.sh.lane.pop_many_before(before, take, &mut hand);
+                if hand_q.is_none() {
+                    break;
+                }
+                hand.reverse();
+            }
+            let (Some(q), Some(j)) = (hand_q, hand.pop()) else { break };
             let start = self.ns_of(now);
-            self.run_lane(j, q, start);
+            if self.run_lane(j, q, start) {
+                due = self.table.next_due();
+                best = None;
+                self.unpop(q, &mut hand);
+            }
             ran += 1;
         }
+        if let Some(q) = hand_q {
+            self.unpop(q, &mut hand);
+        }
+        self.hand = hand;
+        self.anchor = None;
         ran
     }
 
-    /// Runs a job from the lane (`lane.rs` step 3).
-    pub(super) fn run_lane(&mut self, j: NewJob, q: QueueId, start: u64) {
+    /// Step 3 of [`Shard::lane_burst`]: the jobs still in `hand` (in
+    /// reverse order) go back to the lane's front; the hand is emptied.
+    fn unpop(&mut self, q: QueueId, hand: &mut Vec<NewJob>) {
+        if !hand.is_empty() {
+            let rest: Vec<NewJob> = hand.drain(..).rev().collect();
+            let name = self.q(q).name.clone();
+            self.sh.lane.unpop(q, &name, rest);
+        }
+    }
+
+    /// Runs a job from the lane (`lane.rs` step 3). Returns whether the job
+    /// went into the table (any outcome but success).
+    pub(super) fn run_lane(&mut self, j: NewJob, q: QueueId, start: u64) -> bool {
         let qi = q.0 as usize;
         if self.qs.get(qi).is_none_or(|x| x.handler.is_none() || x.blocking) {
             // No longer runnable here: through the table, with the rest.
             self.insert_in(j, q, true, start, false);
             self.spill_lane();
-            return;
+            return true;
         }
         // Mark the start, so a crash during the run counts as an
         // interruption on recovery (as a logged `Reserve` does for a run
@@ -143,6 +204,7 @@ impl Shard {
                 if self.recs.len() >= FLUSH_BYTES {
                     self.flush();
                 }
+                false
             }
             outcome => {
                 // Into the table, reserved by this shard (its `Reserve`
@@ -160,6 +222,7 @@ impl Shard {
                     self.table.log_start(id, &mut logged);
                     self.finish(id, q, outcome);
                 }
+                true
             }
         }
     }
@@ -205,7 +268,10 @@ impl Shard {
             Some(h) => call_handler(h, job),
             None => Outcome::Retry("no handler".into()),
         };
-        let end_t = self.now_t();
+        let end_t = match (&self.cfg.tsc, &mut self.anchor) {
+            (Some(tsc), Some(a)) => tsc.now(a).unwrap_or_else(|| self.cfg.clock.now()),
+            _ => self.now_t(),
+        };
         let end = self.ns_of(end_t);
         // The next iteration starts now, unless it has messages to take in
         // first (one clock reading per job on a busy shard).
@@ -213,6 +279,7 @@ impl Shard {
         self.sh.handler_since.store(0, Ordering::Relaxed);
         self.sh.gauges.stall_at.store(0, Ordering::Relaxed);
         let run = end.saturating_sub(start);
+        self.last_run_ns = run;
         self.g_completions += 1;
         self.g_busy_ns += run;
         self.sh.gauges.completions.store(self.g_completions, Ordering::Relaxed);

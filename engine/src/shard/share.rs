@@ -3,15 +3,20 @@
 //! a shard stuck in a handler (steps 4 and 5 of the loop, `mod.rs`).
 
 use super::{Msg, NewJob, Shard, ShardShared};
+use crate::engine::Handler;
 use crate::job::Outcome;
 use crate::shard::call_handler;
 use crate::steal::Task;
 use crossbeam_deque::Steal;
-use spindle_core::Time;
+use spindle_core::{QueueId, Records, Time};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// Messages of a stuck shard's inbox a rescuer looks at for new jobs.
 const RESCUE_LOOK: usize = 64;
+
+/// A queue's handler here and its id in this shard's table.
+type Runner = (Arc<dyn Handler>, QueueId);
 
 impl Shard {
     /// Moves every ready job of the core queues into the steal deque (the
@@ -63,10 +68,12 @@ impl Shard {
     ///    release the jobs' `Put` records while they are in our hands.
     /// 2. Pop one message. Anything but new jobs that are due now, of a queue
     ///    we have a handler for, goes back to the end of its inbox.
-    /// 3. Run the jobs here and send them back with their outcomes
-    ///    (`Msg::Rescued`); the owner records them and logs the outcomes
-    ///    when its handler returns. A crash before that reruns them, as for
-    ///    any job whose outcome was not logged.
+    /// 3. Run the jobs here ([`Shard::run_for`]): those that succeed are
+    ///    done here (their `Delete`s go to the stuck shard's log from this
+    ///    thread); the others go back with their outcomes (`Msg::Rescued`)
+    ///    for the owner to record and log when its handler returns. A crash
+    ///    before that reruns them, as for any job whose outcome was not
+    ///    logged.
     pub(super) fn rescue(&mut self) -> bool {
         if self.shutting_down || self.all.len() < 2 || !self.cfg.stealing {
             return false;
@@ -112,13 +119,39 @@ impl Shard {
     }
 
     /// Runs new jobs taken from shard `o` (its inbox or its lane; the caller
-    /// is in `o`'s submit epoch) and sends them back with their outcomes.
-    /// Each job's queue has a core handler here.
+    /// is in `o`'s submit epoch). Each job's queue has a core handler here.
+    ///
+    /// 1. Look each job's handler up once per run of jobs of one queue (by
+    ///    the name's pointer: a batch shares one).
+    /// 2. Run it (the run marker names it, for recovery).
+    /// 3. A success is finished here: its `Delete` goes to `o`'s log from
+    ///    this thread (one frame for the batch), and it is counted as this
+    ///    shard's completion. The owner never hears of it: nothing of it is
+    ///    in its table, and a message per batch would wake it.
+    /// 4. Every other outcome (and a success whose `Delete` the log
+    ///    refused) goes back to `o` (`Msg::Rescued`), which puts the job
+    ///    into its table and applies the outcome there.
+    /// 5. Only then are the lane's lent jobs given back (`o`'s shutdown
+    ///    waits for them, so it closes its log after step 3).
     pub(super) fn run_for(&mut self, o: &ShardShared, jobs: Vec<NewJob>, from_lane: bool) {
         self.drop_spin_slot();
-        let mut done = Vec::with_capacity(jobs.len());
+        let n = jobs.len();
+        let mut done: Vec<(NewJob, QueueId)> = Vec::with_capacity(n);
+        let mut back = Vec::new();
+        let mut last: Option<(Arc<str>, Option<Runner>)> = None;
         for j in jobs {
-            let outcome = match self.handler_of(&j.queue) {
+            // Step 1.
+            let fresh = !last.as_ref().is_some_and(|(name, _)| Arc::ptr_eq(name, &j.queue));
+            if fresh {
+                let h = match (self.handler_of(&j.queue), self.qid(&j.queue)) {
+                    (Some((h, _)), Some(q)) => Some((h, q)),
+                    _ => None,
+                };
+                last = Some((j.queue.clone(), h));
+            }
+            let found = last.as_ref().and_then(|(_, h)| h.clone());
+            // Step 2.
+            let outcome = match &found {
                 Some((h, _)) => {
                     let job = j.job_ref(Some(&self.sh.cancels));
                     // This shard's marker names the owner's job: recovery
@@ -139,9 +172,37 @@ impl Shard {
             };
             self.jobs_run += 1;
             self.jobs_stolen += 1;
-            done.push((j, outcome));
+            match (outcome, found) {
+                (Outcome::Done, Some((_, q))) => done.push((j, q)),
+                (outcome, _) => back.push((j, outcome)),
+            }
         }
-        o.send(Msg::Rescued(done, from_lane));
+        // Step 3.
+        let logged = match &o.wal {
+            Some(wal) if !done.is_empty() => {
+                let mut recs = Records::new();
+                for (j, _) in &done {
+                    recs.push_delete(j.id);
+                }
+                o.append(wal, &recs, o.outcome_keep.load(Ordering::Relaxed)).is_ok()
+            }
+            _ => true,
+        };
+        if logged {
+            for (j, q) in done {
+                self.done_counts(q, j.payload.len() as u64);
+            }
+        } else {
+            back.extend(done.into_iter().map(|(j, _)| (j, Outcome::Done)));
+        }
+        // Steps 4 and 5.
+        let kept = n - back.len();
+        if !back.is_empty() {
+            o.send(Msg::Rescued(back, from_lane));
+        }
+        if from_lane && kept > 0 {
+            o.lane.returned(kept);
+        }
     }
 
     /// Step 5, lanes: takes up to half of another shard's lane (`lane.rs`
