@@ -33,6 +33,7 @@ mod cancel;
 mod control;
 mod engine;
 mod error;
+mod hist;
 mod job;
 mod lag;
 mod lane;

@@ -41,12 +41,12 @@ use crate::blocking::{self, BlockingDone, PoolGauges};
 use crate::builder::Durability;
 use crate::control::{self, Gauges};
 use crate::engine::{Config, Counters, Handler};
+use crate::hist::Hist;
 use crate::job::{JobId, JobRef, Outcome};
 use crate::stats::{self, QueueCounts, Snapshot};
 use crate::steal::{Task, TaskOutcome};
 use crossbeam_deque::{Stealer, Worker};
 use crossbeam_queue::{ArrayQueue, SegQueue};
-use hdrhistogram::Histogram;
 use spindle_core::compact::Pass;
 use spindle_core::record::PutRec;
 use spindle_core::{headroom, Totals};
@@ -426,9 +426,9 @@ pub(crate) struct Shard {
     running_queue: Arc<str>,
     worker: Worker<Task>,
     appender: Option<Appender>,
-    dispatch: Histogram<u64>,
-    run_time: Histogram<u64>,
-    end_to_end: Histogram<u64>,
+    dispatch: Hist,
+    run_time: Hist,
+    end_to_end: Hist,
     jobs_run: u64,
     jobs_stolen: u64,
     pinned_core: Option<usize>,
@@ -904,11 +904,10 @@ impl Shard {
                 let g = &self.sh.gauges;
                 g.b_completions.store(self.gb_completions, Ordering::Relaxed);
                 g.b_busy_ns.store(self.gb_busy_ns, Ordering::Relaxed);
-                let _ = self.dispatch.record(d.start_ns.saturating_sub(d.task.ready_ns).max(1));
-                let _ = self.run_time.record(run.max(1));
+                self.dispatch.record(d.start_ns.saturating_sub(d.task.ready_ns).max(1));
+                self.run_time.record(run.max(1));
                 if d.outcome == Outcome::Done {
-                    let _ =
-                        self.end_to_end.record(d.end_ns.saturating_sub(d.task.submitted_ns).max(1));
+                    self.end_to_end.record(d.end_ns.saturating_sub(d.task.submitted_ns).max(1));
                 }
                 self.jobs_run += 1;
                 let c = &mut self.q(d.task.qid).counts;

@@ -287,11 +287,11 @@ impl Shard {
         let c = &mut self.qs[qi].counts;
         c.runs += 1;
         c.run_ns += run;
-        let _ = self.dispatch.record(start.saturating_sub(ready_ns).max(1));
-        let _ = self.run_time.record(run.max(1));
+        self.dispatch.record(start.saturating_sub(ready_ns).max(1));
+        self.run_time.record(run.max(1));
         self.jobs_run += 1;
         if outcome == Outcome::Done {
-            let _ = self.end_to_end.record(end.saturating_sub(submitted_ns).max(1));
+            self.end_to_end.record(end.saturating_sub(submitted_ns).max(1));
         }
         outcome
     }
