@@ -236,7 +236,7 @@ impl Lane {
         &self,
         other: Option<(u32, u64)>,
         max: usize,
-        out: &mut Vec<NewJob>,
+        out: &mut VecDeque<NewJob>,
     ) -> Option<QueueId> {
         if self.len() == 0 {
             return None;
@@ -260,7 +260,7 @@ impl Lane {
                 g.retire_front();
             }
             bytes += job.payload.len() as u64;
-            out.push(job);
+            out.push_back(job);
             n += 1;
         }
         if n == 0 {
@@ -276,19 +276,33 @@ impl Lane {
     }
 
     /// Puts jobs popped by [`Lane::pop_many_before`] and not run back at
-    /// the front, in order (of queue `q`, named `name`).
-    pub(crate) fn unpop(&self, q: QueueId, name: &Arc<str>, jobs: Vec<NewJob>) {
-        let (Some(first), Some(last)) = (jobs.first(), jobs.last()) else { return };
+    /// the front, in order (of queue `q`, named `name`), emptying `jobs`
+    /// (its buffer stays with the caller).
+    pub(crate) fn unpop(&self, q: QueueId, name: &Arc<str>, jobs: &mut VecDeque<NewJob>) {
+        let (Some(first), Some(last)) = (jobs.front(), jobs.back()) else { return };
         let (pri, last_id) = (first.priority, last.id);
+        let n = jobs.len();
+        let bytes: u64 = jobs.iter().map(|j| j.payload.len() as u64).sum();
         let mut g = self.lock();
         if g.len == 0 {
             g.queue = Some((q, name.clone()));
             g.pri = pri;
             g.last = last_id;
         }
-        g.len += jobs.len();
-        g.bytes += jobs.iter().map(|j| j.payload.len() as u64).sum::<u64>();
-        g.batches.push_front(VecDeque::from(jobs));
+        g.len += n;
+        g.bytes += bytes;
+        match g.batches.front_mut() {
+            Some(front) => {
+                while let Some(j) = jobs.pop_back() {
+                    front.push_front(j);
+                }
+            }
+            None => {
+                let mut b = g.spare.take().unwrap_or_default();
+                b.extend(jobs.drain(..));
+                g.batches.push_front(b);
+            }
+        }
         self.publish(&g);
     }
 
@@ -390,6 +404,37 @@ mod tests {
             std::iter::from_fn(|| lane.pop_before(Some((5, 10))).map(|(j, _)| j.id)).collect();
         assert_eq!(ids, vec![1, 2, 3]);
         assert_eq!((lane.len(), lane.pri()), (0, u32::MAX));
+    }
+
+    #[test]
+    fn several_jobs_leave_at_once_and_those_put_back_lead_again() {
+        let lane = Lane::new();
+        lane.admit(QueueId(0), &name(), vec![job(1, 5), job(2, 5)]).unwrap();
+        lane.admit(QueueId(0), &name(), vec![job(3, 5), job(4, 5), job(5, 5)]).unwrap();
+        let mut hand = VecDeque::new();
+        // Across batches, up to the limit, and only those before the table's
+        // best (here id 4).
+        assert_eq!(lane.pop_many_before(Some((5, 4)), 8, &mut hand), Some(QueueId(0)));
+        let ids: Vec<u64> = hand.iter().map(|j| j.id).collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+        assert_eq!(lane.len(), 2);
+        // Job 1 ran; 2 and 3 go back, ahead of 4 and 5.
+        hand.pop_front();
+        lane.unpop(QueueId(0), &name(), &mut hand);
+        assert!(hand.is_empty());
+        assert_eq!(lane.len(), 4);
+        let ids: Vec<u64> =
+            std::iter::from_fn(|| lane.pop_before(None).map(|(j, _)| j.id)).collect();
+        assert_eq!(ids, vec![2, 3, 4, 5]);
+        // Into an empty lane: it takes the queue and priority back, and a
+        // new batch must still come after them.
+        lane.admit(QueueId(0), &name(), vec![job(6, 5), job(7, 5)]).unwrap();
+        assert_eq!(lane.pop_many_before(None, 2, &mut hand), Some(QueueId(0)));
+        assert_eq!(lane.len(), 0);
+        lane.unpop(QueueId(0), &name(), &mut hand);
+        assert_eq!((lane.len(), lane.pri()), (2, 5));
+        assert!(lane.admit(QueueId(0), &name(), vec![job(7, 5)]).is_err());
+        assert!(lane.admit(QueueId(0), &name(), vec![job(8, 5)]).is_ok());
     }
 
     #[test]

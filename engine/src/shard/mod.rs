@@ -458,7 +458,7 @@ pub(crate) struct Shard {
     anchor: Option<crate::tsc::Anchor>,
     /// Lane jobs taken at once and not yet run (`lane_burst`); empty
     /// between bursts.
-    hand: Vec<NewJob>,
+    hand: std::collections::VecDeque<NewJob>,
     /// When messages last came in, and the moving average (weight 1/8) of
     /// the gaps between such arrivals, in engine-clock nanoseconds.
     last_arrival_ns: u64,
@@ -530,7 +530,7 @@ impl Shard {
             clock_hint: None,
             last_run_ns: u64::MAX,
             anchor: None,
-            hand: Vec::new(),
+            hand: std::collections::VecDeque::new(),
             last_arrival_ns: 0,
             arrival_gap_ns: 0,
             released: (0, 0),

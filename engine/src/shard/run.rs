@@ -98,7 +98,6 @@ impl Shard {
         let mut ran = 0;
         let mut due = self.table.next_due();
         let mut best: Option<Option<(u32, u64)>> = None;
-        // In reverse order: the next job is the last.
         let mut hand = std::mem::take(&mut self.hand);
         let mut hand_q = None;
         // Each run's end from the counter, anchored at the real reading
@@ -137,9 +136,8 @@ impl Shard {
                 if hand_q.is_none() {
                     break;
                 }
-                hand.reverse();
             }
-            let (Some(q), Some(j)) = (hand_q, hand.pop()) else { break };
+            let (Some(q), Some(j)) = (hand_q, hand.pop_front()) else { break };
             let start = self.ns_of(now);
             if self.run_lane(j, q, start) {
                 due = self.table.next_due();
@@ -156,13 +154,12 @@ impl Shard {
         ran
     }
 
-    /// Step 3 of [`Shard::lane_burst`]: the jobs still in `hand` (in
-    /// reverse order) go back to the lane's front; the hand is emptied.
-    fn unpop(&mut self, q: QueueId, hand: &mut Vec<NewJob>) {
+    /// Step 3 of [`Shard::lane_burst`]: the jobs still in `hand` go back
+    /// to the lane's front; the hand is emptied.
+    fn unpop(&mut self, q: QueueId, hand: &mut std::collections::VecDeque<NewJob>) {
         if !hand.is_empty() {
-            let rest: Vec<NewJob> = hand.drain(..).rev().collect();
             let name = self.q(q).name.clone();
-            self.sh.lane.unpop(q, &name, rest);
+            self.sh.lane.unpop(q, &name, hand);
         }
     }
 
