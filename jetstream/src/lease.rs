@@ -21,7 +21,7 @@
 
 use crate::error::Error;
 use crate::node::{Inner, Node};
-use crate::put::{EXPIRES_HEADER, ID_HEADER};
+use crate::put::{EXPIRES_HEADER, ID_HEADER, PRIORITY_HEADER};
 use crate::queue::QueueConfig;
 use async_nats::jetstream::message::{AckKind, Acker};
 use async_nats::jetstream::{consumer, Context};
@@ -42,6 +42,7 @@ pub struct Lease {
     attempt: u32,
     payload: Bytes,
     msg_id: Option<String>,
+    priority: u32,
     /// `None` once settled.
     acker: Option<Acker>,
     cfg: Arc<QueueConfig>,
@@ -55,6 +56,7 @@ impl std::fmt::Debug for Lease {
             .field("seq", &self.seq)
             .field("attempt", &self.attempt)
             .field("msg_id", &self.msg_id)
+            .field("priority", &self.priority)
             .finish_non_exhaustive()
     }
 }
@@ -70,7 +72,7 @@ pub enum Failed {
 
 /// Where and how to bury: enough to republish without the node (one per
 /// worker, shared by its leases).
-struct Dead {
+pub(crate) struct Dead {
     js: Context,
     subject: String,
     rt: tokio::runtime::Handle,
@@ -101,6 +103,13 @@ impl Lease {
     /// Which delivery this is, from 1.
     pub fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    /// The priority it was put with ([`crate::Put::priority`]), or
+    /// [`crate::DEFAULT_PRIORITY`] when none was given (or the job was a
+    /// delayed one held by a node, on servers before 2.12).
+    pub fn priority(&self) -> u32 {
+        self.priority
     }
 
     /// The payload.
@@ -272,8 +281,14 @@ impl Node {
             rt: inner.rt.clone(),
             stopped: inner.stopped.clone(),
         });
+        let queue_name = queue;
         let queue: Arc<str> = Arc::from(queue);
-        let task = inner.rt.spawn(pump(consumer, tx, prefetch, queue, cfg, dead.clone()));
+        let task = if cfg.bands.is_empty() {
+            inner.rt.spawn(pump(consumer, tx, prefetch, queue, cfg, dead.clone()))
+        } else {
+            let bands = crate::band::Bands::new(inner, queue_name, &cfg);
+            inner.rt.spawn(crate::band::pump(bands, tx, queue, cfg, dead.clone()))
+        };
         Ok(Worker { rx, dead, pump: task.abort_handle() })
     }
 }
@@ -325,49 +340,63 @@ async fn pump(
                     continue;
                 }
             };
-            let (seq, delivered) = match msg.info() {
-                Ok(i) => (i.stream_sequence, i.delivered),
-                Err(e) => {
-                    tracing::warn!(%queue, error = %e, "delivery without JetStream metadata");
-                    continue;
-                }
-            };
-            let expires = msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(EXPIRES_HEADER))
-                .and_then(|v| v.as_str().parse::<u64>().ok());
-            if expires.is_some_and(|ms| ms <= now_ms()) {
-                // Past its deadline: never handed out (dropped for good).
-                if let Err(e) = msg.ack_with(AckKind::Term).await {
-                    tracing::warn!(%queue, seq, error = %e, "dropping an expired job failed; it is redelivered");
-                }
+            let Some(lease) = admit(msg, &queue, &cfg, &dead).await else {
                 continue;
-            }
-            let msg_id = msg.headers.as_ref().and_then(|h| {
-                h.get("Nats-Msg-Id").or_else(|| h.get(ID_HEADER)).map(|v| v.as_str().to_owned())
-            });
-            let (m, acker) = msg.split();
-            let lease = Lease {
-                queue: queue.clone(),
-                seq,
-                attempt: u32::try_from(delivered).unwrap_or(u32::MAX),
-                payload: m.payload,
-                msg_id,
-                acker: Some(acker),
-                cfg: cfg.clone(),
-                dead: dead.clone(),
             };
-            if lease.attempt > cfg.max_attempts {
-                let why = "lease expired on its last attempt (worker crashed or timed out)";
-                if let Err(e) = bury(lease, why).await {
-                    tracing::warn!(%queue, seq, error = %e, "burying failed; it is redelivered");
-                }
-                continue;
-            }
             if tx.send(lease).await.is_err() {
                 return;
             }
         }
     }
+}
+
+/// Turns a delivery into a lease, or settles it without running: a job
+/// past its deadline is dropped (Term); a delivery past the queue's
+/// attempts (its last lease expired) is buried.
+pub(crate) async fn admit(
+    msg: async_nats::jetstream::Message,
+    queue: &Arc<str>,
+    cfg: &Arc<QueueConfig>,
+    dead: &Arc<Dead>,
+) -> Option<Lease> {
+    let (seq, delivered) = match msg.info() {
+        Ok(i) => (i.stream_sequence, i.delivered),
+        Err(e) => {
+            tracing::warn!(%queue, error = %e, "delivery without JetStream metadata");
+            return None;
+        }
+    };
+    let header = |name: &str| msg.headers.as_ref().and_then(|h| h.get(name));
+    let expires = header(EXPIRES_HEADER).and_then(|v| v.as_str().parse::<u64>().ok());
+    if expires.is_some_and(|ms| ms <= now_ms()) {
+        // Past its deadline: never handed out (dropped for good).
+        if let Err(e) = msg.ack_with(AckKind::Term).await {
+            tracing::warn!(%queue, seq, error = %e, "dropping an expired job failed; it is redelivered");
+        }
+        return None;
+    }
+    let priority = header(PRIORITY_HEADER)
+        .and_then(|v| v.as_str().parse::<u32>().ok())
+        .unwrap_or(crate::queue::DEFAULT_PRIORITY);
+    let msg_id = header("Nats-Msg-Id").or_else(|| header(ID_HEADER)).map(|v| v.as_str().to_owned());
+    let (m, acker) = msg.split();
+    let lease = Lease {
+        queue: queue.clone(),
+        seq,
+        attempt: u32::try_from(delivered).unwrap_or(u32::MAX),
+        payload: m.payload,
+        msg_id,
+        priority,
+        acker: Some(acker),
+        cfg: cfg.clone(),
+        dead: dead.clone(),
+    };
+    if lease.attempt > cfg.max_attempts {
+        let why = "lease expired on its last attempt (worker crashed or timed out)";
+        if let Err(e) = bury(lease, why).await {
+            tracing::warn!(%queue, seq, error = %e, "burying failed; it is redelivered");
+        }
+        return None;
+    }
+    Some(lease)
 }

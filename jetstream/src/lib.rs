@@ -38,6 +38,7 @@
 //! Spindle's semantics to JetStream per server version, and what does not
 //! map.
 
+mod band;
 mod elastic;
 mod error;
 mod hold;
@@ -55,6 +56,6 @@ pub use error::Error;
 pub use lease::{Failed, Lease, Worker};
 pub use node::{Node, NodeOptions};
 pub use put::{Put, Receipt};
-pub use queue::QueueConfig;
+pub use queue::{QueueConfig, DEFAULT_PRIORITY};
 pub use version::{Features, ServerVersion};
 pub use work::{Lag, WorkPool};
