@@ -101,6 +101,11 @@ impl QueueConfig {
         check_bands(&self.bands)
     }
 
+    /// Deliveries before a job is buried ([`QueueConfig::max_attempts`]).
+    pub fn attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
     /// The delay before retry `attempt` (1-based: the one after the first
     /// failure is 1), with `salt` choosing the jitter.
     pub(crate) fn backoff_for(&self, attempt: u32, salt: u64) -> Duration {
