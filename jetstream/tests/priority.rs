@@ -184,3 +184,24 @@ fn banded_jobs_put_on_one_node_run_exactly_once_across_two_pools() {
         n.shutdown();
     }
 }
+
+#[test]
+fn an_idle_banded_worker_works_on_after_a_server_restart() {
+    let Some(mut srv) = support::own_nats("prio_restart") else { return };
+    let node = Node::connect(srv.options()).unwrap();
+    node.declare("jobs", three_bands()).unwrap();
+    let mut w = node.worker("jobs", 1).unwrap();
+    // Idle: standing pulls on every band, which the restart forgets.
+    assert!(w.reserve(Duration::from_millis(200)).unwrap().is_none());
+    srv.server().kill();
+    srv.server().launch();
+    support::wait_until(LIMIT, "a put to succeed after the restart", || {
+        node.put(Put::new("jobs", b"after".to_vec()).priority(70_000).unique_key("a")).is_ok()
+    });
+    node.put(Put::new("jobs", b"urgent".to_vec()).priority(1)).unwrap();
+    let got = drain(&mut w, 2);
+    let bands: Vec<usize> = got.iter().map(|(b, _)| *b).collect();
+    // Both run; the order depends on when the pump's pulls were made again.
+    assert!(bands.contains(&0) && bands.contains(&2), "{got:?}");
+    node.shutdown();
+}
