@@ -185,18 +185,19 @@ impl Inner {
     /// taken as one band, except for a job given a priority, which is
     /// refused ([`Error::NoBands`]) rather than put in a band by guess.
     pub(crate) async fn target(&self, queue: &str, pri: Option<u32>) -> Result<String, Error> {
-        let declared =
-            self.queues.lock().unwrap_or_else(PoisonError::into_inner).get(queue).cloned();
-        let bands = match declared {
-            Some(cfg) => Arc::new(cfg.bands.clone()),
+        let at = pri.unwrap_or(crate::queue::DEFAULT_PRIORITY);
+        let declared = {
+            let queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+            queues.get(queue).map(|cfg| crate::queue::band_of(&cfg.bands, at))
+        };
+        let band = match declared {
+            Some(b) => b,
             None => {
-                let cached = self
-                    .found_bands
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .get(queue)
-                    .cloned();
-                match cached {
+                let cached = {
+                    let found = self.found_bands.lock().unwrap_or_else(PoisonError::into_inner);
+                    found.get(queue).cloned()
+                };
+                let bands = match cached {
                     Some(b) => b,
                     None => match crate::setup::find_bands(self, queue).await? {
                         Some(b) => {
@@ -210,10 +211,10 @@ impl Inner {
                         None if pri.is_some() => return Err(Error::NoBands(queue.to_owned())),
                         None => Arc::new(Vec::new()),
                     },
-                }
+                };
+                crate::queue::band_of(&bands, at)
             }
         };
-        let band = crate::queue::band_of(&bands, pri.unwrap_or(crate::queue::DEFAULT_PRIORITY));
         Ok(self.names.band_subject(queue, band))
     }
 
