@@ -231,6 +231,39 @@ impl Puller {
     }
 }
 
+/// A pump's pulls and the deliveries it has not handed out. When the pump
+/// stops (its worker is dropped, a pool shrinks) every delivery here or
+/// already in its inbox is released at once (a Nak), so another worker or
+/// node gets it now rather than after its TTR.
+struct Unsent {
+    pl: Puller,
+    p: Picker,
+}
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        let mut unsent: Vec<Message> =
+            self.p.bands.iter_mut().flat_map(|b| b.ready.drain(..)).collect();
+        while let Some(Some(m)) = futures_util::FutureExt::now_or_never(self.pl.sub.next()) {
+            if matches!(m.status, None | Some(StatusCode::OK)) {
+                unsent.push(m);
+            }
+        }
+        let replies: Vec<_> = unsent.into_iter().filter_map(|m| m.reply).collect();
+        if replies.is_empty() {
+            return;
+        }
+        let client = self.pl.bands.client.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            drop(rt.spawn(async move {
+                for r in replies {
+                    let _ = client.publish(r, bytes::Bytes::from_static(b"-NAK")).await;
+                }
+            }));
+        }
+    }
+}
+
 /// Files an arrival outside a fetch: a delivery joins its band's ready
 /// list (and ends its standing pull, which asked for one); a status ends
 /// the standing pull it answers (a refusal pauses the band).
@@ -306,9 +339,10 @@ pub(crate) async fn pump(
             }
         }
     };
-    let mut p = Picker::new(bands.subjects.len(), bands.aging);
     let js = bands.js.clone();
-    let mut pl = Puller { bands, inbox, sub, next_req: 0 };
+    let picker = Picker::new(bands.subjects.len(), bands.aging);
+    let mut state = Unsent { pl: Puller { bands, inbox, sub, next_req: 0 }, p: picker };
+    let Unsent { pl, p } = &mut state;
     loop {
         let Ok(permit) = tx.reserve().await else { return };
         let room = tx.capacity() + 1;
@@ -316,7 +350,7 @@ pub(crate) async fn pump(
             // File what has arrived meanwhile, without waiting.
             while let Some(Some(m)) = futures_util::FutureExt::now_or_never(pl.sub.next()) {
                 let a = pl.classify(m);
-                file(&mut p, a);
+                file(p, a);
             }
             p.expire(Instant::now());
             match p.step() {
@@ -326,7 +360,7 @@ pub(crate) async fn pump(
                     }
                 }
                 Step::Fetch(b) => {
-                    let (got, refused) = fetch(&mut pl, &mut p, b, room).await;
+                    let (got, refused) = fetch(pl, p, b, room).await;
                     if got == 0 {
                         if refused {
                             p.empty(b, 0, Instant::now() + REFUSED_PAUSE);
@@ -343,7 +377,7 @@ pub(crate) async fn pump(
                     match tokio::time::timeout_at(until, pl.sub.next()).await {
                         Ok(Some(m)) => {
                             let a = pl.classify(m);
-                            file(&mut p, a);
+                            file(p, a);
                         }
                         Ok(None) => return,
                         Err(_) => {}

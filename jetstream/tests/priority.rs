@@ -205,3 +205,30 @@ fn an_idle_banded_worker_works_on_after_a_server_restart() {
     assert!(bands.contains(&0) && bands.contains(&2), "{got:?}");
     node.shutdown();
 }
+
+#[test]
+fn a_stopped_banded_worker_releases_the_deliveries_it_holds_at_once() {
+    let Some(srv) = nats("prio_release") else { return };
+    let node = Node::connect(srv.options()).unwrap();
+    // A TTR far past the test's limit: only a release brings jobs back.
+    node.declare("jobs", three_bands().ttr(Duration::from_secs(600))).unwrap();
+    let w = node.worker("jobs", 1).unwrap();
+    support::wait_until(LIMIT, "a standing pull on every band", || {
+        node.lag("jobs").unwrap().waiting >= 1
+    });
+    // One job per band: each standing pull delivers one; the worker's
+    // channel takes one lease, the pump holds the other two.
+    for pri in [1, 5000, 1 << 20] {
+        node.put(Put::new("jobs", pri.to_string()).priority(pri)).unwrap();
+    }
+    support::wait_until(LIMIT, "all three delivered to the node", || {
+        node.lag("jobs").unwrap().leased == 3
+    });
+    drop(w);
+    // Released (Nak'd) at once: the next worker gets all three, in band
+    // order, long before their TTR.
+    let mut w = node.worker("jobs", 1).unwrap();
+    let got: Vec<usize> = drain(&mut w, 3).into_iter().map(|(b, _)| b).collect();
+    assert_eq!(got, [0, 1, 2]);
+    node.shutdown();
+}
