@@ -26,7 +26,9 @@
 //! ```
 //!
 //! The door in: [`Node::connect`], [`Node::declare`], then [`Node::put`] /
-//! [`Node::put_batch`] ([`Put`] with unique key, delay, deadline), and
+//! [`Node::put_batch`] ([`Put`] with unique key, delay, deadline and a
+//! priority, which picks one of the queue's
+//! [`QueueConfig::priority_bands`], pulled strictly by band with aging), and
 //! either [`Node::work`] (fixed threads), [`Node::work_elastic`] (threads
 //! sized from the queue's lag, publishing `desired_workers`) or
 //! [`Node::worker`] and [`Lease`] by hand. [`Node::schedule_every`] adds a
