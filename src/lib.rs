@@ -19,6 +19,8 @@
 
 #![deny(unsafe_code)]
 
+pub mod distributed;
+
 pub use spindle_client as client;
 pub use spindle_core as table;
 pub use spindle_engine as engine;

@@ -55,3 +55,28 @@ fn a_duplicate_key_through_the_cli_and_a_cli_worker_running_the_job_once() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not work with --jetstream"));
 }
+
+#[test]
+fn priorities_through_the_cli_run_by_band() {
+    let Some(srv) = support::nats("cli_pri") else { return };
+    let (url, ns) = (srv.url.as_str(), srv.ns.as_str());
+    // A priority needs the queue's bands: refused before any node declared them.
+    let out = Command::new(env!("CARGO_BIN_EXE_spindle"))
+        .args(["--jetstream", url, "--namespace", ns, "put", "-q", "jobs", "--pri", "5", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no priority bands"), "{out:?}");
+    // A worker declares two bands (0-1023 and the rest) and finds nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ran");
+    let script = format!("cat >> {}; echo >> {}", file.display(), file.display());
+    let work = ["work", "-q", "jobs", "--bands", "1024", "--exit-when-empty", "--"];
+    let work: Vec<&str> = work.into_iter().chain(["sh", "-c", script.as_str()]).collect();
+    spindle(url, ns, &work);
+    for (pri, body) in [("70000", "late"), ("1024", "default"), ("3", "urgent")] {
+        spindle(url, ns, &["put", "-q", "jobs", "--pri", pri, body]);
+    }
+    spindle(url, ns, &work);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "urgent\nlate\ndefault\n");
+}

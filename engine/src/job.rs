@@ -95,6 +95,46 @@ impl Job {
     }
 }
 
+/// A [`Job`] taken apart, for a front-end that carries it to another
+/// backend (the facade's distributed queues, `spindle::distributed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobParts {
+    /// The queue.
+    pub queue: String,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// The priority (0 is the most urgent).
+    pub priority: u32,
+    /// How long it waits before it may run.
+    pub delay: Duration,
+    /// Attempts before it is buried.
+    pub max_attempts: u32,
+    /// Its unique key, if any.
+    pub unique_key: Option<String>,
+    /// Its deadline, if any.
+    pub deadline: Option<std::time::SystemTime>,
+}
+
+impl Job {
+    /// The queue it is for.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// The job's settings, as given.
+    pub fn into_parts(self) -> JobParts {
+        JobParts {
+            queue: self.queue,
+            payload: self.payload,
+            priority: self.priority,
+            delay: self.delay,
+            max_attempts: self.max_attempts,
+            unique_key: self.unique_key,
+            deadline: self.deadline.map(|t| std::time::UNIX_EPOCH + Duration::from_nanos(t.0)),
+        }
+    }
+}
+
 /// What a handler sees of a running job.
 #[derive(Debug, Clone, Copy)]
 pub struct JobRef<'a> {
@@ -107,6 +147,20 @@ pub struct JobRef<'a> {
 }
 
 impl<'a> JobRef<'a> {
+    /// A job run from another backend (a distributed queue: the facade's
+    /// `spindle::distributed`), so one [`crate::Handler`] serves local and
+    /// distributed queues alike. `id` is that backend's (a JetStream stream
+    /// sequence), not this engine's; [`JobRef::is_cancelled`] is false.
+    pub fn foreign(
+        id: u64,
+        queue: &'a str,
+        payload: &'a [u8],
+        attempt: u32,
+        priority: u32,
+    ) -> Self {
+        JobRef { id: JobId(id), queue, payload, attempt, priority, cancels: None }
+    }
+
     /// Whether [`crate::Engine::cancel`] was called for this job while it
     /// runs: a long handler may check it and return early; whatever it
     /// returns then, the job is deleted, never retried.
@@ -173,6 +227,16 @@ mod tests {
         assert!(validate_queue("has space").is_err());
         assert!(validate_queue(&"q".repeat(200)).is_ok());
         assert!(validate_queue(&"q".repeat(201)).is_err());
+    }
+
+    #[test]
+    fn a_job_comes_apart_as_given() {
+        let at = std::time::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let p = Job::new("q", b"x".to_vec()).priority(7).unique_key("k").deadline(at).into_parts();
+        assert_eq!((p.queue.as_str(), p.priority, p.deadline), ("q", 7, Some(at)));
+        assert_eq!((p.max_attempts, p.unique_key.as_deref()), (DEFAULT_MAX_ATTEMPTS, Some("k")));
+        let r = JobRef::foreign(9, "q", b"x", 2, 7);
+        assert_eq!((r.id().get(), r.attempt(), r.is_cancelled()), (9, 2, false));
     }
 
     #[test]

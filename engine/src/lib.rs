@@ -52,7 +52,7 @@ mod sync {
 pub use builder::{Durability, EngineBuilder, Workers};
 pub use engine::{Engine, Handler};
 pub use error::{BuildError, ShutdownError, SubmitError};
-pub use job::{Job, JobId, JobRef, Outcome, DEFAULT_MAX_ATTEMPTS, MAX_QUEUE_NAME};
+pub use job::{Job, JobId, JobParts, JobRef, Outcome, DEFAULT_MAX_ATTEMPTS, MAX_QUEUE_NAME};
 pub use paid::ControlError;
 pub use spindle_core::{
     Cancelled, LimitError, Limits, Missed, OnExpiry, Rate, ScheduleError, ScheduleSpec,

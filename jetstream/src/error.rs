@@ -72,6 +72,21 @@ pub enum Error {
         /// Why.
         reason: &'static str,
     },
+    /// A queue setting cannot be used.
+    #[error("invalid queue setting {setting}: {reason}")]
+    InvalidConfig {
+        /// The [`crate::QueueConfig`] method.
+        setting: &'static str,
+        /// Why, with the value given.
+        reason: String,
+    },
+    /// A job with a priority was put on a queue whose priority bands no
+    /// node has declared yet: its band cannot be chosen.
+    #[error(
+        "queue {0:?} has no priority bands on the server yet: declare it (Node::declare, \
+         or `spindle work`) before putting jobs with a priority"
+    )]
+    NoBands(String),
     /// The queue was not declared on this node with [`crate::Node::declare`].
     #[error("queue {0:?} is not declared on this node: call Node::declare first")]
     Undeclared(String),

@@ -21,7 +21,7 @@
 
 use crate::error::Error;
 use crate::node::{Inner, Node};
-use crate::put::{EXPIRES_HEADER, ID_HEADER};
+use crate::put::{EXPIRES_HEADER, ID_HEADER, PRIORITY_HEADER};
 use crate::queue::QueueConfig;
 use async_nats::jetstream::message::{AckKind, Acker};
 use async_nats::jetstream::{consumer, Context};
@@ -42,6 +42,7 @@ pub struct Lease {
     attempt: u32,
     payload: Bytes,
     msg_id: Option<String>,
+    priority: u32,
     /// `None` once settled. Shared so that an in-progress ack can be sent
     /// from the runtime thread without waiting (`evented.rs`).
     pub(crate) acker: Option<Arc<Acker>>,
@@ -56,6 +57,7 @@ impl std::fmt::Debug for Lease {
             .field("seq", &self.seq)
             .field("attempt", &self.attempt)
             .field("msg_id", &self.msg_id)
+            .field("priority", &self.priority)
             .finish_non_exhaustive()
     }
 }
@@ -102,6 +104,13 @@ impl Lease {
     /// Which delivery this is, from 1.
     pub fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    /// The priority it was put with ([`crate::Put::priority`]), or
+    /// [`crate::DEFAULT_PRIORITY`] when none was given (or the job was a
+    /// delayed one held by a node, on servers before 2.12).
+    pub fn priority(&self) -> u32 {
+        self.priority
     }
 
     /// The payload.
@@ -268,8 +277,14 @@ impl Node {
             .map_err(|e| Error::api("consumer lookup", e))?;
         let (tx, rx) = mpsc::channel(prefetch);
         let dead = dead_for(inner, queue);
+        let queue_name = queue;
         let queue: Arc<str> = Arc::from(queue);
-        let task = inner.rt.spawn(pump(consumer, tx, prefetch, queue, cfg, dead.clone()));
+        let task = if cfg.bands.is_empty() {
+            inner.rt.spawn(pump(consumer, tx, prefetch, queue, cfg, dead.clone()))
+        } else {
+            let bands = crate::band::Bands::new(inner, queue_name, &cfg);
+            inner.rt.spawn(crate::band::pump(bands, tx, queue, cfg, dead.clone()))
+        };
         Ok(Worker { rx, dead, pump: task.abort_handle() })
     }
 }
@@ -331,7 +346,9 @@ async fn pump(
                     continue;
                 }
             };
-            let Some(lease) = admit(msg, &queue, &cfg, &dead).await else { continue };
+            let Some(lease) = admit(msg, &queue, &cfg, &dead).await else {
+                continue;
+            };
             if tx.send(lease).await.is_err() {
                 return;
             }
@@ -339,10 +356,11 @@ async fn pump(
     }
 }
 
-/// Step 2 for one delivery: a job past its deadline is dropped (Term) and
-/// one past its attempts is buried, neither handed out; anything else
-/// becomes a lease. Shared by the standing pull (`pump`) and the pulls on
-/// demand (`pull.rs`).
+/// Turns a delivery into a lease, or settles it without running: a job
+/// past its deadline is dropped (Term); a delivery past the queue's
+/// attempts (its last lease expired) is buried. Shared by the standing
+/// pull (`pump`), the banded pulls (`band.rs`) and the pulls on demand
+/// (`pull.rs`).
 pub(crate) async fn admit(
     msg: async_nats::jetstream::Message,
     queue: &Arc<str>,
@@ -356,11 +374,8 @@ pub(crate) async fn admit(
             return None;
         }
     };
-    let expires = msg
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(EXPIRES_HEADER))
-        .and_then(|v| v.as_str().parse::<u64>().ok());
+    let header = |name: &str| msg.headers.as_ref().and_then(|h| h.get(name));
+    let expires = header(EXPIRES_HEADER).and_then(|v| v.as_str().parse::<u64>().ok());
     if expires.is_some_and(|ms| ms <= now_ms()) {
         // Past its deadline: never handed out (dropped for good).
         if let Err(e) = msg.ack_with(AckKind::Term).await {
@@ -368,9 +383,10 @@ pub(crate) async fn admit(
         }
         return None;
     }
-    let msg_id = msg.headers.as_ref().and_then(|h| {
-        h.get("Nats-Msg-Id").or_else(|| h.get(ID_HEADER)).map(|v| v.as_str().to_owned())
-    });
+    let priority = header(PRIORITY_HEADER)
+        .and_then(|v| v.as_str().parse::<u32>().ok())
+        .unwrap_or(crate::queue::DEFAULT_PRIORITY);
+    let msg_id = header("Nats-Msg-Id").or_else(|| header(ID_HEADER)).map(|v| v.as_str().to_owned());
     let (m, acker) = msg.split();
     let lease = Lease {
         queue: queue.clone(),
@@ -378,6 +394,7 @@ pub(crate) async fn admit(
         attempt: u32::try_from(delivered).unwrap_or(u32::MAX),
         payload: m.payload,
         msg_id,
+        priority,
         acker: Some(Arc::new(acker)),
         cfg: cfg.clone(),
         dead: dead.clone(),

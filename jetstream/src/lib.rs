@@ -26,7 +26,9 @@
 //! ```
 //!
 //! The door in: [`Node::connect`], [`Node::declare`], then [`Node::put`] /
-//! [`Node::put_batch`] ([`Put`] with unique key, delay, deadline), and
+//! [`Node::put_batch`] ([`Put`] with unique key, delay, deadline and a
+//! priority, which picks one of the queue's
+//! [`QueueConfig::priority_bands`], pulled strictly by band with aging), and
 //! either [`Node::work`] (fixed threads), [`Node::work_elastic`] (threads
 //! sized from the queue's lag, publishing `desired_workers`) or
 //! [`Node::worker`] and [`Lease`] by hand. [`Node::schedule_every`] adds a
@@ -38,6 +40,7 @@
 //! Spindle's semantics to JetStream per server version, and what does not
 //! map.
 
+mod band;
 mod elastic;
 mod error;
 mod evented;
@@ -59,6 +62,6 @@ pub use lease::{Failed, Lease, Worker};
 pub use node::{Node, NodeOptions};
 pub use pull::Puller;
 pub use put::{Put, Receipt};
-pub use queue::QueueConfig;
+pub use queue::{QueueConfig, DEFAULT_PRIORITY};
 pub use version::{Features, ServerVersion};
 pub use work::{Lag, WorkPool};

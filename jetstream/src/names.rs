@@ -85,6 +85,26 @@ impl Names {
         format!("spindle.{}.q.{}", self.ns, token(queue))
     }
 
+    /// Where a queue's jobs of priority band `band` are published: band 0
+    /// is the queue's own subject (a queue of one band is a plain queue);
+    /// band `b` > 0 is `<token>~band<b>` (`~` never occurs in a plain
+    /// token, and only once, followed by hex, in an encoded one).
+    pub(crate) fn band_subject(&self, queue: &str, band: usize) -> String {
+        match band {
+            0 => self.queue_subject(queue),
+            b => format!("{}~band{b}", self.queue_subject(queue)),
+        }
+    }
+
+    /// The durable consumer of a queue's band `band` (band 0: the queue's
+    /// own consumer).
+    pub(crate) fn band_consumer(&self, queue: &str, band: usize) -> String {
+        match band {
+            0 => self.consumer(queue),
+            b => format!("{}~band{b}", self.consumer(queue)),
+        }
+    }
+
     /// Where a server-side schedule for a queue waits (one subject per
     /// schedule: the server keeps one schedule per subject).
     pub(crate) fn schedule_subject(&self, queue: &str, id: &str) -> String {
@@ -117,5 +137,8 @@ mod tests {
         assert!(check_namespace("ok_1-2").is_ok());
         assert!(check_namespace("no.dots").is_err());
         assert!(check_queue("-bad").is_err());
+        assert_eq!(n.band_subject("a.b", 0), n.queue_subject("a.b"));
+        assert_eq!(n.band_subject("e", 2), "spindle.t1.q.e~band2");
+        assert_eq!(n.band_consumer("e", 1), "q-e~band1");
     }
 }

@@ -136,6 +136,9 @@ pub(crate) struct Inner {
     pub(crate) duplicate_window: Duration,
     pub(crate) prefetch: usize,
     pub(crate) queues: Mutex<HashMap<String, Arc<QueueConfig>>>,
+    /// Priority bands of queues this node puts to without declaring them,
+    /// as found on the server (`setup::find_bands`).
+    pub(crate) found_bands: Mutex<HashMap<String, Arc<Vec<u32>>>>,
     pub(crate) streams_ready: Mutex<bool>,
     pub(crate) ids: IdSource,
     /// Delayed jobs this node holds until due (old servers only).
@@ -174,6 +177,45 @@ impl Inner {
     /// own): the runtime thread drives the connection meanwhile.
     pub(crate) fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
         self.rt.block_on(fut)
+    }
+
+    /// The subject a job of `queue` with priority `pri` is published to:
+    /// its band's. The bands come from this node's declaration, else from
+    /// the server (once per queue). A queue no node has declared yet is
+    /// taken as one band, except for a job given a priority, which is
+    /// refused ([`Error::NoBands`]) rather than put in a band by guess.
+    pub(crate) async fn target(&self, queue: &str, pri: Option<u32>) -> Result<String, Error> {
+        let at = pri.unwrap_or(crate::queue::DEFAULT_PRIORITY);
+        let declared = {
+            let queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+            queues.get(queue).map(|cfg| crate::queue::band_of(&cfg.bands, at))
+        };
+        let band = match declared {
+            Some(b) => b,
+            None => {
+                let cached = {
+                    let found = self.found_bands.lock().unwrap_or_else(PoisonError::into_inner);
+                    found.get(queue).cloned()
+                };
+                let bands = match cached {
+                    Some(b) => b,
+                    None => match crate::setup::find_bands(self, queue).await? {
+                        Some(b) => {
+                            let b = Arc::new(b);
+                            self.found_bands
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .insert(queue.to_owned(), b.clone());
+                            b
+                        }
+                        None if pri.is_some() => return Err(Error::NoBands(queue.to_owned())),
+                        None => Arc::new(Vec::new()),
+                    },
+                };
+                crate::queue::band_of(&bands, at)
+            }
+        };
+        Ok(self.names.band_subject(queue, band))
     }
 
     pub(crate) fn queue(&self, queue: &str) -> Result<Arc<QueueConfig>, Error> {
@@ -265,6 +307,7 @@ impl Node {
             duplicate_window: opts.duplicate_window,
             prefetch: opts.prefetch,
             queues: Mutex::new(HashMap::new()),
+            found_bands: Mutex::new(HashMap::new()),
             streams_ready: Mutex::new(false),
             ids: IdSource::new(),
             held: Arc::new(AtomicUsize::new(0)),
@@ -311,6 +354,7 @@ impl Node {
     /// with the same [`QueueConfig`] (else [`Error::SettingMismatch`]).
     pub fn declare(&self, queue: &str, cfg: QueueConfig) -> Result<(), Error> {
         names::check_queue(queue)?;
+        cfg.check()?;
         self.inner.block_on(crate::setup::declare(&self.inner, queue, &cfg))?;
         let mut queues = self.inner.queues.lock().unwrap_or_else(PoisonError::into_inner);
         queues.insert(queue.to_owned(), Arc::new(cfg));

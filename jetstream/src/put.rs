@@ -28,6 +28,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Header naming the job's Spindle id on scheduled and buried copies.
 pub(crate) const ID_HEADER: &str = "Spindle-Id";
+/// Header carrying a job's priority, when it was given one.
+pub(crate) const PRIORITY_HEADER: &str = "Spindle-Pri";
 /// Header carrying a job's deadline (Unix milliseconds).
 pub(crate) const EXPIRES_HEADER: &str = "Spindle-Expires";
 
@@ -43,6 +45,7 @@ pub struct Put {
     pub(crate) unique_key: Option<String>,
     pub(crate) delay: Duration,
     pub(crate) expires_in: Option<Duration>,
+    pub(crate) priority: Option<u32>,
 }
 
 impl Put {
@@ -54,7 +57,18 @@ impl Put {
             unique_key: None,
             delay: Duration::ZERO,
             expires_in: None,
+            priority: None,
         }
+    }
+
+    /// The job's priority (lower is more urgent; default
+    /// [`crate::DEFAULT_PRIORITY`], 1024): it chooses the queue's priority
+    /// band ([`crate::QueueConfig::priority_bands`]). On a queue that no
+    /// node has declared yet the band is unknown and the put is refused
+    /// ([`Error::NoBands`]). Carried to the lease ([`crate::Lease::priority`]).
+    pub fn priority(mut self, pri: u32) -> Self {
+        self.priority = Some(pri);
+        self
     }
 
     /// Never handed out once `d` has passed since the put (counted from the
@@ -256,7 +270,8 @@ impl Node {
         // The server takes whole seconds (2.15.1 refuses "@every 500ms").
         let secs = every.as_secs() + u64::from(every.subsec_nanos() > 0);
         h.insert("Nats-Schedule", format!("@every {}s", secs.max(1)).as_str());
-        h.insert("Nats-Schedule-Target", inner.names.queue_subject(queue).as_str());
+        let target = inner.block_on(inner.target(queue, None))?;
+        h.insert("Nats-Schedule-Target", target.as_str());
         let subject = inner.names.schedule_subject(queue, &format!("every-{name}"));
         publish_schedule(inner, subject, h, payload.into())
     }
@@ -313,7 +328,8 @@ impl Node {
         let mut h = HeaderMap::new();
         h.insert("Nats-Schedule", expr.as_str());
         h.insert("Nats-Schedule-Time-Zone", tz);
-        h.insert("Nats-Schedule-Target", inner.names.queue_subject(queue).as_str());
+        let target = inner.block_on(inner.target(queue, None))?;
+        h.insert("Nats-Schedule-Target", target.as_str());
         let subject = inner.names.schedule_subject(queue, &format!("cron-{name}"));
         publish_schedule(inner, subject, h, payload.into())
     }
@@ -366,11 +382,17 @@ async fn publish(inner: &Inner, job: Put) -> Pending {
         Some(k) => format!("k:{}:{}", job.queue, k),
         None => inner.ids.next(),
     };
-    let target = inner.names.queue_subject(&job.queue);
+    let target = match inner.target(&job.queue, job.priority).await {
+        Ok(t) => t,
+        Err(e) => return Pending::Done(Err(e)),
+    };
     let deadline = job.expires_in.map(|d| unix_ms(SystemTime::now() + d).to_string());
     if job.delay.is_zero() {
         let mut h = HeaderMap::new();
         h.insert("Nats-Msg-Id", msg_id.as_str());
+        if let Some(p) = job.priority {
+            h.insert(PRIORITY_HEADER, p.to_string().as_str());
+        }
         if let (Some(d), Some(ms)) = (job.expires_in, &deadline) {
             h.insert(EXPIRES_HEADER, ms.as_str());
             if inner.features.message_ttl {
@@ -393,6 +415,9 @@ async fn publish(inner: &Inner, job: Put) -> Pending {
         h.insert("Nats-Schedule", format!("@at {}", rfc3339(due)).as_str());
         h.insert("Nats-Schedule-Target", target.as_str());
         h.insert(ID_HEADER, msg_id.as_str());
+        if let Some(p) = job.priority {
+            h.insert(PRIORITY_HEADER, p.to_string().as_str());
+        }
         if let Some(ms) = &deadline {
             h.insert(EXPIRES_HEADER, ms.as_str());
         }

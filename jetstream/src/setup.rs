@@ -110,10 +110,14 @@ async fn ensure_stream(node: &Inner, want: stream::Config) -> Result<(), Error> 
     Ok(())
 }
 
-pub(crate) fn consumer_config(node: &Inner, queue: &str, cfg: &QueueConfig) -> pull::Config {
+/// The durable consumer of one priority band of a queue (band 0 of a
+/// queue without bands is its only consumer). Every band consumer carries
+/// the queue's bands in its description, read back like the rest.
+fn consumer_config(node: &Inner, queue: &str, cfg: &QueueConfig, band: usize) -> pull::Config {
     pull::Config {
-        durable_name: Some(node.names.consumer(queue)),
-        filter_subject: node.names.queue_subject(queue),
+        durable_name: Some(node.names.band_consumer(queue, band)),
+        description: crate::queue::bands_description(&cfg.bands),
+        filter_subject: node.names.band_subject(queue, band),
         deliver_policy: DeliverPolicy::All,
         ack_policy: AckPolicy::Explicit,
         ack_wait: cfg.ttr,
@@ -123,24 +127,55 @@ pub(crate) fn consumer_config(node: &Inner, queue: &str, cfg: &QueueConfig) -> p
     }
 }
 
+/// Creates or finds the consumer of every band of the queue (one consumer
+/// per band on every server version: a consumer with several
+/// `filter_subjects` delivers in stream order, not by band, and a
+/// work-queue stream refuses consumers whose filters overlap) and reads
+/// each back.
 async fn ensure_consumer(node: &Inner, queue: &str, cfg: &QueueConfig) -> Result<(), Error> {
-    let want = consumer_config(node, queue, cfg);
     let stream = node
         .js
         .get_stream_no_info(node.names.stream())
         .await
         .map_err(|e| Error::api("stream lookup", e))?;
-    let name = node.names.consumer(queue);
-    let c: consumer::Consumer<pull::Config> = stream
-        .get_or_create_consumer(&name, want.clone())
-        .await
-        .map_err(|e| Error::api("consumer create", e))?;
-    let got = c.get_info().await.map_err(|e| Error::api("consumer info", e))?.config;
-    let rb = ReadBack { node, what: "consumer", name: &name };
-    rb.check("filter_subject", &want.filter_subject, &got.filter_subject)?;
-    rb.check("ack_policy", want.ack_policy, got.ack_policy)?;
-    rb.check("ack_wait (TTR)", want.ack_wait, got.ack_wait)?;
-    rb.check("max_deliver (attempts + 1)", want.max_deliver, got.max_deliver)?;
-    rb.check("max_ack_pending", want.max_ack_pending, got.max_ack_pending)?;
+    for band in 0..=cfg.bands.len() {
+        let want = consumer_config(node, queue, cfg, band);
+        let name = node.names.band_consumer(queue, band);
+        let c: consumer::Consumer<pull::Config> = stream
+            .get_or_create_consumer(&name, want.clone())
+            .await
+            .map_err(|e| Error::api("consumer create", e))?;
+        let got = c.get_info().await.map_err(|e| Error::api("consumer info", e))?.config;
+        let rb = ReadBack { node, what: "consumer", name: &name };
+        rb.check("description (priority bands)", &want.description, &got.description)?;
+        rb.check("filter_subject", &want.filter_subject, &got.filter_subject)?;
+        rb.check("ack_policy", want.ack_policy, got.ack_policy)?;
+        rb.check("ack_wait (TTR)", want.ack_wait, got.ack_wait)?;
+        rb.check("max_deliver (attempts + 1)", want.max_deliver, got.max_deliver)?;
+        rb.check("max_ack_pending", want.max_ack_pending, got.max_ack_pending)?;
+    }
     Ok(())
+}
+
+/// The priority bands of a queue this node did not declare, from its band-0
+/// consumer's description on the server: `Ok(None)` when no node has
+/// declared the queue yet, `Ok(Some(vec![]))` for a queue of one band.
+pub(crate) async fn find_bands(node: &Inner, queue: &str) -> Result<Option<Vec<u32>>, Error> {
+    use async_nats::jetstream::context::ConsumerInfoErrorKind;
+    let stream = node
+        .js
+        .get_stream_no_info(node.names.stream())
+        .await
+        .map_err(|e| Error::api("stream lookup", e))?;
+    match stream.consumer_info(node.names.consumer(queue)).await {
+        Ok(info) => Ok(Some(
+            info.config
+                .description
+                .as_deref()
+                .and_then(crate::queue::parse_bands_description)
+                .unwrap_or_default(),
+        )),
+        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::api("consumer info", e)),
+    }
 }

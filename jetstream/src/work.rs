@@ -20,7 +20,9 @@ pub struct Lag {
     pub pending: u64,
     /// Jobs leased and not yet settled, across all nodes (`num_ack_pending`).
     pub leased: u64,
-    /// Pull requests waiting for jobs (`num_waiting`): idle workers.
+    /// Pull requests waiting for jobs (`num_waiting`): idle workers. With
+    /// priority bands, the least over the bands' consumers (an idle worker
+    /// has a standing pull on every band).
     pub waiting: u64,
 }
 
@@ -139,7 +141,8 @@ impl Node {
         Ok(pool)
     }
 
-    /// The queue's backlog from its shared consumer.
+    /// The queue's backlog from its shared consumer (summed over the
+    /// consumers of its priority bands).
     pub fn lag(&self, queue: &str) -> Result<Lag, Error> {
         self.inner.queue(queue)?;
         self.inner.block_on(lag(&self.inner, queue))
@@ -170,20 +173,25 @@ impl Node {
     }
 }
 
-/// The queue's lag, read from its consumer's info.
+/// The queue's lag, read from its consumers' info (one per priority band).
 pub(crate) async fn lag(inner: &crate::node::Inner, queue: &str) -> Result<Lag, Error> {
+    let cfg = inner.queue(queue)?;
     let stream = inner
         .js
         .get_stream_no_info(inner.names.stream())
         .await
         .map_err(|e| Error::api("stream lookup", e))?;
-    let info = stream
-        .consumer_info(inner.names.consumer(queue))
-        .await
-        .map_err(|e| Error::api("consumer info", e))?;
-    Ok(Lag {
-        pending: info.num_pending,
-        leased: info.num_ack_pending as u64,
-        waiting: info.num_waiting as u64,
-    })
+    let mut lag = Lag { pending: 0, leased: 0, waiting: u64::MAX };
+    for band in 0..=cfg.bands.len() {
+        let info = stream
+            .consumer_info(inner.names.band_consumer(queue, band))
+            .await
+            .map_err(|e| Error::api("consumer info", e))?;
+        lag.pending += info.num_pending;
+        lag.leased += info.num_ack_pending as u64;
+        // An idle worker waits on every band; a busy one only on the
+        // empty bands: the least is the idle workers.
+        lag.waiting = lag.waiting.min(info.num_waiting as u64);
+    }
+    Ok(lag)
 }

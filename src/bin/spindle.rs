@@ -250,6 +250,13 @@ struct WorkArgs {
     /// AckWait); every node working the queue must give the same.
     #[arg(long, default_value_t = 60)]
     ttr: u32,
+    /// With --jetstream: the queue's priority bands, as ascending upper
+    /// bounds (exclusive) of the job priority: `1024,65536` makes three
+    /// bands, 0-1023, 1024-65535 and the rest, pulled strictly by band
+    /// with aging (docs/jetstream.md). Every node working the queue must
+    /// give the same.
+    #[arg(long, value_name = "BOUNDS", value_delimiter = ',')]
+    bands: Vec<u32>,
     /// Report every job on stderr.
     #[arg(long, short)]
     verbose: bool,

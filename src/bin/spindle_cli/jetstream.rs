@@ -30,11 +30,6 @@ pub(crate) fn run(url: &str, ns: &str, cmd: Cmd) -> CliResult<ExitCode> {
 }
 
 fn put(node: Node, a: PutArgs) -> CliResult<ExitCode> {
-    if a.pri != 1024 {
-        return Err("--pri: priorities do not map onto JetStream queues yet \
-                    (docs/jetstream.md); leave it out"
-            .into());
-    }
     let body = match a.data {
         Some(d) => d.into_bytes(),
         None => {
@@ -46,6 +41,11 @@ fn put(node: Node, a: PutArgs) -> CliResult<ExitCode> {
     let mut job = Put::new(a.queue.as_str(), body).delay(Duration::from_secs(a.delay.into()));
     if let Some(k) = &a.unique {
         job = job.unique_key(k.as_str());
+    }
+    // The priority chooses the queue's band (docs/jetstream.md); the
+    // default one is left out, so a queue no node declared yet takes it.
+    if a.pri != spindle::jetstream::DEFAULT_PRIORITY {
+        job = job.priority(a.pri);
     }
     let receipt = node.put(job)?;
     let (id, state) = match &receipt {
@@ -94,7 +94,8 @@ fn work(node: Node, a: WorkArgs) -> CliResult<ExitCode> {
     }
     let cfg = QueueConfig::default()
         .ttr(Duration::from_secs(a.ttr.into()))
-        .max_attempts(u32::try_from(a.max_attempts).unwrap_or(u32::MAX));
+        .max_attempts(u32::try_from(a.max_attempts).unwrap_or(u32::MAX))
+        .priority_bands(&a.bands);
     node.declare(&a.queue, cfg)?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
