@@ -266,7 +266,7 @@ fn held(d: Durability, dir: &Path) -> BoxResult<(Engine, mpsc::Sender<()>)> {
 fn submit_all(engine: &Engine, queue: &str, m: usize) -> BoxResult<f64> {
     let round = 1000;
     for _ in 0..m / round {
-        let jobs = (0..round).map(|_| Job::new(queue, vec![b'x'; 100])).collect();
+        let jobs = (0..round).map(|_| Job::new(queue.to_owned(), vec![b'x'; 100])).collect();
         engine.submit_batch(jobs)?;
     }
     Ok((m / round * round) as f64)

@@ -850,9 +850,9 @@ impl Engine {
         let mut checked: Option<&str> = None;
         let mut runs: Vec<usize> = Vec::new();
         for (k, j) in plain.iter().enumerate() {
-            if checked != Some(j.queue.as_str()) {
+            if checked != Some(&*j.queue) {
                 self.check(j)?;
-                checked = Some(j.queue.as_str());
+                checked = Some(&*j.queue);
                 runs.push(k);
             } else if j.payload.len() > self.inner.max_payload {
                 return Err(SubmitError::PayloadTooLarge {

@@ -30,7 +30,9 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 /// A job to submit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
-    pub(crate) queue: String,
+    /// Borrowed for a name that lives as long as the program (a literal:
+    /// no allocation per job), owned otherwise.
+    pub(crate) queue: std::borrow::Cow<'static, str>,
     pub(crate) payload: Vec<u8>,
     pub(crate) priority: u32,
     pub(crate) delay: Duration,
@@ -42,7 +44,14 @@ pub struct Job {
 impl Job {
     /// A job for `queue` carrying `payload`, priority 0 (most urgent), no
     /// delay, [`DEFAULT_MAX_ATTEMPTS`] attempts.
-    pub fn new(queue: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+    ///
+    /// `queue` is a `&'static str` (a literal: the job borrows it, no
+    /// allocation), a `String` or a `Cow<'static, str>`; a name borrowed for
+    /// less than that is passed owned (`name.to_owned()`).
+    pub fn new(
+        queue: impl Into<std::borrow::Cow<'static, str>>,
+        payload: impl Into<Vec<u8>>,
+    ) -> Self {
         Job {
             queue: queue.into(),
             payload: payload.into(),
@@ -124,7 +133,7 @@ impl Job {
     /// The job's settings, as given.
     pub fn into_parts(self) -> JobParts {
         JobParts {
-            queue: self.queue,
+            queue: self.queue.into_owned(),
             payload: self.payload,
             priority: self.priority,
             delay: self.delay,

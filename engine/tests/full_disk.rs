@@ -48,7 +48,7 @@ fn engine(dir: &Path) -> Result<Engine, BuildError> {
 fn job(queue: &str, i: u64) -> Job {
     let mut b = format!("job {i} ").into_bytes();
     b.resize(BODY, b'a' + (i % 26) as u8);
-    Job::new(queue, b)
+    Job::new(queue.to_owned(), b)
 }
 
 fn assert_disk_full(e: &SubmitError) {

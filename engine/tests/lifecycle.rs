@@ -281,7 +281,7 @@ fn stuck_shard(queue: &str) -> (Engine, mpsc::Receiver<()>, mpsc::Sender<()>) {
             Outcome::Done
         })
         .unwrap();
-    engine.submit(Job::new(queue, b"block".to_vec())).unwrap();
+    engine.submit(Job::new(queue.to_owned(), b"block".to_vec())).unwrap();
     started_rx.recv_timeout(WAIT).unwrap();
     (engine, ran_rx, release_tx)
 }

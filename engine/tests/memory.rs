@@ -34,7 +34,7 @@ fn per_job(before: i64) -> i64 {
 
 fn submit_all(engine: &Engine, queue: &str) {
     for _ in 0..M / 1000 {
-        let jobs = (0..1000).map(|_| Job::new(queue, vec![b'x'; BODY])).collect();
+        let jobs = (0..1000).map(|_| Job::new(queue.to_owned(), vec![b'x'; BODY])).collect();
         engine.submit_batch(jobs).unwrap();
     }
 }
