@@ -271,3 +271,24 @@ fn a_delayed_job_survives_kill_9_of_the_daemon_that_took_it() {
     cb.delete(job.id).unwrap();
     assert!(cb.reserve_with_timeout(Duration::ZERO).unwrap().is_none());
 }
+
+#[test]
+fn a_daemons_put_reaches_a_library_node_with_its_priority() {
+    let Some(nats) = support::nats("daemon_node") else { return };
+    let a = daemon(&nats, &[]);
+    let mut ca = on_shared(&a);
+    let id = ca.put(7, Duration::ZERO, Duration::from_secs(60), b"to a node").unwrap();
+    // A library node declares the tube as the daemons do (TTR 120 s, 25
+    // attempts: spindled's defaults) and leases the job.
+    let node = spindle_jetstream::Node::connect(nats.options()).unwrap();
+    let cfg =
+        spindle_jetstream::QueueConfig::default().ttr(Duration::from_secs(120)).max_attempts(25);
+    node.declare("shared", cfg).unwrap();
+    let mut w = node.worker("shared", 1).unwrap();
+    let lease = w.reserve(WAIT).unwrap().expect("the daemon's job");
+    assert_eq!((lease.id() + ID_BASE, lease.priority()), (id, 7));
+    assert_eq!(lease.payload(), b"to a node");
+    lease.complete().unwrap();
+    drop(w);
+    node.shutdown();
+}

@@ -99,6 +99,11 @@ impl Puller {
         self.shared.lock().ready.pop_front()
     }
 
+    /// The priority of the lease [`Puller::take`] would return next.
+    pub fn front_priority(&self) -> Option<u32> {
+        self.shared.lock().ready.front().map(Lease::priority)
+    }
+
     /// Leases on hand.
     pub fn on_hand(&self) -> usize {
         self.shared.lock().ready.len()

@@ -12,8 +12,9 @@
 //! 1. **put**: the put is handed over (`Node::put_then`); the connection
 //!    waits, reading nothing more, until the receipt comes back as its
 //!    reply (`INSERTED <id>`).
-//! 2. **reserve**: a ready job of the connection's local tubes goes first;
-//!    else a lease on hand for one of its distributed tubes; else it waits
+//! 2. **reserve**: the more urgent (by priority) of a ready job of the
+//!    connection's local tubes and a lease on hand for one of its
+//!    distributed tubes, the local job on a tie; else it waits
 //!    in the table (which keeps its timeout and `DEADLINE_SOON`) *and* in
 //!    each distributed tube's FIFO of waiters, and each tube's puller is
 //!    told to keep as many leases on hand as it has waiters.
@@ -166,9 +167,25 @@ impl Dist {
         Some((lag, t.waiters.len()))
     }
 
-    /// Takes a lease on hand from the first of `tubes` that has one.
-    pub(crate) fn take_any(&self, tubes: &[usize]) -> Option<Lease> {
-        tubes.iter().find_map(|&i| self.tubes.get(i).and_then(|t| t.puller.take()))
+    /// The most urgent priority on hand among `tubes` (the front of each
+    /// tube's leases).
+    pub(crate) fn best_on_hand(&self, tubes: &[usize]) -> Option<u32> {
+        tubes.iter().filter_map(|&i| self.tubes.get(i)?.puller.front_priority()).min()
+    }
+
+    /// Takes the most urgent lease on hand among `tubes` (the first tube
+    /// of a tie).
+    pub(crate) fn take_best(&self, tubes: &[usize]) -> Option<Lease> {
+        let mut best: Option<(usize, u32)> = None;
+        for &i in tubes {
+            let Some(p) = self.tubes.get(i).and_then(|t| t.puller.front_priority()) else {
+                continue;
+            };
+            if best.is_none_or(|(_, b)| p < b) {
+                best = Some((i, p));
+            }
+        }
+        self.tubes.get(best?.0)?.puller.take()
     }
 
     /// Releases (at once, for any node) every lease `conn` holds.

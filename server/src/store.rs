@@ -487,7 +487,7 @@ impl Store {
                 // (`cmd-put` was counted when the line parsed: conn.rs.)
                 let q = self.conn_use(c);
                 if let Some(i) = self.dist_of(q) {
-                    let p = DistPut { delay, unique: None, expires_in: None };
+                    let p = DistPut { pri, delay, unique: None, expires_in: None };
                     return self.dist_put(c, i, body, p, w);
                 }
                 w.extend_from_slice(&self.put(c, q, pri, delay, ttr, body, None, None, now));
@@ -496,7 +496,7 @@ impl Store {
                 self.ct.put += 1;
                 let q = self.conn_use(c);
                 if let Some(i) = self.dist_of(q) {
-                    let p = DistPut { delay, unique: Some(&key), expires_in: None };
+                    let p = DistPut { pri, delay, unique: Some(&key), expires_in: None };
                     return self.dist_put(c, i, body, p, w);
                 }
                 let reply = self.put(c, q, pri, delay, ttr, body, Some(&key), None, now);

@@ -16,6 +16,7 @@ const DIST_GRACE: Duration = Duration::from_millis(100);
 
 /// A put to a distributed tube, as the protocol gave it.
 pub(crate) struct DistPut<'a> {
+    pub pri: u32,
     pub delay: u32,
     pub unique: Option<&'a str>,
     pub expires_in: Option<Duration>,
@@ -62,7 +63,7 @@ impl Store {
         };
         let Some(d) = &self.dist else { return Flow::Go };
         let Some(t) = d.tubes.get(tube) else { return Flow::Go };
-        let mut put = Put::new(&*t.name, body).delay(dist::secs(p.delay));
+        let mut put = Put::new(&*t.name, body).priority(p.pri).delay(dist::secs(p.delay));
         if let Some(k) = p.unique {
             put = put.unique_key(k);
         }
@@ -107,6 +108,13 @@ impl Store {
         // one pull's answer, at most DIST_GRACE.
         let until = until.map(|u| u.max(now.plus(DIST_GRACE)));
         let h = holder(c);
+        // A lease on hand more urgent than every local ready job goes first.
+        if let Some(lease_pri) = d.best_on_hand(&remote) {
+            let local_pri = self.table.peek_from(now, &local).map(|j| j.pri);
+            if local_pri.is_none_or(|p| lease_pri < p) && self.dist_hand(c, &remote, batch, w) {
+                return Some(Flow::Go);
+            }
+        }
         let r = self.table.reserve_wait(now, h, &local, until, batch, &mut self.recs);
         let flow = match r {
             Reserved::Now(leases) => {
@@ -142,7 +150,7 @@ impl Store {
         let Some(d) = &mut self.dist else { return false };
         let mut leases = Vec::new();
         while leases.len() < batch.max(1) as usize {
-            match d.take_any(tubes) {
+            match d.take_best(tubes) {
                 Some(l) => leases.push(l),
                 None => break,
             }

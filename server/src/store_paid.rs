@@ -37,7 +37,7 @@ impl Store {
                         w.extend_from_slice(b"DEADLINE_PASSED\r\n");
                         return Flow::Go;
                     }
-                    let p = DistPut { delay, unique: None, expires_in: Some(at.since(t)) };
+                    let p = DistPut { pri, delay, unique: None, expires_in: Some(at.since(t)) };
                     return self.dist_put(c, i, body, p, w);
                 }
                 let reply = self.put(c, q, pri, delay, ttr, body, None, Some(at), now);
