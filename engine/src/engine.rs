@@ -19,6 +19,7 @@ use crate::builder::{Durability, EngineBuilder};
 use crate::control;
 use crate::error::{BuildError, ShutdownError, SubmitError};
 use crate::job::{validate_queue, Job, JobId, JobRef, Outcome};
+use crate::name::Name;
 use crate::record::{self, Rec, KIND_REC};
 use crate::shard::{Msg, NewJob, Shard, ShardShared, UniqueReply};
 use crate::stats::{self, Stats};
@@ -667,12 +668,21 @@ impl Engine {
 
     fn new_job(&self, job: Job, id: u64) -> NewJob {
         let created = self.inner.cfg.clock.now();
-        let queue = self.queue_name(&job.queue);
+        let queue = self.name_of(&job);
         Self::new_job_at(job, id, created, queue)
     }
 
+    /// The name `job`'s queue travels as (`name.rs`): borrowed if it lives
+    /// as long as the program, else shared from this thread's names.
+    fn name_of(&self, job: &Job) -> Name {
+        match &job.queue {
+            std::borrow::Cow::Borrowed(s) => Name::Static(s),
+            std::borrow::Cow::Owned(s) => Name::Shared(self.queue_name(s)),
+        }
+    }
+
     /// A job submitted at `created` to the queue named `queue`.
-    fn new_job_at(job: Job, id: u64, created: Time, queue: Arc<str>) -> NewJob {
+    fn new_job_at(job: Job, id: u64, created: Time, queue: Name) -> NewJob {
         NewJob {
             id,
             queue,
@@ -870,7 +880,7 @@ impl Engine {
             let _inflight = shard.enter();
             // One clock reading and one name lookup per run of a queue.
             let created = self.inner.cfg.clock.now();
-            let mut name: Option<Arc<str>> = None;
+            let mut name: Option<Name> = None;
             let mut next_run = runs.iter().copied().peekable();
             let batch: Vec<NewJob> = plain
                 .into_iter()
@@ -880,7 +890,7 @@ impl Engine {
                         Some(n) if next_run.peek() != Some(&k) => n.clone(),
                         _ => {
                             next_run.next();
-                            name.insert(self.queue_name(&job.queue)).clone()
+                            name.insert(self.name_of(&job)).clone()
                         }
                     };
                     Self::new_job_at(job, first + k as u64, created, q)

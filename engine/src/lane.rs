@@ -374,7 +374,7 @@ mod tests {
     fn job(id: u64, pri: u32) -> NewJob {
         NewJob {
             id,
-            queue: Arc::from("q"),
+            queue: Arc::<str>::from("q").into(),
             priority: pri,
             payload: vec![id as u8],
             created: Time(1),

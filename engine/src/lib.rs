@@ -37,6 +37,7 @@ mod hist;
 mod job;
 mod lag;
 mod lane;
+mod name;
 mod paid;
 mod pin;
 mod record;

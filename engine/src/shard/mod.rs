@@ -109,7 +109,7 @@ pub(crate) fn call_handler(h: &dyn Handler, job: &JobRef<'_>) -> Outcome {
 #[derive(Debug)]
 pub(crate) struct NewJob {
     pub(crate) id: u64,
-    pub(crate) queue: Arc<str>,
+    pub(crate) queue: crate::name::Name,
     pub(crate) priority: u32,
     pub(crate) payload: Vec<u8>,
     /// When it was submitted (the table's time).
@@ -591,12 +591,12 @@ impl Shard {
     }
 
     /// The table's id of queue `name` (made if new).
-    fn qid(&mut self, name: &Arc<str>) -> Option<QueueId> {
+    fn qid(&mut self, name: &str) -> Option<QueueId> {
         if let Some(&q) = self.qids.get(name) {
             return Some(q);
         }
         let q = self.table.queue(name).ok()?;
-        self.name_queue(q, name.clone());
+        self.name_queue(q, Arc::from(name));
         Some(q)
     }
 
@@ -686,7 +686,7 @@ impl Shard {
                 && j.deadline == 0
                 && !j.homed
                 && j.priority == first.priority
-                && (Arc::ptr_eq(&j.queue, &first.queue) || j.queue == first.queue)
+                && j.queue == first.queue
         };
         if !jobs.iter().all(plain) {
             return None;
@@ -823,10 +823,10 @@ impl Shard {
                 // One clock reading and one queue lookup per batch (its jobs
                 // share the producer's name).
                 let now = self.now_ns();
-                let mut last: Option<(Arc<str>, QueueId)> = None;
+                let mut last: Option<(crate::name::Name, QueueId)> = None;
                 for j in jobs {
                     let q = match &last {
-                        Some((n, q)) if Arc::ptr_eq(n, &j.queue) => *q,
+                        Some((n, q)) if n.same(&j.queue) => *q,
                         _ => match self.qid(&j.queue) {
                             Some(q) => last.insert((j.queue.clone(), q)).1,
                             None => continue,

@@ -138,10 +138,10 @@ impl Shard {
         let n = jobs.len();
         let mut done: Vec<(NewJob, QueueId)> = Vec::with_capacity(n);
         let mut back = Vec::new();
-        let mut last: Option<(Arc<str>, Option<Runner>)> = None;
+        let mut last: Option<(crate::name::Name, Option<Runner>)> = None;
         for j in jobs {
             // Step 1.
-            let fresh = !last.as_ref().is_some_and(|(name, _)| Arc::ptr_eq(name, &j.queue));
+            let fresh = !last.as_ref().is_some_and(|(name, _)| name.same(&j.queue));
             if fresh {
                 let h = match (self.handler_of(&j.queue), self.qid(&j.queue)) {
                     (Some((h, _)), Some(q)) => Some((h, q)),
