@@ -292,3 +292,21 @@ fn a_daemons_put_reaches_a_library_node_with_its_priority() {
     drop(w);
     node.shutdown();
 }
+
+#[test]
+fn a_waiting_reserve_batch_is_served_a_batch() {
+    let Some(nats) = support::nats("daemon_batch") else { return };
+    let (a, b) = (daemon(&nats, &[]), daemon(&nats, &[]));
+    let mut worker = on_shared(&b);
+    let waiter = std::thread::spawn(move || {
+        let jobs = worker.reserve_batch(5, WAIT).unwrap();
+        for j in &jobs {
+            worker.delete(j.id).unwrap();
+        }
+        jobs.into_iter().map(|j| j.body).collect::<Vec<_>>()
+    });
+    let mut producer = on_shared(&a);
+    put(&mut producer, b"one");
+    let bodies = waiter.join().unwrap();
+    assert_eq!(bodies, vec![b"one".to_vec()]);
+}

@@ -59,6 +59,8 @@ pub(crate) struct Waiter {
     pub serial: u64,
     /// Which of the connection's waits (a later `reserve` is a new one).
     pub wait: u64,
+    /// It waits in `reserve-batch` (its reply is `RESERVED-BATCH`).
+    pub batch: bool,
 }
 
 /// One distributed tube.

@@ -77,7 +77,6 @@ impl Store {
             reply(dist::put_reply(r, unique, local));
             wake();
         });
-        self.ct.total_jobs += 1;
         Flow::Later
     }
 
@@ -137,7 +136,7 @@ impl Store {
                     self.table.end_wait(h);
                     Flow::Go
                 } else {
-                    self.dist_wait(c, &remote);
+                    self.dist_wait(c, &remote, batch > 1);
                     Flow::Wait
                 }
             }
@@ -167,10 +166,10 @@ impl Store {
 
     /// Queues `c` as a waiter of each of `tubes` and asks their pullers
     /// for that many leases.
-    fn dist_wait(&mut self, c: ConnId, tubes: &[usize]) {
+    fn dist_wait(&mut self, c: ConnId, tubes: &[usize], batch: bool) {
         let Some(conn) = self.conns.get_mut(&c) else { return };
         conn.dist_wait += 1;
-        let waiter = Waiter { conn: c, serial: conn.serial, wait: conn.dist_wait };
+        let waiter = Waiter { conn: c, serial: conn.serial, wait: conn.dist_wait, batch };
         let Some(d) = &mut self.dist else { return };
         for &i in tubes {
             if let Some(t) = d.tubes.get_mut(i) {
@@ -203,7 +202,7 @@ impl Store {
                 // are stale from now on).
                 self.table.end_wait(holder(wt.conn));
                 let mut reply = Vec::new();
-                dist::write_lease(&mut reply, &lease);
+                write_leases(&mut reply, std::slice::from_ref(&lease), wt.batch);
                 d.held.insert(lease.id() + ID_BASE, Held { conn: wt.conn, lease });
                 self.out.push((wt.conn, reply));
                 let (table, conns) = (&self.table, &self.conns);
