@@ -67,6 +67,7 @@ pub use error::{
     validate_queue_name, JobError, NameError, PutError, MAX_QUEUE_NAME, MAX_UNIQUE_KEY,
 };
 pub use expiry::EXPIRED_TEXT;
+pub use histogram::LogHistogram;
 pub use job::{Counts, Payload, State, INLINE};
 pub use limit::{LimitError, Limits, OnExpiry, Rate};
 pub use outcome::{By, Failed, MAX_ERROR_TEXT};

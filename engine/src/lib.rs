@@ -33,7 +33,6 @@ mod cancel;
 mod control;
 mod engine;
 mod error;
-mod hist;
 mod job;
 mod lag;
 mod lane;
