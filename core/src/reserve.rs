@@ -214,6 +214,7 @@ impl Table {
     }
 
     /// Leases the job in slot `s` to `holder` and logs the reservation.
+    #[inline]
     fn take(&mut self, s: u32, holder: u32, now: Time, out: &mut Records) -> Lease {
         self.unplace(s);
         let (id, token) = self.make_reserved(s, holder, now);

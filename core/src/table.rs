@@ -9,12 +9,11 @@
 //! [`Records`]; nothing here reads a clock, touches a file or starts a
 //! thread.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use crate::error::{NameError, PutError};
-use crate::job::{Counts, Extra, Hot, List, Payload, Place, Slab, Slot, State, NIL};
+use crate::job::{Counts, Extra, List, New, Payload, Slab, State};
 use crate::queue::{Queue, QueueId};
 use crate::record::{kind, MoveRec, PutRec, Records};
 use crate::retry::{RetryPolicy, Rng};
@@ -107,8 +106,9 @@ pub struct Table {
     pub(crate) bytes: u64,
     /// Delayed jobs by due time.
     pub(crate) delayed: BTreeSet<(Time, u64)>,
-    /// Lease deadlines (deadline, id, token), removed lazily.
-    pub(crate) leases: BinaryHeap<Reverse<(Time, u64, u32)>>,
+    /// Lease deadlines (deadline, id, token), removed lazily
+    /// (`leases.rs`).
+    pub(crate) leases: crate::leases::Leases,
     /// Pause ends.
     pub(crate) pauses: BTreeSet<(Time, u32)>,
     pub(crate) bury_seq: u64,
@@ -158,7 +158,7 @@ impl Table {
             next_id: 1,
             bytes: 0,
             delayed: BTreeSet::new(),
-            leases: BinaryHeap::new(),
+            leases: crate::leases::Leases::default(),
             pauses: BTreeSet::new(),
             bury_seq: 0,
             rng,
@@ -233,7 +233,14 @@ impl Table {
     }
 
     /// Drops queue `q` if nothing uses it.
+    #[inline]
     pub(crate) fn maybe_drop_queue(&mut self, q: u32) {
+        if self.cfg.drop_unused_queues {
+            self.drop_if_unused(q);
+        }
+    }
+
+    fn drop_if_unused(&mut self, q: u32) {
         let unused =
             self.cfg.drop_unused_queues && self.q(q).is_some_and(|x| x.unused() && !x.configured);
         if unused {
@@ -378,41 +385,31 @@ impl Table {
         let delay_s = u32::try_from(spec.delay.as_secs()).unwrap_or(u32::MAX);
         let due = now.plus(spec.delay);
         let delayed = !spec.delay.is_zero();
-        let job = Slot {
+        let payload = match payload {
+            PayloadIn::Borrowed(b) => Payload::new(b),
+            PayloadIn::Owned(v) => Payload::from_vec(v),
+        };
+        let extra = (spec.unique.is_some() || spec.deadline.is_some()).then(|| {
+            Box::new(Extra {
+                unique: spec.unique.map(Into::into),
+                deadline: spec.deadline,
+                ..Extra::default()
+            })
+        });
+        let new = New {
             id,
-            created: now,
-            since: now,
-            at: 0,
-            payload: match payload {
-                PayloadIn::Borrowed(b) => Payload::new(b),
-                PayloadIn::Owned(v) => Payload::from_vec(v),
-            },
-            extra: (spec.unique.is_some() || spec.deadline.is_some()).then(|| {
-                Box::new(Extra {
-                    unique: spec.unique.map(Into::into),
-                    deadline: spec.deadline,
-                    ..Extra::default()
-                })
-            }),
-            prev: NIL,
-            next: NIL,
+            now,
             queue: q.0,
             pri: spec.pri,
             ttr_s: spec.ttr_s,
             delay_s,
-            holder: 0,
             max_attempts: spec.max_attempts,
-            epoch: 0,
-            counts: Hot::default(),
-            state: State::Ready,
-            place: Place::None,
-            live: true,
-            logged: false,
         };
+        let s = self.slab.alloc();
+        self.slab.get_mut(s).fill(&new, payload, extra);
         let fresh = id >= self.next_id;
         self.next_id = self.next_id.max(id.saturating_add(1));
         self.bytes += len as u64;
-        let s = self.slab.insert(job);
         self.ids.insert(id, s);
         if let Some(d) = spec.deadline {
             self.expiry.insert(d, id);
@@ -461,10 +458,11 @@ impl Table {
     }
 
     /// Takes a job out of its state's structures and counters.
+    #[inline]
     pub(crate) fn unplace(&mut self, s: u32) {
-        let (state, q, at, id, holder) = {
+        let (state, q, at, id, holder, token) = {
             let j = self.slab.get(s);
-            (j.state, j.queue, j.at, j.id, j.holder)
+            (j.state, j.queue, j.at, j.id, j.holder, j.counts.reserves)
         };
         match state {
             State::Ready => {
@@ -495,6 +493,9 @@ impl Table {
                     }
                 }
                 self.reserved_n -= 1;
+                if at != 0 {
+                    self.leases.forget((Time(at), id, token));
+                }
                 self.compact_leases();
             }
             State::Buried => {
@@ -511,7 +512,7 @@ impl Table {
         if self.leases.len() > 1024 && self.leases.len() as u64 > 2 * self.reserved_n + 1024 {
             let slab = &self.slab;
             let ids = &self.ids;
-            self.leases.retain(|Reverse((at, id, tok))| {
+            self.leases.retain(|(at, id, tok)| {
                 ids.get(*id).is_some_and(|s| {
                     let j = slab.get(s);
                     j.state == State::Reserved && j.at == at.0 && j.counts.reserves == *tok
@@ -522,6 +523,7 @@ impl Table {
 
     /// Makes a job ready (`fresh`: its id is the highest yet, so it can go
     /// to its priority's FIFO).
+    #[inline]
     pub(crate) fn make_ready(&mut self, s: u32, now: Time, fresh: bool) {
         let q = {
             let j = self.slab.get_mut(s);
@@ -573,6 +575,7 @@ impl Table {
         }
     }
 
+    #[inline]
     pub(crate) fn make_reserved(&mut self, s: u32, holder: u32, now: Time) -> (u64, u32) {
         let (q, id, token, waited, deadline) = {
             let j = self.slab.get_mut(s);
@@ -585,7 +588,7 @@ impl Table {
             (j.queue, j.id, j.counts.reserves, waited, j.at)
         };
         if deadline != 0 {
-            self.leases.push(Reverse((Time(deadline), id, token)));
+            self.leases.push((Time(deadline), id, token));
         }
         self.reserved_n += 1;
         if let Some(x) = self.q_mut(q) {
@@ -602,6 +605,7 @@ impl Table {
     }
 
     /// Removes a job entirely (its state, key, bytes and slot).
+    #[inline]
     pub(crate) fn destroy(&mut self, s: u32) {
         self.unplace(s);
         let (id, q) = {
