@@ -92,6 +92,12 @@ impl Ready {
     /// The most urgent ready job: (priority, id, slot).
     #[inline]
     pub(crate) fn best(&mut self, slab: &Slab) -> Option<(u32, u64, u32)> {
+        if self.heap_live == 0 {
+            // Every heap entry is stale: only the FIFOs hold jobs.
+            self.heap.clear();
+            let (p, l) = self.fifos.first()?;
+            return Some((p, slab.get(l.head).id, l.head));
+        }
         while let Some(Reverse(e)) = self.heap.peek() {
             if current(slab, *e, NIL) {
                 break;

@@ -105,7 +105,24 @@ impl Table {
         holder: u32,
         out: &mut Records,
     ) -> Option<Lease> {
-        self.reserve_from(now, &[q], holder, out)
+        // `reserve_from` for one queue, without the loop over queues.
+        self.expire_due(now, out);
+        let x = self.queues.get_mut(q.0 as usize)?.as_mut()?;
+        if x.paused(now) {
+            return None;
+        }
+        let (_, _, s) = x.ready.best(&self.slab)?;
+        if x.gate.limited() {
+            match x.gate.check(now, x.reserved) {
+                Ok(()) => {}
+                Err(Shut::Until(at)) => {
+                    self.gate_shut_until(q.0, at);
+                    return None;
+                }
+                Err(Shut::Busy) => return None,
+            }
+        }
+        Some(self.take(s, holder, now, out))
     }
 
     /// Reserves job `id` (beanstalkd's `reserve-job`): from any state but

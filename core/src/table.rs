@@ -373,7 +373,9 @@ impl Table {
         if self.bytes.saturating_add(len as u64) > self.cfg.max_bytes {
             return Err(PutError::Full { what: "bytes", limit: self.cfg.max_bytes });
         }
-        if self.ids.get(id).is_some() {
+        // Every live id is below `next_id`: only an older id needs a look.
+        let fresh = id >= self.next_id;
+        if !fresh && self.ids.get(id).is_some() {
             return Err(PutError::IdUsed { id });
         }
         let x = self.q_mut(q.0).ok_or(PutError::NoQueue(q.0))?;
@@ -407,7 +409,6 @@ impl Table {
         };
         let s = self.slab.alloc();
         self.slab.get_mut(s).fill(&new, payload, extra);
-        let fresh = id >= self.next_id;
         self.next_id = self.next_id.max(id.saturating_add(1));
         self.bytes += len as u64;
         self.ids.insert(id, s);
