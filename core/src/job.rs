@@ -191,31 +191,28 @@ pub(crate) enum Place {
 }
 
 /// A job's slot.
+///
+/// `repr(C)` keeps the fields a reservation and a completion touch in
+/// its first 64 bytes, beside the links: taking a FIFO's head writes
+/// the next job's `prev`, which brings that job's line in before its own
+/// reservation reads it (a backlog's jobs are cold by then).
 #[derive(Clone, Debug)]
+#[repr(C)]
 pub(crate) struct Slot {
+    pub prev: u32,
+    pub next: u32,
     pub id: u64,
-    pub created: Time,
-    /// When it entered its current state (ready: for the wait histogram;
-    /// reserved: for the service time).
-    pub since: Time,
     /// Delayed: due time. Reserved: lease deadline (`Time::ZERO` for no
     /// deadline). Buried: position in the queue's buried order.
     pub at: u64,
-    pub payload: Payload,
-    pub extra: Option<Box<Extra>>,
-    pub prev: u32,
-    pub next: u32,
+    /// When it entered its current state (ready: for the wait histogram;
+    /// reserved: for the service time).
+    pub since: Time,
     pub queue: u32,
     pub pri: u32,
     pub ttr_s: u32,
-    pub delay_s: u32,
     /// Who holds the lease while reserved.
     pub holder: u32,
-    /// Per-job attempt limit (0: the queue's policy).
-    pub max_attempts: u32,
-    /// Bumped each time the job enters the ready heap: heap entries of
-    /// earlier visits are stale.
-    pub epoch: u32,
     /// Reservations and interruptions; the other counters are in `extra`
     /// ([`Slot::all_counts`]).
     pub counts: Hot,
@@ -226,6 +223,15 @@ pub(crate) struct Slot {
     /// Reserved: the reservation's `Reserve` record was written (a runtime
     /// may reserve a job it only offers, and log the run when it starts).
     pub logged: bool,
+    /// Bumped each time the job enters the ready heap: heap entries of
+    /// earlier visits are stale.
+    pub epoch: u32,
+    pub extra: Option<Box<Extra>>,
+    pub payload: Payload,
+    pub created: Time,
+    pub delay_s: u32,
+    /// Per-job attempt limit (0: the queue's policy).
+    pub max_attempts: u32,
 }
 
 /// What a new job's slot is filled with ([`Slot::fill`]).
@@ -534,6 +540,7 @@ mod tests {
     #[test]
     fn a_job_slot_stays_small() {
         assert!(std::mem::size_of::<Slot>() <= 112, "{}", std::mem::size_of::<Slot>());
+        assert!(std::mem::offset_of!(Slot, epoch) < 64, "the hot fields fit a cache line");
         assert_eq!(std::mem::size_of::<Payload>(), 24);
     }
 
