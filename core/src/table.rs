@@ -385,7 +385,6 @@ impl Table {
         x.jobs += 1;
         x.counters.puts += 1;
         let delay_s = u32::try_from(spec.delay.as_secs()).unwrap_or(u32::MAX);
-        let due = now.plus(spec.delay);
         let delayed = !spec.delay.is_zero();
         let payload = match payload {
             PayloadIn::Borrowed(b) => Payload::new(b),
@@ -416,7 +415,7 @@ impl Table {
             self.expiry.insert(d, id);
         }
         if delayed {
-            self.make_delayed(s, due);
+            self.make_delayed(s, now.plus(spec.delay));
         } else {
             self.make_ready(s, now, fresh);
         }
@@ -461,51 +460,65 @@ impl Table {
     /// Takes a job out of its state's structures and counters.
     #[inline]
     pub(crate) fn unplace(&mut self, s: u32) {
-        let (state, q, at, id, holder, token) = {
-            let j = self.slab.get(s);
-            (j.state, j.queue, j.at, j.id, j.holder, j.counts.reserves)
-        };
-        match state {
-            State::Ready => {
-                if let Some(x) = self.queues.get_mut(q as usize).and_then(|x| x.as_mut()) {
-                    let urgent = x.ready.urgent;
-                    x.ready.remove(&mut self.slab, s);
-                    self.urgent_n -= urgent - x.ready.urgent;
-                }
-                self.ready_n -= 1;
-            }
+        match self.slab.get(s).state {
+            State::Ready => self.unplace_ready(s),
+            State::Reserved => self.unplace_reserved(s),
             State::Delayed => {
+                let (q, at, id) = {
+                    let j = self.slab.get(s);
+                    (j.queue, j.at, j.id)
+                };
                 self.delayed.remove(&(Time(at), id));
                 if let Some(x) = self.q_mut(q) {
                     x.delayed.remove(&(Time(at), id));
                 }
                 self.delayed_n -= 1;
             }
-            State::Reserved => {
-                if let Some(h) = self.holders.get_mut(holder as usize) {
-                    let mut l = h.reserved;
-                    l.unlink(&mut self.slab, s);
-                    self.holders[holder as usize].reserved = l;
-                }
-                if let Some(x) = self.queues.get_mut(q as usize).and_then(|x| x.as_mut()) {
-                    x.reserved -= 1;
-                    if x.gate.limits.concurrency > 0 && !x.waiting.is_empty() {
-                        self.waits.dirty = true;
-                    }
-                }
-                self.reserved_n -= 1;
-                if at != 0 {
-                    self.leases.forget((Time(at), id, token));
-                }
-                self.compact_leases();
-            }
             State::Buried => {
+                let q = self.slab.get(s).queue;
                 if let Some(x) = self.queues.get_mut(q as usize).and_then(|x| x.as_mut()) {
                     x.buried.unlink(&mut self.slab, s);
                 }
                 self.buried_n -= 1;
             }
         }
+    }
+
+    /// [`Table::unplace`] of a ready job.
+    #[inline]
+    fn unplace_ready(&mut self, s: u32) {
+        let q = self.slab.get(s).queue;
+        if let Some(x) = self.queues.get_mut(q as usize).and_then(|x| x.as_mut()) {
+            let urgent = x.ready.urgent;
+            x.ready.remove(&mut self.slab, s);
+            self.urgent_n -= urgent - x.ready.urgent;
+        }
+        self.ready_n -= 1;
+    }
+
+    /// [`Table::unplace`] of a reserved job.
+    #[inline]
+    fn unplace_reserved(&mut self, s: u32) {
+        let (q, at, id, holder, token) = {
+            let j = self.slab.get(s);
+            (j.queue, j.at, j.id, j.holder, j.counts.reserves)
+        };
+        if let Some(h) = self.holders.get_mut(holder as usize) {
+            let mut l = h.reserved;
+            l.unlink(&mut self.slab, s);
+            self.holders[holder as usize].reserved = l;
+        }
+        if let Some(x) = self.queues.get_mut(q as usize).and_then(|x| x.as_mut()) {
+            x.reserved -= 1;
+            if x.gate.limits.concurrency > 0 && !x.waiting.is_empty() {
+                self.waits.dirty = true;
+            }
+        }
+        self.reserved_n -= 1;
+        if at != 0 {
+            self.leases.forget((Time(at), id, token));
+        }
+        self.compact_leases();
     }
 
     /// Drops stale lease entries once they outnumber the live ones.
@@ -578,15 +591,16 @@ impl Table {
 
     #[inline]
     pub(crate) fn make_reserved(&mut self, s: u32, holder: u32, now: Time) -> (u64, u32) {
-        let (q, id, token, waited, deadline) = {
+        let (q, id, token, waited_us, deadline) = {
             let j = self.slab.get_mut(s);
             j.state = State::Reserved;
             j.counts.reserves = j.counts.reserves.saturating_add(1);
             j.holder = holder;
-            let waited = now.since(j.since);
+            // Whole microseconds, as `now.since(j.since).as_micros()`.
+            let waited_us = now.0.saturating_sub(j.since.0) / 1_000;
             j.since = now;
             j.at = if j.ttr_s == 0 { 0 } else { now.plus_secs(u64::from(j.ttr_s)).0 };
-            (j.queue, j.id, j.counts.reserves, waited, j.at)
+            (j.queue, j.id, j.counts.reserves, waited_us, j.at)
         };
         if deadline != 0 {
             self.leases.push((Time(deadline), id, token));
@@ -597,7 +611,7 @@ impl Table {
             x.gate.started(now);
             x.reserved += 1;
             x.counters.reserves += 1;
-            x.record_wait(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX));
+            x.record_wait(waited_us);
         }
         let mut l = self.holder_mut(holder).reserved;
         l.push_back(&mut self.slab, s);
