@@ -265,29 +265,41 @@ impl Table {
         out: &mut Records,
     ) -> Reserved {
         let qs: Vec<u32> = queues.iter().map(|q| q.0).collect();
-        if self.deadline_soon(holder, now) && !self.any_ready(&qs) {
+        // `deadline_soon` walks the holder's leases: asked only when no
+        // watched queue has a ready job.
+        if !self.any_ready(&qs) && self.deadline_soon(holder, now) {
             return Reserved::Ended(WaitEnd::DeadlineSoon);
         }
         self.stop_waiting(holder);
         self.waits.seq += 1;
         let seq = self.waits.seq;
-        let soon = self.soonest_deadline(holder).map(|d| Time(d.0.saturating_sub(margin_ns())));
-        let wake = match (timeout_at, soon) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
         for &q in &qs {
             if let Some(x) = self.q_mut(q) {
                 x.waiting.push(holder);
                 self.waits.queues.insert(q);
             }
         }
-        if let Some(at) = wake {
-            self.waits.timers.insert((at, holder, seq));
-        }
-        self.holder_mut(holder).wait = Some(Wait { seq, wake, batch: batch.max(1), queues: qs });
+        // The wake-up timer is set below, once the holder is known to
+        // wait: one served at once never needs it (nothing between here
+        // and there reads the timers or changes this holder's leases).
+        self.holder_mut(holder).wait =
+            Some(Wait { seq, wake: None, batch: batch.max(1), queues: qs });
         self.waits.dirty = true;
         self.serve_waiters(now, out);
+        let waits = self.holders.get(holder as usize).and_then(|h| h.wait.as_ref());
+        if waits.is_some_and(|w| w.seq == seq) {
+            let soon = self.soonest_deadline(holder).map(|d| Time(d.0.saturating_sub(margin_ns())));
+            let wake = match (timeout_at, soon) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(w) = self.holders.get_mut(holder as usize).and_then(|h| h.wait.as_mut()) {
+                w.wake = wake;
+            }
+            if let Some(at) = wake {
+                self.waits.timers.insert((at, holder, seq));
+            }
+        }
         if let Some(i) = self.waits.grants.iter().position(|g| g.holder == holder) {
             let g = self.waits.grants.remove(i);
             return Reserved::Now(g.leases);
