@@ -60,6 +60,8 @@ pub(crate) struct Waits {
     pub dirty: bool,
     grants: Vec<Grant>,
     ended: Vec<(u32, WaitEnd)>,
+    /// `serve_waiters`' copy of `queues`, kept for its capacity.
+    scratch: Vec<u32>,
 }
 
 /// Jobs handed to a waiting holder.
@@ -356,10 +358,14 @@ impl Table {
         }
         self.expire_due(now, out);
         let mut shut: Vec<(u32, Time)> = Vec::new();
+        // The queues with waiters, copied into a buffer kept between calls
+        // (serving changes the set).
+        let mut candidates = std::mem::take(&mut self.waits.scratch);
         loop {
             let mut best: Option<(u32, u64, u32, u32)> = None;
-            let candidates: Vec<u32> = self.waits.queues.iter().copied().collect();
-            for q in candidates {
+            candidates.clear();
+            candidates.extend(self.waits.queues.iter().copied());
+            for &q in &candidates {
                 let Some(x) = self.queues.get_mut(q as usize).and_then(|x| x.as_mut()) else {
                     continue;
                 };
@@ -379,15 +385,17 @@ impl Table {
             for (q, at) in shut.drain(..) {
                 self.gate_shut_until(q, at);
             }
-            let Some((_, _, s, q)) = best else { return };
-            let Some(x) = self.q_mut(q) else { return };
+            let Some((_, _, s, q)) = best else { break };
+            let Some(x) = self.q_mut(q) else { break };
             let n = x.waiting.len();
             let at = x.waiting_last % n;
             let holder = x.waiting[at];
             x.waiting_last = at + 1;
+            // The watched queues are needed again only to fill a batch.
             let (batch, queues) =
                 match self.holders.get(holder as usize).and_then(|h| h.wait.as_ref()) {
-                    Some(w) => (w.batch, w.queues.clone()),
+                    Some(w) if w.batch > 1 => (w.batch, w.queues.clone()),
+                    Some(w) => (w.batch, Vec::new()),
                     None => (1, Vec::new()),
                 };
             self.stop_waiting(holder);
@@ -401,6 +409,7 @@ impl Table {
             }
             self.waits.grants.push(Grant { holder, batch, leases });
         }
+        self.waits.scratch = candidates;
     }
 
     /// Jobs handed to waiting holders since the last call.
