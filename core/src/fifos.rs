@@ -28,29 +28,49 @@ impl Default for Fifos {
 
 impl Fifos {
     /// The FIFO of priority `pri`, made if missing.
+    #[inline]
     pub(crate) fn entry(&mut self, pri: u32) -> &mut List {
-        if let Fifos::Few(v) = self {
-            if !v.iter().any(|e| e.0 == pri) && v.len() >= FEW {
-                v.retain(|e| e.1.len > 0);
-                if v.len() >= FEW {
-                    let map: BTreeMap<u32, List> = v.drain(..).collect();
-                    *self = Fifos::Many(map);
-                }
+        // One scan finds the FIFO or where it goes.
+        let (i, hit, full) = match self {
+            Fifos::Few(v) => {
+                let i = v.iter().position(|e| e.0 >= pri).unwrap_or(v.len());
+                (i, v.get(i).is_some_and(|e| e.0 == pri), v.len() >= FEW)
             }
+            Fifos::Many(_) => (0, false, false),
+        };
+        if !hit && full {
+            self.make_room();
+            return self.find_or_make(pri);
         }
         match self {
             Fifos::Few(v) => {
-                let i = match v.iter().position(|e| e.0 >= pri) {
-                    Some(i) if v[i].0 == pri => i,
-                    Some(i) => {
-                        v.insert(i, (pri, List::EMPTY));
-                        i
-                    }
-                    None => {
-                        v.push((pri, List::EMPTY));
-                        v.len() - 1
-                    }
-                };
+                if !hit {
+                    v.insert(i, (pri, List::EMPTY));
+                }
+                &mut v[i].1
+            }
+            Fifos::Many(m) => m.entry(pri).or_insert(List::EMPTY),
+        }
+    }
+
+    /// A full `Vec` drops its empty FIFOs, or becomes a map.
+    fn make_room(&mut self) {
+        if let Fifos::Few(v) = self {
+            v.retain(|e| e.1.len > 0);
+            if v.len() >= FEW {
+                let map: BTreeMap<u32, List> = v.drain(..).collect();
+                *self = Fifos::Many(map);
+            }
+        }
+    }
+
+    fn find_or_make(&mut self, pri: u32) -> &mut List {
+        match self {
+            Fifos::Few(v) => {
+                let i = v.iter().position(|e| e.0 >= pri).unwrap_or(v.len());
+                if v.get(i).is_none_or(|e| e.0 != pri) {
+                    v.insert(i, (pri, List::EMPTY));
+                }
                 &mut v[i].1
             }
             Fifos::Many(m) => m.entry(pri).or_insert(List::EMPTY),
@@ -58,6 +78,7 @@ impl Fifos {
     }
 
     /// The FIFO of priority `pri`, if any.
+    #[inline]
     pub(crate) fn get_mut(&mut self, pri: u32) -> Option<&mut List> {
         match self {
             Fifos::Few(v) => v.iter_mut().find(|e| e.0 == pri).map(|e| &mut e.1),
@@ -76,6 +97,7 @@ impl Fifos {
     }
 
     /// The most urgent non-empty FIFO.
+    #[inline]
     pub(crate) fn first(&self) -> Option<(u32, &List)> {
         match self {
             Fifos::Few(v) => v.iter().find(|e| e.1.len > 0).map(|e| (e.0, &e.1)),

@@ -49,6 +49,7 @@ impl IdMap {
         self.len
     }
 
+    #[inline]
     fn split(id: u64) -> (u64, usize) {
         (id >> CHUNK_BITS, (id & (CHUNK as u64 - 1)) as usize)
     }
@@ -81,7 +82,26 @@ impl IdMap {
     }
 
     /// Maps `id` to `slot` (replacing any earlier slot of it).
+    #[inline]
     pub(crate) fn insert(&mut self, id: u64, slot: u32) {
+        let (c, i) = Self::split(id);
+        // The common case: the id's chunk is in the window already.
+        if self.far.is_empty() {
+            let k = c.checked_sub(self.base).and_then(|k| usize::try_from(k).ok());
+            if let Some(Some(chunk)) = k.and_then(|k| self.chunks.get_mut(k)) {
+                if chunk.slots[i] == NONE {
+                    chunk.live += 1;
+                    self.len += 1;
+                }
+                chunk.slots[i] = slot;
+                return;
+            }
+        }
+        self.insert_slow(id, slot);
+    }
+
+    /// [`IdMap::insert`] when the id's chunk is missing or ids are far.
+    fn insert_slow(&mut self, id: u64, slot: u32) {
         let (c, i) = Self::split(id);
         if !self.fits(c) || (!self.far.is_empty() && self.far.contains_key(&id)) {
             if self.far.insert(id, slot).is_none() {
@@ -126,6 +146,7 @@ impl IdMap {
     }
 
     /// Unmaps `id`, returning its slot.
+    #[inline]
     pub(crate) fn remove(&mut self, id: u64) -> Option<u32> {
         // `HashMap::remove` hashes the key even when the map is empty.
         if !self.far.is_empty() {

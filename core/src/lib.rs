@@ -46,6 +46,7 @@ pub mod headroom;
 mod histogram;
 mod idmap;
 mod job;
+mod leases;
 mod limit;
 mod outcome;
 mod queue;

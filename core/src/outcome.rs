@@ -235,7 +235,7 @@ impl Table {
         if j.ttr_s != 0 {
             j.at = now.plus_secs(u64::from(j.ttr_s)).0;
             let entry = (Time(j.at), j.id, j.counts.reserves);
-            self.leases.push(std::cmp::Reverse(entry));
+            self.leases.push(entry);
         }
         Ok(())
     }

@@ -40,6 +40,7 @@ pub(crate) struct Ready {
 impl Ready {
     /// Queues a job: `fresh` (its id is above every id queued before) goes
     /// to its priority's FIFO, any other to the heap.
+    #[inline]
     pub(crate) fn push(&mut self, slab: &mut Slab, s: u32, fresh: bool) {
         let (pri, id) = {
             let j = slab.get(s);
@@ -60,6 +61,7 @@ impl Ready {
     }
 
     /// Takes a job out (it is leaving the ready state).
+    #[inline]
     pub(crate) fn remove(&mut self, slab: &mut Slab, s: u32) {
         let (pri, place) = {
             let j = slab.get(s);
@@ -88,7 +90,14 @@ impl Ready {
     }
 
     /// The most urgent ready job: (priority, id, slot).
+    #[inline]
     pub(crate) fn best(&mut self, slab: &Slab) -> Option<(u32, u64, u32)> {
+        if self.heap_live == 0 {
+            // Every heap entry is stale: only the FIFOs hold jobs.
+            self.heap.clear();
+            let (p, l) = self.fifos.first()?;
+            return Some((p, slab.get(l.head).id, l.head));
+        }
         while let Some(Reverse(e)) = self.heap.peek() {
             if current(slab, *e, NIL) {
                 break;
@@ -209,6 +218,7 @@ impl Queue {
         self.jobs == 0 && self.refs == 0 && self.waiting.is_empty()
     }
 
+    #[inline]
     pub(crate) fn record_wait(&mut self, waited_us: u64) {
         if self.wait_us.is_none() {
             self.wait_us = Some(Histogram::new());

@@ -60,6 +60,8 @@ pub(crate) struct Waits {
     pub dirty: bool,
     grants: Vec<Grant>,
     ended: Vec<(u32, WaitEnd)>,
+    /// `serve_waiters`' copy of `queues`, kept for its capacity.
+    scratch: Vec<u32>,
 }
 
 /// Jobs handed to a waiting holder.
@@ -105,7 +107,24 @@ impl Table {
         holder: u32,
         out: &mut Records,
     ) -> Option<Lease> {
-        self.reserve_from(now, &[q], holder, out)
+        // `reserve_from` for one queue, without the loop over queues.
+        self.expire_due(now, out);
+        let x = self.queues.get_mut(q.0 as usize)?.as_mut()?;
+        if x.paused(now) {
+            return None;
+        }
+        let (_, _, s) = x.ready.best(&self.slab)?;
+        if x.gate.limited() {
+            match x.gate.check(now, x.reserved) {
+                Ok(()) => {}
+                Err(Shut::Until(at)) => {
+                    self.gate_shut_until(q.0, at);
+                    return None;
+                }
+                Err(Shut::Busy) => return None,
+            }
+        }
+        Some(self.take(s, holder, now, out))
     }
 
     /// Reserves job `id` (beanstalkd's `reserve-job`): from any state but
@@ -214,6 +233,7 @@ impl Table {
     }
 
     /// Leases the job in slot `s` to `holder` and logs the reservation.
+    #[inline]
     fn take(&mut self, s: u32, holder: u32, now: Time, out: &mut Records) -> Lease {
         self.unplace(s);
         let (id, token) = self.make_reserved(s, holder, now);
@@ -247,29 +267,41 @@ impl Table {
         out: &mut Records,
     ) -> Reserved {
         let qs: Vec<u32> = queues.iter().map(|q| q.0).collect();
-        if self.deadline_soon(holder, now) && !self.any_ready(&qs) {
+        // `deadline_soon` walks the holder's leases: asked only when no
+        // watched queue has a ready job.
+        if !self.any_ready(&qs) && self.deadline_soon(holder, now) {
             return Reserved::Ended(WaitEnd::DeadlineSoon);
         }
         self.stop_waiting(holder);
         self.waits.seq += 1;
         let seq = self.waits.seq;
-        let soon = self.soonest_deadline(holder).map(|d| Time(d.0.saturating_sub(margin_ns())));
-        let wake = match (timeout_at, soon) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
         for &q in &qs {
             if let Some(x) = self.q_mut(q) {
                 x.waiting.push(holder);
                 self.waits.queues.insert(q);
             }
         }
-        if let Some(at) = wake {
-            self.waits.timers.insert((at, holder, seq));
-        }
-        self.holder_mut(holder).wait = Some(Wait { seq, wake, batch: batch.max(1), queues: qs });
+        // The wake-up timer is set below, once the holder is known to
+        // wait: one served at once never needs it (nothing between here
+        // and there reads the timers or changes this holder's leases).
+        self.holder_mut(holder).wait =
+            Some(Wait { seq, wake: None, batch: batch.max(1), queues: qs });
         self.waits.dirty = true;
         self.serve_waiters(now, out);
+        let waits = self.holders.get(holder as usize).and_then(|h| h.wait.as_ref());
+        if waits.is_some_and(|w| w.seq == seq) {
+            let soon = self.soonest_deadline(holder).map(|d| Time(d.0.saturating_sub(margin_ns())));
+            let wake = match (timeout_at, soon) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(w) = self.holders.get_mut(holder as usize).and_then(|h| h.wait.as_mut()) {
+                w.wake = wake;
+            }
+            if let Some(at) = wake {
+                self.waits.timers.insert((at, holder, seq));
+            }
+        }
         if let Some(i) = self.waits.grants.iter().position(|g| g.holder == holder) {
             let g = self.waits.grants.remove(i);
             return Reserved::Now(g.leases);
@@ -332,10 +364,14 @@ impl Table {
         }
         self.expire_due(now, out);
         let mut shut: Vec<(u32, Time)> = Vec::new();
+        // The queues with waiters, copied into a buffer kept between calls
+        // (serving changes the set).
+        let mut candidates = std::mem::take(&mut self.waits.scratch);
         loop {
             let mut best: Option<(u32, u64, u32, u32)> = None;
-            let candidates: Vec<u32> = self.waits.queues.iter().copied().collect();
-            for q in candidates {
+            candidates.clear();
+            candidates.extend(self.waits.queues.iter().copied());
+            for &q in &candidates {
                 let Some(x) = self.queues.get_mut(q as usize).and_then(|x| x.as_mut()) else {
                     continue;
                 };
@@ -355,15 +391,17 @@ impl Table {
             for (q, at) in shut.drain(..) {
                 self.gate_shut_until(q, at);
             }
-            let Some((_, _, s, q)) = best else { return };
-            let Some(x) = self.q_mut(q) else { return };
+            let Some((_, _, s, q)) = best else { break };
+            let Some(x) = self.q_mut(q) else { break };
             let n = x.waiting.len();
             let at = x.waiting_last % n;
             let holder = x.waiting[at];
             x.waiting_last = at + 1;
+            // The watched queues are needed again only to fill a batch.
             let (batch, queues) =
                 match self.holders.get(holder as usize).and_then(|h| h.wait.as_ref()) {
-                    Some(w) => (w.batch, w.queues.clone()),
+                    Some(w) if w.batch > 1 => (w.batch, w.queues.clone()),
+                    Some(w) => (w.batch, Vec::new()),
                     None => (1, Vec::new()),
                 };
             self.stop_waiting(holder);
@@ -377,6 +415,7 @@ impl Table {
             }
             self.waits.grants.push(Grant { holder, batch, leases });
         }
+        self.waits.scratch = candidates;
     }
 
     /// Jobs handed to waiting holders since the last call.

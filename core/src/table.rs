@@ -9,12 +9,11 @@
 //! [`Records`]; nothing here reads a clock, touches a file or starts a
 //! thread.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use crate::error::{NameError, PutError};
-use crate::job::{Counts, Extra, Hot, List, Payload, Place, Slab, Slot, State, NIL};
+use crate::job::{Counts, Extra, List, New, Payload, Slab, State};
 use crate::queue::{Queue, QueueId};
 use crate::record::{kind, MoveRec, PutRec, Records};
 use crate::retry::{RetryPolicy, Rng};
@@ -107,8 +106,9 @@ pub struct Table {
     pub(crate) bytes: u64,
     /// Delayed jobs by due time.
     pub(crate) delayed: BTreeSet<(Time, u64)>,
-    /// Lease deadlines (deadline, id, token), removed lazily.
-    pub(crate) leases: BinaryHeap<Reverse<(Time, u64, u32)>>,
+    /// Lease deadlines (deadline, id, token), removed lazily
+    /// (`leases.rs`).
+    pub(crate) leases: crate::leases::Leases,
     /// Pause ends.
     pub(crate) pauses: BTreeSet<(Time, u32)>,
     pub(crate) bury_seq: u64,
@@ -158,7 +158,7 @@ impl Table {
             next_id: 1,
             bytes: 0,
             delayed: BTreeSet::new(),
-            leases: BinaryHeap::new(),
+            leases: crate::leases::Leases::default(),
             pauses: BTreeSet::new(),
             bury_seq: 0,
             rng,
@@ -233,7 +233,14 @@ impl Table {
     }
 
     /// Drops queue `q` if nothing uses it.
+    #[inline]
     pub(crate) fn maybe_drop_queue(&mut self, q: u32) {
+        if self.cfg.drop_unused_queues {
+            self.drop_if_unused(q);
+        }
+    }
+
+    fn drop_if_unused(&mut self, q: u32) {
         let unused =
             self.cfg.drop_unused_queues && self.q(q).is_some_and(|x| x.unused() && !x.configured);
         if unused {
@@ -366,7 +373,9 @@ impl Table {
         if self.bytes.saturating_add(len as u64) > self.cfg.max_bytes {
             return Err(PutError::Full { what: "bytes", limit: self.cfg.max_bytes });
         }
-        if self.ids.get(id).is_some() {
+        // Every live id is below `next_id`: only an older id needs a look.
+        let fresh = id >= self.next_id;
+        if !fresh && self.ids.get(id).is_some() {
             return Err(PutError::IdUsed { id });
         }
         let x = self.q_mut(q.0).ok_or(PutError::NoQueue(q.0))?;
@@ -376,49 +385,37 @@ impl Table {
         x.jobs += 1;
         x.counters.puts += 1;
         let delay_s = u32::try_from(spec.delay.as_secs()).unwrap_or(u32::MAX);
-        let due = now.plus(spec.delay);
         let delayed = !spec.delay.is_zero();
-        let job = Slot {
+        let payload = match payload {
+            PayloadIn::Borrowed(b) => Payload::new(b),
+            PayloadIn::Owned(v) => Payload::from_vec(v),
+        };
+        let extra = (spec.unique.is_some() || spec.deadline.is_some()).then(|| {
+            Box::new(Extra {
+                unique: spec.unique.map(Into::into),
+                deadline: spec.deadline,
+                ..Extra::default()
+            })
+        });
+        let new = New {
             id,
-            created: now,
-            since: now,
-            at: 0,
-            payload: match payload {
-                PayloadIn::Borrowed(b) => Payload::new(b),
-                PayloadIn::Owned(v) => Payload::from_vec(v),
-            },
-            extra: (spec.unique.is_some() || spec.deadline.is_some()).then(|| {
-                Box::new(Extra {
-                    unique: spec.unique.map(Into::into),
-                    deadline: spec.deadline,
-                    ..Extra::default()
-                })
-            }),
-            prev: NIL,
-            next: NIL,
+            now,
             queue: q.0,
             pri: spec.pri,
             ttr_s: spec.ttr_s,
             delay_s,
-            holder: 0,
             max_attempts: spec.max_attempts,
-            epoch: 0,
-            counts: Hot::default(),
-            state: State::Ready,
-            place: Place::None,
-            live: true,
-            logged: false,
         };
-        let fresh = id >= self.next_id;
+        let s = self.slab.alloc();
+        self.slab.get_mut(s).fill(&new, payload, extra);
         self.next_id = self.next_id.max(id.saturating_add(1));
         self.bytes += len as u64;
-        let s = self.slab.insert(job);
         self.ids.insert(id, s);
         if let Some(d) = spec.deadline {
             self.expiry.insert(d, id);
         }
         if delayed {
-            self.make_delayed(s, due);
+            self.make_delayed(s, now.plus(spec.delay));
         } else {
             self.make_ready(s, now, fresh);
         }
@@ -461,43 +458,24 @@ impl Table {
     }
 
     /// Takes a job out of its state's structures and counters.
+    #[inline]
     pub(crate) fn unplace(&mut self, s: u32) {
-        let (state, q, at, id, holder) = {
-            let j = self.slab.get(s);
-            (j.state, j.queue, j.at, j.id, j.holder)
-        };
-        match state {
-            State::Ready => {
-                if let Some(x) = self.queues.get_mut(q as usize).and_then(|x| x.as_mut()) {
-                    let urgent = x.ready.urgent;
-                    x.ready.remove(&mut self.slab, s);
-                    self.urgent_n -= urgent - x.ready.urgent;
-                }
-                self.ready_n -= 1;
-            }
+        match self.slab.get(s).state {
+            State::Ready => self.unplace_ready(s),
+            State::Reserved => self.unplace_reserved(s),
             State::Delayed => {
+                let (q, at, id) = {
+                    let j = self.slab.get(s);
+                    (j.queue, j.at, j.id)
+                };
                 self.delayed.remove(&(Time(at), id));
                 if let Some(x) = self.q_mut(q) {
                     x.delayed.remove(&(Time(at), id));
                 }
                 self.delayed_n -= 1;
             }
-            State::Reserved => {
-                if let Some(h) = self.holders.get_mut(holder as usize) {
-                    let mut l = h.reserved;
-                    l.unlink(&mut self.slab, s);
-                    self.holders[holder as usize].reserved = l;
-                }
-                if let Some(x) = self.queues.get_mut(q as usize).and_then(|x| x.as_mut()) {
-                    x.reserved -= 1;
-                    if x.gate.limits.concurrency > 0 && !x.waiting.is_empty() {
-                        self.waits.dirty = true;
-                    }
-                }
-                self.reserved_n -= 1;
-                self.compact_leases();
-            }
             State::Buried => {
+                let q = self.slab.get(s).queue;
                 if let Some(x) = self.queues.get_mut(q as usize).and_then(|x| x.as_mut()) {
                     x.buried.unlink(&mut self.slab, s);
                 }
@@ -506,12 +484,49 @@ impl Table {
         }
     }
 
+    /// [`Table::unplace`] of a ready job.
+    #[inline]
+    fn unplace_ready(&mut self, s: u32) {
+        let q = self.slab.get(s).queue;
+        if let Some(x) = self.queues.get_mut(q as usize).and_then(|x| x.as_mut()) {
+            let urgent = x.ready.urgent;
+            x.ready.remove(&mut self.slab, s);
+            self.urgent_n -= urgent - x.ready.urgent;
+        }
+        self.ready_n -= 1;
+    }
+
+    /// [`Table::unplace`] of a reserved job.
+    #[inline]
+    fn unplace_reserved(&mut self, s: u32) {
+        let (q, at, id, holder, token) = {
+            let j = self.slab.get(s);
+            (j.queue, j.at, j.id, j.holder, j.counts.reserves)
+        };
+        if let Some(h) = self.holders.get_mut(holder as usize) {
+            let mut l = h.reserved;
+            l.unlink(&mut self.slab, s);
+            self.holders[holder as usize].reserved = l;
+        }
+        if let Some(x) = self.queues.get_mut(q as usize).and_then(|x| x.as_mut()) {
+            x.reserved -= 1;
+            if x.gate.limits.concurrency > 0 && !x.waiting.is_empty() {
+                self.waits.dirty = true;
+            }
+        }
+        self.reserved_n -= 1;
+        if at != 0 {
+            self.leases.forget((Time(at), id, token));
+        }
+        self.compact_leases();
+    }
+
     /// Drops stale lease entries once they outnumber the live ones.
     fn compact_leases(&mut self) {
         if self.leases.len() > 1024 && self.leases.len() as u64 > 2 * self.reserved_n + 1024 {
             let slab = &self.slab;
             let ids = &self.ids;
-            self.leases.retain(|Reverse((at, id, tok))| {
+            self.leases.retain(|(at, id, tok)| {
                 ids.get(*id).is_some_and(|s| {
                     let j = slab.get(s);
                     j.state == State::Reserved && j.at == at.0 && j.counts.reserves == *tok
@@ -522,6 +537,7 @@ impl Table {
 
     /// Makes a job ready (`fresh`: its id is the highest yet, so it can go
     /// to its priority's FIFO).
+    #[inline]
     pub(crate) fn make_ready(&mut self, s: u32, now: Time, fresh: bool) {
         let q = {
             let j = self.slab.get_mut(s);
@@ -573,19 +589,21 @@ impl Table {
         }
     }
 
+    #[inline]
     pub(crate) fn make_reserved(&mut self, s: u32, holder: u32, now: Time) -> (u64, u32) {
-        let (q, id, token, waited, deadline) = {
+        let (q, id, token, waited_us, deadline) = {
             let j = self.slab.get_mut(s);
             j.state = State::Reserved;
             j.counts.reserves = j.counts.reserves.saturating_add(1);
             j.holder = holder;
-            let waited = now.since(j.since);
+            // Whole microseconds, as `now.since(j.since).as_micros()`.
+            let waited_us = now.0.saturating_sub(j.since.0) / 1_000;
             j.since = now;
             j.at = if j.ttr_s == 0 { 0 } else { now.plus_secs(u64::from(j.ttr_s)).0 };
-            (j.queue, j.id, j.counts.reserves, waited, j.at)
+            (j.queue, j.id, j.counts.reserves, waited_us, j.at)
         };
         if deadline != 0 {
-            self.leases.push(Reverse((Time(deadline), id, token)));
+            self.leases.push((Time(deadline), id, token));
         }
         self.reserved_n += 1;
         if let Some(x) = self.q_mut(q) {
@@ -593,7 +611,7 @@ impl Table {
             x.gate.started(now);
             x.reserved += 1;
             x.counters.reserves += 1;
-            x.record_wait(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX));
+            x.record_wait(waited_us);
         }
         let mut l = self.holder_mut(holder).reserved;
         l.push_back(&mut self.slab, s);
@@ -602,6 +620,7 @@ impl Table {
     }
 
     /// Removes a job entirely (its state, key, bytes and slot).
+    #[inline]
     pub(crate) fn destroy(&mut self, s: u32) {
         self.unplace(s);
         let (id, q) = {

@@ -4,8 +4,6 @@
 //! and sleeps until the time it returns (or until something else
 //! happens).
 
-use std::cmp::Reverse;
-
 use crate::job::State;
 use crate::record::Records;
 use crate::table::Table;
@@ -33,7 +31,7 @@ impl Table {
             }
         }
         self.expire_waits(now);
-        while let Some(&Reverse((at, id, token))) = self.leases.peek() {
+        while let Some(&(at, id, token)) = self.leases.peek() {
             if at > now {
                 break;
             }
@@ -70,7 +68,7 @@ impl Table {
     pub fn next_due(&self) -> Option<Time> {
         [
             self.delayed.first().map(|x| x.0),
-            self.leases.peek().map(|Reverse(x)| x.0),
+            self.leases.peek().map(|x| x.0),
             self.next_wait_timer(),
             self.pauses.first().map(|x| x.0),
             self.gate_timers.first().map(|x| x.0),
