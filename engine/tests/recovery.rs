@@ -374,14 +374,29 @@ fn damage_last_segment(shards: usize, damage: Damage) {
     assert!(in_victim.len() >= 100, "{ctx}: shard {victim_shard} holds {} jobs", in_victim.len());
     let files: BTreeSet<&PathBuf> = records.iter().map(|r| &r.file).collect();
     assert!(files.len() >= 2, "{ctx}: the victim shard's log should span several segments");
-    let last_file = records.last().unwrap().file.clone();
     let victim = match damage {
         Damage::FlipLast | Damage::ZeroTail => records.len() - 1,
         Damage::FlipMiddle => {
-            let in_last: Vec<usize> =
-                (0..records.len()).filter(|&k| records[k].file == last_file).collect();
-            assert!(in_last.len() >= 3, "{ctx}: last segment holds {} records", in_last.len());
-            in_last[in_last.len() / 2]
+            // The middle record of the last segment that holds at least
+            // three (where the rollover falls depends on how submits were
+            // spread over shards; a damaged earlier segment also cuts every
+            // later one: `docs/wal-format.md`, "Recovery").
+            let in_segment = |f: &PathBuf| -> Vec<usize> {
+                (0..records.len()).filter(|&k| &records[k].file == f).collect()
+            };
+            let mut in_order: Vec<&PathBuf> = Vec::new();
+            for r in &records {
+                if in_order.last() != Some(&&r.file) {
+                    in_order.push(&r.file);
+                }
+            }
+            let in_seg = in_order
+                .iter()
+                .rev()
+                .map(|f| in_segment(f))
+                .find(|ks| ks.len() >= 3)
+                .unwrap_or_else(|| panic!("{ctx}: no segment holds three records"));
+            in_seg[in_seg.len() / 2]
         }
     };
     let v = &records[victim];
