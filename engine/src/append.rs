@@ -23,6 +23,17 @@ pub(crate) fn submit_error(e: WalError) -> crate::SubmitError {
     }
 }
 
+/// How a record's appender waits for the appenders before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Publish {
+    /// Until its records are published (in the page cache, safe from
+    /// `kill -9`): [`Appender::append`].
+    Wait,
+    /// Not at all: the caller waits for the records to be durable before
+    /// acknowledging them ([`Appender::append_deferred`]; `Sync` submits).
+    Defer,
+}
+
 /// Appends `recs` as frames of table records, each only if the log can
 /// still hold `keep` bytes past the records (0: no condition). Several
 /// frames (a large batch) are refused at the first if they would not all
@@ -32,16 +43,23 @@ pub(crate) fn append_frames(
     wal: &Wal,
     recs: &Records,
     keep: u64,
+    publish: Publish,
 ) -> Result<u64, WalError> {
     let max = frame_max(wal);
     let mut after: u64 = recs.frames(max).map(|c| frame_len(c.len() as u64)).sum();
     let mut last = 0;
     for chunk in recs.frames(max) {
         after = after.saturating_sub(frame_len(chunk.len() as u64));
-        last = if keep == 0 {
-            app.append(core_record::WAL_KIND, chunk)?
-        } else {
-            app.append_keeping(core_record::WAL_KIND, chunk, keep.saturating_add(after))?
+        let keep_after = keep.saturating_add(after);
+        last = match (keep == 0, publish) {
+            (true, Publish::Wait) => app.append(core_record::WAL_KIND, chunk)?,
+            (true, Publish::Defer) => app.append_deferred(core_record::WAL_KIND, chunk)?,
+            (false, Publish::Wait) => {
+                app.append_keeping(core_record::WAL_KIND, chunk, keep_after)?
+            }
+            (false, Publish::Defer) => {
+                app.append_keeping_deferred(core_record::WAL_KIND, chunk, keep_after)?
+            }
         };
     }
     Ok(last)

@@ -15,6 +15,7 @@
 //!    logs it and replies (one round trip).
 //! 4. Return the id: the job is as durable as the mode promises.
 
+use crate::append::Publish;
 use crate::builder::{Durability, EngineBuilder};
 use crate::control;
 use crate::error::{BuildError, ShutdownError, SubmitError};
@@ -246,7 +247,7 @@ fn replay(
 
 /// Appends records to a shard's log before its shard runs.
 fn append_now(wal: &Wal, recs: &spindle_core::Records) -> Result<(), spindle_wal::WalError> {
-    crate::append::append_frames(&mut wal.appender(), wal, recs, 0).map(drop)
+    crate::append::append_frames(&mut wal.appender(), wal, recs, 0, Publish::Wait).map(drop)
 }
 
 /// One record of the engine's older log format, applied as the table's.
@@ -813,7 +814,7 @@ impl Engine {
         // compaction never releases a record the shard has not seen yet.
         let _inflight = shard.enter();
         if let Some(wal) = &shard.wal {
-            let lsn = match shard.log_puts(wal, std::slice::from_ref(&nj)) {
+            let lsn = match shard.log_puts(wal, std::slice::from_ref(&nj), self.put_publish()) {
                 Ok(lsn) => lsn,
                 Err(e) => {
                     self.inner.counters.release(1, len);
@@ -829,6 +830,15 @@ impl Engine {
         }
         shard.send(Msg::Job(nj));
         Ok(JobId(id))
+    }
+
+    /// How a producer's `Put`s wait for earlier appenders: not at all under
+    /// `Sync`, where the producer waits for them to be durable anyway.
+    fn put_publish(&self) -> Publish {
+        match self.inner.cfg.durability {
+            Durability::Sync => Publish::Defer,
+            _ => Publish::Wait,
+        }
     }
 
     fn wait_durable(&self, shard: &ShardShared, lsn: u64) -> Result<(), SubmitError> {
@@ -898,7 +908,7 @@ impl Engine {
                 .collect();
             let mut last_lsn = 0;
             if let Some(wal) = &shard.wal {
-                match shard.log_puts(wal, &batch) {
+                match shard.log_puts(wal, &batch, self.put_publish()) {
                     Ok(lsn) => last_lsn = lsn,
                     Err(e) => {
                         // Frames of the batch may be in the log: those jobs

@@ -16,7 +16,7 @@
 //! dropped the dirty pages, so retrying could report durability that is not
 //! there (PostgreSQL's "fsyncgate" lesson). Reopening runs recovery.
 
-use crate::cursor::{Cursor, Geometry};
+use crate::cursor::{Cursor, Geometry, Published};
 use crate::record::{frame_len, Record, FRAME_HEADER, KIND_PADDING, MAX_PAYLOAD};
 use crate::recovery::{self, Kept, RecoveryMode, RecoveryReport};
 use crate::segment::{Header, Segment, SEGMENT_HEADER};
@@ -156,6 +156,11 @@ struct Shared {
     /// a waiter for durability checks without the state's lock.
     failed: AtomicBool,
     flusher_gone: AtomicBool,
+    /// Set (under the state's lock) while the flusher waits on `flush_cv`
+    /// with nothing to do: only then does a request need the lock and a
+    /// notify. Stored and loaded `SeqCst`, against `requested` and
+    /// `published` (`Shared::flusher`, step 2).
+    flusher_idle: AtomicBool,
     state: Mutex<State>,
     flush_cv: Condvar,
     /// Threads in [`Wal::wait_durable`], woken by LSN (`waiters.rs`).
@@ -323,13 +328,39 @@ impl Shared {
         self.sync_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
+    /// Wakes the flusher if a sync was asked for that it may have found
+    /// unpublished: called after publishing records deposited by other
+    /// appenders (`cursor.rs`, step 3b), whose owners wait for that sync.
+    /// `published` was stored and `requested` is loaded with `SeqCst`, as
+    /// the flusher loads them, so a waiter's request is either seen here or
+    /// the flusher saw the new `published`.
+    fn kick_flusher(&self) {
+        if self.flusher_idle.load(Ordering::SeqCst)
+            && self.requested.load(Ordering::SeqCst) > self.durable.load(Ordering::Acquire)
+        {
+            let _st = self.lock();
+            self.flush_cv.notify_one();
+        }
+    }
+
+    /// Asks the flusher to make everything below `upto` durable. The
+    /// request is an atomic maximum; the flusher is notified (under the
+    /// state's lock) only when it is idle (`flusher_idle`).
+    fn request(&self, upto: u64) {
+        self.requested.fetch_max(upto, Ordering::SeqCst);
+        if self.flusher_idle.load(Ordering::SeqCst) {
+            let _st = self.lock();
+            self.flush_cv.notify_one();
+        }
+    }
+
     fn flusher(self: &Arc<Self>) {
         let mut st = self.lock();
         let mut last = Instant::now();
         loop {
             let durable = self.durable.load(Ordering::Acquire);
             let published = self.cursor.published();
-            let asked = self.requested.load(Ordering::Acquire) > durable;
+            let asked = self.requested.load(Ordering::SeqCst) > durable;
             let due = match self.policy {
                 SyncPolicy::Interval(d) => last.elapsed() >= d,
                 _ => false,
@@ -368,6 +399,20 @@ impl Shared {
                 self.waiters.wake_all();
                 return;
             }
+            // Going idle: 1. set `flusher_idle`; 2. look once more for a
+            // request (or records published for one) made since the check
+            // above. A requester stores its request, then loads the flag
+            // (both SeqCst): it sees the flag and notifies under the lock,
+            // which it gets only once this thread waits, or this load sees
+            // its request.
+            self.flusher_idle.store(true, Ordering::SeqCst);
+            if st.failure.is_none()
+                && self.requested.load(Ordering::SeqCst) > durable
+                && self.cursor.published() > durable
+            {
+                self.flusher_idle.store(false, Ordering::SeqCst);
+                continue;
+            }
             st = match self.policy {
                 SyncPolicy::Interval(d) => {
                     let left = d.saturating_sub(last.elapsed()).max(Duration::from_micros(100));
@@ -375,6 +420,7 @@ impl Shared {
                 }
                 _ => self.flush_cv.wait(st).unwrap_or_else(|p| p.into_inner()),
             };
+            self.flusher_idle.store(false, Ordering::SeqCst);
             if matches!(self.policy, SyncPolicy::Interval(_)) && self.cursor.published() == durable
             {
                 last = Instant::now();
@@ -446,7 +492,9 @@ impl Wal {
             prepare_ahead: opts.prepare_ahead,
             geo: Geometry { run_base, data_cap },
             storage,
-            cursor: Cursor::new(run_base),
+            // Deposits only where appenders wait for syncs anyway: under
+            // other policies a deferred append waits to publish.
+            cursor: Cursor::new(run_base, opts.sync == SyncPolicy::Always),
             durable: AtomicU64::new(run_base),
             requested: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
@@ -463,6 +511,7 @@ impl Wal {
             }),
             failed: AtomicBool::new(false),
             flusher_gone: AtomicBool::new(false),
+            flusher_idle: AtomicBool::new(false),
             flush_cv: Condvar::new(),
             waiters: Waiters::default(),
             prep_cv: Condvar::new(),
@@ -566,11 +615,7 @@ impl Wal {
         if lsn >= sh.cursor.tail() {
             return Err(WalError::Config(format!("lsn {lsn} was never appended")));
         }
-        sh.requested.fetch_max(lsn.saturating_add(1), Ordering::AcqRel);
-        {
-            let _st = sh.lock();
-            sh.flush_cv.notify_one();
-        }
+        sh.request(lsn.saturating_add(1));
         loop {
             // Woken when this record is durable, not by every sync
             // (`waiters.rs`).
@@ -735,9 +780,7 @@ impl Wal {
         let sh = &*self.shared;
         let published = sh.cursor.published();
         if published > sh.durable.load(Ordering::Acquire) {
-            sh.requested.fetch_max(published, Ordering::AcqRel);
-            let _st = sh.lock();
-            sh.flush_cv.notify_one();
+            sh.request(published);
         }
     }
 }
@@ -769,6 +812,23 @@ impl Appender {
     /// published (visible to readers and the flusher, and in the page cache,
     /// so it survives `kill -9`). Use [`Wal::wait_durable`] for more.
     pub fn append(&mut self, kind: u8, payload: &[u8]) -> Result<u64, WalError> {
+        self.put(kind, payload, false)
+    }
+
+    /// Like [`Appender::append`], but when an earlier appender has not
+    /// published yet it returns without waiting for it and leaves this
+    /// record for that appender to publish (`cursor.rs`, step 3a; only
+    /// under [`SyncPolicy::Always`], else it waits as `append` does). The
+    /// record is then neither visible to readers nor safe from `kill -9`
+    /// (an earlier record may still be missing) until [`Wal::wait_durable`]
+    /// for the returned LSN succeeds: only a caller that waits for that
+    /// before acknowledging anything may use this. With many threads on
+    /// few cores it saves each of them spinning while another is preempted.
+    pub fn append_deferred(&mut self, kind: u8, payload: &[u8]) -> Result<u64, WalError> {
+        self.put(kind, payload, true)
+    }
+
+    fn put(&mut self, kind: u8, payload: &[u8], defer: bool) -> Result<u64, WalError> {
         let sh = &*self.shared;
         if kind == 0 || kind == KIND_PADDING {
             return Err(WalError::ReservedKind(kind));
@@ -813,11 +873,20 @@ impl Appender {
                 let mut st = sh.lock();
                 sh.fail(&mut st, "appender lost track of its segment".into());
                 drop(st);
-                sh.cursor.publish(&claim);
+                if sh.cursor.publish(&claim) {
+                    sh.kick_flusher();
+                }
                 return Err(WalError::Failed("appender lost track of its segment".into()));
             }
         }
-        sh.cursor.publish(&claim);
+        let swept = if defer {
+            sh.cursor.publish_or_defer(&claim) == Published::Swept
+        } else {
+            sh.cursor.publish(&claim)
+        };
+        if swept {
+            sh.kick_flusher();
+        }
         Ok(claim.frame)
     }
 
@@ -827,11 +896,32 @@ impl Appender {
     /// error is `WalError::NoSpace`. Records appended without a `keep` can
     /// then still use the room kept.
     pub fn append_keeping(&mut self, kind: u8, payload: &[u8], keep: u64) -> Result<u64, WalError> {
+        self.keeping(kind, payload, keep, false)
+    }
+
+    /// [`Appender::append_keeping`] as [`Appender::append_deferred`] does
+    /// it: wait for the record to be durable before acknowledging it.
+    pub fn append_keeping_deferred(
+        &mut self,
+        kind: u8,
+        payload: &[u8],
+        keep: u64,
+    ) -> Result<u64, WalError> {
+        self.keeping(kind, payload, keep, true)
+    }
+
+    fn keeping(
+        &mut self,
+        kind: u8,
+        payload: &[u8],
+        keep: u64,
+        defer: bool,
+    ) -> Result<u64, WalError> {
         let sh = &*self.shared;
         if (payload.len() as u64) <= sh.max_payload {
             sh.ensure_room(frame_len(payload.len() as u64).saturating_add(keep))?;
         }
-        self.append(kind, payload)
+        self.put(kind, payload, defer)
     }
 
     /// Appends and waits until the record is on stable storage.

@@ -1,6 +1,7 @@
 //! Real-process crash test: a child process appends to a log on real files
 //! from two threads and acknowledges each LSN on stdout once `append` (and,
-//! under `SyncPolicy::Always`, `wait_durable`) has returned. The parent reads
+//! under `SyncPolicy::Always`, `wait_durable`; or `append_deferred` and then
+//! `wait_durable`) has returned. The parent reads
 //! a random number of acknowledgements, `kill -9`s the child and reopens the
 //! log: every acknowledged record must be there with its payload, and every
 //! recovered record must be one the child really wrote (nothing invented,
@@ -67,10 +68,12 @@ fn parse(p: &[u8]) -> Option<(u8, u64)> {
 #[test]
 fn child_entry() {
     let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else { return };
-    let sync = match std::env::var(CHILD_POLICY_ENV).as_deref() {
-        Ok("always") => SyncPolicy::Always,
+    let policy = std::env::var(CHILD_POLICY_ENV).unwrap_or_default();
+    let sync = match policy.as_str() {
+        "always" | "deferred" => SyncPolicy::Always,
         _ => SyncPolicy::Never,
     };
+    let deferred = policy == "deferred";
     let (wal, _) = Wal::open(&dir, opts(sync)).expect("child: open");
     std::thread::scope(|s| {
         for t in 0..THREADS {
@@ -79,7 +82,12 @@ fn child_entry() {
                 let mut app = wal.appender();
                 let stdout = std::io::stdout();
                 for seq in 0..CHILD_CAP {
-                    let lsn = app.append(kind(t), &payload(t, seq)).expect("child: append");
+                    let lsn = if deferred {
+                        app.append_deferred(kind(t), &payload(t, seq))
+                    } else {
+                        app.append(kind(t), &payload(t, seq))
+                    }
+                    .expect("child: append");
                     if sync == SyncPolicy::Always {
                         wal.wait_durable(lsn).expect("child: wait_durable");
                     }
@@ -277,6 +285,13 @@ fn kill_9_keeps_every_acknowledged_record_sync_never() {
 #[test]
 fn kill_9_keeps_every_acknowledged_record_sync_always() {
     crash_trials("sync-always", "always", SyncPolicy::Always, 3, 600..2_000);
+}
+
+/// `append_deferred` (`cursor.rs`, step 3a) and then `wait_durable`, as
+/// `Sync` submits do: a record acknowledged after both returned survives.
+#[test]
+fn kill_9_keeps_every_acknowledged_deferred_record() {
+    crash_trials("deferred", "deferred", SyncPolicy::Always, 3, 600..2_000);
 }
 
 #[test]

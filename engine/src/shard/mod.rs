@@ -36,7 +36,7 @@ mod publish;
 mod run;
 mod share;
 
-use crate::append::{append_frames, submit_error};
+use crate::append::{append_frames, submit_error, Publish};
 use crate::blocking::{self, BlockingDone, PoolGauges};
 use crate::builder::Durability;
 use crate::control::{self, Gauges};
@@ -304,9 +304,10 @@ impl ShardShared {
         wal: &Wal,
         recs: &Records,
         keep: u64,
+        publish: Publish,
     ) -> Result<u64, crate::SubmitError> {
         let mut app = self.appenders.pop().unwrap_or_else(|| wal.appender());
-        let res = append_frames(&mut app, wal, recs, keep);
+        let res = append_frames(&mut app, wal, recs, keep, publish);
         let _ = self.appenders.push(app);
         res.map_err(submit_error)
     }
@@ -325,7 +326,14 @@ impl ShardShared {
 
     /// Logs the `Put`s of `jobs` from the calling (producer) thread, if
     /// the log keeps its head-room after them (else `SubmitError::DiskFull`).
-    pub(crate) fn log_puts(&self, wal: &Wal, jobs: &[NewJob]) -> Result<u64, crate::SubmitError> {
+    /// With [`Publish::Defer`] the caller must wait for the returned LSN to
+    /// be durable before acknowledging the jobs.
+    pub(crate) fn log_puts(
+        &self,
+        wal: &Wal,
+        jobs: &[NewJob],
+        publish: Publish,
+    ) -> Result<u64, crate::SubmitError> {
         RECORDS.with(|cell| {
             let mut fresh = Records::new();
             let mut held = cell.try_borrow_mut();
@@ -337,7 +345,7 @@ impl ShardShared {
             for j in jobs {
                 recs.push_put(&j.put_rec());
             }
-            self.append(wal, recs, self.put_headroom(jobs))
+            self.append(wal, recs, self.put_headroom(jobs), publish)
         })
     }
 
@@ -347,7 +355,8 @@ impl ShardShared {
         let Some(wal) = &self.wal else { return };
         let mut recs = Records::new();
         recs.push_reserve(id);
-        if let Err(e) = self.append(wal, &recs, self.outcome_keep.load(Ordering::Relaxed)) {
+        let keep = self.outcome_keep.load(Ordering::Relaxed);
+        if let Err(e) = self.append(wal, &recs, keep, Publish::Wait) {
             tracing::error!(shard = self.idx, error = %e, "cannot log job start");
         }
     }
@@ -793,7 +802,7 @@ impl Shard {
             self.recs.clear();
             return Ok(None);
         };
-        let res = append_frames(app, wal, &self.recs, keep);
+        let res = append_frames(app, wal, &self.recs, keep, Publish::Wait);
         self.recs.clear();
         res.map(Some)
     }

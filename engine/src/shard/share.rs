@@ -3,6 +3,7 @@
 //! a shard stuck in a handler (steps 4 and 5 of the loop, `mod.rs`).
 
 use super::{Msg, NewJob, Shard, ShardShared};
+use crate::append::Publish;
 use crate::engine::Handler;
 use crate::job::Outcome;
 use crate::shard::call_handler;
@@ -184,7 +185,7 @@ impl Shard {
                 for (j, _) in &done {
                     recs.push_delete(j.id);
                 }
-                o.append(wal, &recs, o.outcome_keep.load(Ordering::Relaxed)).is_ok()
+                o.append(wal, &recs, o.outcome_keep.load(Ordering::Relaxed), Publish::Wait).is_ok()
             }
             _ => true,
         };
