@@ -15,12 +15,23 @@
 //! 3. Otherwise it parks until its token is set (`park` may return
 //!    spuriously; the loop re-checks).
 //! 4. The flusher, after storing a new durable LSN, drains the entries it
-//!    covers under the mutex, then sets each token and unparks its thread.
-//!    On failure or shutdown it does the same for every entry.
+//!    covers under the mutex. It sets the tokens of the first
+//!    [`DIRECT`] and unparks their threads; the rest go onto the relay
+//!    stack (under the same mutex). On failure or shutdown it sets and
+//!    unparks every entry and every relayed token itself.
+//! 5. A waiter that leaves because its token is set first pops up to
+//!    [`RELAY`] tokens off the relay stack, sets them and unparks their
+//!    threads. Waking is thus a tree over the woken threads: the flusher
+//!    makes a few wake-ups per sync, not one per waiter, and goes back to
+//!    syncing (waking 64 threads one by one took it longer than the sync).
+//!    A relayed waiter whose record it sees durable still waits for its
+//!    token: the set token is what lets it leave.
 //!
 //! Every unpark is consumed by its waiter's loop (the waiter only leaves
 //! once its token is set or its entry is removed by itself), so no stray
-//! wake-up reaches the caller's thread afterwards.
+//! wake-up reaches the caller's thread afterwards. Every relayed token is
+//! set: each thread woken pops [`RELAY`] more while any are left, and the
+//! flusher wakes at least one thread each time it relays.
 
 use crate::sync::{thread, Arc, AtomicBool, Mutex, Ordering};
 
@@ -31,40 +42,73 @@ struct Token {
     thread: thread::Thread,
 }
 
+/// Waiters the flusher wakes itself per sync (step 4).
+#[cfg(not(loom))]
+const DIRECT: usize = 2;
+#[cfg(loom)]
+const DIRECT: usize = 1;
+/// Relayed waiters each woken waiter wakes (step 5).
+const RELAY: usize = 2;
+
+/// The lists under the mutex.
+#[derive(Debug, Default)]
+struct Lists {
+    /// Registered waiters and their LSNs (steps 1-3).
+    waiting: Vec<(u64, Arc<Token>)>,
+    /// Drained by the flusher, not yet set and unparked (step 5).
+    relay: Vec<Arc<Token>>,
+}
+
 /// The waiters of one log.
 #[derive(Debug, Default)]
 pub(crate) struct Waiters {
-    list: Mutex<Vec<(u64, Arc<Token>)>>,
+    lists: Mutex<Lists>,
 }
 
 impl Waiters {
-    fn lock(&self) -> crate::sync::MutexGuard<'_, Vec<(u64, Arc<Token>)>> {
+    fn lock(&self) -> crate::sync::MutexGuard<'_, Lists> {
         // Only pushes, removals and drains happen under the lock: a poisoned
         // list is still consistent.
-        self.list.lock().unwrap_or_else(|p| p.into_inner())
+        self.lists.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Step 5, by a waiter leaving with its token set.
+    fn relay(&self) {
+        let mut popped: [Option<Arc<Token>>; RELAY] = Default::default();
+        {
+            let mut lists = self.lock();
+            for p in &mut popped {
+                *p = lists.relay.pop();
+            }
+        }
+        for t in popped.into_iter().flatten() {
+            set(&t);
+        }
     }
 
     /// Steps 1-3: blocks until `settled()` (the record at `lsn` is durable,
     /// or the log stopped) and the flusher is done with this waiter.
     pub(crate) fn wait(&self, lsn: u64, settled: impl Fn() -> bool) {
         let token = Arc::new(Token { done: AtomicBool::new(false), thread: thread::current() });
-        self.lock().push((lsn, token.clone()));
+        self.lock().waiting.push((lsn, token.clone()));
         loop {
             if token.done.load(Ordering::Acquire) {
+                self.relay();
                 return;
             }
             if settled() {
-                let mut list = self.lock();
-                if let Some(at) = list.iter().position(|(_, t)| Arc::ptr_eq(t, &token)) {
-                    list.swap_remove(at);
+                let mut lists = self.lock();
+                if let Some(at) = lists.waiting.iter().position(|(_, t)| Arc::ptr_eq(t, &token)) {
+                    lists.waiting.swap_remove(at);
                     return;
                 }
-                drop(list);
+                drop(lists);
                 // The flusher took the entry: its token is set, or is set
-                // next and then unparks this thread. (Checked again here:
-                // its unpark may have come while this thread waited for
-                // the lock.)
+                // next (by the flusher or a relaying waiter) and then its
+                // thread unparked. (Checked again here: the unpark may have
+                // come while this thread waited for the lock.)
                 if token.done.load(Ordering::Acquire) {
+                    self.relay();
                     return;
                 }
             }
@@ -72,38 +116,50 @@ impl Waiters {
         }
     }
 
-    /// Step 4: wakes every waiter whose record is below `durable`.
+    /// Step 4: wakes every waiter whose record is below `durable`, the
+    /// first [`DIRECT`] itself and the rest through the relay (step 5).
     pub(crate) fn wake_below(&self, durable: u64) {
-        let woken: Vec<Arc<Token>> = {
-            let mut list = self.lock();
-            if list.is_empty() {
+        let mut now: Vec<Arc<Token>> = Vec::new();
+        {
+            let mut lists = self.lock();
+            if lists.waiting.is_empty() {
                 return;
             }
-            let mut out = Vec::new();
-            list.retain(|(lsn, t)| {
+            let Lists { waiting, relay } = &mut *lists;
+            waiting.retain(|(lsn, t)| {
                 let keep = *lsn >= durable;
                 if !keep {
-                    out.push(t.clone());
+                    if now.len() < DIRECT {
+                        now.push(t.clone());
+                    } else {
+                        relay.push(t.clone());
+                    }
                 }
                 keep
             });
-            out
-        };
-        wake(woken);
+        }
+        for t in &now {
+            set(t);
+        }
     }
 
-    /// Step 4 on failure or shutdown: wakes every waiter.
+    /// Step 4 on failure or shutdown: wakes every waiter, relayed or not.
     pub(crate) fn wake_all(&self) {
-        let woken: Vec<Arc<Token>> = self.lock().drain(..).map(|(_, t)| t).collect();
-        wake(woken);
+        let woken: Vec<Arc<Token>> = {
+            let mut lists = self.lock();
+            let Lists { waiting, relay } = &mut *lists;
+            relay.drain(..).chain(waiting.drain(..).map(|(_, t)| t)).collect()
+        };
+        for t in &woken {
+            set(t);
+        }
     }
 }
 
-fn wake(tokens: Vec<Arc<Token>>) {
-    for t in tokens {
-        t.done.store(true, Ordering::Release);
-        t.thread.unpark();
-    }
+/// Sets a drained waiter's token and unparks its thread.
+fn set(t: &Token) {
+    t.done.store(true, Ordering::Release);
+    t.thread.unpark();
 }
 
 #[cfg(all(test, not(loom)))]
@@ -126,27 +182,57 @@ mod tests {
                 })
             })
             .collect();
-        while w.lock().len() < 2 {
+        while w.lock().waiting.len() < 2 {
             std::thread::yield_now();
         }
         durable.store(15, Ordering::Release);
         w.wake_below(15);
         assert_eq!(rx.recv().unwrap(), 10);
-        assert_eq!(w.lock().len(), 1, "the other waiter is still registered");
+        assert_eq!(w.lock().waiting.len(), 1, "the other waiter is still registered");
         durable.store(25, Ordering::Release);
         w.wake_below(25);
         assert_eq!(rx.recv().unwrap(), 20);
         for t in threads {
             t.join().unwrap();
         }
-        assert!(w.lock().is_empty());
+        assert!(w.lock().waiting.is_empty());
+    }
+
+    #[test]
+    fn one_sync_wakes_many_waiters_through_the_relay() {
+        let w = std::sync::Arc::new(Waiters::default());
+        let durable = std::sync::Arc::new(AtomicU64::new(0));
+        let n = 4 * DIRECT + 3;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let threads: Vec<_> = (0..n as u64)
+            .map(|lsn| {
+                let (w, durable, tx) = (w.clone(), durable.clone(), tx.clone());
+                std::thread::spawn(move || {
+                    w.wait(lsn, || durable.load(Ordering::Acquire) > lsn);
+                    tx.send(lsn).unwrap();
+                })
+            })
+            .collect();
+        while w.lock().waiting.len() < n {
+            std::thread::yield_now();
+        }
+        durable.store(n as u64, Ordering::Release);
+        w.wake_below(n as u64);
+        let mut left: Vec<u64> = (0..n).map(|_| rx.recv().unwrap()).collect();
+        left.sort_unstable();
+        assert_eq!(left, (0..n as u64).collect::<Vec<_>>());
+        for t in threads {
+            t.join().unwrap();
+        }
+        let lists = w.lock();
+        assert!(lists.waiting.is_empty() && lists.relay.is_empty());
     }
 
     #[test]
     fn a_waiter_already_settled_leaves_without_the_flusher() {
         let w = Waiters::default();
         w.wait(5, || true);
-        assert!(w.lock().is_empty(), "it removed its own entry");
+        assert!(w.lock().waiting.is_empty(), "it removed its own entry");
     }
 
     #[test]
@@ -157,7 +243,7 @@ mod tests {
             let (w, stopped) = (w.clone(), stopped.clone());
             std::thread::spawn(move || w.wait(99, || stopped.load(Ordering::Acquire)))
         };
-        while w.lock().is_empty() {
+        while w.lock().waiting.is_empty() {
             std::thread::yield_now();
         }
         stopped.store(true, Ordering::Release);
@@ -189,6 +275,31 @@ mod loom_tests {
             durable.store(1, Ordering::Release);
             w.wake_below(1);
             t.join().unwrap();
+        });
+    }
+
+    /// One sync covers both waiters: the flusher wakes one ([`DIRECT`] is 1
+    /// under loom) and that one wakes the other (step 5).
+    #[test]
+    fn a_relayed_waiter_is_woken() {
+        loom::model(|| {
+            let w = Arc::new(Waiters::default());
+            let durable = Arc::new(AtomicU64::new(0));
+            let waiters: Vec<_> = [0u64, 1]
+                .into_iter()
+                .map(|lsn| {
+                    let (w, durable) = (w.clone(), durable.clone());
+                    loom::thread::spawn(move || {
+                        w.wait(lsn, || durable.load(Ordering::Acquire) > lsn);
+                        assert!(durable.load(Ordering::Acquire) > lsn, "left before durable");
+                    })
+                })
+                .collect();
+            durable.store(2, Ordering::Release);
+            w.wake_below(2);
+            for t in waiters {
+                t.join().unwrap();
+            }
         });
     }
 
