@@ -16,7 +16,13 @@
 //!    shard already offered every ready job it owns to thieves before
 //!    running the handler (`steal.rs`), and producers route around it.
 //! 3. **Core workers.** Feed the sample to the lag controller (or hold the
-//!    static count) and make shards `0..active` active. A shard leaving the
+//!    static count) and choose which shards form the active set of that size
+//!    ([`choose`]): while jobs arrive further apart than a worker's idle spin
+//!    (so active workers park between jobs), shards whose core a producer
+//!    submitted from since the last tick (`ShardShared::demand`) come first,
+//!    so that a single job is handed over on the producer's own core, a
+//!    same-core wake-up instead of a cross-core one; otherwise, and among
+//!    equals, the shards active now stay, then the lowest indices. A shard leaving the
 //!    active set finishes the handler it is in, offers its ready jobs to the
 //!    active shards and parks; it wakes only for messages addressed to it
 //!    (stolen jobs' outcomes, unique-key submits, stats) and its timers, and
@@ -226,6 +232,26 @@ pub(crate) struct Controller {
     pub(crate) tick: Duration,
     pub(crate) max_blocking: usize,
     pub(crate) epoch: Instant,
+    /// How long an idle active worker spins (the builder's `idle_spin`).
+    pub(crate) idle_spin: Duration,
+}
+
+/// Step 3's choice of the active set: `k` shards, given which are active
+/// now and which had local demand since the last tick. With `follow`, a
+/// shard with demand ranks before one without; then an active shard before
+/// a parked one; then the lower index.
+pub(crate) fn choose(k: usize, current: &[bool], demand: &[bool], follow: bool) -> Vec<bool> {
+    let n = current.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| {
+        let wanted = follow && demand.get(i).copied().unwrap_or(false);
+        (!wanted, !current[i], i)
+    });
+    let mut set = vec![false; n];
+    for &i in order.iter().take(k) {
+        set[i] = true;
+    }
+    set
 }
 
 /// Step 1 for one kind of work (core or blocking) over some shards.
@@ -273,16 +299,22 @@ fn sample<'a>(
 }
 
 impl Controller {
-    /// Whether shard `i` is in the active set for `active` workers.
-    fn apply(&self, active: usize) {
-        let active = if self.stealing { active } else { self.shards.len() };
-        self.pool.search.active.store(active.min(self.shards.len()), Ordering::Relaxed);
-        for (i, s) in self.shards.iter().enumerate() {
-            let want = i < active;
+    /// Makes the shards of `set` the active ones (all of them without
+    /// stealing: only stealing moves a parked shard's jobs).
+    fn apply(&self, set: &[bool]) {
+        let count = if self.stealing { set.iter().filter(|&&a| a).count() } else { set.len() };
+        self.pool.search.active.store(count, Ordering::Relaxed);
+        for (s, &want) in self.shards.iter().zip(set) {
+            let want = want || !self.stealing;
             if s.active.swap(want, Ordering::SeqCst) != want && want {
                 s.notify();
             }
         }
+    }
+
+    /// The active set now.
+    fn current(&self) -> Vec<bool> {
+        self.shards.iter().map(|s| s.active.load(Ordering::Relaxed)).collect()
     }
 
     /// The thread body: ticks until the engine shuts down.
@@ -296,7 +328,7 @@ impl Controller {
             Workers::Lag => lag.active(),
             Workers::Static(k) => k.clamp(1, n),
         };
-        self.apply(initial);
+        self.apply(&choose(initial, &vec![false; n], &[], false));
         let mut reported = vec![0u64; n];
         let mut stalls = 0u64;
         let mut last_stall = None;
@@ -389,8 +421,16 @@ impl Controller {
                     oldest_ready_us = x.oldest.as_secs_f64() * 1e6,
                     "lag controller: active core workers changed"
                 );
-                self.apply(active);
                 last_active = active;
+            }
+            // Which shards: see step 3 and `choose`.
+            let demand: Vec<bool> =
+                self.shards.iter().map(|s| s.demand.swap(false, Ordering::Relaxed)).collect();
+            let follow = d.arrival_rate * self.idle_spin.as_secs_f64() < 1.0;
+            let current = self.current();
+            let set = choose(active, &current, &demand, follow);
+            if set != current {
+                self.apply(&set);
             }
             self.pool.alarm.store(false, Ordering::Release);
             // Step 4.
@@ -537,5 +577,42 @@ mod loom_tests {
             }
             assert_eq!(search.searching.load(Ordering::SeqCst), 0);
         });
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::choose;
+
+    #[test]
+    fn without_demand_the_lowest_shards_are_active() {
+        assert_eq!(choose(2, &[false; 4], &[false; 4], true), [true, true, false, false]);
+    }
+
+    #[test]
+    fn a_parked_regime_moves_the_active_set_to_the_producers_core() {
+        // One active worker on shard 0; a producer submits from shard 1's core.
+        let now = [true, false];
+        assert_eq!(choose(1, &now, &[false, true], true), [false, true]);
+    }
+
+    #[test]
+    fn a_spinning_regime_keeps_the_active_set() {
+        let now = [true, false];
+        assert_eq!(choose(1, &now, &[false, true], false), [true, false]);
+    }
+
+    #[test]
+    fn producers_on_several_cores_keep_the_shard_active_now() {
+        // Demand on both: the active one stays, no flapping between ticks.
+        let now = [false, true, false];
+        assert_eq!(choose(1, &now, &[true, true, false], true), [false, true, false]);
+        assert_eq!(choose(2, &now, &[true, true, false], true), [true, true, false]);
+    }
+
+    #[test]
+    fn growing_keeps_the_active_shards_and_adds_the_lowest_parked_ones() {
+        let now = [false, false, true, false];
+        assert_eq!(choose(3, &now, &[false; 4], true), [true, true, true, false]);
     }
 }

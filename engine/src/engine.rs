@@ -512,6 +512,7 @@ impl Engine {
                 lane: crate::lane::Lane::new(),
                 marker,
                 core: AtomicUsize::new(usize::MAX),
+                demand: AtomicBool::new(false),
                 spinning: AtomicBool::new(false),
                 active: AtomicBool::new(true),
                 gauges: Default::default(),
@@ -580,6 +581,7 @@ impl Engine {
             tick: b.tick,
             max_blocking: b.max_blocking,
             epoch: cfg.epoch,
+            idle_spin: b.idle_spin,
         };
         let controller = std::thread::Builder::new()
             .name("spindle-controller".into())
@@ -744,6 +746,11 @@ impl Engine {
         }
         let cpu = crate::pin::current_cpu()?;
         let s = shards.iter().find(|s| s.core.load(Ordering::Relaxed) == cpu)?;
+        // For the controller's choice of active shards (`control.rs` step
+        // 3): a store only on the first submit from this core in a tick.
+        if !s.demand.load(Ordering::Relaxed) {
+            s.demand.store(true, Ordering::Relaxed);
+        }
         if !s.active.load(Ordering::Relaxed) {
             return None;
         }

@@ -11,6 +11,7 @@ mod common;
 use common::wait_stats;
 use spindle_engine::{Durability, Engine, Job, JobRef, Outcome, Workers};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
@@ -87,8 +88,18 @@ fn shards_outside_the_active_set_run_no_handlers() {
         .build()
         .unwrap();
     let (tx, rx) = mpsc::channel();
+    // Handlers running at once: one active worker runs one at a time
+    // (which shard it is may change between ticks: the active set follows
+    // the producer's core, `docs/controller.md`).
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (r, m) = (running.clone(), most.clone());
     engine
         .register("q", move |_: &JobRef<'_>| {
+            let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+            m.fetch_max(now, Ordering::SeqCst);
+            spin(2_000);
+            r.fetch_sub(1, Ordering::SeqCst);
             tx.send(()).unwrap();
             Outcome::Done
         })
@@ -107,8 +118,61 @@ fn shards_outside_the_active_set_run_no_handlers() {
     }
     let s = engine.stats();
     assert_eq!((s.workers.active, s.workers.parked), (1, 2));
-    assert_eq!(s.shards[0].jobs_run, 300, "{:?}", s.shards);
-    assert_eq!(s.shards[1].jobs_run + s.shards[2].jobs_run, 0, "{:?}", s.shards);
+    assert_eq!(most.load(Ordering::SeqCst), 1, "two handlers ran at once");
+    assert_eq!(s.shards.iter().map(|x| x.jobs_run).sum::<u64>(), 300, "{:?}", s.shards);
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn at_low_rates_the_active_worker_moves_to_the_producers_core() {
+    // One shard per core, pinned, and one active worker (a static count,
+    // so only a move can bring jobs to another shard); the controller
+    // starts with shard 0 active. This thread runs on the last shard's
+    // core, so once the controller has seen its demand the jobs run there
+    // (same-core hand-off) instead of on shard 0.
+    let engine = Engine::builder()
+        .durability(Durability::Memory)
+        .workers(Workers::Static(1))
+        .idle_spin(Duration::ZERO)
+        .build()
+        .unwrap();
+    let s = wait_stats(&engine, DEADLINE, "the shards to pin themselves", |s| {
+        s.workers.policy == "static" && s.shards.iter().all(|x| x.pinned_core.is_some())
+    });
+    let last = s.shards.len() - 1;
+    if last == 0 {
+        eprintln!("one core: no other core for the active worker to move to");
+        engine.shutdown().unwrap();
+        return;
+    }
+    assert_eq!(s.workers.active, 1, "{:?}", s.workers);
+    let core = s.shards[last].pinned_core.unwrap();
+    assert!(core_affinity::set_for_current(core_affinity::CoreId { id: core }));
+    let (tx, rx) = mpsc::channel();
+    engine
+        .register("q", move |_: &JobRef<'_>| {
+            tx.send(std::thread::current().name().map(str::to_owned)).unwrap();
+            Outcome::Done
+        })
+        .unwrap();
+    let want = format!("spindle-shard-{last}");
+    let start = std::time::Instant::now();
+    let mut elsewhere = 0u64;
+    loop {
+        engine.submit(Job::new("q", vec![1])).unwrap();
+        let ran = rx.recv_timeout(DEADLINE).expect("a job never ran");
+        if ran.as_deref() == Some(want.as_str()) {
+            break;
+        }
+        elsewhere += 1;
+        assert!(
+            start.elapsed() < DEADLINE,
+            "after {elapsed:?} and {elsewhere} jobs, jobs still run on {ran:?}, not on the \
+             producer's core's {want}",
+            elapsed = start.elapsed()
+        );
+    }
+    assert_eq!(engine.stats().workers.active, 1);
     engine.shutdown().unwrap();
 }
 

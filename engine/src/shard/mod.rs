@@ -219,6 +219,9 @@ pub(crate) struct ShardShared {
     pub(crate) spinning: AtomicBool,
     /// The core this shard's thread is pinned to (`usize::MAX`: none).
     pub(crate) core: AtomicUsize,
+    /// A producer on this shard's core submitted a single job since the
+    /// controller's last tick (`control.rs` step 3 reads and clears it).
+    pub(crate) demand: AtomicBool,
     /// New jobs that run without entering the table (`lane.rs`).
     pub(crate) lane: crate::lane::Lane,
     /// The job this shard's thread runs now, where a crash cannot lose it
