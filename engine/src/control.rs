@@ -232,21 +232,16 @@ pub(crate) struct Controller {
     pub(crate) tick: Duration,
     pub(crate) max_blocking: usize,
     pub(crate) epoch: Instant,
-    /// How long an idle active worker spins (the builder's `idle_spin`).
-    pub(crate) idle_spin: Duration,
 }
 
 /// Step 3's choice of the active set: `k` shards, given which are active
-/// now and which had local demand since the last tick. With `follow`, a
-/// shard with demand ranks before one without; then an active shard before
-/// a parked one; then the lower index.
-pub(crate) fn choose(k: usize, current: &[bool], demand: &[bool], follow: bool) -> Vec<bool> {
+/// now and which had local demand since the last tick. A shard with demand
+/// ranks before one without; then an active shard before a parked one;
+/// then the lower index.
+pub(crate) fn choose(k: usize, current: &[bool], demand: &[bool]) -> Vec<bool> {
     let n = current.len();
     let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by_key(|&i| {
-        let wanted = follow && demand.get(i).copied().unwrap_or(false);
-        (!wanted, !current[i], i)
-    });
+    order.sort_by_key(|&i| (!demand.get(i).copied().unwrap_or(false), !current[i], i));
     let mut set = vec![false; n];
     for &i in order.iter().take(k) {
         set[i] = true;
@@ -328,7 +323,7 @@ impl Controller {
             Workers::Lag => lag.active(),
             Workers::Static(k) => k.clamp(1, n),
         };
-        self.apply(&choose(initial, &vec![false; n], &[], false));
+        self.apply(&choose(initial, &vec![false; n], &[]));
         let mut reported = vec![0u64; n];
         let mut stalls = 0u64;
         let mut last_stall = None;
@@ -426,9 +421,8 @@ impl Controller {
             // Which shards: see step 3 and `choose`.
             let demand: Vec<bool> =
                 self.shards.iter().map(|s| s.demand.swap(false, Ordering::Relaxed)).collect();
-            let follow = d.arrival_rate * self.idle_spin.as_secs_f64() < 1.0;
             let current = self.current();
-            let set = choose(active, &current, &demand, follow);
+            let set = choose(active, &current, &demand);
             if set != current {
                 self.apply(&set);
             }
@@ -586,33 +580,27 @@ mod tests {
 
     #[test]
     fn without_demand_the_lowest_shards_are_active() {
-        assert_eq!(choose(2, &[false; 4], &[false; 4], true), [true, true, false, false]);
+        assert_eq!(choose(2, &[false; 4], &[false; 4]), [true, true, false, false]);
     }
 
     #[test]
-    fn a_parked_regime_moves_the_active_set_to_the_producers_core() {
+    fn the_active_set_moves_to_the_producers_core() {
         // One active worker on shard 0; a producer submits from shard 1's core.
         let now = [true, false];
-        assert_eq!(choose(1, &now, &[false, true], true), [false, true]);
-    }
-
-    #[test]
-    fn a_spinning_regime_keeps_the_active_set() {
-        let now = [true, false];
-        assert_eq!(choose(1, &now, &[false, true], false), [true, false]);
+        assert_eq!(choose(1, &now, &[false, true]), [false, true]);
     }
 
     #[test]
     fn producers_on_several_cores_keep_the_shard_active_now() {
         // Demand on both: the active one stays, no flapping between ticks.
         let now = [false, true, false];
-        assert_eq!(choose(1, &now, &[true, true, false], true), [false, true, false]);
-        assert_eq!(choose(2, &now, &[true, true, false], true), [true, true, false]);
+        assert_eq!(choose(1, &now, &[true, true, false]), [false, true, false]);
+        assert_eq!(choose(2, &now, &[true, true, false]), [true, true, false]);
     }
 
     #[test]
     fn growing_keeps_the_active_shards_and_adds_the_lowest_parked_ones() {
         let now = [false, false, true, false];
-        assert_eq!(choose(3, &now, &[false; 4], true), [true, true, true, false]);
+        assert_eq!(choose(3, &now, &[false; 4]), [true, true, true, false]);
     }
 }

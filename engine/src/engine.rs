@@ -513,6 +513,7 @@ impl Engine {
                 marker,
                 core: AtomicUsize::new(usize::MAX),
                 demand: AtomicBool::new(false),
+                local_feed: AtomicBool::new(false),
                 spinning: AtomicBool::new(false),
                 active: AtomicBool::new(true),
                 gauges: Default::default(),
@@ -581,7 +582,6 @@ impl Engine {
             tick: b.tick,
             max_blocking: b.max_blocking,
             epoch: cfg.epoch,
-            idle_spin: b.idle_spin,
         };
         let controller = std::thread::Builder::new()
             .name("spindle-controller".into())
@@ -712,8 +712,8 @@ impl Engine {
                 (h.finish() % n as u64) as usize
             }
             None => self
-                .spinning_shard()
-                .or_else(|| self.local_shard())
+                .local_shard()
+                .or_else(|| self.spinning_shard())
                 .unwrap_or_else(|| self.next_active_shard()),
         }
     }
@@ -739,6 +739,8 @@ impl Engine {
     /// inside one handler for longer than [`STALLED`]: a single job handed
     /// over on one core skips a cross-core wake-up (`docs/architecture.md`,
     /// "Same-core submit"); its shard's idle peers can still steal it.
+    /// Marks the shard's `demand` (active or not) and, when it is chosen,
+    /// its `local_feed` (`control.rs` step 3).
     fn local_shard(&self) -> Option<usize> {
         let shards = &self.inner.shards;
         if shards.len() < 2 {
@@ -756,7 +758,13 @@ impl Engine {
         }
         let since = s.handler_since.load(Ordering::Relaxed);
         let now = self.inner.cfg.epoch.elapsed().as_nanos() as u64;
-        (since == 0 || now.saturating_sub(since) < STALLED.as_nanos() as u64).then_some(s.idx)
+        if since != 0 && now.saturating_sub(since) >= STALLED.as_nanos() as u64 {
+            return None;
+        }
+        if !s.local_feed.load(Ordering::Relaxed) {
+            s.local_feed.store(true, Ordering::Relaxed);
+        }
+        Some(s.idx)
     }
 
     /// Round robin over the active shards (`control.rs`: producers never

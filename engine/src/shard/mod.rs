@@ -75,6 +75,11 @@ const FLUSH_BYTES: usize = 16 << 10;
 /// Lane jobs run back to back after one, while nothing else asks for the
 /// loop (`Shard::lane_burst`).
 const LANE_BURST: u32 = 32;
+/// A shard fed by a producer on its own core spins only while jobs arrive
+/// this many times closer together than `idle_spin` (a saturating
+/// producer); otherwise it parks, and the producer's next wait lets the
+/// wake-up run on that core (`docs/controller.md`, "Which shards").
+const LOCAL_SPIN_DIV: u64 = 8;
 /// Lane jobs taken at once (one lock) in a burst while runs are short.
 const LANE_TAKE: usize = 8;
 /// A run at most this long is short: the next burst takes [`LANE_TAKE`]
@@ -222,6 +227,11 @@ pub(crate) struct ShardShared {
     /// A producer on this shard's core submitted a single job since the
     /// controller's last tick (`control.rs` step 3 reads and clears it).
     pub(crate) demand: AtomicBool,
+    /// A producer on this shard's core handed it a single job since it
+    /// last went idle: it parks rather than spins when idle (a spinner
+    /// would only take turns with that producer on one core; a parked
+    /// shard's wake-up runs as soon as the producer waits).
+    pub(crate) local_feed: AtomicBool,
     /// New jobs that run without entering the table (`lane.rs`).
     pub(crate) lane: crate::lane::Lane,
     /// The job this shard's thread runs now, where a crash cannot lose it
@@ -475,6 +485,8 @@ pub(crate) struct Shard {
     /// the gaps between such arrivals, in engine-clock nanoseconds.
     last_arrival_ns: u64,
     arrival_gap_ns: u64,
+    /// `ShardShared::local_feed` as read when this idle period began.
+    local_feed: bool,
     /// Completed jobs and their bytes not yet given back to `counters`.
     released: (u64, u64),
     /// A release waiting for its mark to be durable: (below, mark lsn).
@@ -545,6 +557,7 @@ impl Shard {
             hand: std::collections::VecDeque::new(),
             last_arrival_ns: 0,
             arrival_gap_ns: 0,
+            local_feed: false,
             released: (0, 0),
             pending_release: None,
             offered_best: u32::MAX,
@@ -1317,10 +1330,15 @@ impl Shard {
             // next job is likely to come within it (jobs arrived at gaps
             // shorter than the spin, on average); otherwise a spin only
             // burns a core, and it parks at once.
+            if idle_since.is_none() {
+                self.local_feed = sh.local_feed.swap(false, Ordering::Relaxed);
+            }
             let since = *idle_since.get_or_insert_with(Instant::now);
             // At most one core fewer than the machine has spins at once
             // (`control::Pool::try_spin`), so submitting threads keep a core.
-            let soon = self.arrival_gap_ns < self.cfg.idle_spin.as_nanos() as u64;
+            let spin_ns = self.cfg.idle_spin.as_nanos() as u64;
+            let soon = self.arrival_gap_ns < spin_ns
+                && (!self.local_feed || self.arrival_gap_ns < spin_ns / LOCAL_SPIN_DIV);
             let spin = self.cfg.idle_spin == Duration::MAX
                 || (soon && since.elapsed() < self.cfg.idle_spin && self.hold_spin_slot());
             if active && spin {
