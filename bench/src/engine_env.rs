@@ -53,7 +53,22 @@ impl BenchEngine {
         static_workers: Option<usize>,
         parent: Option<&Path>,
     ) -> BoxResult<BenchEngine> {
+        Self::build_tuned(durability, shards, static_workers, parent, None)
+    }
+
+    /// [`BenchEngine::build`] with the workers' idle spin set (None: the
+    /// engine's default).
+    pub fn build_tuned(
+        durability: Durability,
+        shards: Option<usize>,
+        static_workers: Option<usize>,
+        parent: Option<&Path>,
+        idle_spin: Option<std::time::Duration>,
+    ) -> BoxResult<BenchEngine> {
         let mut b = Engine::builder().durability(durability);
+        if let Some(d) = idle_spin {
+            b = b.idle_spin(d);
+        }
         if let Some(n) = static_workers {
             b = b.workers(spindle_engine::Workers::Static(n));
         }

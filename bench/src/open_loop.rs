@@ -50,6 +50,8 @@ spindle-bench latency [options]
                      of the lag controller (default: lag)
   --wait spin|yield  how the producer waits for a due time under 200 µs
                      away: pure spin or spin + sched_yield (default yield)
+  --idle-spin US|max how long an idle worker spins before parking, in µs
+                     (`Builder::idle_spin`; default: the engine's, 30)
   --floor-seconds S  duration of each of the three floor runs (default 2;
                      0 skips the floors)
   --dir PATH         parent directory for the logs (default: ./target, else
@@ -64,6 +66,7 @@ pub struct LatencyOpts {
     durability: Durability,
     shards: Option<usize>,
     static_workers: Option<usize>,
+    idle_spin: Option<Duration>,
     yield_wait: bool,
     floor_seconds: f64,
     dir: Option<PathBuf>,
@@ -81,6 +84,7 @@ impl LatencyOpts {
             durability,
             shards: None,
             static_workers: None,
+            idle_spin: None,
             yield_wait: true,
             floor_seconds: 0.0,
             dir,
@@ -92,12 +96,20 @@ impl LatencyOpts {
     pub fn parse(mut a: Args) -> BoxResult<LatencyOpts> {
         let d: String = a.value_or("--durability", "process".to_string())?;
         let wait: String = a.value_or("--wait", "yield".to_string())?;
+        let idle_spin = match a.value::<String>("--idle-spin")? {
+            None => None,
+            Some(v) if v == "max" => Some(Duration::MAX),
+            Some(v) => Some(Duration::from_micros(
+                v.parse().map_err(|_| format!("--idle-spin {v:?}: microseconds or max"))?,
+            )),
+        };
         let o = LatencyOpts {
             rate: a.value_or("--rate", 100_000.0)?,
             seconds: a.value_or("--seconds", 5.0)?,
             durability: engine_env::parse_durability(&d)?,
             shards: a.value("--shards")?,
             static_workers: a.value("--static-workers")?,
+            idle_spin,
             yield_wait: match wait.as_str() {
                 "yield" => true,
                 "spin" => false,
@@ -181,7 +193,13 @@ pub struct EngineRun {
 /// Runs the engine part of the scenario with `o`'s settings.
 pub fn measure_engine(o: &LatencyOpts) -> BoxResult<EngineRun> {
     let n = (o.rate * o.seconds).round() as u64;
-    let be = BenchEngine::build(o.durability, o.shards, o.static_workers, o.dir.as_deref())?;
+    let be = BenchEngine::build_tuned(
+        o.durability,
+        o.shards,
+        o.static_workers,
+        o.dir.as_deref(),
+        o.idle_spin,
+    )?;
     let engine = be.engine.clone();
     let epoch = Instant::now();
     // Step 3's slots: handler start − intended send time, per job.
