@@ -17,13 +17,11 @@
 //!    running the handler (`steal.rs`), and producers route around it.
 //! 3. **Core workers.** Feed the sample to the lag controller (or hold the
 //!    static count) and choose which shards form the active set of that size
-//!    ([`choose`]): while jobs arrive further apart than a worker's idle spin
-//!    (so active workers park between jobs), shards whose core a producer
-//!    submitted from since the last tick (`ShardShared::demand`) come first,
-//!    so that a single job is handed over on the producer's own core, a
-//!    same-core wake-up instead of a cross-core one; otherwise, and among
-//!    equals, the shards active now stay, then the lowest indices. A shard leaving the
-//!    active set finishes the handler it is in, offers its ready jobs to the
+//!    ([`choose`]): shards whose core a producer submitted a single job from
+//!    since the last tick (`ShardShared::demand`) come first, so that the
+//!    job is handed over on the producer's own core, a same-core wake-up
+//!    instead of a cross-core one; among equals the shards active now stay,
+//!    then the lowest indices. A shard leaving the active set finishes the handler it is in, offers its ready jobs to the
 //!    active shards and parks; it wakes only for messages addressed to it
 //!    (stolen jobs' outcomes, unique-key submits, stats) and its timers, and
 //!    runs no handler. Producers send new jobs to active shards only, so

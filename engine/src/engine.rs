@@ -245,6 +245,15 @@ fn replay(
     Ok((table, next))
 }
 
+/// Sets a flag the controller or a shard clears (`demand`, `local_feed`):
+/// a load first, so producers store to the shared line only when it was
+/// clear, once per tick or idle period rather than once per job.
+fn mark(flag: &AtomicBool) {
+    if !flag.load(Ordering::Relaxed) {
+        flag.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Appends records to a shard's log before its shard runs.
 fn append_now(wal: &Wal, recs: &spindle_core::Records) -> Result<(), spindle_wal::WalError> {
     crate::append::append_frames(&mut wal.appender(), wal, recs, 0, Publish::Wait).map(drop)
@@ -748,11 +757,7 @@ impl Engine {
         }
         let cpu = crate::pin::current_cpu()?;
         let s = shards.iter().find(|s| s.core.load(Ordering::Relaxed) == cpu)?;
-        // For the controller's choice of active shards (`control.rs` step
-        // 3): a store only on the first submit from this core in a tick.
-        if !s.demand.load(Ordering::Relaxed) {
-            s.demand.store(true, Ordering::Relaxed);
-        }
+        mark(&s.demand);
         if !s.active.load(Ordering::Relaxed) {
             return None;
         }
@@ -761,9 +766,7 @@ impl Engine {
         if since != 0 && now.saturating_sub(since) >= STALLED.as_nanos() as u64 {
             return None;
         }
-        if !s.local_feed.load(Ordering::Relaxed) {
-            s.local_feed.store(true, Ordering::Relaxed);
-        }
+        mark(&s.local_feed);
         Some(s.idx)
     }
 

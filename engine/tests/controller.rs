@@ -124,7 +124,7 @@ fn shards_outside_the_active_set_run_no_handlers() {
 }
 
 #[test]
-fn at_low_rates_the_active_worker_moves_to_the_producers_core() {
+fn the_active_worker_moves_to_the_producers_core() {
     // One shard per core, pinned, and one active worker (a static count,
     // so only a move can bring jobs to another shard); the controller
     // starts with shard 0 active. This thread runs on the last shard's

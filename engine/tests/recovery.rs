@@ -363,8 +363,9 @@ fn damage_last_segment(shards: usize, damage: Damage) {
     }
 
     // Find the records of the shard holding the most jobs (single submits
-    // go where the producer runs when that shard is idle, round robin
-    // otherwise: `docs/architecture.md`) and pick the one to damage.
+    // go to the shard of the producer's core when it is active, else a
+    // spinning or the next active one: `docs/architecture.md`) and pick
+    // the one to damage.
     let victim_shard = (0..shards)
         .max_by_key(|&k| scan(&shard_dir(dir, k)).iter().filter(|r| r.job.is_some()).count())
         .unwrap();
@@ -381,20 +382,11 @@ fn damage_last_segment(shards: usize, damage: Damage) {
             // three (where the rollover falls depends on how submits were
             // spread over shards; a damaged earlier segment also cuts every
             // later one: `docs/wal-format.md`, "Recovery").
-            let in_segment = |f: &PathBuf| -> Vec<usize> {
-                (0..records.len()).filter(|&k| &records[k].file == f).collect()
-            };
-            let mut in_order: Vec<&PathBuf> = Vec::new();
-            for r in &records {
-                if in_order.last() != Some(&&r.file) {
-                    in_order.push(&r.file);
-                }
-            }
-            let in_seg = in_order
-                .iter()
+            let ks: Vec<usize> = (0..records.len()).collect();
+            let in_seg = ks
+                .chunk_by(|&a, &b| records[a].file == records[b].file)
                 .rev()
-                .map(|f| in_segment(f))
-                .find(|ks| ks.len() >= 3)
+                .find(|seg| seg.len() >= 3)
                 .unwrap_or_else(|| panic!("{ctx}: no segment holds three records"));
             in_seg[in_seg.len() / 2]
         }

@@ -374,30 +374,70 @@ mod loom_tests {
         cursor: Cursor,
         bytes: Vec<UnsafeCell<u8>>,
     }
-    // SAFETY (test only): cells are written only inside a claimed range and
+    // SAFETY: (test only) cells are written only inside a claimed range and
     // read only below `published`; loom reports any violation as a data race.
     unsafe impl Sync for Log {}
     // SAFETY: as above.
     unsafe impl Send for Log {}
 
-    fn append(log: &Log, geo: &Geometry, len: u64, val: u8) {
-        let claim = log.cursor.claim(geo, len, |_| Ok::<_, ()>(())).unwrap();
-        for lsn in claim.start..claim.end {
-            let v = if lsn >= claim.frame { val } else { 0xEE };
-            // SAFETY: the byte is inside our claim; loom checks exclusivity.
-            log.bytes[lsn as usize].with_mut(|p| unsafe { *p = v });
+    impl Log {
+        fn new(len: usize) -> Arc<Log> {
+            Arc::new(Log {
+                cursor: Cursor::new(0, true),
+                bytes: (0..len).map(|_| UnsafeCell::new(0u8)).collect(),
+            })
         }
-        log.cursor.publish(&claim);
+
+        /// Writes `val` into a claim's frame (padding before it as 0xEE).
+        fn fill(&self, claim: &Claim, val: u8) {
+            for lsn in claim.start..claim.end {
+                let v = if lsn >= claim.frame { val } else { 0xEE };
+                // SAFETY: the byte is inside our claim; loom checks exclusivity.
+                self.bytes[lsn as usize].with_mut(|p| unsafe { *p = v });
+            }
+        }
+
+        /// Every byte below `upto` has been written.
+        fn assert_written(&self, upto: u64) {
+            for i in 0..upto {
+                // SAFETY: below `published`; loom flags a race if not.
+                let b = self.bytes[i as usize].with(|p| unsafe { *p });
+                assert_ne!(b, 0, "published byte {i} was not written");
+            }
+        }
     }
 
-    fn append_deferred(log: &Log, geo: &Geometry, len: u64, val: u8) {
+    /// Steps 1-3 (or 3a with `defer`) for one frame of `len` bytes.
+    #[allow(clippy::unwrap_used)] // a test helper: a failure is the test failing
+    fn append(log: &Log, geo: &Geometry, len: u64, val: u8, defer: bool) {
         let claim = log.cursor.claim(geo, len, |_| Ok::<_, ()>(())).unwrap();
-        for lsn in claim.start..claim.end {
-            let v = if lsn >= claim.frame { val } else { 0xEE };
-            // SAFETY: the byte is inside our claim; loom checks exclusivity.
-            log.bytes[lsn as usize].with_mut(|p| unsafe { *p = v });
+        log.fill(&claim, val);
+        if defer {
+            log.cursor.publish_or_defer(&claim);
+        } else {
+            log.cursor.publish(&claim);
         }
-        log.cursor.publish_or_defer(&claim);
+    }
+
+    /// Two appenders writing `len`-byte frames, and a reader checking the
+    /// published prefix while they run; returns `published` once both are
+    /// done.
+    #[allow(clippy::unwrap_used)] // a test helper: a failure is the test failing
+    fn race(data_cap: u64, bytes: usize, len: u64, defer: bool) -> u64 {
+        let geo = Geometry { run_base: 0, data_cap };
+        let log = Log::new(bytes);
+        let writers: Vec<_> = [1u8, 2u8]
+            .into_iter()
+            .map(|v| {
+                let log = log.clone();
+                loom::thread::spawn(move || append(&log, &geo, len, v, defer))
+            })
+            .collect();
+        log.assert_written(log.cursor.published());
+        for w in writers {
+            w.join().unwrap();
+        }
+        log.cursor.published()
     }
 
     /// Steps 3a and 3b: two appenders that may defer and a reader. The
@@ -405,30 +445,7 @@ mod loom_tests {
     /// appenders returned everything is published: no deposit is stranded.
     #[test]
     fn deferred_claims_are_all_published() {
-        loom::model(|| {
-            let geo = Geometry { run_base: 0, data_cap: 64 };
-            let log = Arc::new(Log {
-                cursor: Cursor::new(0, true),
-                bytes: (0..64).map(|_| UnsafeCell::new(0u8)).collect(),
-            });
-            let writers: Vec<_> = [1u8, 2u8]
-                .into_iter()
-                .map(|v| {
-                    let log = log.clone();
-                    loom::thread::spawn(move || append_deferred(&log, &geo, 16, v))
-                })
-                .collect();
-            let upto = log.cursor.published();
-            for i in 0..upto {
-                // SAFETY: below `published`; loom flags a race if not.
-                let b = log.bytes[i as usize].with(|p| unsafe { *p });
-                assert_ne!(b, 0, "published byte {i} was not written");
-            }
-            for w in writers {
-                w.join().unwrap();
-            }
-            assert_eq!(log.cursor.published(), 32);
-        });
+        loom::model(|| assert_eq!(race(64, 64, 16, true), 32));
     }
 
     /// A waiting appender (step 3) before a deferring one: the deposit is
@@ -437,57 +454,24 @@ mod loom_tests {
     fn a_waiting_appender_sweeps_a_deposit() {
         loom::model(|| {
             let geo = Geometry { run_base: 0, data_cap: 64 };
-            let log = Arc::new(Log {
-                cursor: Cursor::new(0, true),
-                bytes: (0..64).map(|_| UnsafeCell::new(0u8)).collect(),
-            });
+            let log = Log::new(64);
             let first = log.cursor.claim(&geo, 16, |_| Ok::<_, ()>(())).unwrap();
             let deferring = {
                 let log = log.clone();
-                loom::thread::spawn(move || append_deferred(&log, &geo, 16, 2))
+                loom::thread::spawn(move || append(&log, &geo, 16, 2, true))
             };
-            for lsn in first.start..first.end {
-                // SAFETY: inside `first`, ours alone.
-                log.bytes[lsn as usize].with_mut(|p| unsafe { *p = 1 });
-            }
+            log.fill(&first, 1);
             log.cursor.publish(&first);
             deferring.join().unwrap();
             assert_eq!(log.cursor.published(), 32);
-            for i in 0..32 {
-                // SAFETY: below `published` and both writers are done.
-                let b = log.bytes[i as usize].with(|p| unsafe { *p });
-                assert_ne!(b, 0, "published byte {i} was not written");
-            }
+            log.assert_written(32);
         });
     }
 
     #[test]
     fn published_prefix_is_always_written() {
-        loom::model(|| {
-            let geo = Geometry { run_base: 0, data_cap: 3 };
-            let log = Arc::new(Log {
-                cursor: Cursor::new(0, true),
-                bytes: (0..6).map(|_| UnsafeCell::new(0u8)).collect(),
-            });
-            let writers: Vec<_> = [1u8, 2u8]
-                .into_iter()
-                .map(|v| {
-                    let log = log.clone();
-                    loom::thread::spawn(move || append(&log, &geo, 2, v))
-                })
-                .collect();
-            let upto = log.cursor.published();
-            for i in 0..upto {
-                // SAFETY: below `published`; loom flags a race if not.
-                let b = log.bytes[i as usize].with(|p| unsafe { *p });
-                assert_ne!(b, 0, "published byte {i} was not written");
-            }
-            for w in writers {
-                w.join().unwrap();
-            }
-            // Two 2-byte frames in 3-byte segments: the second goes to the
-            // next segment, after one byte of padding.
-            assert_eq!(log.cursor.published(), 5);
-        });
+        // Two 2-byte frames in 3-byte segments: the second goes to the next
+        // segment, after one byte of padding.
+        loom::model(|| assert_eq!(race(3, 6, 2, false), 5));
     }
 }

@@ -166,13 +166,20 @@ fn set(t: &Token) {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicU64;
+    use std::sync::mpsc::Receiver;
+    use std::thread::JoinHandle;
 
-    #[test]
-    fn each_waiter_leaves_once_its_own_lsn_is_durable() {
+    type Registered =
+        (std::sync::Arc<Waiters>, std::sync::Arc<AtomicU64>, Receiver<u64>, Vec<JoinHandle<()>>);
+
+    /// A thread waiting for each LSN (it sends its LSN once it leaves),
+    /// returned once all of them are registered.
+    #[allow(clippy::unwrap_used)] // a test helper: a failure is the test failing
+    fn registered(lsns: impl IntoIterator<Item = u64>) -> Registered {
         let w = std::sync::Arc::new(Waiters::default());
         let durable = std::sync::Arc::new(AtomicU64::new(0));
         let (tx, rx) = std::sync::mpsc::channel();
-        let threads: Vec<_> = [10u64, 20]
+        let threads: Vec<_> = lsns
             .into_iter()
             .map(|lsn| {
                 let (w, durable, tx) = (w.clone(), durable.clone(), tx.clone());
@@ -182,9 +189,15 @@ mod tests {
                 })
             })
             .collect();
-        while w.lock().waiting.len() < 2 {
+        while w.lock().waiting.len() < threads.len() {
             std::thread::yield_now();
         }
+        (w, durable, rx, threads)
+    }
+
+    #[test]
+    fn each_waiter_leaves_once_its_own_lsn_is_durable() {
+        let (w, durable, rx, threads) = registered([10, 20]);
         durable.store(15, Ordering::Release);
         w.wake_below(15);
         assert_eq!(rx.recv().unwrap(), 10);
@@ -200,22 +213,8 @@ mod tests {
 
     #[test]
     fn one_sync_wakes_many_waiters_through_the_relay() {
-        let w = std::sync::Arc::new(Waiters::default());
-        let durable = std::sync::Arc::new(AtomicU64::new(0));
         let n = 4 * DIRECT + 3;
-        let (tx, rx) = std::sync::mpsc::channel();
-        let threads: Vec<_> = (0..n as u64)
-            .map(|lsn| {
-                let (w, durable, tx) = (w.clone(), durable.clone(), tx.clone());
-                std::thread::spawn(move || {
-                    w.wait(lsn, || durable.load(Ordering::Acquire) > lsn);
-                    tx.send(lsn).unwrap();
-                })
-            })
-            .collect();
-        while w.lock().waiting.len() < n {
-            std::thread::yield_now();
-        }
+        let (w, durable, rx, threads) = registered(0..n as u64);
         durable.store(n as u64, Ordering::Release);
         w.wake_below(n as u64);
         let mut left: Vec<u64> = (0..n).map(|_| rx.recv().unwrap()).collect();
@@ -278,6 +277,25 @@ mod loom_tests {
         });
     }
 
+    /// Waiters for LSNs 0 and 1, each checking that it leaves only once
+    /// its record is durable.
+    #[allow(clippy::unwrap_used)] // a test helper: a failure is the test failing
+    fn two_waiters(
+        w: &Arc<Waiters>,
+        durable: &Arc<AtomicU64>,
+    ) -> Vec<loom::thread::JoinHandle<()>> {
+        [0u64, 1]
+            .into_iter()
+            .map(|lsn| {
+                let (w, durable) = (w.clone(), durable.clone());
+                loom::thread::spawn(move || {
+                    w.wait(lsn, || durable.load(Ordering::Acquire) > lsn);
+                    assert!(durable.load(Ordering::Acquire) > lsn, "left before durable");
+                })
+            })
+            .collect()
+    }
+
     /// One sync covers both waiters: the flusher wakes one ([`DIRECT`] is 1
     /// under loom) and that one wakes the other (step 5).
     #[test]
@@ -285,16 +303,7 @@ mod loom_tests {
         loom::model(|| {
             let w = Arc::new(Waiters::default());
             let durable = Arc::new(AtomicU64::new(0));
-            let waiters: Vec<_> = [0u64, 1]
-                .into_iter()
-                .map(|lsn| {
-                    let (w, durable) = (w.clone(), durable.clone());
-                    loom::thread::spawn(move || {
-                        w.wait(lsn, || durable.load(Ordering::Acquire) > lsn);
-                        assert!(durable.load(Ordering::Acquire) > lsn, "left before durable");
-                    })
-                })
-                .collect();
+            let waiters = two_waiters(&w, &durable);
             durable.store(2, Ordering::Release);
             w.wake_below(2);
             for t in waiters {
@@ -308,16 +317,7 @@ mod loom_tests {
         loom::model(|| {
             let w = Arc::new(Waiters::default());
             let durable = Arc::new(AtomicU64::new(0));
-            let waiters: Vec<_> = [0u64, 1]
-                .into_iter()
-                .map(|lsn| {
-                    let (w, durable) = (w.clone(), durable.clone());
-                    loom::thread::spawn(move || {
-                        w.wait(lsn, || durable.load(Ordering::Acquire) > lsn);
-                        assert!(durable.load(Ordering::Acquire) > lsn, "left before durable");
-                    })
-                })
-                .collect();
+            let waiters = two_waiters(&w, &durable);
             durable.store(1, Ordering::Release);
             w.wake_below(1);
             durable.store(2, Ordering::Release);
