@@ -15,7 +15,7 @@
 
 use crate::BoxResult;
 use memmap2::{Advice, MmapRaw};
-use spindle_wal::storage::SegmentMap;
+use spindle_wal::storage::{copy_parts, SegmentMap};
 use spindle_wal::{Storage, WalError};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -167,8 +167,17 @@ struct ProbeSegment {
 // aligned by mmap and valid until the segment is dropped.
 #[allow(unsafe_code)]
 unsafe impl SegmentMap for ProbeSegment {
-    fn ptr(&self) -> *mut u8 {
-        self.map.as_mut_ptr()
+    fn ptr(&self) -> *const u8 {
+        self.map.as_ptr()
+    }
+
+    /// A store through the mapping, as the log made before it wrote with
+    /// `pwritev`: what the probe studies is how such stores meet the page
+    /// cache's folios.
+    unsafe fn write_at(&self, offset: usize, parts: &[&[u8]]) -> std::io::Result<()> {
+        // SAFETY: a writable shared mapping of `len()` bytes; the caller
+        // gives the range to this thread alone.
+        unsafe { copy_parts(self.map.as_mut_ptr(), self.map.len(), offset, parts) }
     }
 
     fn len(&self) -> usize {

@@ -149,6 +149,11 @@ pub struct ServerConfig {
     /// (`FsStorage::with_prefault`): appends on the loop then take no page
     /// faults. On by default; `--no-log-prefault` turns it off.
     pub log_prefault: bool,
+    /// How the log's appends write (`--log-write`): stores through the
+    /// mapping by default, which the daemon's loop (one append per
+    /// command) measured faster with than `pwritev` (`docs/benchmarks.md`,
+    /// "Appends through the file").
+    pub log_write: spindle_wal::WriteMethod,
     /// Most bytes of half-received job bodies, all connections together
     /// (`--max-partial-bytes`, default [`DEFAULT_MAX_PARTIAL_BYTES`]): a
     /// body beyond is read and dropped, and its command gets
@@ -202,6 +207,7 @@ impl Default for ServerConfig {
             idle_spin: Duration::ZERO,
             shards: 1,
             log_prefault: true,
+            log_write: spindle_wal::WriteMethod::Mmap,
             max_partial_bytes: DEFAULT_MAX_PARTIAL_BYTES,
             jetstream: None,
         }

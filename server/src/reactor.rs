@@ -145,7 +145,8 @@ impl Server {
                 let wal_err = |source| ServerError::Wal { dir: dir.clone(), source };
                 let storage = FsStorage::with_access(dir, cfg.data_access)
                     .map_err(wal_err)?
-                    .with_prefault(cfg.log_prefault);
+                    .with_prefault(cfg.log_prefault)
+                    .with_write_method(cfg.log_write);
                 let (wal, report) = Wal::open_with(Arc::new(storage), opts).map_err(wal_err)?;
                 // The log opens on a full disk (its records can still be
                 // read), but a daemon that cannot write its first segment

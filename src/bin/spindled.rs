@@ -81,6 +81,16 @@ enum Durability {
     Sync,
 }
 
+/// How the log's appends write (`spindle_wal::WriteMethod`).
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum LogWrite {
+    /// Stores through a writable mapping: no system call per record.
+    Mmap,
+    /// One pwritev per record into a read-only mapped file: no page of the
+    /// mapping for a sync to write-protect.
+    Pwrite,
+}
+
 /// spindled: a beanstalkd-compatible job server (Spindle).
 #[derive(Parser, Debug)]
 #[command(name = "spindled", disable_version_flag = true, about, long_about = None)]
@@ -174,6 +184,9 @@ struct Args {
     /// segment's zeroed pages back once; appends then take the page faults).
     #[arg(long)]
     no_log_prefault: bool,
+    /// How records are written into the log (docs/wal-format.md §6).
+    #[arg(long, value_enum, default_value = "mmap")]
+    log_write: LogWrite,
     /// Put the tubes named by --jetstream-tube in NATS JetStream at this
     /// server (nats://HOST:PORT), shared with every spindled and Spindle
     /// node on it (docs/jetstream.md, "spindled").
@@ -284,6 +297,10 @@ fn config(a: &Args) -> Result<ServerConfig, String> {
     cfg.recovery = if a.strict_recovery { Recovery::Strict } else { Recovery::Truncate };
     cfg.shards = a.shards;
     cfg.log_prefault = !a.no_log_prefault;
+    cfg.log_write = match a.log_write {
+        LogWrite::Mmap => spindle::wal::WriteMethod::Mmap,
+        LogWrite::Pwrite => spindle::wal::WriteMethod::Pwrite,
+    };
     match (&a.jetstream, a.jetstream_tubes.is_empty()) {
         (Some(url), false) => {
             cfg.jetstream = Some(JetStreamTubes {

@@ -10,7 +10,8 @@
 //!    the rest of the old segment with a padding frame). Make sure the target
 //!    segment exists, then `compare_exchange(tail, frame + len)`. Exactly one
 //!    appender wins each range; losers retry from the tail they observed.
-//! 2. **Write.** The winner copies its frame into its range: no other thread
+//! 2. **Write.** The winner writes its frame into its range (one `pwritev`,
+//!    or a copy through a writable mapping, `WriteMethod`): no other thread
 //!    writes there, and no reader looks there yet.
 //! 3. **Publish.** The winner waits until `published` equals the start of its
 //!    claim (every earlier claim is complete), then stores the end of its
@@ -18,8 +19,10 @@
 //! 4. **Read.** The flusher and readers load `published` with acquire
 //!    ordering: every byte below it is a complete frame.
 //!
-//! The wait in step 3 is at most one memcpy long unless an earlier appender
-//! was preempted; the `backoff` in `sync.rs` yields in that case.
+//! The wait in step 3 is at most one write long unless an earlier appender
+//! was preempted or blocked in the kernel inside its write (a page fault
+//! behind the flusher's writeback, when writing through the mapping); the
+//! `backoff` in `sync.rs` yields in that case.
 //!
 //! An appender that is going to wait for its record to be durable anyway
 //! (a `Sync` submit) need not wait in step 3: with many appenders on few

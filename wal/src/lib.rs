@@ -13,7 +13,7 @@
 //! wal.replay(|rec| println!("{} kind {} {} bytes", rec.lsn, rec.kind, rec.payload.len()))?;
 //!
 //! let mut appender = wal.appender();            // one per thread
-//! let lsn = appender.append(1, b"hello")?;       // a memcpy and a release store
+//! let lsn = appender.append(1, b"hello")?;       // one pwritev and a release store
 //! wal.wait_durable(lsn)?;                        // group-committed fdatasync/msync
 //! wal.release_below(lsn)?;                       // drop whole segments below lsn
 //! wal.close()?;
@@ -26,7 +26,8 @@
 //! - Records are framed with a masked CRC32C and their own LSN (`record.rs`);
 //!   an LSN is the record's byte position in the log.
 //! - Any thread appends without a lock: claim a range with a CAS on the tail,
-//!   copy the frame, publish in log order (`cursor.rs`, model-checked with
+//!   write the frame (`pwritev`; the mapping is only read, see
+//!   [`WriteMethod`]), publish in log order (`cursor.rs`, model-checked with
 //!   loom).
 //! - A flusher thread per log makes the published prefix durable according to
 //!   the [`SyncPolicy`]; concurrent waiters share one sync (group commit).
@@ -61,7 +62,7 @@ pub use record::{
 };
 pub use recovery::{RecoveryMode, RecoveryReport, Truncation};
 pub use segment::SEGMENT_HEADER;
-pub use storage::{FsStorage, SimFault, SimStorage, Storage, SyncMethod};
+pub use storage::{FsStorage, SimFault, SimStorage, Storage, SyncMethod, WriteMethod};
 
 /// Scans a raw segment file image the way recovery does and returns the
 /// records it would keep; for fuzzing and tools. Never panics.

@@ -16,7 +16,7 @@
 //! dropped the dirty pages, so retrying could report durability that is not
 //! there (PostgreSQL's "fsyncgate" lesson). Reopening runs recovery.
 
-use crate::cursor::{Cursor, Geometry, Published};
+use crate::cursor::{Claim, Cursor, Geometry, Published};
 use crate::record::{frame_len, Record, FRAME_HEADER, KIND_PADDING, MAX_PAYLOAD};
 use crate::recovery::{self, Kept, RecoveryMode, RecoveryReport};
 use crate::segment::{Header, Segment, SEGMENT_HEADER};
@@ -204,8 +204,8 @@ impl Shared {
         let base = self.geo.base(idx);
         let header = Header { shard: self.shard, base, len: self.seg_len }.encode();
         let map = self.storage.create(base, self.seg_len, &header)?;
-        // The unsafe writes in segment.rs trust the mapping's size and
-        // alignment: check them once here.
+        // The unsafe reads and writes in segment.rs trust the mapping's size
+        // and alignment: check them once here.
         if map.len() as u64 != self.seg_len || map.ptr() as usize % 4096 != 0 {
             return Err(WalError::Config(
                 "storage returned a segment of the wrong size or alignment".into(),
@@ -843,41 +843,17 @@ impl Appender {
         let len = frame_len(payload.len() as u64);
         let cache = &mut self.cache;
         let claim = sh.cursor.claim(&sh.geo, len, |idx| sh.ensure(cache, idx))?;
-        if claim.start != claim.frame {
-            match sh.segment(sh.geo.index(claim.start)) {
-                #[allow(unsafe_code)]
-                // SAFETY: the claim gives us claim.start..claim.end; the
-                // padding covers claim.start..end of its segment, within it.
-                Some(seg) => unsafe { seg.write_padding(claim.start) },
-                None => {
-                    let mut st = sh.lock();
-                    sh.fail(&mut st, "segment to pad vanished (released while in use)".into());
-                }
+        if let Err(why) = self.write(&claim, kind, payload) {
+            // Publish anyway so later appenders are not blocked, and fail
+            // the log rather than acknowledge a record that was not written
+            // (or one after it: see the check below).
+            let mut st = sh.lock();
+            sh.fail(&mut st, why.clone());
+            drop(st);
+            if sh.cursor.publish(&claim) {
+                sh.kick_flusher();
             }
-        }
-        match &self.cache {
-            Some((i, seg)) if *i == sh.geo.index(claim.frame) => {
-                #[allow(unsafe_code)]
-                // SAFETY: the cached segment is the one holding claim.frame
-                // (checked above) and the claim frame..end is ours alone
-                // until published below.
-                unsafe {
-                    seg.write_frame(claim.frame, kind, payload)
-                };
-            }
-            _ => {
-                // Cannot happen: the last `ensure` before the winning CAS
-                // cached this segment. Publish anyway so later appenders are
-                // not blocked, and fail the log rather than acknowledge a
-                // record that was not written.
-                let mut st = sh.lock();
-                sh.fail(&mut st, "appender lost track of its segment".into());
-                drop(st);
-                if sh.cursor.publish(&claim) {
-                    sh.kick_flusher();
-                }
-                return Err(WalError::Failed("appender lost track of its segment".into()));
-            }
+            return Err(WalError::Failed(why));
         }
         let swept = if defer {
             sh.cursor.publish_or_defer(&claim) == Published::Swept
@@ -887,7 +863,45 @@ impl Appender {
         if swept {
             sh.kick_flusher();
         }
+        // An earlier claim whose write failed was published as a hole that
+        // recovery stops at: this record, after it, must not be acknowledged.
+        // (Its appender failed the log before publishing, and this one
+        // published after it, so the flag is seen. A deferred record is
+        // acknowledged by `wait_durable`, which reports the failure.)
+        if !defer && sh.failed.load(Ordering::Acquire) {
+            return Err(sh.failure(&sh.lock()));
+        }
         Ok(claim.frame)
+    }
+
+    /// Writes the claim's padding, if any, and its frame.
+    fn write(&self, claim: &Claim, kind: u8, payload: &[u8]) -> Result<(), String> {
+        let sh = &*self.shared;
+        if claim.start != claim.frame {
+            let seg = sh
+                .segment(sh.geo.index(claim.start))
+                .ok_or_else(|| "segment to pad vanished (released while in use)".to_string())?;
+            #[allow(unsafe_code)]
+            // SAFETY: the claim gives us claim.start..claim.end; the padding
+            // covers claim.start..end of its segment, within it.
+            unsafe { seg.write_padding(claim.start) }.map_err(|e| {
+                format!("write to {} failed: {e}", sh.storage.describe(seg.base).display())
+            })?;
+        }
+        match &self.cache {
+            Some((i, seg)) if *i == sh.geo.index(claim.frame) => {
+                #[allow(unsafe_code)]
+                // SAFETY: the cached segment is the one holding claim.frame
+                // (checked above) and the claim frame..end is ours alone
+                // until published.
+                unsafe { seg.write_frame(claim.frame, kind, payload) }.map_err(|e| {
+                    format!("write to {} failed: {e}", sh.storage.describe(seg.base).display())
+                })
+            }
+            // Cannot happen: the last `ensure` before the winning CAS cached
+            // this segment.
+            _ => Err("appender lost track of its segment".to_string()),
+        }
     }
 
     /// Like [`Appender::append`], but only if the log can still hold

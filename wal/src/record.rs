@@ -12,10 +12,10 @@
 //!  16+len  pad  zeros up to a multiple of 16
 //! ```
 //!
-//! The head word is written last, with release ordering, so a frame whose head
-//! reads non-zero is complete in memory. After a crash the CRC and the LSN
-//! (which must equal the frame's position) reject torn, zeroed and stale
-//! frames; `docs/wal-format.md` gives the full rules.
+//! A frame is written with one `pwritev` (`segment.rs`) and read only below
+//! the published position, where it is complete. After a crash the CRC and
+//! the LSN (which must equal the frame's position) reject torn, zeroed and
+//! stale frames; `docs/wal-format.md` gives the full rules.
 //!
 //! Everything here is pure functions over byte slices: the recovery scanner and
 //! the fuzz target use them directly.
@@ -174,14 +174,21 @@ pub fn decode(buf: &[u8], lsn: u64) -> Decoded<'_> {
     Decoded::Record { record: Record { lsn, kind, payload }, len: total }
 }
 
-/// Writes a complete frame (header with the head word included) into `out`,
-/// which must be exactly `frame_len(payload.len())` bytes. Used by tests and
-/// tools that build logs by hand; the appender writes the head word last.
-pub fn encode_into(out: &mut [u8], lsn: u64, kind: u8, payload: &[u8]) {
-    let h = head(kind, payload.len() as u32);
+/// A frame's 16-byte header at `lsn`: `h` (from [`head`]), the CRC of `h`,
+/// `lsn` and `payload` (empty for padding), and `lsn`.
+pub(crate) fn header(lsn: u64, h: u32, payload: &[u8]) -> [u8; FRAME_HEADER as usize] {
+    let mut out = [0u8; FRAME_HEADER as usize];
     out[0..4].copy_from_slice(&h.to_le_bytes());
     out[4..8].copy_from_slice(&frame_crc(h, lsn, payload).to_le_bytes());
     out[8..16].copy_from_slice(&lsn.to_le_bytes());
+    out
+}
+
+/// Writes a complete frame into `out`, which must be exactly
+/// `frame_len(payload.len())` bytes. Used by tests and tools that build
+/// logs by hand.
+pub fn encode_into(out: &mut [u8], lsn: u64, kind: u8, payload: &[u8]) {
+    out[0..16].copy_from_slice(&header(lsn, head(kind, payload.len() as u32), payload));
     out[16..16 + payload.len()].copy_from_slice(payload);
     out[16 + payload.len()..].fill(0);
 }

@@ -207,9 +207,9 @@ pub(crate) fn recover(
         if let Some(k) = kept.get(i) {
             #[allow(unsafe_code)]
             // SAFETY: recovery is single-threaded; nothing else maps it yet.
-            unsafe {
-                k.seg.zero(from, to)
-            };
+            unsafe { k.seg.zero(from, to) }.map_err(|e| {
+                WalError::io("cut the damaged tail of", storage.describe(k.seg.base), e)
+            })?;
             k.seg.sync_file_range(from, to).map_err(|e| {
                 WalError::io("sync truncated segment", storage.describe(k.seg.base), e)
             })?;

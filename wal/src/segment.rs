@@ -14,12 +14,16 @@
 //! ```
 //!
 //! This module holds the only raw-pointer access to segment memory; every
-//! other module goes through the methods below.
+//! other module goes through the methods below. The mapping is read, never
+//! written: frames go in through [`SegmentMap::write_at`].
 
-use crate::record::{self, FRAME_HEADER, KIND_PADDING};
+use crate::record::{self, FRAME_ALIGN, FRAME_HEADER, KIND_PADDING};
 use crate::storage::SegmentMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::io;
 use std::sync::Arc;
+
+/// Bytes of zeros written per call when recovery cuts a torn tail.
+const ZERO_CHUNK: usize = 1 << 16;
 
 /// Segment file magic.
 pub(crate) const MAGIC: &[u8; 8] = b"SPNDLWAL";
@@ -136,56 +140,51 @@ impl Segment {
         }
     }
 
-    /// Writes a record frame at `lsn` and publishes its head word last.
+    /// Writes a record frame at `lsn`, through the file rather than the
+    /// mapping (see [`SegmentMap::write_at`]: a store through a shared
+    /// mapping makes every later sync write-protect the page again, one
+    /// TLB shoot-down per page).
     ///
     /// # Safety
     /// The caller owns the claim `lsn..lsn + frame_len(payload.len())`, which
     /// lies inside this segment; no other thread reads or writes that range
     /// until the claim is published through the cursor.
-    pub(crate) unsafe fn write_frame(&self, lsn: u64, kind: u8, payload: &[u8]) {
-        let head = record::head(kind, payload.len() as u32);
-        let crc = record::frame_crc(head, lsn, payload);
+    pub(crate) unsafe fn write_frame(&self, lsn: u64, kind: u8, payload: &[u8]) -> io::Result<()> {
         let padded = record::align_up(payload.len() as u64) as usize;
-        // SAFETY: the claimed range is exclusively ours and in bounds; the
-        // segment base is page aligned and frames are 16-byte aligned, so the
-        // head word is 4-byte aligned for the atomic store.
-        unsafe {
-            let p = self.map.ptr().add(self.offset(lsn));
-            std::ptr::copy_nonoverlapping(crc.to_le_bytes().as_ptr(), p.add(4), 4);
-            std::ptr::copy_nonoverlapping(lsn.to_le_bytes().as_ptr(), p.add(8), 8);
-            let body = p.add(FRAME_HEADER as usize);
-            std::ptr::copy_nonoverlapping(payload.as_ptr(), body, payload.len());
-            std::ptr::write_bytes(body.add(payload.len()), 0, padded - payload.len());
-            AtomicU32::from_ptr(p.cast::<u32>()).store(head.to_le(), Ordering::Release);
-        }
+        let zeros = [0u8; FRAME_ALIGN as usize];
+        let pad = zeros.get(..padded - payload.len()).unwrap_or_default();
+        let header = record::header(lsn, record::head(kind, payload.len() as u32), payload);
+        // SAFETY: the claimed range is exclusively ours and in bounds.
+        unsafe { self.map.write_at(self.offset(lsn), &[&header, payload, pad]) }
     }
 
-    /// Writes a padding frame covering `lsn..end()`.
+    /// Writes a padding frame covering `lsn..end()` (its 16-byte header).
     ///
     /// # Safety
     /// As for [`Segment::write_frame`], for the range `lsn..end()`.
-    pub(crate) unsafe fn write_padding(&self, lsn: u64) {
+    pub(crate) unsafe fn write_padding(&self, lsn: u64) -> io::Result<()> {
         let pad_len = (self.end() - lsn - FRAME_HEADER) as u32;
-        let head = record::head(KIND_PADDING, pad_len);
-        let crc = record::frame_crc(head, lsn, &[]);
-        // SAFETY: as in write_frame; a padding frame writes only its 16-byte
-        // header, which fits because claims are 16-byte multiples.
-        unsafe {
-            let p = self.map.ptr().add(self.offset(lsn));
-            std::ptr::copy_nonoverlapping(crc.to_le_bytes().as_ptr(), p.add(4), 4);
-            std::ptr::copy_nonoverlapping(lsn.to_le_bytes().as_ptr(), p.add(8), 8);
-            AtomicU32::from_ptr(p.cast::<u32>()).store(head.to_le(), Ordering::Release);
-        }
+        let header = record::header(lsn, record::head(KIND_PADDING, pad_len), &[]);
+        // SAFETY: as in write_frame; the header fits because claims are
+        // 16-byte multiples.
+        unsafe { self.map.write_at(self.offset(lsn), &[&header]) }
     }
 
     /// Zeroes file bytes `from..to` (recovery cutting a torn tail).
     ///
     /// # Safety
     /// No other thread accesses the segment (recovery runs before appends).
-    pub(crate) unsafe fn zero(&self, from: usize, to: usize) {
+    pub(crate) unsafe fn zero(&self, from: usize, to: usize) -> io::Result<()> {
         debug_assert!(from <= to && to <= self.map.len());
-        // SAFETY: in bounds, and recovery is single-threaded.
-        unsafe { std::ptr::write_bytes(self.map.ptr().add(from), 0, to - from) }
+        let zeros = vec![0u8; (to - from).min(ZERO_CHUNK)];
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(zeros.len());
+            // SAFETY: in bounds, and recovery is single-threaded.
+            unsafe { self.map.write_at(at, &[&zeros[..n]])? };
+            at += n;
+        }
+        Ok(())
     }
 
     /// Makes data LSNs `from..to` durable (file offsets computed here).

@@ -191,6 +191,58 @@ fn a_failed_sync_fails_the_log_for_good() {
 }
 
 #[test]
+fn a_failed_write_fails_the_log_and_keeps_what_came_before() {
+    let storage = SimStorage::new();
+    storage.inject(SimFault::EioAtWrite(3));
+    let (wal, _) =
+        Wal::open_with(Arc::new(storage.clone()), opts(8192, SyncPolicy::Never)).unwrap();
+    let mut app = wal.appender();
+    app.append(1, b"one").unwrap();
+    app.append(1, b"two").unwrap();
+    let err = app.append(1, b"three").unwrap_err();
+    assert!(matches!(&err, WalError::Failed(why) if why.contains("write")), "{err}");
+    // Nothing after the hole is acknowledged, by this appender or another.
+    assert!(matches!(app.append(1, b"four"), Err(WalError::Failed(_))));
+    assert!(matches!(wal.appender().append(1, b"five"), Err(WalError::Failed(_))));
+    drop(wal);
+    // After kill -9 the records before the failed write are all there.
+    let (wal2, _) =
+        Wal::open_with(Arc::new(storage.process_crash_image()), opts(8192, SyncPolicy::Never))
+            .unwrap();
+    let got: Vec<Vec<u8>> = collect(&wal2).into_iter().map(|(_, _, p)| p).collect();
+    assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec()]);
+}
+
+/// The log never stores through its mappings, so a sync has no page to
+/// write-protect (`SegmentMap`): every segment is mapped read-only.
+#[cfg(target_os = "linux")]
+#[test]
+fn segments_are_mapped_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(
+        dir.path(),
+        opts(16384, SyncPolicy::Interval(std::time::Duration::from_millis(1))),
+    )
+    .unwrap();
+    let mut app = wal.appender();
+    for i in 0..200u64 {
+        app.append(1, &payload(i)).unwrap();
+    }
+    wal.sync().unwrap();
+    let dir_name = dir.path().to_string_lossy().into_owned();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let ours: Vec<&str> =
+        maps.lines().filter(|l| l.contains(&dir_name) && l.ends_with(".wal")).collect();
+    assert!(ours.len() > 1, "the log's segments are mapped: {ours:?}");
+    for line in &ours {
+        let perms = line.split_whitespace().nth(1).unwrap();
+        assert_eq!(perms, "r--s", "{line}");
+    }
+    assert_eq!(collect(&wal).len(), 200);
+    wal.close().unwrap();
+}
+
+#[test]
 fn no_space_is_an_error_and_earlier_records_stay_readable() {
     let storage = SimStorage::new();
     storage.inject(SimFault::NoSpaceAfterCreates(3));

@@ -7,7 +7,9 @@
 //! reach stable storage. Two implementations exist:
 //!
 //! - [`FsStorage`]: one file per segment in a directory, preallocated with
-//!   `posix_fallocate` and mapped with memmap2. This is what production uses.
+//!   `posix_fallocate`, mapped with memmap2 for reading and written with
+//!   `pwritev` (or through the mapping, [`WriteMethod::Mmap`]). This is
+//!   what production uses.
 //! - [`SimStorage`]: segments in heap memory with a separate "durable" image
 //!   that only [`SegmentMap::sync`] updates. Tests use it to crash the log at
 //!   the N-th sync (optionally tearing the last page) and to inject ENOSPC or
@@ -16,7 +18,7 @@
 mod fs;
 mod sim;
 
-pub use fs::{FsStorage, SyncMethod};
+pub use fs::{FsStorage, SyncMethod, WriteMethod};
 pub use sim::{SimFault, SimStorage};
 
 use crate::WalError;
@@ -44,27 +46,73 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
 /// One mapped segment.
 ///
+/// The log reads a segment through [`SegmentMap::ptr`] and writes it only
+/// with [`SegmentMap::write_at`], which [`FsStorage`] does with `pwritev`
+/// by default ([`WriteMethod`]): a page of a shared file mapping that was
+/// stored into is write-protected again by every sync that writes it back,
+/// one TLB shoot-down per page, which the other cores take as interrupts;
+/// with pages written by `pwrite` and only read through the mapping there
+/// is nothing to protect (`docs/wal-format.md` §6, "Writes through the
+/// file").
+///
 /// # Safety
 ///
-/// The log writes and reads through [`SegmentMap::ptr`] with raw pointers,
-/// so an implementation must guarantee: the memory is valid for
-/// [`SegmentMap::len`] bytes (never changing) for as long as the map is
-/// alive, is aligned to at least 4096 bytes, may be written by several
-/// threads at disjoint offsets, and [`SegmentMap::sync`] only reads the range
-/// it is given (which nobody writes during the call).
+/// An implementation must guarantee: the memory at [`SegmentMap::ptr`] is
+/// valid for reads of [`SegmentMap::len`] bytes (never changing) for as long
+/// as the map is alive, is aligned to at least 4096 bytes, shows what
+/// [`SegmentMap::write_at`] wrote once that returns, and
+/// [`SegmentMap::sync`] only reads the range it is given (which nobody
+/// writes during the call).
 pub unsafe trait SegmentMap: Send + Sync + fmt::Debug {
-    /// Start of the mapping.
-    fn ptr(&self) -> *mut u8;
+    /// Start of the mapping (read only).
+    fn ptr(&self) -> *const u8;
     /// Length of the mapping in bytes.
     fn len(&self) -> usize;
     /// Whether the mapping is empty (never, for a real segment).
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Writes `parts`, one after another, at byte `offset`.
+    ///
+    /// # Safety
+    ///
+    /// The range lies inside the segment, and no other thread reads or
+    /// writes it while the call runs (the log's claim protocol gives each
+    /// appender its own range, read by others only once published).
+    unsafe fn write_at(&self, offset: usize, parts: &[&[u8]]) -> std::io::Result<()>;
     /// Makes bytes `offset..offset + len` durable. The caller guarantees no
     /// thread is writing inside that range while the call runs.
     fn sync(&self, offset: usize, len: usize) -> std::io::Result<()>;
-    /// Faults the mapping's pages in ahead of use (a hint; the default
-    /// does nothing).
+    /// Brings the segment's pages into the page cache ahead of use (a hint;
+    /// the default does nothing).
     fn prefault(&self) {}
+}
+
+/// Copies `parts`, one after another, to bytes `offset..` of the memory at
+/// `dst`: [`SegmentMap::write_at`] for a segment kept in memory (a heap
+/// buffer, or a writable mapping with [`WriteMethod::Mmap`]).
+///
+/// # Safety
+///
+/// `dst` is valid for writes of `len` bytes, and no other thread reads or
+/// writes the range written while the call runs.
+#[allow(unsafe_code)]
+pub unsafe fn copy_parts(
+    dst: *mut u8,
+    len: usize,
+    offset: usize,
+    parts: &[&[u8]],
+) -> std::io::Result<()> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    if offset.checked_add(total).is_none_or(|end| end > len) {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "write out of bounds"));
+    }
+    let mut at = offset;
+    for p in parts {
+        // SAFETY: in bounds (checked above) of memory valid for writes, and
+        // the caller gives this range to this thread alone.
+        unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), dst.add(at), p.len()) };
+        at += p.len();
+    }
+    Ok(())
 }

@@ -7,8 +7,8 @@
 //!
 //! 1. schedule faults with [`SimStorage::inject`]: a crash at the N-th sync
 //!    (that sync persists nothing, or a torn half of its last page; every
-//!    later sync and create fails), an EIO at the N-th sync, or ENOSPC after
-//!    N segment creations;
+//!    later sync and create fails), an EIO at the N-th sync or the N-th
+//!    write, or ENOSPC after N segment creations;
 //! 2. take [`SimStorage::power_loss_image`] (only durable bytes survive) or
 //!    [`SimStorage::process_crash_image`] (the page cache survives, as after
 //!    `kill -9`) and reopen a log on it.
@@ -42,10 +42,14 @@ pub enum SimFault {
     EioAtSync(u64),
     /// Segment creations after the first `n` fail with ENOSPC.
     NoSpaceAfterCreates(u64),
+    /// The `n`-th write (1-based, counting the writes of frames and
+    /// paddings to all segments) fails with EIO and writes nothing.
+    EioAtWrite(u64),
 }
 
 #[derive(Debug, Default)]
 struct Counters {
+    writes: u64,
     syncs: u64,
     creates: u64,
     crashed: bool,
@@ -268,8 +272,22 @@ impl Drop for SimSegment {
 // `sync` copies only the range it is given.
 #[allow(unsafe_code)]
 unsafe impl SegmentMap for SimSegment {
-    fn ptr(&self) -> *mut u8 {
+    fn ptr(&self) -> *const u8 {
         self.ptr.as_ptr()
+    }
+
+    unsafe fn write_at(&self, offset: usize, parts: &[&[u8]]) -> io::Result<()> {
+        {
+            let mut c = lock(&self.counters);
+            c.writes += 1;
+            let n = c.writes;
+            if c.faults.contains(&SimFault::EioAtWrite(n)) {
+                return Err(SimStorage::eio("write"));
+            }
+        }
+        // SAFETY: the buffer holds `len` bytes; the caller gives the range
+        // to this thread alone.
+        unsafe { super::copy_parts(self.ptr.as_ptr(), self.len, offset, parts) }
     }
 
     fn len(&self) -> usize {
