@@ -13,7 +13,7 @@
 //! wal.replay(|rec| println!("{} kind {} {} bytes", rec.lsn, rec.kind, rec.payload.len()))?;
 //!
 //! let mut appender = wal.appender();            // one per thread
-//! let lsn = appender.append(1, b"hello")?;       // one pwritev and a release store
+//! let lsn = appender.append(1, b"hello")?;       // a CAS, a pwritev, a release store
 //! wal.wait_durable(lsn)?;                        // group-committed fdatasync/msync
 //! wal.release_below(lsn)?;                       // drop whole segments below lsn
 //! wal.close()?;
@@ -26,8 +26,8 @@
 //! - Records are framed with a masked CRC32C and their own LSN (`record.rs`);
 //!   an LSN is the record's byte position in the log.
 //! - Any thread appends without a lock: claim a range with a CAS on the tail,
-//!   write the frame (`pwritev`; the mapping is only read, see
-//!   [`WriteMethod`]), publish in log order (`cursor.rs`, model-checked with
+//!   write the frame (by default with `pwritev`, the mapping being only
+//!   read; see [`WriteMethod`]), publish in log order (`cursor.rs`, model-checked with
 //!   loom).
 //! - A flusher thread per log makes the published prefix durable according to
 //!   the [`SyncPolicy`]; concurrent waiters share one sync (group commit).

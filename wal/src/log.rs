@@ -152,9 +152,13 @@ struct Shared {
     requested: AtomicU64,
     /// Set once the log has failed or is closing: appends stop.
     stopped: AtomicBool,
-    /// Set once the log has failed, and once the flusher has exited: what
-    /// a waiter for durability checks without the state's lock.
+    /// Set once the log has failed: what a waiter for durability checks
+    /// without the state's lock (beside `flusher_gone`).
     failed: AtomicBool,
+    /// Where the first claim whose write failed starts (`u64::MAX`: none).
+    /// It was published as a hole that recovery stops at, so no record
+    /// from there on is acknowledged.
+    hole: AtomicU64,
     flusher_gone: AtomicBool,
     /// Set (under the state's lock) while the flusher waits on `flush_cv`
     /// with nothing to do: only then does a request need the lock and a
@@ -510,6 +514,7 @@ impl Wal {
                 flusher_done: false,
             }),
             failed: AtomicBool::new(false),
+            hole: AtomicU64::new(u64::MAX),
             flusher_gone: AtomicBool::new(false),
             flusher_idle: AtomicBool::new(false),
             flush_cv: Condvar::new(),
@@ -847,6 +852,7 @@ impl Appender {
             // Publish anyway so later appenders are not blocked, and fail
             // the log rather than acknowledge a record that was not written
             // (or one after it: see the check below).
+            sh.hole.fetch_min(claim.start, Ordering::AcqRel);
             let mut st = sh.lock();
             sh.fail(&mut st, why.clone());
             drop(st);
@@ -865,10 +871,11 @@ impl Appender {
         }
         // An earlier claim whose write failed was published as a hole that
         // recovery stops at: this record, after it, must not be acknowledged.
-        // (Its appender failed the log before publishing, and this one
-        // published after it, so the flag is seen. A deferred record is
+        // (That appender set `hole` before publishing, and this one published
+        // after it, so the store is seen. A record before the hole is kept
+        // by recovery and acknowledged as usual. A deferred record is
         // acknowledged by `wait_durable`, which reports the failure.)
-        if !defer && sh.failed.load(Ordering::Acquire) {
+        if !defer && claim.start >= sh.hole.load(Ordering::Acquire) {
             return Err(sh.failure(&sh.lock()));
         }
         Ok(claim.frame)

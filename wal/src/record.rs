@@ -12,8 +12,9 @@
 //!  16+len  pad  zeros up to a multiple of 16
 //! ```
 //!
-//! A frame is written with one `pwritev` (`segment.rs`) and read only below
-//! the published position, where it is complete. After a crash the CRC and
+//! A frame is written in one call (`segment.rs`: a `pwritev`, or a copy
+//! through a writable mapping) and read only below the published position,
+//! where it is complete. After a crash the CRC and
 //! the LSN (which must equal the frame's position) reject torn, zeroed and
 //! stale frames; `docs/wal-format.md` gives the full rules.
 //!

@@ -17,9 +17,12 @@ pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
 pub(crate) use std::thread;
 
 /// Spins this many times before yielding the CPU while waiting for an earlier
-/// appender to publish. An append's critical section is one memcpy (tens of
-/// nanoseconds), so 64 pause instructions (~1-3 µs) cover it unless the other
-/// thread was preempted, in which case yielding lets it run (2-core machine).
+/// appender to publish. An append's critical section is one write: a memcpy
+/// (tens of nanoseconds) with `WriteMethod::Mmap`, one `pwritev` (about a
+/// microsecond; ext4 serialises writers of one file on its inode lock) by
+/// default. 64 pause instructions (~1-3 µs) cover it unless the other thread
+/// was preempted or blocked, in which case yielding lets it run (2-core
+/// machine).
 #[cfg(not(loom))]
 const SPINS_BEFORE_YIELD: u32 = 64;
 

@@ -311,25 +311,41 @@ unsafe impl SegmentMap for FsSegment {
                 super::copy_parts(self.map.as_mut_ptr(), self.map.len(), offset, parts)
             };
         }
+        let end = parts.iter().try_fold(offset, |at, p| at.checked_add(p.len()));
+        let Some(end) = end.filter(|&end| end <= self.map.len()) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "write out of bounds",
+            ));
+        };
+        let total = end - offset;
         let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 4];
         let mut n = 0;
-        let mut total = 0;
         for p in parts.iter().filter(|p| !p.is_empty()) {
             let Some(v) = iov.get_mut(n) else { return write_parts_at(&self.file, offset, parts) };
             *v = libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() };
             n += 1;
-            total += p.len();
         }
         let off = libc::off_t::try_from(offset)
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        // SAFETY: `iov[..n]` point into the live slices of `parts`, which
-        // pwritev only reads; the descriptor is ours.
-        let wrote = unsafe { libc::pwritev(self.file.as_raw_fd(), iov.as_ptr(), n as i32, off) };
-        match usize::try_from(wrote) {
-            Ok(w) if w == total => Ok(()),
-            // A short write (rare for a regular file): finish it plainly.
-            Ok(_) => write_parts_at(&self.file, offset, parts),
-            Err(_) => Err(std::io::Error::last_os_error()),
+        loop {
+            // SAFETY: `iov[..n]` point into the live slices of `parts`, which
+            // pwritev only reads; the descriptor is ours.
+            let wrote =
+                unsafe { libc::pwritev(self.file.as_raw_fd(), iov.as_ptr(), n as i32, off) };
+            return match usize::try_from(wrote) {
+                Ok(w) if w == total => Ok(()),
+                // A short write (rare for a regular file): finish it plainly
+                // (writing the same bytes again is harmless).
+                Ok(_) => write_parts_at(&self.file, offset, parts),
+                Err(_) => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    Err(e)
+                }
+            };
         }
     }
 
@@ -339,7 +355,10 @@ unsafe impl SegmentMap for FsSegment {
 
     fn sync(&self, offset: usize, len: usize) -> std::io::Result<()> {
         match self.sync {
-            // memmap2 rounds the range out to page boundaries.
+            // memmap2 rounds the range out to page boundaries. `msync` writes
+            // the file's range back also through a read-only mapping, as long
+            // as the file was opened for writing (Linux keeps the mapping
+            // shared, `VM_SHARED`, only then): every segment is.
             SyncMethod::Msync => self.map.flush_range(offset, len),
             SyncMethod::Fdatasync => self.file.sync_data(),
         }

@@ -94,8 +94,9 @@ pub unsafe trait SegmentMap: Send + Sync + fmt::Debug {
 ///
 /// # Safety
 ///
-/// `dst` is valid for writes of `len` bytes, and no other thread reads or
-/// writes the range written while the call runs.
+/// `dst` is valid for writes of `len` bytes, no other thread reads or
+/// writes the range written while the call runs, and no part of `parts`
+/// lies inside it.
 #[allow(unsafe_code)]
 pub unsafe fn copy_parts(
     dst: *mut u8,
@@ -103,8 +104,8 @@ pub unsafe fn copy_parts(
     offset: usize,
     parts: &[&[u8]],
 ) -> std::io::Result<()> {
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    if offset.checked_add(total).is_none_or(|end| end > len) {
+    let total = parts.iter().try_fold(offset, |at, p| at.checked_add(p.len()));
+    if total.is_none_or(|end| end > len) {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "write out of bounds"));
     }
     let mut at = offset;
