@@ -90,12 +90,25 @@ impl ReadBack<'_> {
     }
 }
 
+/// Tries a stream's creation gets when the server fails it on its side
+/// (status 500: nats-server 2.9.10 once answered "error creating store for
+/// stream", code 10049, to one of the test suite's creations in CI).
+/// Creating a stream that exists returns it, so a retry is harmless.
+const CREATE_TRIES: u32 = 4;
+
 async fn ensure_stream(node: &Inner, want: stream::Config) -> Result<(), Error> {
-    let stream = node
-        .js
-        .get_or_create_stream(want.clone())
-        .await
-        .map_err(|e| Error::api("stream create", e))?;
+    let mut tried = 0;
+    let stream = loop {
+        tried += 1;
+        match node.js.get_or_create_stream(want.clone()).await {
+            Ok(s) => break s,
+            Err(e) if tried < CREATE_TRIES && server_side(&e) => {
+                tracing::warn!(stream = %want.name, error = %e, tried, "stream create failed on the server; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(25 << tried)).await;
+            }
+            Err(e) => return Err(Error::api("stream create", e)),
+        }
+    };
     let got = stream.get_info().await.map_err(|e| Error::api("stream info", e))?.config;
     let rb = ReadBack { node, what: "stream", name: want.name.as_str() };
     rb.check("retention", want.retention, got.retention)?;
@@ -177,5 +190,37 @@ pub(crate) async fn find_bands(node: &Inner, queue: &str) -> Result<Option<Vec<u
         )),
         Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::api("consumer info", e)),
+    }
+}
+
+/// Whether the server failed a stream creation on its side (status 500),
+/// rather than refusing what was asked.
+fn server_side(e: &async_nats::jetstream::context::CreateStreamError) -> bool {
+    matches!(
+        e.kind(),
+        async_nats::jetstream::context::CreateStreamErrorKind::JetStream(j) if j.code() == 500
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
+
+    fn answered(json: &str) -> CreateStreamError {
+        let e: async_nats::jetstream::Error = serde_json::from_str(json).unwrap_or_else(|e| {
+            panic!("not a JetStream error: {e}");
+        });
+        CreateStreamError::new(CreateStreamErrorKind::JetStream(e))
+    }
+
+    #[test]
+    fn only_a_server_side_failure_is_retried() {
+        let store =
+            r#"{"code":500,"err_code":10049,"description":"error creating store for stream"}"#;
+        assert!(server_side(&answered(store)));
+        let refused = r#"{"code":400,"err_code":10058,"description":"stream name already in use with a different configuration"}"#;
+        assert!(!server_side(&answered(refused)));
+        assert!(!server_side(&CreateStreamError::new(CreateStreamErrorKind::TimedOut)));
     }
 }
