@@ -90,9 +90,9 @@ impl ReadBack<'_> {
     }
 }
 
-/// Tries a stream's creation gets when the server fails it on its side
-/// (status 500: nats-server 2.9.10 once answered "error creating store for
-/// stream", code 10049, to one of the test suite's creations in CI).
+/// How many times a stream's creation is tried while the server fails it
+/// on its side (status 500: nats-server 2.9.10 once answered "error creating
+/// store for stream", code 10049, to one of the test suite's creations in CI).
 /// Creating a stream that exists returns it, so a retry is harmless.
 const CREATE_TRIES: u32 = 4;
 

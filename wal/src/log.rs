@@ -884,6 +884,9 @@ impl Appender {
     /// Writes the claim's padding, if any, and its frame.
     fn write(&self, claim: &Claim, kind: u8, payload: &[u8]) -> Result<(), String> {
         let sh = &*self.shared;
+        let failed = |seg: &Segment, e: std::io::Error| {
+            format!("write to {} failed: {e}", sh.storage.describe(seg.base).display())
+        };
         if claim.start != claim.frame {
             let seg = sh
                 .segment(sh.geo.index(claim.start))
@@ -891,9 +894,7 @@ impl Appender {
             #[allow(unsafe_code)]
             // SAFETY: the claim gives us claim.start..claim.end; the padding
             // covers claim.start..end of its segment, within it.
-            unsafe { seg.write_padding(claim.start) }.map_err(|e| {
-                format!("write to {} failed: {e}", sh.storage.describe(seg.base).display())
-            })?;
+            unsafe { seg.write_padding(claim.start) }.map_err(|e| failed(&seg, e))?;
         }
         match &self.cache {
             Some((i, seg)) if *i == sh.geo.index(claim.frame) => {
@@ -901,9 +902,7 @@ impl Appender {
                 // SAFETY: the cached segment is the one holding claim.frame
                 // (checked above) and the claim frame..end is ours alone
                 // until published.
-                unsafe { seg.write_frame(claim.frame, kind, payload) }.map_err(|e| {
-                    format!("write to {} failed: {e}", sh.storage.describe(seg.base).display())
-                })
+                unsafe { seg.write_frame(claim.frame, kind, payload) }.map_err(|e| failed(seg, e))
             }
             // Cannot happen: the last `ensure` before the winning CAS cached
             // this segment.

@@ -33,8 +33,8 @@ pub enum WriteMethod {
     Pwrite,
     /// Stores through a writable shared mapping: no system call per frame,
     /// which a single appending thread that appends once per command
-    /// (`spindled`) measured faster with (durable cycles 444-528 k/s
-    /// against 308-324 k/s with `Pwrite`, 2 cores).
+    /// (`spindled`) measured faster with (durable cycles 424-585 k/s
+    /// against 295-324 k/s with `Pwrite`, 2 cores).
     Mmap,
 }
 
@@ -311,14 +311,7 @@ unsafe impl SegmentMap for FsSegment {
                 super::copy_parts(self.map.as_mut_ptr(), self.map.len(), offset, parts)
             };
         }
-        let end = parts.iter().try_fold(offset, |at, p| at.checked_add(p.len()));
-        let Some(end) = end.filter(|&end| end <= self.map.len()) else {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "write out of bounds",
-            ));
-        };
-        let total = end - offset;
+        let total = super::write_end(offset, parts, self.map.len())? - offset;
         let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 4];
         let mut n = 0;
         for p in parts.iter().filter(|p| !p.is_empty()) {

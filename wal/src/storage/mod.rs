@@ -104,10 +104,7 @@ pub unsafe fn copy_parts(
     offset: usize,
     parts: &[&[u8]],
 ) -> std::io::Result<()> {
-    let total = parts.iter().try_fold(offset, |at, p| at.checked_add(p.len()));
-    if total.is_none_or(|end| end > len) {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "write out of bounds"));
-    }
+    write_end(offset, parts, len)?;
     let mut at = offset;
     for p in parts {
         // SAFETY: in bounds (checked above) of memory valid for writes, and
@@ -116,4 +113,14 @@ pub unsafe fn copy_parts(
         at += p.len();
     }
     Ok(())
+}
+
+/// Where writing `parts` at `offset` ends, if that is within `len` bytes:
+/// the bounds check of every [`SegmentMap::write_at`].
+pub(crate) fn write_end(offset: usize, parts: &[&[u8]], len: usize) -> std::io::Result<usize> {
+    parts
+        .iter()
+        .try_fold(offset, |at, p| at.checked_add(p.len()))
+        .filter(|&end| end <= len)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "write out of bounds"))
 }
