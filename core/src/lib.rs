@@ -49,6 +49,7 @@ mod job;
 mod leases;
 mod limit;
 mod outcome;
+mod prefetch;
 mod queue;
 pub mod record;
 mod replay;
