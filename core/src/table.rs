@@ -504,9 +504,7 @@ impl Table {
             (j.queue, j.at, j.id, j.holder, j.counts.reserves)
         };
         if let Some(h) = self.holders.get_mut(holder as usize) {
-            let mut l = h.reserved;
-            l.unlink(&mut self.slab, s);
-            self.holders[holder as usize].reserved = l;
+            h.reserved.unlink(&mut self.slab, s);
         }
         if let Some(x) = self.queues.get_mut(q as usize).and_then(|x| x.as_mut()) {
             x.reserved -= 1;
@@ -613,9 +611,13 @@ impl Table {
             x.counters.reserves += 1;
             x.record_wait(waited_us);
         }
-        let mut l = self.holder_mut(holder).reserved;
-        l.push_back(&mut self.slab, s);
-        self.holders[holder as usize].reserved = l;
+        let i = holder as usize;
+        if self.holders.len() <= i {
+            self.holders.resize_with(i + 1, Holder::default);
+        }
+        if let Some(h) = self.holders.get_mut(i) {
+            h.reserved.push_back(&mut self.slab, s);
+        }
         (id, token)
     }
 
