@@ -3,7 +3,7 @@
 //! A backlog's jobs are cold when their turn comes (one was put 100,000
 //! jobs earlier, megabytes of slots ago), and the reserve that takes one
 //! would wait for its line. When a FIFO's head is taken, the table asks
-//! for the next head's line ([`crate::job::List::pop_front`]), so it is in
+//! for the next head's line ([`crate::job::List::unlink`]), so it is in
 //! the cache when that job's reserve comes. A hint changes no value and
 //! cannot fault, so a wrong or stale address costs only a wasted load.
 
