@@ -97,6 +97,13 @@ impl Table {
         Some(self.view(s))
     }
 
+    /// Live job `id`'s payload (what a reply that carries only the body
+    /// needs, without building a [`JobView`]).
+    pub fn payload(&self, id: u64) -> Option<&[u8]> {
+        let s = self.slot(id)?;
+        Some(self.slab.get(s).payload.bytes())
+    }
+
     fn view(&self, s: u32) -> JobView<'_> {
         let j = self.slab.get(s);
         let due = match j.state {

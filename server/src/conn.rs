@@ -240,23 +240,24 @@ impl Conn {
                 // Borrow the loop's read buffer (`settle` gives it back).
                 std::mem::swap(&mut self.inbuf, &mut store.input.spare);
             }
-            let old = self.inbuf.len();
-            self.inbuf.resize(old + READ_CHUNK, 0);
-            match self.stream.read(&mut self.inbuf[old..]) {
+            // Into the loop's scratch buffer, then only what came into
+            // the input (`budget.rs`, "Where a read lands").
+            let scratch = &mut store.input.scratch;
+            if scratch.len() < READ_CHUNK {
+                scratch.resize(READ_CHUNK, 0);
+            }
+            match self.stream.read(scratch) {
                 Ok(0) => {
-                    self.inbuf.truncate(old);
                     self.eof = true;
                     self.hup = true;
                 }
-                Ok(n) => self.inbuf.truncate(old + n),
+                Ok(n) => self.inbuf.extend_from_slice(&scratch[..n.min(scratch.len())]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.inbuf.truncate(old);
                     self.may_read = false;
                     return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.inbuf.truncate(old),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
-                    self.inbuf.truncate(old);
                     self.eof = true;
                     self.closing = true;
                     return;

@@ -46,6 +46,7 @@ mod budget;
 pub use budget::DEFAULT_MAX_PARTIAL_BYTES;
 mod conn;
 mod dist;
+mod idhash;
 mod ioloop;
 mod log;
 mod metrics;

@@ -590,3 +590,12 @@ fn stats_tube_counts_only_delete_commands_and_accepted_puts() {
     assert!(y.contains("\ncmd-delete: 0\n"), "{y}");
     assert!(y.contains("\ntotal-jobs: 3\n"), "{y}");
 }
+
+#[test]
+fn reply_numbers_are_written_as_write_would() {
+    for n in [0, 1, 9, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX - 1, u64::MAX] {
+        let mut w = b"x".to_vec();
+        reply_u64(&mut w, n);
+        assert_eq!(w, format!("x{n}").into_bytes(), "{n}");
+    }
+}
