@@ -646,6 +646,29 @@ fn waiters_order() {
     });
 }
 
+/// A reserve served at once still moves its tube's waiter cursor, as
+/// beanstalkd's `ms_take` does for the only waiter: after it, two
+/// connections wait and the second of them is served first.
+#[test]
+fn waiters_order_after_an_immediate_reserve() {
+    diff(&[], |s| {
+        let p = s.open();
+        let first = s.open();
+        s.cmd(p, put(0, 0, 60, "now").as_bytes());
+        s.c(first, "reserve\r\n");
+        let ws: Vec<usize> = (0..2).map(|_| s.open()).collect();
+        for (i, &w) in ws.iter().enumerate() {
+            s.send(w, b"reserve\r\n");
+            s.wait_stat("current-waiting", &(i + 1).to_string());
+        }
+        s.cmd(p, put(0, 0, 60, "next").as_bytes());
+        s.reply(ws[1]);
+        s.cmd(p, put(0, 0, 60, "last").as_bytes());
+        s.reply(ws[0]);
+        s.c(p, "stats-tube default\r\n");
+    });
+}
+
 /// Waiters on different tubes get jobs only from the tubes they watch; a
 /// waiter watching two tubes gets whichever job arrives.
 #[test]

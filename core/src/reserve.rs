@@ -272,6 +272,9 @@ impl Table {
         if !self.any_ready(&qs) && self.deadline_soon(holder, now) {
             return Reserved::Ended(WaitEnd::DeadlineSoon);
         }
+        if let Some(leases) = self.reserve_alone(now, holder, &qs, batch, out) {
+            return Reserved::Now(leases);
+        }
         self.stop_waiting(holder);
         self.waits.seq += 1;
         let seq = self.waits.seq;
@@ -312,6 +315,47 @@ impl Table {
             return Reserved::Ended(if soon { WaitEnd::DeadlineSoon } else { WaitEnd::TimedOut });
         }
         Reserved::Waiting
+    }
+
+    /// [`Table::reserve_wait`] for a holder that nobody else competes
+    /// with: no holder waits anywhere and nothing is left to serve. Then
+    /// the waiting path would make it the only waiter of its queues and
+    /// [`Table::serve_waiters`] would serve it at once from the best ready
+    /// job of those queues; this does the same without joining and leaving
+    /// the waiting lists: the served queue's cursor moves past its only
+    /// waiter, as it would, and a batch is filled the same way. `None`
+    /// (and nothing changed but expired jobs) when no watched queue has a
+    /// job it may hand out, or others wait.
+    fn reserve_alone(
+        &mut self,
+        now: Time,
+        holder: u32,
+        qs: &[u32],
+        batch: u32,
+        out: &mut Records,
+    ) -> Option<Vec<Lease>> {
+        if self.waits.dirty || !self.waits.queues.is_empty() || self.is_waiting(holder) {
+            return None;
+        }
+        self.expire_due(now, out);
+        let s = self.best_of(now, qs)?;
+        let q = self.slab.get(s).queue;
+        if let Some(x) = self.q_mut(q) {
+            x.waiting_last = 1;
+        }
+        self.waits.seq += 1;
+        let first = self.take(s, holder, now, out);
+        let mut bytes = self.slab.get(s).payload.bytes().len();
+        let mut leases = vec![first];
+        while leases.len() < batch.max(1) as usize && bytes < self.cfg.batch_bytes {
+            let Some(more) = self.best_of(now, qs) else { break };
+            bytes += self.slab.get(more).payload.bytes().len();
+            leases.push(self.take(more, holder, now, out));
+        }
+        for &q in qs {
+            self.maybe_drop_queue(q);
+        }
+        Some(leases)
     }
 
     /// Whether `holder` waits.
