@@ -386,6 +386,12 @@ impl<'a> Iterator for Chunks<'a> {
         if self.rest.is_empty() {
             return None;
         }
+        if self.rest.len() <= self.max {
+            // All of it fits (a command's few records, the usual case):
+            // no need to walk the records (the buffer is `Records`' own,
+            // so well formed).
+            return Some(std::mem::take(&mut self.rest));
+        }
         let mut end = 0;
         while end + HEADER <= self.rest.len() {
             let len = u32::from_le_bytes([
