@@ -344,18 +344,34 @@ impl Table {
             x.waiting_last = 1;
         }
         self.waits.seq += 1;
-        let first = self.take(s, holder, now, out);
-        let mut bytes = self.slab.get(s).payload.bytes().len();
-        let mut leases = vec![first];
-        while leases.len() < batch.max(1) as usize && bytes < self.cfg.batch_bytes {
-            let Some(more) = self.best_of(now, qs) else { break };
-            bytes += self.slab.get(more).payload.bytes().len();
-            leases.push(self.take(more, holder, now, out));
-        }
+        let leases = self.lease_batch(now, s, holder, qs, batch.max(1), out);
         for &q in qs {
             self.maybe_drop_queue(q);
         }
         Some(leases)
+    }
+
+    /// Leases the job in slot `s` to `holder`, then, for a batch of up to
+    /// `batch` jobs, the best of `queues` in turn while the batch's
+    /// payloads stay under the configured bytes.
+    fn lease_batch(
+        &mut self,
+        now: Time,
+        s: u32,
+        holder: u32,
+        queues: &[u32],
+        batch: u32,
+        out: &mut Records,
+    ) -> Vec<Lease> {
+        let first = self.take(s, holder, now, out);
+        let mut bytes = self.slab.get(s).payload.bytes().len();
+        let mut leases = vec![first];
+        while leases.len() < batch as usize && bytes < self.cfg.batch_bytes {
+            let Some(more) = self.best_of(now, queues) else { break };
+            bytes += self.slab.get(more).payload.bytes().len();
+            leases.push(self.take(more, holder, now, out));
+        }
+        leases
     }
 
     /// Whether `holder` waits.
@@ -449,14 +465,7 @@ impl Table {
                     None => (1, Vec::new()),
                 };
             self.stop_waiting(holder);
-            let first = self.take(s, holder, now, out);
-            let mut bytes = self.slab.get(s).payload.bytes().len();
-            let mut leases = vec![first];
-            while leases.len() < batch as usize && bytes < self.cfg.batch_bytes {
-                let Some(more) = self.best_of(now, &queues) else { break };
-                bytes += self.slab.get(more).payload.bytes().len();
-                leases.push(self.take(more, holder, now, out));
-            }
+            let leases = self.lease_batch(now, s, holder, &queues, batch, out);
             self.waits.grants.push(Grant { holder, batch, leases });
         }
         self.waits.scratch = candidates;
