@@ -75,10 +75,15 @@ impl Table {
     /// Expires the jobs due at `now` (step 2 and 3). Cheap when none is.
     #[inline]
     pub(crate) fn expire_due(&mut self, now: Time, out: &mut Records) {
-        if self.expiry.found.is_empty() && self.expiry.first > now.0 {
-            return;
+        if self.expiry_pending(now) {
+            self.expire_slow(now, out);
         }
-        self.expire_slow(now, out);
+    }
+
+    /// Whether [`Table::expire_due`] has anything to do at `now`.
+    #[inline]
+    pub(crate) fn expiry_pending(&self, now: Time) -> bool {
+        !self.expiry.found.is_empty() || self.expiry.first <= now.0
     }
 
     fn expire_slow(&mut self, now: Time, out: &mut Records) {

@@ -323,9 +323,16 @@ impl Table {
     /// [`Table::serve_waiters`] would serve it at once from the best ready
     /// job of those queues; this does the same without joining and leaving
     /// the waiting lists: the served queue's cursor moves past its only
-    /// waiter, as it would, and a batch is filled the same way. `None`
-    /// (and nothing changed but expired jobs) when no watched queue has a
-    /// job it may hand out, or others wait.
+    /// waiter, as it would, and a batch is filled the same way. `None`,
+    /// with nothing changed, when no watched queue has a job it may hand
+    /// out, or others wait, or it would expire jobs or touch a limited
+    /// queue (below).
+    ///
+    /// It leaves to the waiting path a reserve that would expire jobs
+    /// first (the waiting path expires them with the holder already a
+    /// waiter, so an unheld queue is not dropped under it) and one over a
+    /// limited queue (whose gate timers `serve_waiters` arms for every
+    /// queue it finds shut, `best_of` for the last only).
     fn reserve_alone(
         &mut self,
         now: Time,
@@ -334,10 +341,14 @@ impl Table {
         batch: u32,
         out: &mut Records,
     ) -> Option<Vec<Lease>> {
-        if self.waits.dirty || !self.waits.queues.is_empty() || self.is_waiting(holder) {
+        if self.waits.dirty
+            || !self.waits.queues.is_empty()
+            || self.is_waiting(holder)
+            || self.expiry_pending(now)
+            || qs.iter().any(|&q| self.q(q).is_some_and(|x| x.gate.limited()))
+        {
             return None;
         }
-        self.expire_due(now, out);
         let s = self.best_of(now, qs)?;
         let q = self.slab.get(s).queue;
         if let Some(x) = self.q_mut(q) {

@@ -156,6 +156,27 @@ fn a_job_past_its_deadline_is_never_handed_out_and_is_counted() {
     assert_eq!(t.queue_view(q).unwrap().counters.expired, 1);
 }
 
+/// A waiting reserve whose only job expires as it begins still waits on
+/// its queue, even one nothing else holds and that would be dropped when
+/// unused: the next put there serves it.
+#[test]
+fn a_reserve_that_expires_the_only_job_still_waits_on_its_queue() {
+    let mut t = Table::new(Config { drop_unused_queues: true, ..Config::default() });
+    let mut log = Records::new();
+    let q = t.queue("q").unwrap();
+    let spec = PutSpec { deadline: Some(T0.plus_secs(5)), ..PutSpec::default() };
+    put(&mut t, &mut log, T0, q, &spec);
+    let at = T0.plus_secs(6);
+    let waited = t.reserve_wait(at, 7, &[q], Some(T0.plus_secs(60)), 1, &mut log);
+    assert!(matches!(waited, Reserved::Waiting), "{waited:?}");
+    assert_eq!(t.find_queue("q"), Some(q), "the queue stays while someone waits on it");
+    let id = put(&mut t, &mut log, at, q, &PutSpec::default());
+    t.serve_waiters(at, &mut log);
+    let grants = t.take_grants();
+    assert_eq!(grants.len(), 1);
+    assert_eq!((grants[0].holder, grants[0].leases[0].id), (7, id));
+}
+
 #[test]
 fn an_expired_job_is_buried_when_its_queue_says_so_and_can_still_be_kicked() {
     let (mut t, mut log) = table();
