@@ -56,6 +56,7 @@ mod replay;
 mod reserve;
 mod retry;
 mod schedule;
+pub mod staffing;
 mod table;
 mod time;
 mod timers;

@@ -152,6 +152,10 @@ pub struct QueueCounters {
     pub cancelled: u64,
     /// Schedule ticks that made a job.
     pub fired: u64,
+    /// Jobs that became ready: puts without a delay, delays that came due,
+    /// releases, retries, kicks and leases that ended without an outcome
+    /// (the arrivals of `staffing::Rates`).
+    pub readied: u64,
 }
 
 /// One queue.

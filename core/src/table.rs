@@ -547,6 +547,7 @@ impl Table {
         self.ready_n += 1;
         if let Some(x) = self.queues.get_mut(q as usize).and_then(|x| x.as_mut()) {
             let before = x.ready.urgent;
+            x.counters.readied += 1;
             x.ready.push(&mut self.slab, s, fresh);
             self.urgent_n += x.ready.urgent - before;
             if !x.waiting.is_empty() {

@@ -437,9 +437,11 @@ impl Model {
         let j = self.job(id);
         j.state = State::Ready;
         j.due = None;
+        let q = j.q;
         if j.deadline.is_some_and(|d| d <= now) {
             self.found.push(id);
         }
+        self.queues[q].counters.readied += 1;
     }
 
     fn make_buried(&mut self, id: u64) {
@@ -569,6 +571,7 @@ impl Model {
         );
         let x = &mut self.queues[q];
         x.counters.puts += 1;
+        x.counters.readied += u64::from(!delayed);
         x.in_log = true;
         x.puts_logged += 1;
         Ok(Put::Created(id))
@@ -1151,6 +1154,17 @@ impl Run {
                 // record (a due job's move to ready is not logged).
                 self.t = t;
                 self.hold_queues();
+                // The jobs that the model made ready before the crash but
+                // the recovered table holds as delayed come ready again in
+                // this tick: `readied` counts them once more.
+                for (q, name) in QUEUES.iter().enumerate().take(self.m.queues.len()) {
+                    let Some(qid) = self.t.find_queue(name) else { continue };
+                    let held = self.t.queue_view(qid).map_or(0, |v| v.delayed);
+                    let model =
+                        self.m.jobs.values().filter(|j| j.q == q && j.state == State::Delayed);
+                    let again = held.saturating_sub(model.count() as u64);
+                    self.m.queues[q].counters.readied += again;
+                }
                 self.t.tick(now, &mut rec);
                 self.m.advance(now);
                 self.fire(now, &mut rec);

@@ -40,6 +40,7 @@ use crate::builder::Workers;
 use crate::lag::{Lag, Sample, Settings};
 use crate::shard::ShardShared;
 use crate::stats::{ControllerInputs, WorkerStats};
+use spindle_core::staffing::{self, Counted, Rates};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -471,69 +472,47 @@ impl Controller {
 }
 
 /// Per-queue rates for `desired_workers`, from the shards' published
-/// per-queue counters.
+/// per-queue counters (`spindle_core::staffing`: the daemon's
+/// `desired-workers` is the same law on the same estimate).
 #[derive(Default)]
 struct QueueRates {
-    last_ns: u64,
-    /// Per queue: (arrived, runs, run_ns) at the last update, smoothed
-    /// arrival rate, smoothed run time (s).
-    q: BTreeMap<String, ([u64; 3], f64, f64)>,
+    q: BTreeMap<String, Rates>,
 }
 
 impl QueueRates {
-    /// `desired = ceil(λ·S + q·S/D)` per queue (no safety margin: remote
-    /// worker counts are whole processes, the autoscaler adds its own).
+    /// `staffing::desired_workers` per queue, with the target wait `d`.
     fn update(
         &mut self,
         now: u64,
         shards: &[Arc<ShardShared>],
         d: Duration,
     ) -> HashMap<String, u64> {
-        let mut sums: BTreeMap<String, ([u64; 3], u64)> = BTreeMap::new();
+        // Per queue: counters summed over the shards, ready and running.
+        let mut sums: BTreeMap<String, (Counted, u64, u64)> = BTreeMap::new();
         let mut limits: BTreeMap<String, spindle_core::Limits> = BTreeMap::new();
         for s in shards {
             let g = s.snapshot.lock().unwrap_or_else(|p| p.into_inner());
             limits.extend(g.1.limits.iter().map(|(k, v)| (k.clone(), *v)));
             for (name, c) in &g.1.counts {
-                let e = sums.entry(name.clone()).or_default();
-                e.0[0] += c.arrived;
-                e.0[1] += c.runs;
-                e.0[2] += c.run_ns;
+                let e = &mut sums.entry(name.clone()).or_default().0;
+                e.arrived += c.arrived;
+                e.runs += c.runs;
+                e.run_ns += c.run_ns;
             }
             for (name, q) in &g.1.queues {
-                sums.entry(name.clone()).or_default().1 += q.ready;
+                let e = sums.entry(name.clone()).or_default();
+                e.1 += q.ready;
+                e.2 += q.running;
             }
         }
-        let dt = now.saturating_sub(self.last_ns) as f64 / 1e9;
-        self.last_ns = now;
         let mut out = HashMap::new();
-        let alpha = if dt > 0.0 { 1.0 - (-dt / 0.5).exp() } else { 0.0 };
-        for (name, (c, ready)) in sums {
-            let e = self.q.entry(name.clone()).or_insert((c, 0.0, 0.0));
-            let (prev, lambda, run) = (e.0, &mut e.1, &mut e.2);
-            if dt > 0.0 {
-                let arrived = c[0].saturating_sub(prev[0]) as f64;
-                *lambda += alpha * (arrived / dt - *lambda);
-                let runs = c[1].saturating_sub(prev[1]);
-                if runs > 0 {
-                    let per = c[2].saturating_sub(prev[2]) as f64 / 1e9 / runs as f64;
-                    *run = if *run == 0.0 { per } else { *run + alpha * (per - *run) };
-                }
-            }
-            e.0 = c;
-            let (lambda, run) = (e.1, e.2);
-            let mut want = lambda * run + ready as f64 * run / d.as_secs_f64().max(1e-6);
-            if ready > 0 && run == 0.0 {
-                want = want.max(1.0); // work waits and nobody has run any yet
-            }
+        for (name, (c, ready, running)) in sums {
+            let r = self.q.entry(name.clone()).or_default();
+            r.observe(now, c, staffing::TAU);
             // A limited queue keeps only so many workers busy: its
             // concurrency, and by Little's law its rate times the run time.
-            if let Some(cap) =
-                limits.get(&name).and_then(|l| l.worker_cap(Duration::from_secs_f64(run)))
-            {
-                want = want.min(cap.max(1) as f64);
-            }
-            out.insert(name, if want.is_finite() { want.ceil().min(1e9) as u64 } else { 0 });
+            let cap = limits.get(&name).and_then(|l| l.worker_cap(r.run_time()));
+            out.insert(name, staffing::desired_workers(r, ready, running > 0, d, cap));
         }
         out
     }

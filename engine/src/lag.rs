@@ -15,7 +15,9 @@
 //!    of them would otherwise add a tenth of a worker and, through `ceil`,
 //!    hold a second worker for the whole scale-down window; a real backlog
 //!    shows within a few ticks, and step 3 reacts to its age at once).
-//! 2. **Size.** `N = ceil(λ·S + β·√(λ·S) + q·S/D)`: Little's law gives the
+//! 2. **Size.** `N = ceil(λ·S + β·√(λ·S) + q·S/D)` (`λ·S + q·S/D` is
+//!    `spindle_core::staffing::little`, the law every `desired_workers`
+//!    uses; step 1 is its `Rates`): Little's law gives the
 //!    busy workers the arrivals need (`λ·S`, the offered load), square-root
 //!    safety staffing covers its randomness (the Halfin-Whitt regime: for
 //!    Poisson arrivals a margin of `β·√(λ·S)` keeps the probability of
@@ -43,6 +45,7 @@
 //! horizontal pod autoscaler (5 min down-scale window, 10% tolerance),
 //! scaled to a job engine's time scale.
 
+use spindle_core::staffing::{little, Counted, Rates};
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -126,10 +129,9 @@ pub(crate) struct Lag {
     s: Settings,
     active: usize,
     last: Option<Sample>,
-    lambda: f64,
+    /// `λ` and `S` (`spindle_core::staffing`, with [`TAU`]).
+    rates: Rates,
     mu: f64,
-    /// Smoothed mean run time, seconds (0 until the first completion).
-    run: f64,
     /// Smoothed ready count.
     queued: f64,
     /// Recommendations of the last `window`: (time, value).
@@ -150,9 +152,8 @@ impl Lag {
             active: s.min,
             s,
             last: None,
-            lambda: 0.0,
+            rates: Rates::default(),
             mu: 0.0,
-            run: 0.0,
             queued: 0.0,
             history: VecDeque::new(),
             last_up: None,
@@ -170,6 +171,9 @@ impl Lag {
 
     /// Step 1: smoothed rates and run time.
     fn measure(&mut self, x: &Sample) {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let counted = Counted { arrived: x.arrivals, runs: x.completions, run_ns: ns(x.busy) };
+        self.rates.observe(ns(x.now), counted, TAU);
         let Some(prev) = self.last else { return };
         let dt = x.now.saturating_sub(prev.now).as_secs_f64();
         if dt <= 0.0 {
@@ -177,15 +181,8 @@ impl Lag {
         }
         let alpha = 1.0 - (-dt / TAU.as_secs_f64()).exp();
         self.queued += alpha * (x.ready as f64 - self.queued);
-        let arrived = x.arrivals.saturating_sub(prev.arrivals) as f64;
         let done = x.completions.saturating_sub(prev.completions);
-        self.lambda += alpha * (arrived / dt - self.lambda);
         self.mu += alpha * (done as f64 / dt - self.mu);
-        if done > 0 {
-            let per = x.busy.saturating_sub(prev.busy).as_secs_f64() / done as f64;
-            // The first measurement replaces the unknown (0) outright.
-            self.run = if self.run == 0.0 { per } else { self.run + alpha * (per - self.run) };
-        }
     }
 
     /// Steps 2-4: the recommendation.
@@ -194,10 +191,9 @@ impl Lag {
     /// scale-up follows: a moment of old age (a preempted worker, one slow
     /// job) grows the pool at once but does not hold it for the window.
     fn recommend(&self, x: &Sample) -> (usize, usize) {
-        let d = self.s.target_wait.as_secs_f64().max(1e-6);
-        let load = self.lambda * self.run;
-        let drain = self.queued * self.run / d;
-        let raw = load + BETA * load.sqrt() + drain;
+        let (lambda, run) = (self.rates.rate(), self.rates.run_s());
+        let load = lambda * run;
+        let raw = little(lambda, run, self.queued, self.s.target_wait) + BETA * load.sqrt();
         let n = if raw.is_finite() { raw.ceil().min(1e9) as usize } else { self.s.max };
         let law = n.max(x.running + x.stalled).clamp(self.s.min, self.s.max);
         let mut up = law;
@@ -247,9 +243,9 @@ impl Lag {
         Decision {
             active: self.active,
             recommended: rec,
-            arrival_rate: self.lambda,
+            arrival_rate: self.rates.rate(),
             completion_rate: self.mu,
-            mean_run: Duration::from_secs_f64(self.run.clamp(0.0, 1e9)),
+            mean_run: self.rates.run_time(),
         }
     }
 }

@@ -156,9 +156,11 @@ impl Drop for ElasticPool {
     }
 }
 
-/// `ceil((λ + backlog / drain) × S)`, at least 1 while there is a backlog.
+/// `ceil((λ + backlog / drain) × S)`, at least 1 while there is a backlog
+/// (`spindle_core::staffing::little`, the law of every `desired_workers`,
+/// with the backlog drained within `drain`).
 pub(crate) fn little(arrivals_per_s: f64, backlog: u64, drain: Duration, run_s: f64) -> usize {
-    let need = (arrivals_per_s.max(0.0) + backlog as f64 / drain.as_secs_f64()) * run_s;
+    let need = spindle_core::staffing::little(arrivals_per_s, run_s, backlog as f64, drain);
     let n = need.ceil().min(1e6) as usize;
     if backlog > 0 {
         n.max(1)

@@ -147,33 +147,16 @@ pub(crate) fn tube_yaml(st: &Store, qid: QueueId, now: Time, ext: bool) -> Strin
     s
 }
 
-/// Little's law for remote workers: `ceil(λS + √(λS) + q·S/D)` with `λ`
-/// the tube's completion rate, `S` the mean time a worker holds a job, `q`
-/// the ready jobs and `D` the latency target (the same law as the engine's
-/// lag controller, `lag.rs`). A tube with ready jobs but no history asks
-/// for one worker. A tube's limits cap it.
+/// `desired-workers`: `spindle_core::staffing::desired_workers`, the law
+/// and estimate the library's controller publishes for its queues, with
+/// the target wait half the latency target (`--latency-target-ms`), as
+/// the library's. A tube's limits cap it.
 pub(crate) fn desired_workers(st: &Store, qid: QueueId) -> u64 {
     let v = st.table.queue_view(qid).unwrap_or_default();
-    let f = st.front(qid).cloned().unwrap_or_default();
-    let q = v.ready as f64;
-    let d = st.cfg.latency_target.as_secs_f64().max(1e-6);
-    let busy = f.rate * f.service_s;
-    let n = busy + busy.sqrt() + q * f.service_s / d;
-    let n = n.ceil();
-    let n = if n.is_finite() && n >= 1.0 {
-        n as u64
-    } else if q > 0.0 || v.reserved > 0 {
-        1
-    } else {
-        0
-    };
-    // A limited tube can keep only so many workers busy (`Limits::worker_cap`:
-    // its concurrency limit, and its rate times the service time).
-    let service = std::time::Duration::from_secs_f64(f.service_s.max(0.0));
-    match st.table.limits(qid).and_then(|l| l.worker_cap(service)) {
-        Some(cap) => n.min(cap.max(1)),
-        None => n,
-    }
+    let rates = st.front(qid).map(|f| f.rates).unwrap_or_default();
+    let cap = st.table.limits(qid).and_then(|l| l.worker_cap(rates.run_time()));
+    let wait = st.cfg.latency_target / 2;
+    spindle_core::staffing::desired_workers(&rates, v.ready, v.reserved > 0, wait, cap)
 }
 
 fn proc_text(path: &str) -> String {

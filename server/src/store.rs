@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use spindle_core::compact::{self, Pass};
 use spindle_core::headroom;
 use spindle_core::record::{self, MoveRec, PutRec, QueueRec, Record};
+use spindle_core::staffing::{self, Counted, Rates};
 use spindle_core::{
     By, Clock, Config, Counts, Failed, JobError, JobView, Put, PutError, PutSpec, QueueId, Records,
     Reserved, RetryPolicy, State, Table, Time, WaitEnd,
@@ -73,13 +74,9 @@ pub(crate) struct Front {
     pub watching: u64,
     /// `delete` commands that deleted a job (beanstalkd's `cmd-delete`).
     pub cmd_delete: u64,
-    /// Runs that ended with an outcome this window, and their service
-    /// time.
-    pub done_window: u64,
-    pub service_ns_window: u128,
-    /// Smoothed completion rate (per second) and service time (seconds).
-    pub rate: f64,
-    pub service_s: f64,
+    /// Its arrival rate and mean service time (reserve to outcome), for
+    /// `desired-workers` (`spindle_core::staffing`, read once a second).
+    pub rates: Rates,
     /// Every run that ended with an outcome, by how long it ran
     /// (buckets of [`crate::metrics::RUN_BUCKETS_S`]; the last slot counts
     /// the longer ones), and their total, for the `metrics` histogram.
@@ -462,10 +459,7 @@ impl Store {
     fn service_done(&mut self, v: Option<(QueueId, Time)>, t: Time) {
         if let Some((q, since)) = v {
             let ns = t.since(since).as_nanos();
-            let f = self.front_mut(q);
-            f.done_window += 1;
-            f.service_ns_window += ns;
-            crate::metrics::count_run(f, ns);
+            crate::metrics::count_run(self.front_mut(q), ns);
         }
     }
 
@@ -1072,26 +1066,32 @@ impl Store {
         self.fire_schedules(t);
         self.table.tick(t, &mut self.recs);
         self.after(now);
-        // Little's-law windows, once a second.
+        // The staffing estimate, once a second.
         if now.saturating_duration_since(self.last_window) >= Duration::from_secs(1) {
-            let secs = now.saturating_duration_since(self.last_window).as_secs_f64();
             self.last_window = now;
             if let Some(d) = &self.dist {
                 d.refresh_lag();
             }
-            for f in &mut self.fronts {
-                let rate = f.done_window as f64 / secs;
-                f.rate = 0.5 * f.rate + 0.5 * rate;
-                if f.done_window > 0 {
-                    let s = f.service_ns_window as f64 / f.done_window as f64 / 1e9;
-                    f.service_s = if f.service_s == 0.0 { s } else { 0.5 * f.service_s + 0.5 * s };
-                }
-                f.done_window = 0;
-                f.service_ns_window = 0;
-            }
+            self.observe_rates(t);
         }
         self.compact();
         self.next_due()
+    }
+
+    /// Gives every tube's staffing estimate its counters: jobs that became
+    /// ready (the table's), runs that ended with an outcome and their time.
+    fn observe_rates(&mut self, t: Time) {
+        let ids: Vec<QueueId> = self.table.queues().map(|(q, _)| q).collect();
+        for q in ids {
+            let arrived = self.table.queue_view(q).map_or(0, |v| v.counters.readied);
+            let f = self.front_mut(q);
+            let counted = Counted {
+                arrived,
+                runs: f.run_buckets.iter().sum(),
+                run_ns: u64::try_from(f.run_ns_total).unwrap_or(u64::MAX),
+            };
+            f.rates.observe(t.0, counted, staffing::TAU);
+        }
     }
 
     pub(crate) fn next_due(&self) -> Option<Instant> {

@@ -599,3 +599,42 @@ fn reply_numbers_are_written_as_write_would() {
         assert_eq!(w, format!("x{n}").into_bytes(), "{n}");
     }
 }
+
+/// `desired-workers` is `spindle_core::staffing`'s law on the tube's rates:
+/// 10 jobs a second held 0.5 s each keep 5 workers busy (no square-root
+/// margin), and 20 jobs waiting with a 100 ms latency target (a 50 ms
+/// target wait) ask for 0.5 × 20 / 0.05 = 200 more.
+#[test]
+fn desired_workers_follows_the_shared_staffing_law() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let mut s = Store::new(cfg(), None, t0);
+    s.connect(1);
+    assert_eq!(run(&mut s, 1, "use w", b"", t0), "USING w\r\n");
+    assert_eq!(run(&mut s, 1, "watch w", b"", t0), "WATCHING 2\r\n");
+    let q = s.table.find_queue("w").unwrap();
+    assert_eq!(crate::report::desired_workers(&s, q), 0, "an idle tube wants no one");
+    // Each 100 ms: a job is put and reserved; the one reserved 500 ms
+    // earlier is deleted.
+    let mut held = std::collections::VecDeque::new();
+    for tick in 0..100u64 {
+        let now = at(tick * 100);
+        assert!(run(&mut s, 1, "put 0 0 60 1", b"x", now).starts_with("INSERTED"));
+        let r = run(&mut s, 1, "reserve-with-timeout 0", b"", now);
+        let id: u64 = r.split(' ').nth(1).unwrap().parse().unwrap();
+        held.push_back(id);
+        if held.len() > 5 {
+            let id = held.pop_front().unwrap();
+            assert_eq!(run(&mut s, 1, &format!("delete {id}"), b"", now), "DELETED\r\n");
+        }
+        s.tick(now);
+    }
+    assert_eq!(crate::report::desired_workers(&s, q), 5, "λ·S = 10/s × 0.5 s");
+    let now = at(10_000);
+    for _ in 0..20 {
+        assert!(run(&mut s, 1, "put 0 0 60 1", b"x", now).starts_with("INSERTED"));
+    }
+    assert_eq!(crate::report::desired_workers(&s, q), 5 + 200, "and the backlog within D");
+    let ext = run(&mut s, 1, "stats-tube-ext w", b"", now);
+    assert!(ext.contains("desired-workers: 205\n"), "{ext}");
+}
