@@ -1080,6 +1080,78 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
+    /// The per-queue arrivals behind `desired_workers` count every job
+    /// that became ready: put ready, and delayed ones when they came due
+    /// (the table's `readied`; before, due jobs were left out).
+    #[test]
+    fn jobs_that_come_due_count_as_arrivals() {
+        let engine = Engine::builder().durability(Durability::Memory).shards(3).build().unwrap();
+        for i in 0..10u8 {
+            let j = Job::new("remote", vec![i]);
+            let j = if i % 2 == 1 { j.delay(Duration::from_millis(1)) } else { j };
+            engine.submit(j).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Polls the stats (each call refreshes every shard's snapshot)
+        // until the delayed jobs have come due.
+        while engine.stats().queues.get("remote").map_or(0, |q| q.ready) < 10 {
+            assert!(Instant::now() < deadline, "the delayed jobs never came due");
+            std::thread::yield_now();
+        }
+        let arrived: u64 = engine
+            .inner
+            .shards
+            .iter()
+            .map(|s| {
+                let g = s.snapshot.lock().unwrap();
+                g.1.counts.get("remote").map_or(0, |c| c.arrived)
+            })
+            .sum();
+        assert_eq!(arrived, 10);
+        engine.shutdown().unwrap();
+    }
+
+    /// A job run from the lane counts once, at its admission, also when
+    /// its outcome takes it into the table (there its `readied` would
+    /// count it a second time).
+    #[test]
+    fn a_lane_job_counts_as_one_arrival_whatever_its_outcome() {
+        let engine = Engine::builder().durability(Durability::Memory).shards(3).build().unwrap();
+        engine
+            .register("local", |j: &JobRef<'_>| {
+                if j.payload()[0] % 2 == 1 {
+                    Outcome::Bury("odd".into())
+                } else {
+                    Outcome::Done
+                }
+            })
+            .unwrap();
+        let jobs = (0..100u8).map(|i| Job::new("local", vec![i])).collect();
+        engine.submit_batch(jobs).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let arrived = || -> u64 {
+            let s = engine.stats();
+            let q = &s.queues["local"];
+            assert!(Instant::now() < deadline, "the jobs never ran: {q:?}");
+            if q.completed + q.buried < 100 {
+                return 0;
+            }
+            engine
+                .inner
+                .shards
+                .iter()
+                .map(|s| s.snapshot.lock().unwrap().1.counts.get("local").map_or(0, |c| c.arrived))
+                .sum()
+        };
+        let mut n = arrived();
+        while n == 0 {
+            std::thread::yield_now();
+            n = arrived();
+        }
+        assert_eq!(n, 100);
+        engine.shutdown().unwrap();
+    }
+
     /// A shard log written by the engine before it moved onto the job
     /// table (format 1, WAL kind 1) still opens: its jobs come back with
     /// their attempts, burials and deletions, and new jobs follow them.

@@ -174,7 +174,9 @@ pub(crate) fn histogram() -> Hist {
 /// Per-queue counters kept for the controller's `desired_workers`.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct QueueCounts {
-    /// Jobs that became ready (new, due, retried), since start.
+    /// Jobs that became ready, since start. On the shard: those admitted
+    /// to the lane that did not go into the table since; `publish.rs` adds
+    /// the table's `readied` (new, due, retried, kicked, taken back).
     pub(crate) arrived: u64,
     /// Handler runs on this shard's thread or pool, and their total time.
     pub(crate) runs: u64,

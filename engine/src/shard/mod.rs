@@ -625,11 +625,12 @@ impl Shard {
         Some(q)
     }
 
-    /// Counts a job becoming ready for the controller's arrival rate.
+    /// Counts a job becoming ready in the table for the controller's
+    /// arrival gauges (the queue's own count is the table's `readied`,
+    /// added when the shard publishes: `publish.rs`).
     fn arrived(&mut self, q: QueueId, now_ns: u64) {
         let blocking = {
             let x = self.q(q);
-            x.counts.arrived += 1;
             x.handler.is_some() && x.blocking
         };
         if blocking {
@@ -642,6 +643,13 @@ impl Shard {
             self.g_arrivals += 1;
             self.sh.gauges.arrivals.store(self.g_arrivals, Ordering::Relaxed);
         }
+    }
+
+    /// `n` jobs counted at their admission to the lane went into the
+    /// table, whose `readied` counts them from now on.
+    fn lane_left(&mut self, q: QueueId, n: u64) {
+        let c = &mut self.q(q).counts.arrived;
+        *c = c.saturating_sub(n);
     }
 
     /// Ready jobs of queues with a core handler.
@@ -692,6 +700,10 @@ impl Shard {
         if let Put::Created(_) = put {
             if j.due.is_none() && arrival {
                 self.arrived(q, now_ns);
+            } else if !arrival {
+                // A lane job, counted at its admission: the table's
+                // `readied` counts it now.
+                self.lane_left(q, 1);
             }
         }
         Some(put)
@@ -966,7 +978,12 @@ impl Shard {
                             continue;
                         }
                     }
-                    self.insert(j, true);
+                    let q = self.qid(&j.queue);
+                    if let (Some(Put::Created(_)), Some(q), true) =
+                        (self.insert(j, true), q, from_lane)
+                    {
+                        self.lane_left(q, 1);
+                    }
                     let t = self.now_t();
                     if self.table.reserve_id(t, id, HOLDER, &mut Records::disabled()).is_some() {
                         self.table.log_start(id, &mut self.recs);

@@ -16,11 +16,14 @@ impl Shard {
             if let Some((_, n)) = lane.filter(|l| l.0 == q) {
                 v.ready += n as u64;
             }
-            let (completed, failed, c) = self
+            let (completed, failed, mut c) = self
                 .qs
                 .get(q.0 as usize)
                 .map(|x| (x.completed, x.failed, x.counts))
                 .unwrap_or_default();
+            // Arrivals: the lane's admissions that stayed in the lane, and
+            // every job that became ready in the table.
+            c.arrived += v.counters.readied;
             queues.insert(
                 name.to_string(),
                 QueueStats {
