@@ -340,6 +340,9 @@ pub(crate) fn run(o: &CrashOpts) -> BoxResult<Report> {
             }
         }
         if r.violations() > 0 {
+            // The directory stays for a post-mortem (its log, the
+            // daemon's output).
+            eprintln!("  kept: {}", dir.keep().display());
             eprintln!(
                 "  rerun: spindle-bench crash --seed {seed} --trials 1 --target {} --mode {} \
                  --rounds {} --max-ops {} --segment {}",
