@@ -541,38 +541,41 @@ fn reserve(c: &mut Client, sh: &Shared, held: &mut Vec<u64>) -> Result<(), Stop>
     else {
         return Ok(());
     };
-    let mut book = sh.book();
+    reserved(&mut sh.book(), job.id, job.body);
+    held.push(job.id);
+    Ok(())
+}
+
+/// Books a reservation of job `id` with `body`.
+fn reserved(book: &mut Book, id: u64, body: Vec<u8>) {
     let mut bad = None;
-    match book.jobs.get(&job.id) {
+    match book.jobs.get(&id) {
         Some(e) if e.del == Del::Acked => {
-            bad = Some(format!("reserved job {}, whose delete was acknowledged", job.id))
+            bad = Some(format!("reserved job {id}, whose delete was acknowledged"))
         }
-        Some(e) if e.body != job.body => {
-            bad = Some(format!("reserved job {} with a body other than its put's", job.id))
+        Some(e) if e.body != body => {
+            bad = Some(format!("reserved job {id} with a body other than its put's"))
         }
         Some(_) => {}
         None => {
-            // Its put's reply is still on the way to another connection.
-            let e = Entry {
-                body: job.body,
-                put_acked: false,
-                del: Del::No,
-                allowed: READY,
-                changes: 0,
-            };
-            book.jobs.insert(job.id, e);
+            // Its put's reply is still on the way to another connection,
+            // whose thread listed the body before sending the put; any
+            // other body is one nobody put.
+            if !book.pending_puts.contains(&body) {
+                bad = Some(format!("reserved job {id} with a body nobody put"));
+            }
+            let e = Entry { body, put_acked: false, del: Del::No, allowed: READY, changes: 0 };
+            book.jobs.insert(id, e);
         }
     }
     if let Some(v) = bad {
         book.violations.push(v);
     }
     // A restart returns a reserved job to ready.
-    if let Some(e) = book.jobs.get_mut(&job.id) {
+    if let Some(e) = book.jobs.get_mut(&id) {
         e.allowed = READY;
         e.changes += 1;
     }
-    held.push(job.id);
-    Ok(())
 }
 
 /// Runs `cmd`, a command that moves job `id` to the states `to`: while
@@ -781,6 +784,19 @@ mod tests {
         )
         .unwrap_or_else(|_| panic!("the command failed"));
         assert_eq!(sh.book().jobs[&1].allowed, DELAYED | READY);
+    }
+
+    /// A job reserved before its put's reply reached the putting thread
+    /// is booked; one whose body no put sent is a violation.
+    #[test]
+    fn a_reserved_body_must_come_from_a_put() {
+        let mut book = Book::default();
+        book.pending_puts.insert(b"sent".to_vec());
+        reserved(&mut book, 7, b"sent".to_vec());
+        assert!(book.violations.is_empty(), "{:?}", book.violations);
+        assert_eq!(book.jobs[&7].allowed, READY);
+        reserved(&mut book, 8, b"invented".to_vec());
+        assert_eq!(book.violations, ["reserved job 8 with a body nobody put"]);
     }
 
     #[test]
