@@ -68,7 +68,7 @@ impl Rates {
         }
         self.last = Some((now_ns, c));
         let dt = (now_ns - t0) as f64 / 1e9;
-        let alpha = 1.0 - (-dt / tau.as_secs_f64().max(1e-9)).exp();
+        let alpha = weight(dt, tau);
         let arrived = c.arrived.saturating_sub(c0.arrived) as f64;
         self.rate += alpha * (arrived / dt - self.rate);
         let runs = c.runs.saturating_sub(c0.runs);
@@ -94,6 +94,12 @@ impl Rates {
     pub fn run_time(&self) -> Duration {
         Duration::from_secs_f64(self.run_s.clamp(0.0, 1e9))
     }
+}
+
+/// The weight of a reading `dt_s` seconds after the last, for
+/// exponential smoothing with time constant `tau`: `1 - e^(-dt/τ)`.
+pub fn weight(dt_s: f64, tau: Duration) -> f64 {
+    1.0 - (-dt_s / tau.as_secs_f64().max(1e-9)).exp()
 }
 
 /// Step 2: `λ·S + q·S/D`, the workers that keep up with `rate` arrivals per

@@ -450,11 +450,18 @@ impl Table {
     }
 
     pub(crate) fn holder_mut(&mut self, h: u32) -> &mut Holder {
+        let i = self.holder_index(h);
+        &mut self.holders[i]
+    }
+
+    /// Holder `h`'s index in `holders`, made if new.
+    #[inline]
+    fn holder_index(&mut self, h: u32) -> usize {
         let i = h as usize;
         if self.holders.len() <= i {
             self.holders.resize_with(i + 1, Holder::default);
         }
-        &mut self.holders[i]
+        i
     }
 
     /// Takes a job out of its state's structures and counters.
@@ -612,10 +619,7 @@ impl Table {
             x.counters.reserves += 1;
             x.record_wait(waited_us);
         }
-        let i = holder as usize;
-        if self.holders.len() <= i {
-            self.holders.resize_with(i + 1, Holder::default);
-        }
+        let i = self.holder_index(holder);
         if let Some(h) = self.holders.get_mut(i) {
             h.reserved.push_back(&mut self.slab, s);
         }

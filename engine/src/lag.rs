@@ -45,7 +45,7 @@
 //! horizontal pod autoscaler (5 min down-scale window, 10% tolerance),
 //! scaled to a job engine's time scale.
 
-use spindle_core::staffing::{little, Counted, Rates};
+use spindle_core::staffing::{little, weight, Counted, Rates};
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -179,7 +179,7 @@ impl Lag {
         if dt <= 0.0 {
             return;
         }
-        let alpha = 1.0 - (-dt / TAU.as_secs_f64()).exp();
+        let alpha = weight(dt, TAU);
         self.queued += alpha * (x.ready as f64 - self.queued);
         let done = x.completions.saturating_sub(prev.completions);
         self.mu += alpha * (done as f64 / dt - self.mu);

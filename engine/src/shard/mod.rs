@@ -645,11 +645,11 @@ impl Shard {
         }
     }
 
-    /// `n` jobs counted at their admission to the lane went into the
-    /// table, whose `readied` counts them from now on.
-    fn lane_left(&mut self, q: QueueId, n: u64) {
+    /// A job counted at its admission to the lane went into the table,
+    /// whose `readied` counts it from now on.
+    fn lane_left(&mut self, q: QueueId) {
         let c = &mut self.q(q).counts.arrived;
-        *c = c.saturating_sub(n);
+        *c = c.saturating_sub(1);
     }
 
     /// Ready jobs of queues with a core handler.
@@ -703,7 +703,7 @@ impl Shard {
             } else if !arrival {
                 // A lane job, counted at its admission: the table's
                 // `readied` counts it now.
-                self.lane_left(q, 1);
+                self.lane_left(q);
             }
         }
         Some(put)
@@ -978,11 +978,10 @@ impl Shard {
                             continue;
                         }
                     }
-                    let q = self.qid(&j.queue);
-                    if let (Some(Put::Created(_)), Some(q), true) =
-                        (self.insert(j, true), q, from_lane)
-                    {
-                        self.lane_left(q, 1);
+                    let lane_q = if from_lane { self.qid(&j.queue) } else { None };
+                    let put = self.insert(j, true);
+                    if let (Some(Put::Created(_)), Some(q)) = (put, lane_q) {
+                        self.lane_left(q);
                     }
                     let t = self.now_t();
                     if self.table.reserve_id(t, id, HOLDER, &mut Records::disabled()).is_some() {
