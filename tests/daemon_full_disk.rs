@@ -52,9 +52,9 @@ fn args(data: &Path) -> Vec<String> {
             .iter()
             .map(|s| s.to_string())
             .collect();
-    // `SPINDLE_TEST_SHARDS=N` (see tests/common) spreads connections.
-    if let Ok(n) = std::env::var("SPINDLE_TEST_SHARDS") {
-        a.push("--shards".into());
+    // `SPINDLE_TEST_IO_LOOPS=N` (see tests/common) spreads connections.
+    if let Ok(n) = std::env::var("SPINDLE_TEST_IO_LOOPS") {
+        a.push("--io-loops".into());
         a.push(n);
     }
     a

@@ -127,7 +127,7 @@ fn half_written(n: usize, cap: Option<i64>) {
     // Every half has been read once the server answers a later command.
     wait_stat(&mut by, "current-connections", &(n + 1).to_string());
     assert_eq!(by.cmd_str("use sync\r\n"), "USING sync\r\n");
-    // With `--shards` > 1 the halves reach the table's loop through the
+    // With `--io-loops` > 1 the halves reach the table's loop through the
     // I/O loops' windows (`remote.rs`), which the owner drains as it reads:
     // wait for that, with a deadline.
     let bound = cap_bytes + (n as i64) * 8192 + (2 << 20);

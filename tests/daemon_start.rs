@@ -32,16 +32,16 @@ impl Daemon {
     }
 
     fn spawn(sock: &Path, mut cmd: Command, args: &[&str]) -> Daemon {
-        // `SPINDLE_TEST_SHARDS=N` (see tests/common) spreads connections.
-        let shards: Vec<String> = match std::env::var("SPINDLE_TEST_SHARDS") {
-            Ok(n) if !args.contains(&"--shards") => vec!["--shards".into(), n],
+        // `SPINDLE_TEST_IO_LOOPS=N` (see tests/common) spreads connections.
+        let loops: Vec<String> = match std::env::var("SPINDLE_TEST_IO_LOOPS") {
+            Ok(n) if !args.contains(&"--io-loops") => vec!["--io-loops".into(), n],
             _ => Vec::new(),
         };
         let child = cmd
             .arg("--socket")
             .arg(sock)
             .args(args)
-            .args(&shards)
+            .args(&loops)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -375,7 +375,8 @@ fn bad_flags_get_a_clear_error() {
         (&["--durability", "memory", "-b", "/tmp/x"], "contradict"),
         (&["-z", "2000000000"], "maximum"),
         (&["--socket-mode", "9z"], "octal"),
-        (&["--shards", "0"], "choose 1 to"),
+        (&["--io-loops", "0"], "choose 1 to"),
+        (&["--shards", "3"], "use --io-loops 3"),
         (&["-u", "nobody"], "does not switch users"),
     ];
     for (args, want) in cases {

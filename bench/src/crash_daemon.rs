@@ -159,7 +159,7 @@ impl Daemon {
         let mut cmd = Command::new(bin);
         // Segments hold at least two of the largest job: -z keeps them small.
         cmd.arg("--socket").arg(&socket).args(["-s", &segment.to_string(), "-z", "4096"]);
-        cmd.args(["--shards", &loops.to_string()]);
+        cmd.args(["--io-loops", &loops.to_string()]);
         if !prefault {
             cmd.arg("--no-log-prefault");
         }

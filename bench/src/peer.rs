@@ -84,7 +84,7 @@ spindle-bench peer beanstalkd [options]
                      (`cargo build --release --bin spindled`);
                      --spindled /usr/bin/beanstalkd checks the harness
                      (both sides beanstalkd: ratio ~1)
-  --shards N         spindled's --shards (event loops; default 1)
+  --io-loops N       spindled's --io-loops (event loops; default 1)
   --beanstalkd PATH  default: beanstalkd on PATH, else /usr/bin/beanstalkd
   --dir PATH         parent of the durable data directories (default:
                      ./target, else /var/tmp, else /tmp; tmpfs skipped)
@@ -133,7 +133,7 @@ pub struct PeerOpts {
     modes: Vec<Mode>,
     fsync_ms: u64,
     spindled: Option<PathBuf>,
-    shards: usize,
+    io_loops: usize,
     beanstalkd: Option<PathBuf>,
     dir: Option<PathBuf>,
     /// Print JSON.
@@ -161,7 +161,7 @@ impl PeerOpts {
             },
             fsync_ms: a.value_or("--fsync-ms", 50)?,
             spindled: a.value("--spindled")?,
-            shards: a.value_or("--shards", 1)?,
+            io_loops: a.value_or("--io-loops", 1)?,
             beanstalkd: a.value("--beanstalkd")?,
             dir: a.value("--dir")?,
             json: a.flag("--json"),
@@ -190,8 +190,8 @@ impl PeerOpts {
         if !(1..=10_000).contains(&o.batch) {
             return Err("--batch must be 1..=10000".into());
         }
-        if !(1..=256).contains(&o.shards) {
-            return Err("--shards must be 1..=256".into());
+        if !(1..=256).contains(&o.io_loops) {
+            return Err("--io-loops must be 1..=256".into());
         }
         if !(1..=50).contains(&o.repeat) {
             return Err("--repeat must be 1..=50".into());
@@ -218,13 +218,13 @@ impl Server {
         socket: PathBuf,
         data: Option<&Path>,
         fsync_ms: u64,
-        shards: usize,
+        io_loops: usize,
         log: &Path,
     ) -> BoxResult<Server> {
         let mut cmd = Command::new(exe);
         cmd.arg("-l").arg(format!("unix:{}", socket.display()));
-        if shards > 1 {
-            cmd.arg("--shards").arg(shards.to_string());
+        if io_loops > 1 {
+            cmd.arg("--io-loops").arg(io_loops.to_string());
         }
         if let Some(d) = data {
             cmd.arg("-b").arg(d).arg("-f").arg(fsync_ms.to_string());
@@ -1106,7 +1106,7 @@ fn measure(
             sock_dir.join(format!("{name}.sock")),
             data_dir.as_deref(),
             o.fsync_ms,
-            if label == "spindled" { o.shards } else { 1 },
+            if label == "spindled" { o.io_loops } else { 1 },
             &sock_dir.join(format!("{name}.log")),
         )
     };
@@ -1403,7 +1403,7 @@ fn report(o: &PeerOpts, runs: &[ModeRun], env: &Env<'_>) -> Report {
     r.set("repeat", o.repeat as u64);
     r.set("put_seconds", n(o.put_seconds));
     r.set("fsync_ms", o.fsync_ms);
-    r.set("spindled_shards", o.shards);
+    r.set("spindled_io_loops", o.io_loops);
     r.set("body_bytes", BODY.len() as u64);
     r.set("spindled_path", env.spindled.display().to_string());
     r.set("spindled_version", env.spindled_version);

@@ -1,4 +1,4 @@
-//! An I/O event loop (`--shards` > 1): it owns some of the daemon's
+//! An I/O event loop (`--io-loops` > 1): it owns some of the daemon's
 //! sockets and moves their bytes to and from the table owner
 //! (`remote.rs` has the protocol). It parses nothing and touches no job:
 //! the system calls of a connection, which cost more than its commands,

@@ -37,7 +37,7 @@
 //!
 //! One thread owns the job table and runs every connection's commands, as
 //! in beanstalkd, so no lock is taken anywhere on the path of a command.
-//! With [`ServerConfig::shards`] > 1, the sockets of some connections are
+//! With [`ServerConfig::io_loops`] > 1, the sockets of some connections are
 //! served by I/O loops (`ioloop.rs`) that only move bytes to and from the
 //! owner over lock-free channels (`remote.rs`). See `docs/architecture.md`
 //! ("The daemon") for why.
@@ -141,11 +141,11 @@ pub struct ServerConfig {
     /// parking in `epoll_wait` (0 = always block). Trades one core's idle
     /// time for wake-up latency.
     pub idle_spin: Duration,
-    /// Event loops (`--shards`): the one that owns the job table, plus
-    /// `shards - 1` loops that only move bytes for the connections they
+    /// Event loops (`--io-loops`): the one that owns the job table, plus
+    /// `io_loops - 1` loops that only move bytes for the connections they
     /// are given (round-robin at accept). 1 serves everything on one
     /// thread, like beanstalkd.
-    pub shards: usize,
+    pub io_loops: usize,
     /// Fault each new log segment in on the WAL's preparer thread
     /// (`FsStorage::with_prefault`): appends on the loop then take no page
     /// faults. On by default; `--no-log-prefault` turns it off.
@@ -206,7 +206,7 @@ impl Default for ServerConfig {
             latency_target: Duration::from_millis(100),
             version: format!("spindled {}", env!("CARGO_PKG_VERSION")),
             idle_spin: Duration::ZERO,
-            shards: 1,
+            io_loops: 1,
             log_prefault: true,
             log_write: spindle_wal::WriteMethod::Mmap,
             max_partial_bytes: DEFAULT_MAX_PARTIAL_BYTES,

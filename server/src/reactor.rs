@@ -32,15 +32,15 @@ const WAKER: Token = Token(0);
 pub(crate) const MAX_LOGGED_JOB: u64 = spindle_wal::MAX_PAYLOAD - 64 * 1024;
 /// Listener tokens are 1..FIRST_CONN; connection `i` is `FIRST_CONN + i`.
 const FIRST_CONN: usize = 64;
-/// Most event loops (`--shards`): one per core of a large machine.
-pub(crate) const MAX_SHARDS: usize = 256;
+/// Most event loops (`--io-loops`): one per core of a large machine.
+pub(crate) const MAX_IO_LOOPS: usize = 256;
 
 enum Listener {
     Unix(UnixListener, PathBuf),
     Tcp(TcpListener),
 }
 
-/// The I/O loops (`--shards` > 1) as the owner sees them.
+/// The I/O loops (`--io-loops` > 1) as the owner sees them.
 struct Loops {
     links: Vec<Arc<Link<ToIo>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -86,10 +86,10 @@ impl Server {
         if cfg.listen.is_empty() {
             return Err(ServerError::Config("nothing to listen on".into()));
         }
-        if cfg.shards == 0 || cfg.shards > MAX_SHARDS {
+        if cfg.io_loops == 0 || cfg.io_loops > MAX_IO_LOOPS {
             return Err(ServerError::Config(format!(
-                "{} event loops: choose 1 to {MAX_SHARDS}",
-                cfg.shards
+                "{} event loops: choose 1 to {MAX_IO_LOOPS}",
+                cfg.io_loops
             )));
         }
         if cfg.max_job_size > MAX_JOB_SIZE_LIMIT {
@@ -274,15 +274,15 @@ impl Server {
     }
 
     /// Starts the I/O loops (threads `spindled-io-N`) when there are more
-    /// shards than this one.
+    /// loops than this one.
     fn start_loops(&mut self) -> Result<(), ServerError> {
-        if self.cfg.shards <= 1 {
+        if self.cfg.io_loops <= 1 {
             return Ok(());
         }
         let (to_owner, rx) = crossbeam_channel::unbounded();
         let mut links = Vec::new();
         let mut threads = Vec::new();
-        for n in 1..self.cfg.shards {
+        for n in 1..self.cfg.io_loops {
             let (tx, io_rx) = crossbeam_channel::unbounded();
             // Each I/O loop gets its own link to the owner (see `Link`).
             let owner = Arc::new(Link::new(to_owner.clone(), self.parker.clone()));

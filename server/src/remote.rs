@@ -1,5 +1,5 @@
 //! The table owner's end of a connection whose socket another event loop
-//! serves (`--shards` > 1), and the messages between the two loops.
+//! serves (`--io-loops` > 1), and the messages between the two loops.
 //!
 //! The owner thread runs the connection's state machine (`conn.rs`) and the
 //! job table (`store.rs`) exactly as for its own sockets; only the bytes

@@ -178,7 +178,13 @@ struct Args {
     /// connections; the other N-1 only move their connections' bytes.
     /// New connections are dealt round-robin. 1 = one thread, like
     /// beanstalkd.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    io_loops: usize,
+    /// Owners of the job table, as the engine's shards (docs/architecture.md, "Names").
+    /// spindled has one owner today: only 1 is accepted (the plan for more
+    /// is docs/daemon-owners.md). To spread sockets over threads, use
+    /// --io-loops.
+    #[arg(long, default_value_t = 1, value_name = "N")]
     shards: usize,
     /// Do not fault new log segments in ahead of use (saves writing each
     /// segment's zeroed pages back once; appends then take the page faults).
@@ -295,7 +301,15 @@ fn config(a: &Args) -> Result<ServerConfig, String> {
     cfg.latency_target = Duration::from_millis(a.latency_target_ms.max(1));
     cfg.idle_spin = Duration::from_micros(a.idle_spin_us);
     cfg.recovery = if a.strict_recovery { Recovery::Strict } else { Recovery::Truncate };
-    cfg.shards = a.shards;
+    if a.shards != 1 {
+        return Err(format!(
+            "--shards {}: spindled has one owner of the job table today, so only --shards 1 \
+             is accepted (docs/daemon-owners.md); to spread connections' socket I/O over {} \
+             threads, use --io-loops {}",
+            a.shards, a.shards, a.shards
+        ));
+    }
+    cfg.io_loops = a.io_loops;
     cfg.log_prefault = !a.no_log_prefault;
     cfg.log_write = match a.log_write {
         LogWrite::Mmap => spindle::wal::WriteMethod::Mmap,

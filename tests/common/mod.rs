@@ -20,7 +20,7 @@
 //! script must then pass: a failure in that mode is a harness bug or a
 //! nondeterministic script). With `SPINDLE_DIFF_SHOW=1` (and
 //! `--nocapture`) every script prints beanstalkd's normalised replies.
-//! With `SPINDLE_TEST_SHARDS=N` every spindled runs with `--shards N`
+//! With `SPINDLE_TEST_IO_LOOPS=N` every spindled runs with `--io-loops N`
 //! (connections spread over event loops; `.ci/run` uses 3).
 
 #![allow(dead_code)]
@@ -178,10 +178,10 @@ impl Server {
     ) -> Result<Server, String> {
         let bin = kind.binary();
         let mut args = args;
-        if let (Kind::Spindled, Ok(n)) = (kind, std::env::var("SPINDLE_TEST_SHARDS")) {
+        if let (Kind::Spindled, Ok(n)) = (kind, std::env::var("SPINDLE_TEST_IO_LOOPS")) {
             // Run the same tests with connections spread over I/O loops.
-            if !args.iter().any(|a| a == "--shards") {
-                args.extend(["--shards".into(), n]);
+            if !args.iter().any(|a| a == "--io-loops") {
+                args.extend(["--io-loops".into(), n]);
             }
         }
         let out = std::fs::File::create(dir.path().join("stdout")).expect("create stdout file");

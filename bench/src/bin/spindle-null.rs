@@ -123,7 +123,7 @@ fn main() {
                 return;
             }
             "-l" => path = args.next().and_then(|l| l.strip_prefix("unix:").map(String::from)),
-            "-b" | "-f" | "--shards" => {
+            "-b" | "-f" | "--io-loops" => {
                 args.next();
             }
             _ => {}

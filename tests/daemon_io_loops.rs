@@ -1,5 +1,5 @@
 //! spindled with connections spread over several event loops
-//! (`--shards 3`, more loops than this machine's 2 cores): connections on
+//! (`--io-loops 3`, more loops than this machine's 2 cores): connections on
 //! different loops share one job table with beanstalkd's semantics, in
 //! order, and closing, half-closing, stopping and back-pressure work for a
 //! connection whose socket another loop serves.
@@ -7,14 +7,14 @@
 //! New connections are dealt round-robin over the loops, so among any three
 //! consecutive connections each loop serves one; every test uses at least
 //! three. `.ci/run` also runs every other daemon test with
-//! `SPINDLE_TEST_SHARDS=3`.
+//! `SPINDLE_TEST_IO_LOOPS=3`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use common::{Conn, Server};
 
-const SHARDS: &[&str] = &["--shards", "3"];
+const LOOPS: &[&str] = &["--io-loops", "3"];
 
 fn conns(s: &Server, n: usize) -> Vec<Conn> {
     (0..n).map(|_| s.connect()).collect()
@@ -26,7 +26,7 @@ fn text(b: Vec<u8>) -> String {
 
 #[test]
 fn connections_on_every_loop_share_one_table() {
-    let s = Server::spindled(SHARDS);
+    let s = Server::spindled(LOOPS);
     let mut c = conns(&s, 6);
     for (i, conn) in c.iter_mut().enumerate() {
         assert_eq!(conn.cmd_str("use jobs\r\n"), "USING jobs\r\n");
@@ -70,7 +70,7 @@ fn connections_on_every_loop_share_one_table() {
 
 #[test]
 fn a_waiter_on_one_loop_is_served_by_a_put_on_another_in_order() {
-    let s = Server::spindled(SHARDS);
+    let s = Server::spindled(LOOPS);
     let mut c = conns(&s, 3);
     // Each connection waits in turn, with a command pipelined behind the
     // reserve: its reply must come after RESERVED, never before.
@@ -90,7 +90,7 @@ fn a_waiter_on_one_loop_is_served_by_a_put_on_another_in_order() {
 
 #[test]
 fn half_close_ends_a_wait_and_quit_closes_on_every_loop() {
-    let s = Server::spindled(SHARDS);
+    let s = Server::spindled(LOOPS);
     for conn in conns(&s, 3).iter_mut() {
         conn.send(b"reserve\r\n");
         conn.shutdown_write();
@@ -112,7 +112,7 @@ fn big_replies_and_pipelines_cross_loops_intact() {
     // 200 pipelined puts of a 60 000-byte body, then 50 pipelined peeks, on
     // each of three connections: more than the loops' 256 KiB windows in
     // both directions, and every reply in order.
-    let s = Server::spindled(SHARDS);
+    let s = Server::spindled(LOOPS);
     let raw: Vec<_> = (0..3).map(|_| s.unix_stream()).collect();
     let body = vec![b'z'; 60_000];
     for (i, stream) in raw.into_iter().enumerate() {
@@ -156,7 +156,7 @@ fn big_replies_and_pipelines_cross_loops_intact() {
 fn sigterm_with_connections_on_every_loop_loses_nothing() {
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().to_str().unwrap();
-    let mut s = Server::spindled(&["-b", dir, "--shards", "3"]);
+    let mut s = Server::spindled(&["-b", dir, "--io-loops", "3"]);
     let mut c = conns(&s, 3);
     for (i, conn) in c.iter_mut().enumerate() {
         let put = format!("put 0 {} 60 1\r\n{i}\r\n", i * 1000);
@@ -167,7 +167,7 @@ fn sigterm_with_connections_on_every_loop_loses_nothing() {
     s.signal("TERM");
     assert!(s.wait_exit().success(), "{}", s.log_tail());
     drop(c);
-    let s = Server::spindled(&["-b", dir, "--shards", "3"]);
+    let s = Server::spindled(&["-b", dir, "--io-loops", "3"]);
     let mut c = s.connect();
     // The reservation ended with the process: job 1 is ready again.
     assert_eq!(text(c.cmd(b"peek-ready\r\n")), "FOUND 1 1\r\n0\r\n");
@@ -178,7 +178,7 @@ fn sigterm_with_connections_on_every_loop_loses_nothing() {
 
 #[test]
 fn a_lease_token_completes_a_job_from_another_loop() {
-    let s = Server::spindled(SHARDS);
+    let s = Server::spindled(LOOPS);
     let mut c = conns(&s, 3);
     assert_eq!(c[0].cmd_str("put 0 0 60 3\r\nabc\r\n"), "INSERTED 1\r\n");
     assert_eq!(c[1].cmd_str("reserve\r\n"), "RESERVED 1 3\r\nabc\r\n");
