@@ -479,6 +479,16 @@ struct QueueRates {
     q: BTreeMap<String, Rates>,
 }
 
+/// One queue's counters summed over the shards, its ready and running
+/// jobs, and its limits.
+#[derive(Default)]
+struct QueueSum {
+    counted: Counted,
+    ready: u64,
+    running: u64,
+    limits: Option<spindle_core::Limits>,
+}
+
 impl QueueRates {
     /// `staffing::desired_workers` per queue, with the target wait `d`.
     fn update(
@@ -487,32 +497,45 @@ impl QueueRates {
         shards: &[Arc<ShardShared>],
         d: Duration,
     ) -> HashMap<String, u64> {
-        // Per queue: counters summed over the shards, ready and running.
-        let mut sums: BTreeMap<String, (Counted, u64, u64)> = BTreeMap::new();
-        let mut limits: BTreeMap<String, spindle_core::Limits> = BTreeMap::new();
+        let mut sums: BTreeMap<String, QueueSum> = BTreeMap::new();
         for s in shards {
             let g = s.snapshot.lock().unwrap_or_else(|p| p.into_inner());
-            limits.extend(g.1.limits.iter().map(|(k, v)| (k.clone(), *v)));
+            for (name, l) in &g.1.limits {
+                sums.entry(name.clone()).or_default().limits = Some(*l);
+            }
             for (name, c) in &g.1.counts {
-                let e = &mut sums.entry(name.clone()).or_default().0;
+                let e = &mut sums.entry(name.clone()).or_default().counted;
                 e.arrived += c.arrived;
                 e.runs += c.runs;
                 e.run_ns += c.run_ns;
             }
             for (name, q) in &g.1.queues {
                 let e = sums.entry(name.clone()).or_default();
-                e.1 += q.ready;
-                e.2 += q.running;
+                e.ready += q.ready;
+                e.running += q.running;
             }
         }
+        self.desired(now, sums, d)
+    }
+
+    /// Steps the rates of the queues in `sums` and sizes each; a queue no
+    /// shard publishes any more (its table dropped it) is forgotten, so
+    /// short-lived queue names do not pile up here.
+    fn desired(
+        &mut self,
+        now: u64,
+        sums: BTreeMap<String, QueueSum>,
+        d: Duration,
+    ) -> HashMap<String, u64> {
+        self.q.retain(|name, _| sums.contains_key(name));
         let mut out = HashMap::new();
-        for (name, (c, ready, running)) in sums {
+        for (name, sum) in sums {
             let r = self.q.entry(name.clone()).or_default();
-            r.observe(now, c, staffing::TAU);
+            r.observe(now, sum.counted, staffing::TAU);
             // A limited queue keeps only so many workers busy: its
             // concurrency, and by Little's law its rate times the run time.
-            let cap = limits.get(&name).and_then(|l| l.worker_cap(r.run_time()));
-            out.insert(name, staffing::desired_workers(r, ready, running > 0, d, cap));
+            let cap = sum.limits.and_then(|l| l.worker_cap(r.run_time()));
+            out.insert(name, staffing::desired_workers(r, sum.ready, sum.running > 0, d, cap));
         }
         out
     }
@@ -553,7 +576,36 @@ mod loom_tests {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use super::choose;
+    use super::{choose, QueueRates, QueueSum};
+    use spindle_core::staffing::Counted;
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    fn sum(arrived: u64, ready: u64) -> QueueSum {
+        QueueSum {
+            counted: Counted { arrived, runs: arrived, run_ns: arrived * 10_000_000 },
+            ready,
+            ..QueueSum::default()
+        }
+    }
+
+    #[test]
+    fn queues_no_shard_publishes_are_forgotten() {
+        let mut r = QueueRates::default();
+        let d = Duration::from_millis(50);
+        let both = BTreeMap::from([("a".to_string(), sum(0, 0)), ("b".to_string(), sum(0, 0))]);
+        r.desired(0, both, d);
+        let later = BTreeMap::from([("a".to_string(), sum(100, 5)), ("b".to_string(), sum(50, 0))]);
+        let out = r.desired(1_000_000_000, later, d);
+        assert!(out["a"] >= 1 && out["b"] >= 1, "{out:?}");
+        // `b` went away (its table dropped it): it is no longer sized or kept.
+        let out = r.desired(2_000_000_000, BTreeMap::from([("a".to_string(), sum(200, 0))]), d);
+        assert_eq!(out.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(r.q.keys().collect::<Vec<_>>(), ["a"]);
+        // Coming back, it starts from a fresh baseline.
+        let out = r.desired(3_000_000_000, BTreeMap::from([("b".to_string(), sum(60, 0))]), d);
+        assert_eq!(out["b"], 0, "a queue's first reading only sets its baseline");
+    }
 
     #[test]
     fn without_demand_the_lowest_shards_are_active() {
