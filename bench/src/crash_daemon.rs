@@ -142,6 +142,27 @@ struct Daemon {
     log: PathBuf,
 }
 
+/// How the daemon writes its log (`--log-write`, `--no-log-prefault`).
+#[derive(Clone, Copy, Debug)]
+enum LogWrite {
+    /// `pwritev` per loop iteration (the default).
+    Pwrite,
+    /// Stores through the mapping, new segments faulted in ahead.
+    Mmap,
+    /// Stores through the mapping, appends taking the page faults.
+    MmapNoPrefault,
+}
+
+impl LogWrite {
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            LogWrite::Pwrite => &[],
+            LogWrite::Mmap => &["--log-write", "mmap"],
+            LogWrite::MmapNoPrefault => &["--log-write", "mmap", "--no-log-prefault"],
+        }
+    }
+}
+
 impl Daemon {
     /// Starts `bin` on `dir` and waits (polling, with a deadline) until it
     /// accepts a connection.
@@ -151,7 +172,7 @@ impl Daemon {
         mode: Mode,
         segment: u64,
         loops: u64,
-        prefault: bool,
+        write: LogWrite,
     ) -> BoxResult<Daemon> {
         let socket = dir.join("sock");
         let data = dir.join("data");
@@ -160,9 +181,7 @@ impl Daemon {
         // Segments hold at least two of the largest job: -z keeps them small.
         cmd.arg("--socket").arg(&socket).args(["-s", &segment.to_string(), "-z", "4096"]);
         cmd.args(["--io-loops", &loops.to_string()]);
-        if !prefault {
-            cmd.arg("--no-log-prefault");
-        }
+        cmd.args(write.args());
         match mode {
             Mode::Memory => {
                 cmd.args(["--durability", "memory"]);
@@ -259,10 +278,12 @@ pub(crate) fn trial(
     // One event loop (like beanstalkd), or two: connections on the second
     // reach the job table's owner through the cross-loop path.
     let loops = 1 + below(&mut rng, 2);
-    // New segments faulted in ahead by a helper thread (the default), or
-    // not: rollover takes the other path.
-    let prefault = below(&mut rng, 2) == 0;
-    let start = || Daemon::start(bin, dir, mode, o.segment, loops, prefault);
+    // Appends through the file (the default), or stores through the
+    // mapping with new segments faulted in ahead by a helper thread, or
+    // not: each writes and rolls over by another path.
+    let write =
+        [LogWrite::Pwrite, LogWrite::Mmap, LogWrite::MmapNoPrefault][below(&mut rng, 3) as usize];
+    let start = || Daemon::start(bin, dir, mode, o.segment, loops, write);
     let mut daemon = start()?;
     let mut carried = Book::default();
     let mut rounds = Vec::new();
@@ -305,7 +326,10 @@ pub(crate) fn trial(
     let setup = format!(
         "{loops} event loop{}{}",
         if loops == 1 { "" } else { "s" },
-        if prefault { "" } else { ", --no-log-prefault" }
+        match write.args() {
+            [] => String::new(),
+            a => format!(", {}", a.join(" ")),
+        }
     );
     Ok((setup, rounds))
 }

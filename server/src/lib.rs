@@ -29,9 +29,12 @@
 //!    replies to its output buffer. Nothing is written yet.
 //! 3. Fire due timers; serve connections waiting in `reserve` that a put,
 //!    release or timer made ready.
-//! 4. With `-f0` (sync on every change), wait once for the log to be on
-//!    stable storage: every change of this iteration, from every
-//!    connection, shares that one sync (group commit).
+//! 4. Write the records of every change of this iteration to the log in
+//!    one write (each command claimed its records' room as it ran, so a
+//!    full disk still refuses that command alone: `log.rs`). With `-f0`
+//!    (sync on every change), then wait once for the log to be on stable
+//!    storage: every change of this iteration, from every connection,
+//!    shares that one sync (group commit).
 //! 5. Write every connection's output; resume connections that were held
 //!    back by a full output buffer.
 //!
@@ -150,10 +153,11 @@ pub struct ServerConfig {
     /// (`FsStorage::with_prefault`): appends on the loop then take no page
     /// faults. On by default; `--no-log-prefault` turns it off.
     pub log_prefault: bool,
-    /// How the log's appends write (`--log-write`): stores through the
-    /// mapping by default, which the daemon's loop (one append per
-    /// command) measured faster with than `pwritev` (`docs/benchmarks.md`,
-    /// "Appends through the file").
+    /// How the log's appends write (`--log-write`): `pwritev` by default,
+    /// one per loop iteration (`log.rs`), which measured faster than stores
+    /// through the mapping and takes no TLB shoot-downs from syncs
+    /// (`docs/benchmarks.md`, "spindled: one log write per loop
+    /// iteration").
     pub log_write: spindle_wal::WriteMethod,
     /// Most bytes of half-received job bodies, all connections together
     /// (`--max-partial-bytes`, default [`DEFAULT_MAX_PARTIAL_BYTES`]): a
@@ -208,7 +212,7 @@ impl Default for ServerConfig {
             idle_spin: Duration::ZERO,
             io_loops: 1,
             log_prefault: true,
-            log_write: spindle_wal::WriteMethod::Mmap,
+            log_write: spindle_wal::WriteMethod::Pwrite,
             max_partial_bytes: DEFAULT_MAX_PARTIAL_BYTES,
             jetstream: None,
         }

@@ -1,5 +1,6 @@
 //! The daemon's write-ahead log handle ([`Log`]): appending a command's
-//! records, and what a full disk does to that.
+//! records (claimed per command, written once per loop iteration), and
+//! what a full disk does to that.
 //!
 //! - A put's records are appended only if the log keeps the head-room of
 //!   `spindle_core::headroom::for_puts` after them; otherwise nothing is
@@ -111,9 +112,26 @@ impl Log {
         l
     }
 
+    /// Writes the records appended since the last flush. False if that
+    /// failed: the log has failed, and nothing appended since the last
+    /// flush may be acknowledged.
+    pub(crate) fn flush(&mut self) -> bool {
+        match self.app.flush_batch() {
+            Ok(()) => true,
+            Err(e) => {
+                if self.failed.is_none() {
+                    tracing::error!("the log failed: {e}; every change is refused until a restart");
+                    self.failed = Some(e.to_string());
+                }
+                false
+            }
+        }
+    }
+
     /// Deletes the segments below `below` (on the release thread if there
     /// is one), and takes a fresh appender so the files can go.
     pub(crate) fn release(&mut self, below: u64) {
+        self.flush();
         let sent = self.releaser.as_ref().is_some_and(|tx| tx.send(below).is_ok());
         if !sent {
             // No release thread (it could not be started): do it here.
@@ -126,7 +144,10 @@ impl Log {
 
     /// Appends `recs` as frames of table records, each only if the log
     /// can still hold `keep` bytes past the records (0: no condition);
-    /// returns the bytes appended. A full disk or a single record over the
+    /// returns the bytes appended. The frames are claimed now and written
+    /// by the next [`Log::flush`] (`spindle_wal`'s batched appends: one
+    /// write per loop iteration, not one per command), which must come
+    /// before anything they change is acknowledged. A full disk or a single record over the
     /// log's limit fails this append and leaves the log usable; any other
     /// error fails the log.
     pub(crate) fn append(&mut self, recs: &Records, keep: u64) -> Result<u64, Logged> {
@@ -137,11 +158,8 @@ impl Log {
         let mut after = total;
         for chunk in recs.frames(max) {
             after = after.saturating_sub(frame_len(chunk.len() as u64));
-            let res = if keep == 0 {
-                self.app.append(record::WAL_KIND, chunk)
-            } else {
-                self.app.append_keeping(record::WAL_KIND, chunk, keep.saturating_add(after))
-            };
+            let keep = if keep == 0 { 0 } else { keep.saturating_add(after) };
+            let res = self.app.append_batched(record::WAL_KIND, chunk, keep);
             match res {
                 Ok(lsn) => self.last_lsn = Some(lsn),
                 Err(WalError::NoSpace { .. }) => return Err(Logged::NoSpace),

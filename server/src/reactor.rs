@@ -448,6 +448,7 @@ impl Server {
                     }
                 }
                 self.deliver(&mut touched);
+                self.write_log();
                 self.group_commit();
                 touched.sort_unstable();
                 touched.dedup();
@@ -462,6 +463,9 @@ impl Server {
                 self.take_from_loops(&mut touched);
             }
             self.flush_loops();
+            // Records with no reply waiting on them (a lease that expired,
+            // a connection that closed) are written too.
+            self.write_log();
             next_due = self.store.next_due();
         }
         self.shutdown()
@@ -481,7 +485,17 @@ impl Server {
         }
     }
 
-    /// Step 4: with `-f0`, one sync for everything this iteration logged.
+    /// Step 4: the records of this round's commands, claimed as each ran,
+    /// go to the log in one write (`log.rs`). If that fails, no reply of
+    /// theirs may be sent: as after a failed `-f0` sync, the connections
+    /// with replies waiting are closed.
+    fn write_log(&mut self) {
+        if !self.store.write_log() {
+            self.sync_failed = true;
+        }
+    }
+
+    /// Step 4, then: with `-f0`, one sync for everything this iteration logged.
     fn group_commit(&mut self) {
         if self.cfg.sync != SyncMode::Always {
             return;
@@ -641,9 +655,12 @@ impl Server {
     fn shutdown(mut self) -> Result<(), ServerError> {
         let now = Instant::now();
         let mut ignored = Vec::new();
+        self.write_log();
         for i in 0..self.conns.len() {
             if let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) {
-                let _ = c.flush();
+                if !self.sync_failed {
+                    let _ = c.flush();
+                }
             }
             self.close(i, now, &mut ignored);
         }

@@ -417,6 +417,15 @@ impl Store {
         res.map(drop)
     }
 
+    /// Writes the records appended since the last call (`log.rs`: a
+    /// command's records are claimed when it runs and written here, once
+    /// per loop iteration). Called before any reply that acknowledges them
+    /// is sent; false if the log failed, and then no reply since the last
+    /// call may be sent.
+    pub(crate) fn write_log(&mut self) -> bool {
+        self.log.as_mut().is_none_or(|log| log.flush())
+    }
+
     /// Whether the log can take puts now: its head-room fits on the disk.
     pub(crate) fn check_headroom(&self) -> Result<(), spindle_wal::WalError> {
         match &self.log {
@@ -1165,6 +1174,8 @@ impl Store {
         // checked first), so a batch a full disk refuses wastes nothing.
         let appended = log.append(&self.recs, 1);
         self.recs.clear();
+        // Written at once: its mark and release wait for it to be durable.
+        let appended = appended.and_then(|b| if log.flush() { Ok(b) } else { Err(Logged::Failed) });
         match appended {
             Ok(bytes) => {
                 log.pass_stalled = false;
@@ -1203,6 +1214,9 @@ impl Store {
     /// does not find the live jobs twice in the log (on a full disk it
     /// might have no room to compact them again).
     pub(crate) fn finish_compaction(&mut self) {
+        if !self.write_log() {
+            return;
+        }
         loop {
             let Some(log) = &mut self.log else { return };
             if log.failed.is_some() || log.pass_stalled {
@@ -1272,6 +1286,9 @@ impl Store {
         let t = self.time(now);
         let rec = self.table.finish_replay(t, &mut self.recs);
         self.flush_log_now();
+        if !self.write_log() {
+            return Err("the log failed while recording the recovery".into());
+        }
         // Tubes in the order the log made them (`default` first).
         self.sync_dropped();
         self.tube_order = self.table.queues().map(|(_, n)| n.into()).collect();

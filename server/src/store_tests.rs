@@ -30,6 +30,8 @@ pub(super) fn run(s: &mut Store, c: ConnId, line: &str, body: &[u8], now: Instan
     let cmd = parse(line.as_bytes()).expect("command parses");
     let mut w = Vec::new();
     s.handle(c, cmd, body.to_vec(), now, &mut w);
+    // The reactor writes the iteration's records before any reply goes.
+    s.write_log();
     String::from_utf8_lossy(&w).into_owned()
 }
 
@@ -51,6 +53,7 @@ pub(super) fn open_log(dir: &std::path::Path) -> Log {
 }
 
 fn reopen_with(s: &mut Store, dir: &std::path::Path, c: StoreConfig) -> Store {
+    assert!(s.write_log());
     let l = s.log.take().unwrap();
     l.wal.shutdown().unwrap();
     drop(l);

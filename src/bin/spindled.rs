@@ -84,10 +84,11 @@ enum Durability {
 /// How the log's appends write (`spindle_wal::WriteMethod`).
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 enum LogWrite {
-    /// Stores through a writable mapping: no system call per record.
+    /// Stores through a writable mapping: no system call, but every sync
+    /// write-protects the pages stored into (a TLB shoot-down each).
     Mmap,
-    /// One pwritev per record into a read-only mapped file: no page of the
-    /// mapping for a sync to write-protect.
+    /// One pwritev per loop iteration into a read-only mapped file: no page
+    /// of the mapping for a sync to write-protect.
     Pwrite,
 }
 
@@ -186,12 +187,13 @@ struct Args {
     /// --io-loops.
     #[arg(long, default_value_t = 1, value_name = "N")]
     shards: usize,
-    /// Do not fault new log segments in ahead of use (saves writing each
-    /// segment's zeroed pages back once; appends then take the page faults).
+    /// With --log-write mmap: do not fault new log segments in ahead of use
+    /// (saves writing each segment's zeroed pages back once; appends then
+    /// take the page faults).
     #[arg(long)]
     no_log_prefault: bool,
     /// How records are written into the log (docs/wal-format.md §6).
-    #[arg(long, value_enum, default_value = "mmap")]
+    #[arg(long, value_enum, default_value = "pwrite")]
     log_write: LogWrite,
     /// Put the tubes named by --jetstream-tube in NATS JetStream at this
     /// server (nats://HOST:PORT), shared with every spindled and Spindle

@@ -30,6 +30,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod batch;
+
 /// When appended records are made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncPolicy {
@@ -560,7 +562,7 @@ impl Wal {
 
     /// A new appender. Appenders are cheap; keep one per thread.
     pub fn appender(&self) -> Appender {
-        Appender { shared: self.shared.clone(), cache: None }
+        Appender { shared: self.shared.clone(), cache: None, batch: batch::Batch::default() }
     }
 
     /// Calls `f` for every record in the log, oldest first: those recovered on
@@ -804,11 +806,13 @@ impl Drop for Wal {
 pub struct Appender {
     shared: Arc<Shared>,
     cache: Option<(u64, Arc<Segment>)>,
+    /// Records claimed by [`Appender::append_batched`], not yet written.
+    batch: batch::Batch,
 }
 
 impl Clone for Appender {
     fn clone(&self) -> Self {
-        Appender { shared: self.shared.clone(), cache: None }
+        Appender { shared: self.shared.clone(), cache: None, batch: batch::Batch::default() }
     }
 }
 
@@ -834,6 +838,8 @@ impl Appender {
     }
 
     fn put(&mut self, kind: u8, payload: &[u8], defer: bool) -> Result<u64, WalError> {
+        // Its own batch first: this claim would wait for those to publish.
+        self.flush_batch()?;
         let sh = &*self.shared;
         if kind == 0 || kind == KIND_PADDING {
             return Err(WalError::ReservedKind(kind));

@@ -158,6 +158,18 @@ impl Segment {
         unsafe { self.map.write_at(self.offset(lsn), &[&header, payload, pad]) }
     }
 
+    /// Writes frames already encoded for `lsn` onwards (a flushed batch,
+    /// `log/batch.rs`), through the file as [`Segment::write_frame`] does.
+    ///
+    /// # Safety
+    /// The caller owns the claims covering `lsn..lsn + bytes.len()`, which
+    /// lie inside this segment; no other thread reads or writes that range
+    /// until they are published through the cursor.
+    pub(crate) unsafe fn write_encoded(&self, lsn: u64, bytes: &[u8]) -> io::Result<()> {
+        // SAFETY: the claimed range is exclusively ours and in bounds.
+        unsafe { self.map.write_at(self.offset(lsn), &[bytes]) }
+    }
+
     /// Writes a padding frame covering `lsn..end()` (its 16-byte header).
     ///
     /// # Safety
