@@ -64,6 +64,17 @@ pub(crate) struct Log {
     pub last_lsn: Option<u64>,
     /// A failed append: every later change is refused.
     pub failed: Option<String>,
+    /// A flush failed since [`Log::take_lost`] last looked: the records
+    /// staged before it are not in the log.
+    lost: bool,
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        // Before the release thread (which may hold the last reference to
+        // the WAL, and shut it down) goes with `releaser`.
+        self.flush();
+    }
 }
 
 impl std::fmt::Debug for Log {
@@ -100,6 +111,7 @@ impl Log {
             pending_release: None,
             last_lsn: None,
             failed: None,
+            lost: false,
         }
     }
 
@@ -123,9 +135,15 @@ impl Log {
                     tracing::error!("the log failed: {e}; every change is refused until a restart");
                     self.failed = Some(e.to_string());
                 }
+                self.lost = true;
                 false
             }
         }
+    }
+
+    /// Whether a flush failed since the last call (whoever flushed).
+    pub(crate) fn take_lost(&mut self) -> bool {
+        std::mem::take(&mut self.lost)
     }
 
     /// Deletes the segments below `below` (on the release thread if there

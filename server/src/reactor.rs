@@ -64,8 +64,9 @@ pub struct Server {
     flag: Arc<AtomicU8>,
     waker: Arc<Waker>,
     accept_retry: bool,
-    /// A `-f0` sync failed: replies queued since are not durable and must
-    /// not be sent.
+    /// This round's log write, or its `-f0` sync, failed: replies queued
+    /// in it may acknowledge what is not in the log, and are not sent
+    /// (their connections are closed). Cleared after the round.
     sync_failed: bool,
     /// Wakes this loop when an I/O loop sends it something.
     parker: Arc<Parker<PollWaker>>,
@@ -178,7 +179,12 @@ impl Server {
             // body's offset and length), so this skips at least as many ids
             // as the cut could hold.
             store.skip_ids(bytes / 8 + 1);
-            store.mark_ids();
+            if !store.mark_ids() {
+                return Err(ServerError::Recover {
+                    dir: cfg.data_dir.clone().unwrap_or_default(),
+                    reason: "the log failed while recording the ids a cut tail held".into(),
+                });
+            }
         }
         if cfg.data_dir.is_some() {
             tracing::info!(
@@ -456,6 +462,9 @@ impl Server {
                 for &i in &touched {
                     self.finish(i, now, &mut again);
                 }
+                // Replies composed after this round's write may go: they
+                // refuse changes (`INTERNAL_ERROR`) or only read.
+                self.sync_failed = false;
                 touched = again;
                 // Replies of this round go out now; input that arrived
                 // meanwhile joins the next round.
@@ -647,7 +656,9 @@ impl Server {
             self.store.disconnect(i, now);
             self.free.push(i);
             self.open -= 1;
-            // Waiters the disconnect served (its jobs returned).
+            // Waiters the disconnect served (its jobs returned): their
+            // replies may go out in this round, so the records first.
+            self.write_log();
             self.deliver(again);
         }
     }

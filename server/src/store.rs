@@ -254,9 +254,9 @@ impl Store {
 
     /// Logs the id mark now (after skipping the ids a cut log tail may have
     /// held, so the skip survives the next start too).
-    pub(crate) fn mark_ids(&mut self) {
+    pub(crate) fn mark_ids(&mut self) -> bool {
         self.table.mark_ids(&mut self.recs);
-        self.flush_log_now();
+        self.flush_log_now() && self.write_log()
     }
 
     // ---------------------------------------------------------------- tubes
@@ -423,7 +423,12 @@ impl Store {
     /// is sent; false if the log failed, and then no reply since the last
     /// call may be sent.
     pub(crate) fn write_log(&mut self) -> bool {
-        self.log.as_mut().is_none_or(|log| log.flush())
+        self.log.as_mut().is_none_or(|log| {
+            log.flush();
+            // A flush elsewhere (compaction's, a release's) may have failed
+            // since the last call, losing records staged before it.
+            !log.take_lost()
+        })
     }
 
     /// Whether the log can take puts now: its head-room fits on the disk.

@@ -641,3 +641,43 @@ fn desired_workers_follows_the_shared_staffing_law() {
     let ext = run(&mut s, 1, "stats-tube-ext w", b"", now);
     assert!(ext.contains("desired-workers: 205\n"), "{ext}");
 }
+
+/// A log write that fails (EIO) is reported to the loop, whoever flushed
+/// (the loop itself, or compaction), so the replies of that round are not
+/// sent; later changes are refused and reads still answer; a kill -9
+/// keeps what was written before.
+#[test]
+fn a_failed_log_write_is_reported_and_later_changes_are_refused() {
+    use spindle_wal::{SimFault, SimStorage};
+    for flusher in ["the loop", "compaction"] {
+        let storage = SimStorage::new();
+        let opts = WalOptions {
+            segment_size: 64 << 10,
+            sync: spindle_wal::SyncPolicy::Never,
+            ..WalOptions::default()
+        };
+        let (wal, _) = Wal::open_with(std::sync::Arc::new(storage.clone()), opts.clone()).unwrap();
+        let t = Instant::now();
+        let mut s = Store::new(cfg(), Some(Log::inline(wal)), t);
+        s.recover(t).unwrap();
+        s.connect(1);
+        assert_eq!(run(&mut s, 1, "put 0 0 60 1", b"a", t), "INSERTED 1\r\n");
+        let mut w = Vec::new();
+        s.handle(1, parse(b"put 0 0 60 1").unwrap(), b"b".to_vec(), t, &mut w);
+        // Composed and claimed, not yet written.
+        assert_eq!(w, b"INSERTED 2\r\n");
+        storage.inject(SimFault::EioAtWrite(storage.writes() + 1));
+        if flusher == "compaction" {
+            assert!(!s.log.as_mut().unwrap().flush());
+        }
+        assert!(!s.write_log(), "{flusher}: the round's replies must not go");
+        assert!(s.write_log(), "{flusher}: reported once");
+        assert_eq!(run(&mut s, 1, "put 0 0 60 1", b"c", t), "INTERNAL_ERROR\r\n");
+        assert_eq!(run(&mut s, 1, "peek 1", b"", t), "FOUND 1 1\r\na\r\n");
+        let image = storage.process_crash_image();
+        let (wal, _) = Wal::open_with(std::sync::Arc::new(image), opts).unwrap();
+        let mut r = Store::new(cfg(), Some(Log::inline(wal)), t);
+        r.recover(t).unwrap();
+        assert_eq!(r.table.totals().jobs, 1, "{flusher}: only the job written before");
+    }
+}

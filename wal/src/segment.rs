@@ -159,7 +159,8 @@ impl Segment {
     }
 
     /// Writes frames already encoded for `lsn` onwards (a flushed batch,
-    /// `log/batch.rs`), through the file as [`Segment::write_frame`] does.
+    /// `log/batch.rs`), as [`Segment::write_frame`] does (through the file,
+    /// or the mapping under `WriteMethod::Mmap`).
     ///
     /// # Safety
     /// The caller owns the claims covering `lsn..lsn + bytes.len()`, which

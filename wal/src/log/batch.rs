@@ -29,6 +29,9 @@ use crate::segment::Segment;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+/// The most buffer a flushed batch keeps for the next one.
+const KEEP_CAPACITY: usize = 1 << 20;
+
 /// Records claimed and encoded, not yet written.
 #[derive(Debug, Default)]
 pub(super) struct Batch {
@@ -60,7 +63,9 @@ impl Appender {
     /// Until the flush the record is neither readable nor safe from
     /// `kill -9`, and every other appender's records wait behind it: only
     /// an appender whose owner flushes before it acknowledges anything, and
-    /// soon, may batch (the module docs have the protocol).
+    /// soon, may batch (the module docs have the protocol). A
+    /// [`Wal::wait_durable`](super::Wal::wait_durable) for its LSN before
+    /// the flush never returns.
     pub fn append_batched(&mut self, kind: u8, payload: &[u8], keep: u64) -> Result<u64, WalError> {
         let sh = &*self.shared;
         if kind == 0 || kind == record::KIND_PADDING {
@@ -142,6 +147,11 @@ impl Appender {
         let last = staged.last().map_or(0, |s| s.claim.start);
         batch.bytes.clear();
         batch.staged.clear();
+        if batch.bytes.capacity() > KEEP_CAPACITY {
+            // A burst of large records: do not hold its copy for good.
+            batch.bytes = Vec::new();
+            batch.staged = Vec::new();
+        }
         self.batch = batch;
         if let Some((_, why)) = failed {
             return Err(WalError::Failed(why));

@@ -85,6 +85,12 @@ impl SimStorage {
         lock(&self.counters).syncs
     }
 
+    /// Writes of frames and paddings so far (what [`SimFault::EioAtWrite`]
+    /// counts).
+    pub fn writes(&self) -> u64 {
+        lock(&self.counters).writes
+    }
+
     /// Whether a scheduled crash has happened.
     pub fn crashed(&self) -> bool {
         lock(&self.counters).crashed
