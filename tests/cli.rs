@@ -382,17 +382,27 @@ impl Squatter {
             bin = copy.to_str().unwrap().to_string();
         }
         let sock = dir.path().join("spindled-0.sock");
-        let child = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", &bin, "-l"])
-            .arg(format!("unix:{}", sock.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut sq = Squatter { child, sock, _dir: dir };
+        let spawn = || {
+            Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups", &bin, "-l"])
+                .arg(format!("unix:{}", sock.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut sq = Squatter { child: spawn(), sock: sock.clone(), _dir: dir };
         let deadline = Instant::now() + START_LIMIT;
         while std::os::unix::net::UnixStream::connect(&sq.sock).is_err() {
             if let Some(status) = sq.child.try_wait().unwrap() {
+                // 126: setpriv could not exec the copy: "text file busy",
+                // while another test's child, forked before the copy's
+                // descriptor was closed, still held it open until its own
+                // exec. That child's exec closes it: try again.
+                if status.code() == Some(126) && Instant::now() < deadline {
+                    sq.child = spawn();
+                    continue;
+                }
                 panic!("the squatter `{bin}` exited with {status} before listening");
             }
             assert!(Instant::now() < deadline, "the squatter did not listen");
