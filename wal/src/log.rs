@@ -270,6 +270,38 @@ impl Shared {
         }
     }
 
+    /// Gives up a claim that was not written: marks the hole there, fails
+    /// the log, and publishes the claim anyway so later appenders are not
+    /// blocked (nothing from the hole on is acknowledged: `Appender::put`'s
+    /// last check).
+    fn abandon(&self, claim: &Claim, why: String) -> WalError {
+        self.hole.fetch_min(claim.start, Ordering::AcqRel);
+        let mut st = self.lock();
+        self.fail(&mut st, why.clone());
+        drop(st);
+        if self.cursor.publish(claim) {
+            self.kick_flusher();
+        }
+        WalError::Failed(why)
+    }
+
+    /// The checks every append makes before it claims: a kind of its own,
+    /// a payload within the limit, a log still open. The record's frame
+    /// length.
+    fn admit(&self, kind: u8, payload: &[u8]) -> Result<u64, WalError> {
+        if kind == 0 || kind == KIND_PADDING {
+            return Err(WalError::ReservedKind(kind));
+        }
+        if payload.len() as u64 > self.max_payload {
+            return Err(WalError::RecordTooLarge { len: payload.len(), max: self.max_payload });
+        }
+        if self.stopped.load(Ordering::Acquire) {
+            let st = self.lock();
+            return Err(if st.failure.is_some() { self.failure(&st) } else { WalError::Closed });
+        }
+        Ok(frame_len(payload.len() as u64))
+    }
+
     fn segment(&self, idx: u64) -> Option<Arc<Segment>> {
         self.lock().run.get(&idx).cloned()
     }
@@ -841,31 +873,11 @@ impl Appender {
         // Its own batch first: this claim would wait for those to publish.
         self.flush_batch()?;
         let sh = &*self.shared;
-        if kind == 0 || kind == KIND_PADDING {
-            return Err(WalError::ReservedKind(kind));
-        }
-        if payload.len() as u64 > sh.max_payload {
-            return Err(WalError::RecordTooLarge { len: payload.len(), max: sh.max_payload });
-        }
-        if sh.stopped.load(Ordering::Acquire) {
-            let st = sh.lock();
-            return Err(if st.failure.is_some() { sh.failure(&st) } else { WalError::Closed });
-        }
-        let len = frame_len(payload.len() as u64);
+        let len = sh.admit(kind, payload)?;
         let cache = &mut self.cache;
         let claim = sh.cursor.claim(&sh.geo, len, |idx| sh.ensure(cache, idx))?;
         if let Err(why) = self.write(&claim, kind, payload) {
-            // Publish anyway so later appenders are not blocked, and fail
-            // the log rather than acknowledge a record that was not written
-            // (or one after it: see the check below).
-            sh.hole.fetch_min(claim.start, Ordering::AcqRel);
-            let mut st = sh.lock();
-            sh.fail(&mut st, why.clone());
-            drop(st);
-            if sh.cursor.publish(&claim) {
-                sh.kick_flusher();
-            }
-            return Err(WalError::Failed(why));
+            return Err(sh.abandon(&claim, why));
         }
         let swept = if defer {
             sh.cursor.publish_or_defer(&claim) == Published::Swept

@@ -5,20 +5,12 @@
 use spindle_wal::{SimFault, SimStorage, SyncPolicy, Wal, WalError, WalOptions};
 use std::sync::Arc;
 
+#[path = "support/records.rs"]
+mod records;
+use records::{collect, payload};
+
 fn opts(segment_size: u64) -> WalOptions {
     WalOptions { segment_size, sync: SyncPolicy::Never, ..WalOptions::default() }
-}
-
-fn payload(i: u64) -> Vec<u8> {
-    // Varying lengths: frames of several sizes, and segment changes.
-    let len = (i * 37 % 300) as usize;
-    (0..len).map(|j| (i as usize + j) as u8).collect()
-}
-
-fn collect(wal: &Wal) -> Vec<(u64, Vec<u8>)> {
-    let mut out = Vec::new();
-    wal.replay(|r| out.push((r.lsn, r.payload.to_vec()))).unwrap();
-    out
 }
 
 fn sim(segment_size: u64) -> (SimStorage, Wal) {

@@ -12,9 +12,12 @@
 //! `SKIPPED: cannot mount tmpfs: <error>` and pass.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/records.rs"]
+mod records;
 #[path = "support/tmpfs.rs"]
 mod tmpfs;
 
+use records::{collect, payload};
 use spindle_wal::storage::SegmentMap;
 use spindle_wal::{FsStorage, Storage, SyncPolicy, Wal, WalError, WalOptions};
 use std::path::{Path, PathBuf};
@@ -26,17 +29,6 @@ const DISK_SIZE: u64 = 1 << 20;
 
 fn opts() -> WalOptions {
     WalOptions { segment_size: SEGMENT_SIZE, sync: SyncPolicy::Always, ..WalOptions::default() }
-}
-
-fn payload(i: u64) -> Vec<u8> {
-    let len = (i * 37 % 300) as usize;
-    (0..len).map(|j| (i as usize + j) as u8).collect()
-}
-
-fn collect(wal: &Wal) -> Vec<(u64, Vec<u8>)> {
-    let mut out = Vec::new();
-    wal.replay(|r| out.push((r.lsn, r.payload.to_vec()))).unwrap();
-    out
 }
 
 fn files(dir: &Path) -> Vec<String> {

@@ -24,7 +24,7 @@
 
 use super::{Appender, WalError};
 use crate::cursor::Claim;
-use crate::record::{self, frame_len};
+use crate::record;
 use crate::segment::Segment;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -68,17 +68,7 @@ impl Appender {
     /// the flush never returns.
     pub fn append_batched(&mut self, kind: u8, payload: &[u8], keep: u64) -> Result<u64, WalError> {
         let sh = &*self.shared;
-        if kind == 0 || kind == record::KIND_PADDING {
-            return Err(WalError::ReservedKind(kind));
-        }
-        if payload.len() as u64 > sh.max_payload {
-            return Err(WalError::RecordTooLarge { len: payload.len(), max: sh.max_payload });
-        }
-        if sh.stopped.load(Ordering::Acquire) {
-            let st = sh.lock();
-            return Err(if st.failure.is_some() { sh.failure(&st) } else { WalError::Closed });
-        }
-        let len = frame_len(payload.len() as u64);
+        let len = sh.admit(kind, payload)?;
         if keep > 0 {
             sh.ensure_room(len.saturating_add(keep))?;
         }
@@ -170,17 +160,8 @@ impl Appender {
     /// is flushed, the claim is published as a hole and the log fails, so
     /// no claim is left unpublished behind.
     fn lost_segment(&mut self, claim: Claim) -> WalError {
-        let why = "appender lost track of its segment".to_string();
         self.flush_batch().ok();
-        let sh = &*self.shared;
-        sh.hole.fetch_min(claim.start, Ordering::AcqRel);
-        let mut st = sh.lock();
-        sh.fail(&mut st, why.clone());
-        drop(st);
-        if sh.cursor.publish(&claim) {
-            sh.kick_flusher();
-        }
-        WalError::Failed(why)
+        self.shared.abandon(&claim, "appender lost track of its segment".to_string())
     }
 }
 
