@@ -111,6 +111,12 @@ impl Records {
         self.count == 0
     }
 
+    /// Appends `other`'s records after these.
+    pub fn append(&mut self, other: &Records) {
+        self.buf.extend_from_slice(&other.buf);
+        self.count += other.count;
+    }
+
     /// Forgets the records (keeps the capacity).
     pub fn clear(&mut self) {
         self.buf.clear();

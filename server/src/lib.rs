@@ -29,9 +29,9 @@
 //!    replies to its output buffer. Nothing is written yet.
 //! 3. Fire due timers; serve connections waiting in `reserve` that a put,
 //!    release or timer made ready.
-//! 4. Write the records of every change of this iteration to the log in
-//!    one write (each command claimed its records' room as it ran, so a
-//!    full disk still refuses that command alone: `log.rs`). With `-f0`
+//! 4. Write the records of every change of this iteration to the log as
+//!    one frame in one write (each command's room was checked as it ran,
+//!    so a full disk still refuses that command alone: `log.rs`). With `-f0`
 //!    (sync on every change), then wait once for the log to be on stable
 //!    storage: every change of this iteration, from every connection,
 //!    shares that one sync (group commit).

@@ -1,6 +1,7 @@
 //! The daemon's write-ahead log handle ([`Log`]): appending a command's
-//! records (claimed per command, written once per loop iteration), and
-//! what a full disk does to that.
+//! records (room checked per command, the round's records claimed and
+//! written as one frame per loop round), and what a full disk does to
+//! that.
 //!
 //! - A put's records are appended only if the log keeps the head-room of
 //!   `spindle_core::headroom::for_puts` after them; otherwise nothing is
@@ -67,6 +68,10 @@ pub(crate) struct Log {
     /// A flush failed since [`Log::take_lost`] last looked: the records
     /// staged before it are not in the log.
     lost: bool,
+    /// This round's records, not yet claimed ([`Log::append`], step 1).
+    round: Records,
+    /// Their frames' bytes.
+    round_bytes: u64,
 }
 
 impl Drop for Log {
@@ -112,6 +117,8 @@ impl Log {
             last_lsn: None,
             failed: None,
             lost: false,
+            round: Records::new(),
+            round_bytes: 0,
         }
     }
 
@@ -128,6 +135,10 @@ impl Log {
     /// failed: the log has failed, and nothing appended since the last
     /// flush may be acknowledged.
     pub(crate) fn flush(&mut self) -> bool {
+        if self.claim_round().is_err() {
+            self.app.flush_batch().ok();
+            return false;
+        }
         match self.app.flush_batch() {
             Ok(()) => true,
             Err(e) => {
@@ -160,35 +171,91 @@ impl Log {
         self.app = self.wal.appender();
     }
 
-    /// Appends `recs` as frames of table records, each only if the log
-    /// can still hold `keep` bytes past the records (0: no condition);
-    /// returns the bytes appended. The frames are claimed now and written
-    /// by the next [`Log::flush`] (`spindle_wal`'s batched appends: one
-    /// write per loop iteration, not one per command), which must come
-    /// before anything they change is acknowledged. A full disk or a single record over the
-    /// log's limit fails this append and leaves the log usable; any other
-    /// error fails the log.
+    /// Appends `recs` (one command's records), only if the log can still
+    /// hold `keep` bytes past them (0: no condition); returns their bytes.
+    /// Nothing is written before the next [`Log::flush`], which must come
+    /// before anything they change is acknowledged.
+    ///
+    /// 1. Usually the records join the round's (`round`): the room for the
+    ///    round so far, these records, `keep` and any padding their frames
+    ///    could need is checked (the segments for it made) now, and the
+    ///    flush claims and writes the whole round as one frame.
+    /// 2. Where that room is not there (a nearly full disk), or a record is
+    ///    over the frame limit, the round so far is claimed at once, then
+    ///    these records frame by frame, each only if the log keeps `keep`
+    ///    past all of them (`Appender::append_batched`), as exactly as a
+    ///    frame per command always did: a full disk or a record over the
+    ///    log's limit fails this command alone and leaves the log usable;
+    ///    any other error fails the log.
     pub(crate) fn append(&mut self, recs: &Records, keep: u64) -> Result<u64, Logged> {
         let max = frame_max(&self.wal);
+        let total: u64 = recs.frames(max).map(|c| frame_len(c.len() as u64)).sum();
+        let bytes = self.round_bytes + total;
+        // Each frame may leave a segment's end as padding (less than `max`
+        // and a header): one per segment the round reaches, and one more.
+        let pad = (max + 16) * (2 + bytes / self.wal.segment_size());
+        let fits = recs.frames(max).all(|c| c.len() as u64 <= max)
+            && self.wal.ensure_room(bytes + pad + keep).is_ok();
+        if fits {
+            self.round.append(recs);
+            self.round_bytes = bytes;
+            return Ok(total);
+        }
+        self.claim_round()?;
         // The frames after each one, so the first is refused when the
         // whole of them would not leave `keep` (several frames: a batch).
-        let total: u64 = recs.frames(max).map(|c| frame_len(c.len() as u64)).sum();
         let mut after = total;
         for chunk in recs.frames(max) {
             after = after.saturating_sub(frame_len(chunk.len() as u64));
             let keep = if keep == 0 { 0 } else { keep.saturating_add(after) };
-            let res = self.app.append_batched(record::WAL_KIND, chunk, keep);
-            match res {
-                Ok(lsn) => self.last_lsn = Some(lsn),
-                Err(WalError::NoSpace { .. }) => return Err(Logged::NoSpace),
-                Err(WalError::RecordTooLarge { .. }) => return Err(Logged::Failed),
-                Err(e) => {
-                    tracing::error!("the log failed: {e}; every change is refused until a restart");
-                    self.failed = Some(e.to_string());
-                    return Err(Logged::Failed);
-                }
-            }
+            self.claim(chunk, keep)?;
         }
         Ok(total)
+    }
+
+    /// Claims the round's records (their room was checked as they came).
+    fn claim_round(&mut self) -> Result<(), Logged> {
+        if self.round.is_empty() {
+            return Ok(());
+        }
+        let round = std::mem::take(&mut self.round);
+        let max = frame_max(&self.wal);
+        let mut res = Ok(());
+        for chunk in round.frames(max) {
+            res = self.claim(chunk, 0);
+            if res.is_err() {
+                break;
+            }
+        }
+        self.round = round;
+        self.round.clear();
+        self.round_bytes = 0;
+        if res.is_err() {
+            // Commands answered as logged are not: the loop must be told.
+            self.lost = true;
+            if self.failed.is_none() {
+                let why = "the log could not take a round of records it had room for";
+                tracing::error!("{why}; every change is refused until a restart");
+                self.failed = Some(why.into());
+            }
+        }
+        res
+    }
+
+    /// Claims one frame (`keep` as [`Log::append`]).
+    fn claim(&mut self, chunk: &[u8], keep: u64) -> Result<(), Logged> {
+        match self.app.append_batched(record::WAL_KIND, chunk, keep) {
+            Ok(lsn) => {
+                self.last_lsn = Some(lsn);
+                Ok(())
+            }
+            Err(WalError::NoSpace { .. }) => Err(Logged::NoSpace),
+            Err(WalError::RecordTooLarge { .. }) => Err(Logged::Failed),
+            Err(e) => {
+                tracing::error!("the log failed: {e}; every change is refused until a restart");
+                self.failed = Some(e.to_string());
+                Err(Logged::Failed)
+            }
+        }
     }
 }

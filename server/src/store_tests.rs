@@ -454,6 +454,7 @@ fn a_put_batch_comes_back_whole_in_one_frame() {
     let mut w = Vec::new();
     s.put_batch(1, 5, 0, 30, bodies.clone(), t0, &mut w);
     assert_eq!(w, b"INSERTED-BATCH 2 40\r\n");
+    assert!(s.write_log());
     assert!(s.log.as_ref().unwrap().last_lsn > before);
     let mut w = Vec::new();
     s.put_batch(1, 7, 90, 30, vec![b"later".to_vec()], t0, &mut w);
@@ -680,4 +681,33 @@ fn a_failed_log_write_is_reported_and_later_changes_are_refused() {
         r.recover(t).unwrap();
         assert_eq!(r.table.totals().jobs, 1, "{flusher}: only the job written before");
     }
+}
+
+/// The records of a round's commands go to the log as one frame, written
+/// when the loop writes the round (before any reply goes out), and a
+/// restart brings the round's jobs back.
+#[test]
+fn a_round_of_commands_is_one_log_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let mut s = Store::new(cfg(), Some(open_log(dir.path())), t);
+    s.connect(1);
+    let frames = |s: &Store| {
+        let mut n = 0;
+        s.log.as_ref().unwrap().wal.replay(|_| n += 1).unwrap();
+        n
+    };
+    let before = frames(&s);
+    let mut w = Vec::new();
+    for _ in 0..10 {
+        s.handle(1, parse(b"put 0 0 60 1").unwrap(), b"x".to_vec(), t, &mut w);
+    }
+    s.handle(1, parse(b"reserve").unwrap(), Vec::new(), t, &mut w);
+    s.handle(1, parse(b"delete 1").unwrap(), Vec::new(), t, &mut w);
+    assert!(String::from_utf8_lossy(&w).ends_with("DELETED\r\n"));
+    assert_eq!(frames(&s), before, "nothing is written before the round ends");
+    assert!(s.write_log());
+    assert_eq!(frames(&s), before + 1);
+    let r = reopen(&mut s, dir.path());
+    assert_eq!(r.table.job_ids().collect::<Vec<_>>(), (2..=10).collect::<Vec<u64>>());
 }
