@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use spindle_core::record;
 use spindle_core::Records;
-use spindle_wal::{frame_len, Appender, Wal, WalError};
+use spindle_wal::{frame_len, Appender, Wal, WalError, SEGMENT_HEADER};
 
 use spindle_core::compact::Pass;
 
@@ -70,6 +70,9 @@ pub(crate) struct Log {
     lost: bool,
     /// This round's records, not yet claimed ([`Log::append`], step 1).
     round: Records,
+    /// The last [`Log::append`] that failed had claimed some of its frames
+    /// (step 2, several frames: a batch refused half way).
+    pub partial: bool,
     /// Their frames' bytes.
     round_bytes: u64,
 }
@@ -119,6 +122,7 @@ impl Log {
             lost: false,
             round: Records::new(),
             round_bytes: 0,
+            partial: false,
         }
     }
 
@@ -190,12 +194,18 @@ impl Log {
     pub(crate) fn append(&mut self, recs: &Records, keep: u64) -> Result<u64, Logged> {
         let max = frame_max(&self.wal);
         let total: u64 = recs.frames(max).map(|c| frame_len(c.len() as u64)).sum();
-        let bytes = self.round_bytes + total;
-        // Each frame may leave a segment's end as padding (less than `max`
-        // and a header): one per segment the round reaches, and one more.
-        let pad = (max + 16) * (2 + bytes / self.wal.segment_size());
-        let fits = recs.frames(max).all(|c| c.len() as u64 <= max)
-            && self.wal.ensure_room(bytes + pad + keep).is_ok();
+        let bytes = self.round_bytes.saturating_add(total);
+        // Each frame may leave a segment's end as padding (less than a
+        // frame: `max` and a header): one per segment the round reaches,
+        // counting only what a segment holds besides such a padding, and
+        // two more; and `frames` may align each frame up by 15 bytes.
+        let frame = max + 16;
+        let per_segment = self.wal.segment_size().saturating_sub(SEGMENT_HEADER + frame).max(1);
+        let pad = frame.saturating_mul(2 + bytes / per_segment);
+        let need = bytes.saturating_add(pad).saturating_add(keep);
+        self.partial = false;
+        let fits =
+            recs.frames(max).all(|c| c.len() as u64 <= max) && self.wal.ensure_room(need).is_ok();
         if fits {
             self.round.append(recs);
             self.round_bytes = bytes;
@@ -209,6 +219,7 @@ impl Log {
             after = after.saturating_sub(frame_len(chunk.len() as u64));
             let keep = if keep == 0 { 0 } else { keep.saturating_add(after) };
             self.claim(chunk, keep)?;
+            self.partial = true;
         }
         Ok(total)
     }
@@ -228,10 +239,16 @@ impl Log {
             }
         }
         self.round = round;
+        if self.round_bytes > 1 << 20 {
+            // A round of large records: do not hold its copy for good.
+            self.round = Records::new();
+        }
         self.round.clear();
         self.round_bytes = 0;
         if res.is_err() {
-            // Commands answered as logged are not: the loop must be told.
+            // Commands answered as logged are not: the loop must be told,
+            // and whatever the cause (room was checked for all of them),
+            // the log has failed.
             self.lost = true;
             if self.failed.is_none() {
                 let why = "the log could not take a round of records it had room for";
@@ -239,7 +256,7 @@ impl Log {
                 self.failed = Some(why.into());
             }
         }
-        res
+        res.map_err(|_| Logged::Failed)
     }
 
     /// Claims one frame (`keep` as [`Log::append`]).

@@ -494,8 +494,8 @@ impl Server {
         }
     }
 
-    /// Step 4: the records of this round's commands, claimed as each ran,
-    /// go to the log in one write (`log.rs`). If that fails, no reply of
+    /// Step 4: the records of this round's commands (their room checked as
+    /// each ran) go to the log in one write (`log.rs`). If that fails, no reply of
     /// theirs may be sent: as after a failed `-f0` sync, the connections
     /// with replies waiting are closed.
     fn write_log(&mut self) {

@@ -418,8 +418,8 @@ impl Store {
     }
 
     /// Writes the records appended since the last call (`log.rs`: a
-    /// command's records are claimed when it runs and written here, once
-    /// per loop iteration). Called before any reply that acknowledges them
+    /// command's room is checked when it runs, and the round's records are
+    /// claimed and written here, once per loop round). Called before any reply that acknowledges them
     /// is sent; false if the log failed, and then no reply since the last
     /// call may be sent.
     pub(crate) fn write_log(&mut self) -> bool {
@@ -999,9 +999,8 @@ impl Store {
             }
         }
         let keep = self.put_headroom();
-        let last = self.log.as_ref().and_then(|l| l.last_lsn);
         if let Err(why) = self.flush_log_keeping(keep) {
-            if self.log.as_ref().and_then(|l| l.last_lsn) == last {
+            if !self.log.as_ref().is_some_and(|l| l.partial) {
                 // Nothing of it reached the log (a full disk refuses the
                 // whole batch up front): take it back without records.
                 for id in first..first + n {

@@ -84,3 +84,37 @@ fn the_head_room_carries_every_completion_while_puts_are_refused() {
     drop(r);
     fs.finish();
 }
+
+/// A `put-batch` the full disk refuses, in a round where another command
+/// had logged something first, is taken back without a trace: no
+/// deletes written for jobs that never reached the log (they would eat
+/// the room kept for completions), no puts counted.
+#[test]
+fn a_refused_put_batch_after_other_records_in_its_round_leaves_nothing() {
+    let Some(fs) = tmpfs::mount_or_skip(1 << 20) else { return };
+    let dir = fs.path().join("log");
+    let t = Instant::now();
+    let c = StoreConfig { max_jobs: 100_000, max_bytes: 64 << 20, ..cfg() };
+    let mut s = Store::new(c, Some(open_log(&dir)), t);
+    s.recover(t).unwrap();
+    s.connect(1);
+    while put(&mut s, t).starts_with("INSERTED ") {}
+    let puts =
+        |s: &Store| s.table.queue_view(s.default_q).map(|v| (v.counters.puts, v.counters.deletes));
+    let (before, jobs) = (puts(&s), s.table.totals().jobs);
+    let tail = s.log.as_ref().unwrap().wal.stats().published_lsn;
+    // In one round: a reservation (a record, joining the round), then the
+    // batch, refused.
+    let mut w = Vec::new();
+    s.handle(1, crate::proto::parse(b"reserve-with-timeout 0").unwrap(), Vec::new(), t, &mut w);
+    assert!(w.starts_with(b"RESERVED "));
+    let mut w = Vec::new();
+    s.put_batch(1, 0, 0, 60, vec![vec![b'y'; BODY]; 50], t, &mut w);
+    assert_eq!(w, b"OUT_OF_MEMORY\r\n");
+    assert!(s.write_log());
+    assert_eq!((puts(&s), s.table.totals().jobs), (before, jobs));
+    let written = s.log.as_ref().unwrap().wal.stats().published_lsn - tail;
+    assert!(written < 256, "{written} bytes logged: the reservation's frame only");
+    drop(s);
+    fs.finish();
+}
