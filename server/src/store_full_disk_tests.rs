@@ -17,15 +17,21 @@ fn put(s: &mut Store, t: Instant) -> String {
     run(s, 1, &format!("put 0 0 60 {BODY}"), &[b'x'; BODY], t)
 }
 
+/// A store with its log in `dir` (on the 1 MiB tmpfs), one connection.
+fn on_disk(dir: &std::path::Path, t: Instant) -> Store {
+    let c = StoreConfig { max_jobs: 100_000, max_bytes: 64 << 20, ..cfg() };
+    let mut s = Store::new(c, Some(open_log(dir)), t);
+    s.recover(t).unwrap();
+    s.connect(1);
+    s
+}
+
 #[test]
 fn the_head_room_carries_every_completion_while_puts_are_refused() {
     let Some(fs) = tmpfs::mount_or_skip(1 << 20) else { return };
     let dir = fs.path().join("log");
     let t = Instant::now();
-    let c = StoreConfig { max_jobs: 100_000, max_bytes: 64 << 20, ..cfg() };
-    let mut s = Store::new(c, Some(open_log(&dir)), t);
-    s.recover(t).unwrap();
-    s.connect(1);
+    let mut s = on_disk(&dir, t);
     let mut ids = Vec::new();
     loop {
         let r = put(&mut s, t);
@@ -94,10 +100,7 @@ fn a_refused_put_batch_after_other_records_in_its_round_leaves_nothing() {
     let Some(fs) = tmpfs::mount_or_skip(1 << 20) else { return };
     let dir = fs.path().join("log");
     let t = Instant::now();
-    let c = StoreConfig { max_jobs: 100_000, max_bytes: 64 << 20, ..cfg() };
-    let mut s = Store::new(c, Some(open_log(&dir)), t);
-    s.recover(t).unwrap();
-    s.connect(1);
+    let mut s = on_disk(&dir, t);
     while put(&mut s, t).starts_with("INSERTED ") {}
     let puts =
         |s: &Store| s.table.queue_view(s.default_q).map(|v| (v.counters.puts, v.counters.deletes));
