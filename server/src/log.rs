@@ -193,7 +193,14 @@ impl Log {
     ///    any other error fails the log.
     pub(crate) fn append(&mut self, recs: &Records, keep: u64) -> Result<u64, Logged> {
         let max = frame_max(&self.wal);
-        let total: u64 = recs.frames(max).map(|c| frame_len(c.len() as u64)).sum();
+        // One command's records usually fit one frame: no walk over them.
+        let len = recs.bytes().len() as u64;
+        let one = len <= max.min(record::FRAME_BYTES as u64);
+        let total: u64 = if one {
+            frame_len(len)
+        } else {
+            recs.frames(max).map(|c| frame_len(c.len() as u64)).sum()
+        };
         let bytes = self.round_bytes.saturating_add(total);
         // Each frame may leave a segment's end as padding (less than a
         // frame: `max` and a header): one per segment the round reaches,
@@ -204,8 +211,8 @@ impl Log {
         let pad = frame.saturating_mul(2 + bytes / per_segment);
         let need = bytes.saturating_add(pad).saturating_add(keep);
         self.partial = false;
-        let fits =
-            recs.frames(max).all(|c| c.len() as u64 <= max) && self.wal.ensure_room(need).is_ok();
+        let fits = (one || recs.frames(max).all(|c| c.len() as u64 <= max))
+            && self.wal.ensure_room(need).is_ok();
         if fits {
             self.round.append(recs);
             self.round_bytes = bytes;
