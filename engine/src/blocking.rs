@@ -22,7 +22,10 @@
 //!    is always either seen by that look or followed by a spawn.
 //! 5. At shutdown the shard takes back the jobs no thread has received (they
 //!    stay in the log, or run again in Memory mode) and waits for the
-//!    running ones. When it exits it drops the channel's sender; idle
+//!    running ones. It hands out no more from the moment submits start
+//!    failing (`ShardShared::stopping`), before its shutdown message
+//!    arrives: a handler that returns when submits fail would otherwise
+//!    let the whole backlog run through in that gap. When it exits it drops the channel's sender; idle
 //!    threads see the disconnect and leave.
 
 use crate::engine::Handler;

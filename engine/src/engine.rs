@@ -515,6 +515,7 @@ impl Engine {
                 snapshot_cv: Condvar::new(),
                 snapshot_req: AtomicU64::new(0),
                 exited: AtomicBool::new(false),
+                stopping: AtomicBool::new(false),
                 epoch: AtomicUsize::new(0),
                 inflight: [AtomicUsize::new(0), AtomicUsize::new(0)],
                 handler_since: AtomicU64::new(0),
@@ -1014,7 +1015,7 @@ impl Engine {
     /// delayed jobs and jobs of queues without a handler (there is nowhere to
     /// keep them). Further submits fail with `ShuttingDown`.
     pub fn shutdown(&self) -> Result<(), ShutdownError> {
-        self.inner.accepting.store(false, Ordering::Release);
+        self.inner.stop_accepting();
         self.inner.stop_controller();
         let threads =
             std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|p| p.into_inner()));
@@ -1048,6 +1049,15 @@ fn has_segments(dir: &std::path::Path) -> bool {
 }
 
 impl Inner {
+    /// Submits fail from now on; every shard is told first (its
+    /// `stopping`), so whatever sees a submit fail sees that too.
+    fn stop_accepting(&self) {
+        for s in self.shards.iter() {
+            s.stopping.store(true, Ordering::Release);
+        }
+        self.accepting.store(false, Ordering::Release);
+    }
+
     fn stop_controller(&self) {
         self.ctl.stop.store(true, Ordering::Release);
         let handle = self.controller.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -1065,7 +1075,7 @@ impl Drop for Inner {
         if threads.is_empty() {
             return;
         }
-        self.accepting.store(false, Ordering::Release);
+        self.stop_accepting();
         for s in self.shards.iter() {
             s.send(Msg::Shutdown);
         }

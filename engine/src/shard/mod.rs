@@ -211,6 +211,12 @@ pub(crate) struct ShardShared {
     pub(crate) snapshot_req: AtomicU64,
     /// Set when the shard thread has stopped reading its inbox.
     pub(crate) exited: AtomicBool,
+    /// The engine is shutting down: set before submits start failing, so
+    /// a handler that waits for that (and the outcome it sends) comes
+    /// after it. The shard hands no more waiting jobs to its blocking
+    /// pool from then on, though its `Msg::Shutdown` may still be on
+    /// the way.
+    pub(crate) stopping: AtomicBool,
     /// Submit epoch (compaction step 1-2): producers count themselves in
     /// `inflight[epoch % 2]` from before their append until their job is in
     /// the inbox.
@@ -1119,7 +1125,8 @@ impl Shard {
     fn dispatch_blocking(&mut self) -> bool {
         // Shutting down with a log: waiting jobs stay in it for the next
         // start (only Memory mode runs them now).
-        if self.shutting_down && self.cfg.durability != Durability::Memory {
+        let stopping = self.shutting_down || self.sh.stopping.load(Ordering::Acquire);
+        if stopping && self.cfg.durability != Durability::Memory {
             return false;
         }
         let Some(pool) = self.blocking.take() else { return false };
