@@ -10,6 +10,7 @@ mod tmpfs;
 
 use super::tests::{cfg, open_log, run};
 use super::*;
+use spindle_core::compact::Pass;
 
 const BODY: usize = 500;
 

@@ -6,8 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
-use crate::persist::{Counts as OldCounts, V1Rec, ST_READY};
+use crate::persist::{self, Counts as OldCounts, DRec, V1Rec, ST_BURIED, ST_READY};
 use crate::proto::parse;
+use spindle_core::compact::Pass;
 use spindle_wal::{Wal, WalOptions};
 
 pub(super) fn cfg() -> StoreConfig {
