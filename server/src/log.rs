@@ -70,11 +70,11 @@ pub(crate) struct Log {
     lost: bool,
     /// This round's records, not yet claimed ([`Log::append`], step 1).
     round: Records,
+    /// Their frames' bytes.
+    round_bytes: u64,
     /// The last [`Log::append`] that failed had claimed some of its frames
     /// (step 2, several frames: a batch refused half way).
     pub partial: bool,
-    /// Their frames' bytes.
-    round_bytes: u64,
 }
 
 impl Drop for Log {
@@ -146,10 +146,7 @@ impl Log {
         match self.app.flush_batch() {
             Ok(()) => true,
             Err(e) => {
-                if self.failed.is_none() {
-                    tracing::error!("the log failed: {e}; every change is refused until a restart");
-                    self.failed = Some(e.to_string());
-                }
+                self.fail(e.to_string());
                 self.lost = true;
                 false
             }
@@ -257,11 +254,7 @@ impl Log {
             // and whatever the cause (room was checked for all of them),
             // the log has failed.
             self.lost = true;
-            if self.failed.is_none() {
-                let why = "the log could not take a round of records it had room for";
-                tracing::error!("{why}; every change is refused until a restart");
-                self.failed = Some(why.into());
-            }
+            self.fail("the log could not take a round of records it had room for".into());
         }
         res.map_err(|_| Logged::Failed)
     }
@@ -276,10 +269,18 @@ impl Log {
             Err(WalError::NoSpace { .. }) => Err(Logged::NoSpace),
             Err(WalError::RecordTooLarge { .. }) => Err(Logged::Failed),
             Err(e) => {
-                tracing::error!("the log failed: {e}; every change is refused until a restart");
-                self.failed = Some(e.to_string());
+                self.fail(e.to_string());
                 Err(Logged::Failed)
             }
+        }
+    }
+
+    /// Fails the log for good (the first reason is kept): every later
+    /// change is refused.
+    fn fail(&mut self, why: String) {
+        if self.failed.is_none() {
+            tracing::error!("the log failed: {why}; every change is refused until a restart");
+            self.failed = Some(why);
         }
     }
 }

@@ -67,7 +67,7 @@ pub struct Server {
     /// This round's log write, or its `-f0` sync, failed: replies queued
     /// in it may acknowledge what is not in the log, and are not sent
     /// (their connections are closed). Cleared after the round.
-    sync_failed: bool,
+    round_failed: bool,
     /// Wakes this loop when an I/O loop sends it something.
     parker: Arc<Parker<PollWaker>>,
     loops: Option<Loops>,
@@ -258,7 +258,7 @@ impl Server {
             parker: Arc::new(Parker::new(PollWaker(waker.clone()))),
             waker,
             accept_retry: false,
-            sync_failed: false,
+            round_failed: false,
             loops: None,
         })
     }
@@ -464,7 +464,7 @@ impl Server {
                 }
                 // Replies composed after this round's write may go: they
                 // refuse changes (`INTERNAL_ERROR`) or only read.
-                self.sync_failed = false;
+                self.round_failed = false;
                 touched = again;
                 // Replies of this round go out now; input that arrived
                 // meanwhile joins the next round.
@@ -495,12 +495,12 @@ impl Server {
     }
 
     /// Step 4: the records of this round's commands (their room checked as
-    /// each ran) go to the log in one write (`log.rs`). If that fails, no reply of
-    /// theirs may be sent: as after a failed `-f0` sync, the connections
-    /// with replies waiting are closed.
+    /// each ran) go to the log in one write (`log.rs`). If that fails, no
+    /// reply of theirs may be sent: as after a failed `-f0` sync, the
+    /// connections with replies waiting are closed.
     fn write_log(&mut self) {
         if !self.store.write_log() {
-            self.sync_failed = true;
+            self.round_failed = true;
         }
     }
 
@@ -517,7 +517,7 @@ impl Server {
                          connections whose replies were not durable"
                     );
                     log.failed = Some(e.to_string());
-                    self.sync_failed = true;
+                    self.round_failed = true;
                 }
             }
         }
@@ -526,7 +526,7 @@ impl Server {
     /// Step 5 for one connection: write, close, or schedule more work.
     fn finish(&mut self, i: usize, now: Instant, again: &mut Vec<usize>) {
         let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
-        if self.sync_failed && c.unsent() > 0 {
+        if self.round_failed && c.unsent() > 0 {
             // Its replies may acknowledge changes that are not durable.
             self.close(i, now, again);
             return;
@@ -669,7 +669,7 @@ impl Server {
         self.write_log();
         for i in 0..self.conns.len() {
             if let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) {
-                if !self.sync_failed {
+                if !self.round_failed {
                     let _ = c.flush();
                 }
             }

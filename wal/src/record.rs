@@ -199,8 +199,8 @@ pub(crate) fn header(lsn: u64, h: u32, payload: &[u8]) -> [u8; FRAME_HEADER as u
 }
 
 /// Writes a complete frame into `out`, which must be exactly
-/// `frame_len(payload.len())` bytes. Used by tests and tools that build
-/// logs by hand.
+/// `frame_len(payload.len())` bytes: a batched append's buffer
+/// (`log/batch.rs`), and tests and tools that build logs by hand.
 pub fn encode_into(out: &mut [u8], lsn: u64, kind: u8, payload: &[u8]) {
     out[0..16].copy_from_slice(&header(lsn, head(kind, payload.len() as u32), payload));
     out[16..16 + payload.len()].copy_from_slice(payload);

@@ -82,10 +82,8 @@ impl Appender {
         };
         let b = &mut self.batch;
         let from = b.bytes.len();
-        let h = record::header(claim.frame, record::head(kind, payload.len() as u32), payload);
-        b.bytes.extend_from_slice(&h);
-        b.bytes.extend_from_slice(payload);
         b.bytes.resize(from + len as usize, 0);
+        record::encode_into(&mut b.bytes[from..], claim.frame, kind, payload);
         b.staged.push(Staged { claim, seg, to: b.bytes.len() });
         Ok(claim.frame)
     }
@@ -153,9 +151,7 @@ impl Appender {
         }
         Ok(())
     }
-}
 
-impl Appender {
     /// Gives up a claim whose segment it cannot write: the batch before it
     /// is flushed, the claim is published as a hole and the log fails, so
     /// no claim is left unpublished behind.
